@@ -1,0 +1,1 @@
+"""A LLaMA-style language model built from first principles in PyTorch."""

@@ -1,0 +1,305 @@
+"""Model hyper-parameters: one dataclass, named presets, and conversion to and from Hugging Face.
+
+Every size in the model follows from :class:`ModelConfig`. The names follow Meta's
+``params.json`` (``dim``, ``n_layers``, ``n_heads``, ...); :meth:`ModelConfig.from_hf` and
+:meth:`ModelConfig.to_hf` translate to the field names of transformers' ``LlamaConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "llama_hidden_dim"]
+
+
+# --8<-- [start:hidden_dim]
+def llama_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """Width of the SwiGLU feed-forward layer by Meta's rule.
+
+    Start from the classic ``4 * dim``, take two thirds of it (SwiGLU has three weight
+    matrices instead of two, so this keeps the parameter count of a 4x MLP), optionally
+    scale by ``ffn_dim_multiplier``, then round up to a multiple of ``multiple_of`` so the
+    matrix shapes suit the hardware.
+
+    Args:
+        dim: model width.
+        multiple_of: round the result up to a multiple of this.
+        ffn_dim_multiplier: extra factor used by Llama 2 70B and Llama 3 (``None`` for 1.0).
+
+    Returns:
+        The hidden width of the feed-forward layer.
+
+    >>> llama_hidden_dim(4096)                        # Llama 2 7B
+    11008
+    >>> llama_hidden_dim(2048, 256, 1.5)              # Llama 3.2 1B
+    8192
+    """
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+# --8<-- [end:hidden_dim]
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's RoPE frequency scaling (``rope_type: "llama3"`` in Hugging Face configs).
+
+    Attributes:
+        factor: how much longer the new context is than the original one (8 for Llama 3.1,
+            32 for Llama 3.2 1B/3B).
+        low_freq_factor: wavelengths longer than ``original_max_position_embeddings /
+            low_freq_factor`` are divided by ``factor``.
+        high_freq_factor: wavelengths shorter than ``original_max_position_embeddings /
+            high_freq_factor`` are kept; those in between are interpolated.
+        original_max_position_embeddings: the context length the model was pre-trained on.
+    """
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.factor < 1.0:
+            raise ValueError(f"rope_scaling.factor must be >= 1 (got {self.factor}); use None for no scaling")
+        if not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                "rope_scaling needs 0 < low_freq_factor < high_freq_factor "
+                f"(got {self.low_freq_factor} and {self.high_freq_factor}); Llama 3.1 uses 1.0 and 4.0"
+            )
+        if self.original_max_position_embeddings <= 0:
+            raise ValueError("rope_scaling.original_max_position_embeddings must be positive (Llama 3.1 uses 8192)")
+
+
+# --8<-- [start:config]
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a LLaMA-style decoder.
+
+    Attributes:
+        dim: model width (``hidden_size`` in Hugging Face).
+        n_layers: number of transformer blocks.
+        n_heads: number of query heads.
+        n_kv_heads: number of key/value heads; ``None`` means ``n_heads`` (multi-head
+            attention), 1 is multi-query attention, anything in between is grouped-query.
+        vocab_size: number of token ids.
+        hidden_dim: feed-forward width; ``None`` computes it with :func:`llama_hidden_dim`
+            from ``multiple_of`` and ``ffn_dim_multiplier``.
+        multiple_of: rounding of the feed-forward width (used only when ``hidden_dim`` is None).
+        ffn_dim_multiplier: scale of the feed-forward width (used only when ``hidden_dim`` is None).
+        max_seq_len: longest sequence the model accepts (sizes the RoPE table and KV cache).
+        rope_theta: RoPE base; 10,000 for Llama 2, 500,000 for Llama 3.
+        norm_eps: epsilon of RMSNorm.
+        tie_embeddings: share the embedding matrix with the output head.
+        rope_scaling: Llama 3.1 frequency scaling, or ``None``.
+
+    Raises:
+        ValueError: if the sizes do not fit together; the message says which and how to fix it.
+
+    >>> cfg = ModelConfig(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=100)
+    >>> cfg.head_dim, cfg.hidden_dim
+    (8, 256)
+    """
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    vocab_size: int = 32000
+    hidden_dim: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None
+    # --8<-- [end:config]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None:
+            self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``dim // n_heads``."""
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        """Check that the sizes fit together; raise ``ValueError`` naming the fix if not."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}): "
+                f"choose n_heads among the divisors of dim, e.g. {_nearby_divisor(self.dim, self.n_heads)}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}) so each "
+                f"key/value head serves the same number of query heads: e.g. n_kv_heads="
+                f"{_nearby_divisor(self.n_heads, self.n_kv_heads)}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head_dim = dim / n_heads = {self.head_dim} is odd, but RoPE rotates pairs of features: "
+                "choose dim and n_heads so that dim / n_heads is even"
+            )
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+
+    # ----------------------------------------------------------------------------- presets
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named configuration from :data:`PRESETS`, with fields optionally overridden.
+
+        >>> ModelConfig.from_preset("stories15M").dim
+        288
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    # ----------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (used in checkpoints); :meth:`from_dict` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    # ------------------------------------------------------------------- Hugging Face names
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        """Read the fields of a transformers ``LlamaConfig`` (a ``config.json`` as a dict).
+
+        Accepts both forms met in practice: ``rope_theta`` + ``rope_scaling`` (published
+        ``config.json`` files, transformers 4) and a ``rope_parameters`` dict holding
+        ``rope_theta`` and the scaling fields (transformers 5). Missing keys take
+        transformers' defaults (note its ``rms_norm_eps`` default is 1e-6).
+
+        Raises:
+            ValueError: for features this model does not have (biases, another activation,
+                a ``head_dim`` different from ``hidden_size / num_attention_heads``,
+                a RoPE type other than default or ``llama3``).
+
+        >>> cfg = ModelConfig.from_hf({"hidden_size": 64, "num_hidden_layers": 2,
+        ...     "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 99})
+        >>> cfg.dim, cfg.n_kv_heads, cfg.norm_eps, cfg.rope_theta
+        (64, 4, 1e-06, 10000.0)
+        """
+        get = hf.get
+        if get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {get('hidden_act')!r} is not supported: this model uses SwiGLU (silu)")
+        for flag in ("attention_bias", "mlp_bias"):
+            if get(flag, False):
+                raise ValueError(f"{flag}=True is not supported: Llama's projections have no bias")
+        dim = get("hidden_size", 4096)
+        n_heads = get("num_attention_heads", 32)
+        head_dim = get("head_dim")
+        if head_dim is not None and n_heads and head_dim * n_heads != dim:
+            raise ValueError(
+                f"head_dim={head_dim} differs from hidden_size/num_attention_heads={dim}/{n_heads}; "
+                "this model derives head_dim from dim and n_heads"
+            )
+        rope = dict(get("rope_parameters") or {})
+        legacy = get("rope_scaling") or {}
+        rope_theta = rope.pop("rope_theta", get("rope_theta", 10000.0))
+        scaling_fields = rope or dict(legacy)
+        rope_type = scaling_fields.pop("rope_type", scaling_fields.pop("type", "default"))
+        if rope_type == "default":
+            rope_scaling = None
+        elif rope_type == "llama3":
+            names = {f.name for f in dataclasses.fields(RopeScaling)}
+            rope_scaling = RopeScaling(**{k: v for k, v in scaling_fields.items() if k in names})
+        else:
+            raise ValueError(f"rope type {rope_type!r} is not supported; use 'default' or 'llama3'")
+        return cls(
+            dim=dim,
+            n_layers=get("num_hidden_layers", 32),
+            n_heads=n_heads,
+            n_kv_heads=get("num_key_value_heads") or n_heads,
+            vocab_size=get("vocab_size", 32000),
+            hidden_dim=get("intermediate_size", 11008),
+            max_seq_len=get("max_position_embeddings", 2048),
+            rope_theta=float(rope_theta),
+            norm_eps=get("rms_norm_eps", 1e-6),
+            tie_embeddings=get("tie_word_embeddings", False),
+            rope_scaling=rope_scaling,
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The ``config.json`` fields of transformers' ``LlamaConfig`` for this model.
+
+        Writes ``rope_theta`` and ``rope_scaling`` (the form published checkpoints use,
+        which transformers 4 and 5 both read).
+
+        >>> ModelConfig.from_hf(ModelConfig.from_preset("llama3.2-1b").to_hf()) == ModelConfig.from_preset("llama3.2-1b")
+        True
+        """
+        rope_scaling = None
+        if self.rope_scaling is not None:
+            rope_scaling = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "intermediate_size": self.hidden_dim,
+            "max_position_embeddings": self.max_seq_len,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "rms_norm_eps": self.norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+        }
+
+
+def _nearby_divisor(n: int, near: int) -> int:
+    """The divisor of ``n`` closest to ``near`` (for error messages that suggest a fix)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+
+
+# --8<-- [start:presets]
+PRESETS: dict[str, ModelConfig] = {
+    # karpathy's TinyStories models (llama2.c); stories260K is the one in ../shared/data.
+    "stories260K": ModelConfig(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512,
+                               hidden_dim=172, max_seq_len=512, tie_embeddings=True),
+    "stories15M": ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, hidden_dim=768,
+                              max_seq_len=256, tie_embeddings=True),
+    "stories110M": ModelConfig(dim=768, n_layers=12, n_heads=12, vocab_size=32000, hidden_dim=2048,
+                               max_seq_len=1024, tie_embeddings=True),
+    # Meta's released sizes (values from their params.json / config.json).
+    "llama2-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, max_seq_len=4096),
+    "llama3.1-8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256,
+                               hidden_dim=14336, max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling=RopeScaling(factor=8.0)),
+    "llama3.2-1b": ModelConfig(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256,
+                               hidden_dim=8192, max_seq_len=131072, rope_theta=500000.0,
+                               tie_embeddings=True, rope_scaling=RopeScaling(factor=32.0)),
+}
+# --8<-- [end:presets]

@@ -11,7 +11,7 @@ from torch import nn
 from .config import ModelConfig
 from .rope import apply_rope
 
-__all__ = ["attention", "causal_mask", "repeat_kv", "KVCache", "Attention"]
+__all__ = ["attention", "causal_mask", "repeat_kv", "kv_cache_bytes", "KVCache", "Attention"]
 
 
 # --8<-- [start:attention]
@@ -90,6 +90,28 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     b, s, n_kv, h_d = x.shape
     return x[:, :, :, None, :].expand(b, s, n_kv, n_rep, h_d).reshape(b, s, n_kv * n_rep, h_d)
 # --8<-- [end:repeat_kv]
+
+
+# --8<-- [start:kv_cache_bytes]
+def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:
+    r"""Memory of a full KV cache: keys and values, every layer, every position.
+
+    $$2 \times n_\text{layers} \times b \times s \times n_\text{kv} \times h_d \times \text{bytes}$$
+
+    Only ``n_kv_heads`` enters, not ``n_heads``: grouped-query attention divides the cache by
+    ``n_heads / n_kv_heads``.
+
+    Args:
+        config: model sizes.
+        seq_len: positions cached per sequence.
+        batch_size: sequences cached together.
+        bytes_per_value: 2 for float16/bfloat16, 4 for float32.
+
+    >>> kv_cache_bytes(ModelConfig.from_preset("llama2-7b"), seq_len=4096) / 2**30   # GiB, fp16
+    2.0
+    """
+    return 2 * config.n_layers * batch_size * seq_len * config.n_kv_heads * config.head_dim * bytes_per_value
+# --8<-- [end:kv_cache_bytes]
 
 
 # --8<-- [start:kv_cache]

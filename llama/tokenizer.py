@@ -1,0 +1,124 @@
+r"""Tokenizers: the hand-written ones, the production trainer, and one loader for both.
+
+* :class:`~llama.bpe.BPETokenizer`: byte-level BPE (GPT-2 / Llama 3 style), trained by hand.
+* :class:`~llama.spm.SentencePieceTokenizer`: reads a SentencePiece BPE ``.model`` (Llama 2)
+  and encodes/decodes it by hand, id for id like the ``sentencepiece`` library.
+* :func:`train_sentencepiece`: trains such a ``.model`` with the ``sentencepiece`` library,
+  with Llama 2's settings.
+* :func:`load_tokenizer`: opens either kind of file.
+
+>>> tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280)
+>>> tok.encode_as_pieces("the cat")
+['▁the', '▁cat']
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, _atomic_write_bytes
+from llama.spm import SentencePieceTokenizer
+
+__all__ = [
+    "BPETokenizer",
+    "SentencePieceTokenizer",
+    "GPT2_PATTERN",
+    "LLAMA3_PATTERN",
+    "train_sentencepiece",
+    "load_tokenizer",
+    "LLAMA2_TRAINER_OPTIONS",
+]
+
+# --8<-- [start:llama2_options]
+#: The trainer options stored in Llama 2's ``tokenizer.model`` (its ``TrainerSpec``) that
+#: shape the vocabulary, minus corpus-size settings. ``train_sentencepiece`` uses these.
+LLAMA2_TRAINER_OPTIONS = dict(
+    model_type="bpe",
+    byte_fallback=True,           # unknown characters -> <0xNN> byte pieces, never <unk>
+    split_digits=True,            # every digit is its own piece
+    allow_whitespace_only_pieces=True,  # pieces like "▁▁▁▁" for indentation
+    character_coverage=0.99995,   # rarer characters are left to byte fallback
+    normalization_rule_name="identity",  # no NFKC: text is kept as written
+    add_dummy_prefix=True,        # "Hello" is encoded as "▁Hello"
+    remove_extra_whitespaces=False,  # keep runs of spaces
+    unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+)
+# --8<-- [end:llama2_options]
+
+
+def train_sentencepiece(
+    text_or_path: str | os.PathLike,
+    vocab_size: int,
+    model_path: str | os.PathLike | None = None,
+    **options,
+) -> SentencePieceTokenizer:
+    """Train a SentencePiece BPE model with the ``sentencepiece`` library (Llama 2's settings).
+
+    Args:
+        text_or_path: The corpus: a ``str`` is the text itself; a ``pathlib.Path`` (or any
+            other ``os.PathLike``) names a UTF-8 text file. Each line is one sentence.
+        vocab_size: Number of pieces, including ``<unk>``, ``<s>``, ``</s>`` and the 256
+            byte pieces.
+        model_path: Where to write the ``.model`` file (atomically); ``None`` keeps it in
+            memory only.
+        **options: Overrides of :data:`LLAMA2_TRAINER_OPTIONS` or any other
+            ``SentencePieceTrainer`` option (e.g. ``user_defined_symbols=["<tab>"]``).
+
+    Returns:
+        The hand-written tokenizer, loaded from the trained model.
+
+    Raises:
+        FileNotFoundError: If ``text_or_path`` is a path that does not exist.
+        ValueError: If the corpus is empty or the library rejects the settings (for example
+            a ``vocab_size`` too large for the corpus, or too small for the byte pieces).
+    """
+    import sentencepiece
+
+    if isinstance(text_or_path, os.PathLike):
+        path = Path(text_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no corpus file at {path}")
+        text = path.read_text(encoding="utf-8")
+    elif isinstance(text_or_path, str):
+        text = text_or_path
+    else:
+        raise TypeError("text_or_path must be a str (the text) or a pathlib.Path (a file)")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("the corpus is empty: give some text to train on")
+    settings = dict(LLAMA2_TRAINER_OPTIONS)
+    settings.update(options)
+    settings.setdefault("max_sentence_length", max(4192, max(len(line.encode()) for line in lines)))
+    settings.setdefault("num_threads", min(4, os.cpu_count() or 1))
+    settings.setdefault("minloglevel", 2)  # only errors
+    buf = io.BytesIO()
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, **settings
+        )
+    except RuntimeError as err:
+        raise ValueError(f"sentencepiece could not train this model: {str(err).strip()}") from None
+    data = buf.getvalue()
+    if model_path is not None:
+        _atomic_write_bytes(Path(model_path), data)
+    return SentencePieceTokenizer.from_bytes(data)
+
+
+def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | SentencePieceTokenizer:
+    """Open a tokenizer file: a BPE JSON file from :meth:`BPETokenizer.save`, else a ``.model``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is neither kind of tokenizer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    with path.open("rb") as f:
+        head = f.read(1)
+    if head == b"{":
+        return BPETokenizer.load(path)
+    return SentencePieceTokenizer(path)
+

@@ -83,8 +83,9 @@ class Transformer(nn.Module):
     # --8<-- [end:init]
 
     # --8<-- [start:forward]
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits for every position.
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, pad_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Next-token logits for every position (or only the last one).
 
         Args:
             tokens: ``[b, s]`` token ids.
@@ -93,9 +94,12 @@ class Transformer(nn.Module):
             pad_mask: optional ``[b, start_pos + s]`` bool, ``False`` at padding (left
                 padding in a batch of prompts of different lengths). Positions are then
                 counted per sequence from its first real token, and padding is never attended.
+            last_only: compute logits for the last position only. Generation needs nothing
+                else, and for a long prompt the output head (``vocab_size x dim``) is then
+                applied once instead of ``s`` times.
 
         Returns:
-            ``[b, s, vocab_size]`` logits.
+            ``[b, s, vocab_size]`` logits (``[b, 1, vocab_size]`` with ``last_only``).
 
         Raises:
             ValueError: ids outside ``[0, vocab_size)``, or positions beyond ``max_seq_len``.
@@ -111,6 +115,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, start_pos)
+        if last_only:
+            h = h[:, -1:]
         return self.output(self.norm(h))
     # --8<-- [end:forward]
 
@@ -167,6 +173,29 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.cache = None
     # --8<-- [end:cache]
+
+    # --8<-- [start:pretrained]
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None) -> Transformer:
+        """Load a checkpoint in any of the formats :mod:`llama.checkpoint` reads, ready for ``eval``.
+
+        ``path`` is a Hugging Face directory (``config.json`` + safetensors), a Meta directory
+        (``params.json`` + ``consolidated.NN.pth``) or a llama2.c ``.bin`` file; the format is
+        detected. See :func:`llama.checkpoint.load_checkpoint` for the arguments.
+        """
+        from .checkpoint import load_checkpoint  # imported here: checkpoint.py imports this module
+
+        return load_checkpoint(path, dtype=dtype, max_seq_len=max_seq_len)
+
+    def save_pretrained(self, directory) -> None:
+        """Write this model in Hugging Face's layout (``config.json`` + ``model.safetensors``).
+
+        ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads the result.
+        """
+        from .checkpoint import save_hf
+
+        save_hf(self, directory)
+    # --8<-- [end:pretrained]
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""

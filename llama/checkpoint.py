@@ -1,0 +1,408 @@
+r"""Checkpoints in the three formats a reader meets, read into our names and written as Hugging Face.
+
+=================  ==============================================  ===========================
+format             files                                           tensor names and layout
+=================  ==============================================  ===========================
+Hugging Face       ``config.json`` + ``model.safetensors``          ``model.layers.N.self_attn.q_proj.weight``;
+                   (or shards listed in                            ``wq``/``wk`` rows in the
+                   ``model.safetensors.index.json``)               half-split RoPE order
+Meta (original)    ``params.json`` + ``consolidated.NN.pth``        ours (``layers.N.attention.wq.weight``);
+                   (one file per model-parallel rank)              interleaved RoPE order
+llama2.c (legacy)  one ``.bin``: 7 int32 header, float32 tensors    by position in the file;
+                                                                   interleaved RoPE order
+=================  ==============================================  ===========================
+
+Nothing here executes code from a file: safetensors holds only tensors, and ``.pth`` pickles are
+opened with ``torch.load(weights_only=True)``, which refuses any object that is not a tensor,
+a number, a string or a container of those.
+
+:meth:`llama.model.Transformer.from_pretrained` and :meth:`~llama.model.Transformer.save_pretrained`
+are thin wrappers around :func:`load_checkpoint` and :func:`save_hf`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig, RopeScaling
+from .convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from .model import Transformer
+
+__all__ = [
+    "detect_format",
+    "read_hf",
+    "read_meta",
+    "read_llama2c",
+    "load_checkpoint",
+    "save_hf",
+    "LLAMA2C_HEADER",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+# --8<-- [start:detect]
+def detect_format(path: str | os.PathLike) -> str:
+    """Which checkpoint format ``path`` holds: ``"hf"``, ``"meta"`` or ``"llama2c"``.
+
+    A directory with ``config.json`` is Hugging Face, one with ``params.json`` is Meta's; a
+    file is a llama2.c export unless it is a zip archive (a PyTorch pickle: pass its folder).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: a folder or file that matches none of the three formats.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        if (path / "params.json").is_file():
+            return "meta"
+        raise ValueError(
+            f"{path} is a folder with neither config.json (Hugging Face) nor params.json (Meta): "
+            "unknown checkpoint format"
+        )
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK"):
+        raise ValueError(
+            f"{path} is a PyTorch/zip archive, not a llama2.c .bin: pass the folder that holds it "
+            "together with its config.json or params.json"
+        )
+    if path.suffix != ".bin":
+        raise ValueError(
+            f"unknown checkpoint format for {path}: expected a Hugging Face folder, a Meta folder "
+            "or a llama2.c .bin file"
+        )
+    return "llama2c"
+# --8<-- [end:detect]
+
+
+# ----------------------------------------------------------------------------- pickles, safely
+def _torch_load_weights(path: Path) -> StateDict:
+    """``torch.load`` that accepts only a flat ``{name: tensor}`` dict and never runs pickled code."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint file {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only=True stops at the first object that is not plain data (a class, a
+        # function such as os.system): the payload is never called.
+        raise ValueError(
+            f"{path} is not plain weights: it pickles objects that loading would have to execute, so it "
+            f"was refused. Only tensors and containers of them are read. Details: {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"could not read {path}: it is truncated or not a PyTorch checkpoint ({err})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = f"a dict with keys {sorted(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"{path} holds {what}, not a dict of weight names to tensors; save model.state_dict() instead"
+        )
+    return obj
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint file {path}")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"could not read {path}: it is truncated or not a safetensors file ({err})") from None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path.name} in {path.parent}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (truncated?): {err}") from None
+
+
+# -------------------------------------------------------------------------------- Hugging Face
+# --8<-- [start:read_hf]
+def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+    """Read a Hugging Face Llama folder: ``config.json`` and one or many safetensors files.
+
+    Sharded checkpoints list, in ``model.safetensors.index.json``, which file holds each
+    tensor (``"weight_map"``); every listed shard is read and the dicts are merged. Older
+    folders with only ``pytorch_model.bin`` are read with ``weights_only=True``.
+
+    Returns:
+        The config and the weights, renamed to ours with ``wq``/``wk`` rows back in
+        interleaved order (:func:`llama.convert.hf_to_llama_state_dict`).
+    """
+    directory = Path(directory)
+    config = ModelConfig.from_hf(_read_json(directory / "config.json"))
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if single.is_file():
+        hf_sd = _read_safetensors(single)
+    elif index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no 'weight_map' telling which shard holds each tensor")
+        hf_sd = {}
+        for shard in sorted(set(weight_map.values())):
+            hf_sd.update(_read_safetensors(directory / shard))
+    elif (directory / "pytorch_model.bin").is_file():
+        hf_sd = _torch_load_weights(directory / "pytorch_model.bin")
+    else:
+        raise FileNotFoundError(
+            f"{directory} has config.json but no weights: expected model.safetensors, "
+            "model.safetensors.index.json with its shards, or pytorch_model.bin"
+        )
+    return config, hf_to_llama_state_dict(hf_sd, config)
+# --8<-- [end:read_hf]
+
+
+# ---------------------------------------------------------------------------------------- Meta
+#: ``params.json`` keys understood by :func:`read_meta` (anything else is an error, not ignored).
+_META_KEYS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+              "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor", "max_seq_len"}
+
+
+# --8<-- [start:read_meta]
+def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> tuple[ModelConfig, StateDict]:
+    """Read Meta's original layout: ``params.json`` and ``consolidated.00.pth``, ``.01``, ...
+
+    The tensor names are already ours. Several ``consolidated`` files are the slices of a
+    model-parallel run: each tensor is either repeated in every file (the norms) or cut along
+    one dimension, which we find by comparing a slice's shape with the full shape the config
+    implies, and glue back with ``torch.cat``.
+
+    ``params.json`` gives no ``hidden_dim``: it is recomputed from ``multiple_of`` and
+    ``ffn_dim_multiplier`` by Meta's rule. ``vocab_size: -1`` (Llama 2) means "the tokenizer's
+    size" and is read from the embedding. ``use_scaled_rope`` switches on Llama 3.1 RoPE
+    scaling with factor ``rope_scaling_factor`` (8 when absent, the value Meta's code fixes;
+    Llama 3.2 1B/3B need 32). The context length is not stored: ``max_seq_len`` sets it (default 2048).
+    """
+    directory = Path(directory)
+    params = _read_json(directory / "params.json")
+    unknown = sorted(set(params) - _META_KEYS)
+    if unknown:
+        raise ValueError(f"params.json has keys this model does not support: {unknown} (known: {sorted(_META_KEYS)})")
+    shard_paths = sorted(directory.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise FileNotFoundError(f"{directory} has params.json but no consolidated.NN.pth weight files")
+    shards = [_torch_load_weights(p) for p in shard_paths]
+    for shard in shards:
+        shard.pop("rope.freqs", None)  # Llama 1/2 stored the RoPE frequencies; we recompute them
+    if "tok_embeddings.weight" not in shards[0]:
+        raise ValueError(f"{shard_paths[0]} has no tok_embeddings.weight: not a Meta Llama checkpoint")
+
+    vocab_size = params.get("vocab_size", -1)
+    if vocab_size <= 0:
+        vocab_size = shards[0]["tok_embeddings.weight"].shape[0]
+    scaling = None
+    if params.get("use_scaled_rope", False):
+        scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", 8.0)))
+    config = ModelConfig(
+        dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
+        n_kv_heads=params.get("n_kv_heads"), vocab_size=vocab_size,
+        multiple_of=params.get("multiple_of", 256), ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+        norm_eps=params.get("norm_eps", 1e-5), rope_theta=float(params.get("rope_theta", 10000.0)),
+        max_seq_len=max_seq_len or params.get("max_seq_len", 2048), rope_scaling=scaling,
+    )
+    # A model whose head is not stored, or stored equal to the embedding, shares the two.
+    if "output.weight" not in shards[0] or torch.equal(shards[0]["output.weight"], shards[0]["tok_embeddings.weight"]):
+        config = dataclasses.replace(config, tie_embeddings=True)
+        for shard in shards:
+            shard.pop("output.weight", None)
+    full_shapes = expected_shapes(config)
+    if config.tie_embeddings:
+        del full_shapes["output.weight"]
+    return config, _merge_meta_shards(shards, full_shapes, shard_paths)
+# --8<-- [end:read_meta]
+
+
+def _merge_meta_shards(shards: list[StateDict], full_shapes: dict[str, tuple[int, ...]],
+                       paths: list[Path]) -> StateDict:
+    names = set(shards[0])
+    missing, unexpected = sorted(set(full_shapes) - names), sorted(names - set(full_shapes))
+    if missing or unexpected:
+        raise ValueError(
+            f"{paths[0]} does not match params.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    merged = {}
+    for name, shape in full_shapes.items():
+        parts = [shard[name] for shard in shards]
+        if tuple(parts[0].shape) == shape:
+            merged[name] = parts[0]  # repeated in every shard (or a single shard)
+            continue
+        # The one dimension along which the slices add up to the full size.
+        dims = [d for d in range(len(shape))
+                if sum(p.shape[d] for p in parts) == shape[d]
+                and all(p.shape[:d] + p.shape[d + 1:] == shape[:d] + shape[d + 1:] for p in parts)]
+        if len(parts) == 1 or not dims:
+            raise ValueError(
+                f"tensor {name} has shape {tuple(parts[0].shape)} in {paths[0].name} but params.json implies "
+                f"{shape}: the checkpoint and its params.json disagree"
+            )
+        merged[name] = torch.cat(parts, dim=dims[0])
+    return merged
+
+
+# ------------------------------------------------------------------------------------ llama2.c
+#: The seven int32 numbers at the start of a legacy llama2.c ``.bin``, in file order.
+LLAMA2C_HEADER = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+
+
+# --8<-- [start:read_llama2c]
+def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+    """Read karpathy's llama2.c legacy ``.bin`` (the layout ``run.c`` memory-maps).
+
+    After the header (:data:`LLAMA2C_HEADER`, int32) come float32 tensors, each layer's copies
+    stacked together: embedding, all attention norms, all ``wq``, all ``wk``, all ``wv``, all
+    ``wo``, all ffn norms, all ``w1``, ``w2``, ``w3``, the final norm, two RoPE tables
+    (``seq_len x head_dim/2`` each, skipped: we recompute them), and, only when ``vocab_size``
+    in the header is negative, a separate output head. Matrices are stored like PyTorch's
+    ``nn.Linear.weight``, ``[out, in]``, with interleaved RoPE rows: our layout exactly.
+
+    Raises:
+        ValueError: a newer llama2.c version, a bad header, or a file size that disagrees with
+            the header (a truncated download).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no llama2.c checkpoint at {path}")
+    size = path.stat().st_size
+    if size < 28:
+        raise ValueError(f"{path} has {size} bytes, less than the 28-byte llama2.c header: truncated")
+    header = np.fromfile(path, dtype="<i4", count=7)
+    if int(header[0]) == 0x616B3432:  # "ak42": the versioned exports of llama2.c's export.py
+        raise ValueError(
+            f"{path} is a llama2.c export version {int(header[1])}; only the legacy layout is read "
+            "(export it with --version 0)"
+        )
+    fields = dict(zip(LLAMA2C_HEADER, (int(x) for x in header)))
+    shared = fields["vocab_size"] > 0  # negative vocab size = the file carries its own output head
+    dim, hidden, n_layers, vocab = fields["dim"], fields["hidden_dim"], fields["n_layers"], abs(fields["vocab_size"])
+    config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
+                         vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
+                         tie_embeddings=shared)  # ModelConfig rejects impossible headers
+    kv_dim, half = config.n_kv_heads * config.head_dim, config.head_dim // 2
+    # (name, shape of one copy, copies): in file order.
+    layout = [("tok_embeddings", (vocab, dim), 1), ("attention_norm", (dim,), n_layers),
+              ("wq", (dim, dim), n_layers), ("wk", (kv_dim, dim), n_layers), ("wv", (kv_dim, dim), n_layers),
+              ("wo", (dim, dim), n_layers), ("ffn_norm", (dim,), n_layers), ("w1", (hidden, dim), n_layers),
+              ("w2", (dim, hidden), n_layers), ("w3", (hidden, dim), n_layers), ("norm", (dim,), 1),
+              ("rope_real", (fields["seq_len"], half), 1), ("rope_imag", (fields["seq_len"], half), 1)]
+    if not shared:
+        layout.append(("output", (vocab, dim), 1))
+    n_floats = sum(copies * int(np.prod(shape)) for _, shape, copies in layout)
+    if size != 28 + 4 * n_floats:
+        problem = "truncated" if size < 28 + 4 * n_floats else "longer than its header implies"
+        raise ValueError(
+            f"{path} has {size} bytes but its header {fields} implies {28 + 4 * n_floats}: the file is {problem}"
+        )
+    data = torch.from_numpy(np.fromfile(path, dtype="<f4", offset=28))
+    raw, offset = {}, 0
+    for name, shape, copies in layout:
+        count = copies * int(np.prod(shape))
+        raw[name] = data[offset: offset + count].view(copies, *shape)
+        offset += count
+    where = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", "wq": "attention.wq", "wk": "attention.wk",
+             "wv": "attention.wv", "wo": "attention.wo", "w1": "feed_forward.w1", "w2": "feed_forward.w2",
+             "w3": "feed_forward.w3"}
+    sd = {"tok_embeddings.weight": raw["tok_embeddings"][0], "norm.weight": raw["norm"][0]}
+    for i in range(n_layers):
+        for name, ours in where.items():
+            sd[f"layers.{i}.{ours}.weight"] = raw[name][i]
+    sd["output.weight"] = sd["tok_embeddings.weight"] if shared else raw["output"][0]
+    return config, sd
+# --8<-- [end:read_llama2c]
+
+
+# ------------------------------------------------------------------------------ load and save
+# --8<-- [start:load]
+def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                    max_seq_len: int | None = None) -> Transformer:
+    """Detect the format of ``path``, read it, and return a :class:`Transformer` in ``eval`` mode.
+
+    Args:
+        path: a Hugging Face folder, a Meta folder or a llama2.c ``.bin`` file.
+        dtype: the dtype of the returned model's weights.
+        max_seq_len: override the context length (Meta checkpoints do not store one).
+
+    Raises:
+        FileNotFoundError: the path or a file it needs is missing.
+        ValueError: an unknown format, a truncated or unreadable file, a pickle that is not
+            plain weights, or tensors whose shapes contradict the config.
+    """
+    fmt = detect_format(path)
+    if fmt == "hf":
+        config, sd = read_hf(path)
+    elif fmt == "meta":
+        config, sd = read_meta(path, max_seq_len)
+    else:
+        config, sd = read_llama2c(path)
+    if max_seq_len is not None:
+        config = dataclasses.replace(config, max_seq_len=max_seq_len)
+    if config.tie_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "output.weight"}
+    for name, shape in expected_shapes(config).items():
+        if name in sd and tuple(sd[name].shape) != shape:
+            raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}")
+    model = Transformer(config)
+    # strict=False only because a tied head is absent from sd; anything else missing is an error.
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    return model.to(dtype).eval()
+# --8<-- [end:load]
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step.
+
+    A crash or an error half-way leaves the old file (or none), never a truncated one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --8<-- [start:save_hf]
+def save_hf(model: Transformer, directory: str | os.PathLike) -> None:
+    """Write ``model`` as a Hugging Face folder: ``config.json`` + ``model.safetensors``.
+
+    The weights are renamed and ``wq``/``wk`` rows reordered for half-split RoPE by
+    :func:`llama.convert.llama_to_hf_state_dict`; a tied output head is left out, as
+    transformers expects. Each file is written atomically.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_sd = llama_to_hf_state_dict(model.state_dict(), model.config)
+    # safetensors stores each tensor once, contiguous, and refuses tensors that share memory.
+    hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
+    dtype = next(iter(hf_sd.values())).dtype
+    config = {**model.config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
+    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / "config.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+# --8<-- [end:save_hf]

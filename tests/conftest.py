@@ -1,11 +1,17 @@
-"""Shared fixtures: where the reference artifacts live."""
+"""Shared fixtures: where the reference artifacts live, the book's configuration and its built site."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,3 +32,141 @@ def shared_file():
         return path
 
     return find
+
+
+# --- The book's site, built once per test session -------------------------------------------
+
+SITE_DIR = REPO / "site"
+# The same command as `make site` in CI and in .github/workflows/pages.yml (tests/test_site_build.py
+# checks that). SKIP_INSTALL: the test run already has its environment, this very interpreter.
+SITE_BUILD_TARGET = "site"
+
+
+@dataclass
+class SiteBuild:
+    command: list[str]
+    returncode: int
+    output: str
+    seconds: float
+    site_dir: Path
+
+
+@pytest.fixture(scope="session")
+def built_site() -> SiteBuild:
+    """Build the book into ``site/`` with ``make site`` (strict), once for the whole session."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.fail("`make` is not installed: the site is built with `make site`")
+    command = [make, "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    seconds = time.perf_counter() - start
+    return SiteBuild(command, proc.returncode, proc.stdout + proc.stderr, seconds, SITE_DIR)
+
+
+@pytest.fixture(scope="session")
+def site_dir(built_site: SiteBuild) -> Path:
+    """The built site, for tests that read it; fails them at once if the build failed."""
+    if built_site.returncode != 0:
+        tail = "\n".join(built_site.output.splitlines()[-15:])
+        pytest.fail(f"`make site` failed (exit {built_site.returncode}):\n{tail}", pytrace=False)
+    return built_site.site_dir
+
+
+
+class _MkDocsYamlLoader(yaml.SafeLoader):
+    """Reads mkdocs.yml without MkDocs: its ``!relative``/``!ENV`` tags become plain values."""
+
+
+def _tag_as_value(loader, tag_suffix, node):
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return f"!{tag_suffix} {loader.construct_scalar(node)}".strip()
+
+
+_MkDocsYamlLoader.add_multi_constructor("!", _tag_as_value)
+
+
+def read_mkdocs_yml() -> dict:
+    return yaml.load((REPO / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_MkDocsYamlLoader)
+
+
+@pytest.fixture(scope="session")
+def mkdocs_yml() -> dict:
+    """mkdocs.yml as a plain dict (nav, markdown_extensions, ...)."""
+    return read_mkdocs_yml()
+
+
+API_SECTION = "API reference"
+
+
+@dataclass(frozen=True)
+class NavPage:
+    """One page of the nav. ``kind`` is "home", "api", "notebook" or "chapter"."""
+
+    section: str | None
+    title: str | None
+    path: str  # relative to book/
+
+    @property
+    def kind(self) -> str:
+        if self.path == "index.md":
+            return "home"
+        if self.section == API_SECTION:
+            return "api"
+        if self.path.endswith(".ipynb"):
+            return "notebook"
+        return "chapter"
+
+    @property
+    def url(self) -> str:
+        """Path of the built page relative to the site root (``use_directory_urls``)."""
+        stem = self.path.rsplit(".", 1)[0]
+        if stem == "index" or stem.endswith("/index"):
+            return stem[: -len("index")]
+        return stem + "/"
+
+    @property
+    def slug(self) -> str:
+        return self.path.rsplit(".", 1)[0].replace("/", "-")
+
+    @property
+    def source(self) -> Path:
+        return REPO / "book" / self.path
+
+
+def nav_pages(nav=None, section: str | None = None) -> list[NavPage]:
+    """Every page of a MkDocs nav (mkdocs.yml's by default), depth first."""
+    if nav is None:
+        nav = read_mkdocs_yml()["nav"]
+    pages = []
+    for item in nav:
+        if isinstance(item, str):
+            pages.append(NavPage(section, None, item))
+            continue
+        for title, value in item.items():
+            if isinstance(value, list):
+                pages.extend(nav_pages(value, title))
+            else:
+                pages.append(NavPage(section, title, value))
+    return pages
+
+
+def pytest_generate_tests(metafunc):
+    # A test that takes `nav_page` runs once per page of the book; `chapter_page`, once per chapter;
+    # `prompt_page`, once per Markdown page with a >>> example.
+    kinds = {
+        "nav_page": lambda p: True,
+        "chapter_page": lambda p: p.kind == "chapter",
+        "prompt_page": lambda p: p.path.endswith(".md") and p.source.is_file() and ">>> " in p.source.read_text("utf-8"),
+    }
+    for name, keep in kinds.items():
+        if name in metafunc.fixturenames:
+            pages = [p for p in nav_pages() if keep(p)]
+            metafunc.parametrize(name, pages, ids=[p.slug for p in pages])
+
+
+@pytest.fixture(scope="session")
+def book_chapters() -> list[NavPage]:
+    """The chapters, in nav order (no Home, API or notebook pages)."""
+    return [p for p in nav_pages() if p.kind == "chapter"]

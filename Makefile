@@ -1,0 +1,58 @@
+# Two commands cover everything (see README.md): `make serve` and `make test`.
+# Both install what they need first, once: the install is redone only when a requirements file changes.
+
+SHELL := bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+HOST_PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.package-lock.json
+
+# Material prints an end-of-life banner on every run that is not a warning of ours.
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: help install serve test site screenshot clean
+
+help:
+	@echo "make serve       install if needed, then serve the book at http://127.0.0.1:8000/"
+	@echo "make test        install if needed, then run the whole test suite (includes the strict build)"
+	@echo "make site        build the book into site/ with --strict (what the tests and CI publish)"
+	@echo "make screenshot  refresh .github/book-screenshot.png (the README picture) from the browser tests"
+
+install: $(STAMP) $(NPM_STAMP)
+
+# torch goes first, on its own, through constraints.txt: installed later as a dependency, an
+# unpinned torch resolves to the newest release and, on Linux, to gigabytes of CUDA wheels.
+$(STAMP): constraints.txt requirements-dev.txt pyproject.toml
+	test -x $(PYTHON) || $(HOST_PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt torch
+	$(PIP) install -c constraints.txt -r requirements-dev.txt
+	$(PIP) install -c constraints.txt -e .
+	touch $@
+
+# MathJax, served by the book itself (hooks/vendor_assets.py); npm ci installs exactly the lock.
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+serve: install
+	$(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
+# The one definition of the site build. tests/conftest.py runs `make site SKIP_INSTALL=1` and
+# .github/workflows/pages.yml runs `make site`, and a test checks that both still do.
+site: $(if $(SKIP_INSTALL),,install)
+	$(PYTHON) -m mkdocs build --strict
+
+# pytest's own exit status is kept, including 5 ("no tests ran"), which fails the target.
+test: install
+	$(PYTHON) -m pytest
+
+screenshot: install
+	$(PYTHON) -m pytest tests/browser -k "screenshots and index"
+	cp test-artifacts/screenshots/index-desktop.png .github/book-screenshot.png
+
+clean:
+	rm -rf site .cache test-artifacts

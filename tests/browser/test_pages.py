@@ -1,0 +1,213 @@
+"""Every page of the book, looked at in a real browser (Chromium, headless).
+
+Each page must load with no console error, no failed or outside request and no broken link or
+anchor, with its math typeset, in both colour palettes; screenshots of every page at desktop and
+phone widths go to test-artifacts/screenshots/ (see README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from functools import cache
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import unquote, urldefrag
+from urllib.request import urlopen
+
+
+PHONE = {"width": 390, "height": 844}
+
+# Typeset math leaves no TeX delimiters in the text a reader sees.
+RAW_MATH = re.compile(r"\$\$|\\\(|\\\[|(?<![\w$\\])\$[^$\s][^$\n]*?\$")
+
+VISIBLE_TEXT_JS = """() => {
+  const content = document.querySelector('.md-content').cloneNode(true);
+  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
+    .forEach((el) => el.remove());
+  return content.textContent;
+}"""
+
+MATH_DONE_JS = """(rawMath) => {
+  if (!window.MathJax || !MathJax.startup || !MathJax.startup.document) return false;
+  const all = [...document.querySelectorAll('.arithmatex')];
+  if (!all.every((el) => el.querySelector('mjx-container'))) return false;
+  const content = document.querySelector('.md-content').cloneNode(true);
+  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
+    .forEach((el) => el.remove());
+  return !new RegExp(rawMath).test(content.textContent);
+}"""
+
+
+def open_page(new_page, site_url, url, **options):
+    page, watch = new_page(**options)
+    page.goto(site_url + url, wait_until="load")
+    return page, watch
+
+
+def wait_for_math(page, watch, timeout=15_000):
+    """Wait until MathJax has typeset the page; record a problem if raw TeX is still visible."""
+    try:
+        page.wait_for_function(MATH_DONE_JS, arg=RAW_MATH.pattern, timeout=timeout)
+    except Exception:  # Playwright's TimeoutError: report what is still raw instead
+        raw = RAW_MATH.findall(page.evaluate(VISIBLE_TEXT_JS))
+        watch.problems.append(f"math not typeset: {raw[:5]} ({page.locator('.arithmatex').count()} formulas)")
+
+
+# --- links ---------------------------------------------------------------------------------------
+
+
+@cache
+def fetch(url: str) -> tuple[int, frozenset[str]]:
+    """HTTP status of a page of the served site, and the ids its HTML defines."""
+    try:
+        with urlopen(url, timeout=10) as response:
+            html = response.read().decode("utf-8", "replace")
+            return response.status, frozenset(re.findall(r'\b(?:id|name)="([^"]+)"', html))
+    except HTTPError as err:
+        return err.code, frozenset()
+
+
+def check_links(page, watch, site_url: str):
+    origin = "/".join(site_url.split("/", 3)[:3])
+    here = urldefrag(page.url).url
+    for href in sorted(set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map((a) => a.href)"))):
+        if not href.startswith(origin + "/"):
+            continue  # outside links are not followed: the tests make no outside request
+        if not href.startswith(site_url):
+            watch.problems.append(f"link outside the site's path: {href}")
+            continue
+        target, fragment = urldefrag(href)
+        status, ids = fetch(target)
+        if status != 200:
+            watch.problems.append(f"broken link ({status}): {href}")
+        elif fragment:
+            anchor = unquote(fragment)
+            exists = page.evaluate("(id) => !!document.getElementById(id)", anchor) if target == here else anchor in ids
+            if not exists:
+                watch.problems.append(f"broken anchor: {href}")
+
+
+# --- every page ----------------------------------------------------------------------------------
+
+
+def test_page(nav_page, new_page, site_url, screenshots):
+    page, watch = open_page(new_page, site_url, nav_page.url, color_scheme="light")
+    wait_for_math(page, watch)
+    check_links(page, watch, site_url)
+    page.screenshot(path=screenshots / f"{nav_page.slug}-desktop.png", full_page=True)
+
+    # Dark palette, through the toggle a reader uses.
+    assert page.evaluate("document.body.dataset.mdColorScheme") == "default"
+    light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
+    page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
+    dark_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert dark_background != light_background
+    wait_for_math(page, watch)
+    page.screenshot(path=screenshots / f"{nav_page.slug}-desktop-dark.png")
+
+    page.set_viewport_size(PHONE)
+    page.locator('[data-md-component="palette"] label[title="Switch to light mode"]').click()
+    page.wait_for_function("document.body.dataset.mdColorScheme === 'default'")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    if width > PHONE["width"]:
+        watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
+    page.screenshot(path=screenshots / f"{nav_page.slug}-phone.png", full_page=True)
+
+    assert watch.problems == []
+
+
+# --- the RoPE chapter (the first chapter with the full set of features) -----------------------------
+
+
+def test_rope_chapter_math_and_included_code(new_page, site_url):
+    page, watch = open_page(new_page, site_url, "rope/")
+    assert page.locator(".arithmatex").count() > 0, "the RoPE chapter has no math"
+    wait_for_math(page, watch)
+    assert page.locator(".md-content mjx-container").count() > 0
+
+    text = page.locator(".md-content").inner_text()
+    assert "--8<--" not in text and "[start:" not in text, "a snippet marker leaked into the page"
+    # Library code included from llama/rope.py: highlighted by Pygments, with a copy button.
+    included = page.locator(".md-content .highlight:has(code span.k:text-is('def'))")
+    assert included.count() > 0, "no included function definition on the RoPE page"
+    block = included.first
+    assert block.locator("span.nf").count() > 0 and block.locator("span.k").count() > 0
+    assert block.locator('button.md-code__button[data-md-type="copy"]').count() == 1
+    assert watch.problems == []
+
+
+# --- copying a >>> example copies only the code -------------------------------------------------------
+
+
+def test_copy_button_copies_only_code(prompt_page, new_page, site_url):
+    page, watch = open_page(new_page, site_url, prompt_page.url, permissions=["clipboard-read", "clipboard-write"])
+    block = page.locator(".md-content .highlight:has(.gp)").first
+    shown = block.locator("code").text_content()
+    code = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... "))]
+    assert code, "no >>> example found"
+    block.hover()
+    block.locator('button.md-code__button[data-md-type="copy"]').click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert ">>>" not in copied
+    assert copied.strip() == "\n".join(code).strip()
+    assert watch.problems == []
+
+
+# --- search ----------------------------------------------------------------------------------------
+
+
+def search_words(site_dir: Path, urls: list[str]) -> dict[str, str]:
+    """For each page, the word of its body that the fewest other pages contain."""
+    docs = json.loads((site_dir / "search/search_index.json").read_text())["docs"]
+    words: dict[str, set[str]] = {url: set() for url in urls}
+    for doc in docs:
+        url = doc["location"].split("#")[0]
+        if url in words:
+            words[url] |= set(re.findall(r"[a-z]{5,}", re.sub(r"<[^>]+>", " ", doc["text"]).lower()))
+    frequency = Counter(w for ws in words.values() for w in ws)
+    return {url: min(ws, key=lambda w: (frequency[w], -len(w), w)) for url, ws in words.items() if ws}
+
+
+def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, site_dir, book_chapters):
+    urls = [p.url for p in book_chapters]
+    words = search_words(site_dir, urls)
+    assert set(words) == set(urls), f"pages without searchable text: {set(urls) - set(words)}"
+    page, watch = open_page(new_page, site_url, "")
+    page.keyboard.press("/")  # Material's shortcut to the search box
+    missing = []
+    for url, word in words.items():
+        page.fill("input.md-search__input", word)
+        page.press("input.md-search__input", "End")  # Material searches on keyup, which fill() doesn't send
+        try:
+            page.wait_for_function(
+                "(target) => [...document.querySelectorAll('.md-search-result__link')]"
+                ".some((a) => a.href.split(/[?#]/)[0] === target)",
+                arg=site_url + url,
+                timeout=5_000,
+            )
+        except Exception:
+            missing.append(f"{word!r} does not find {url}")
+    assert missing == []
+    assert watch.problems == []
+
+
+# --- instant navigation keeps the page's JavaScript and re-typesets the math -------------------------
+
+
+def test_instant_navigation_typesets_math(new_page, site_url, book_chapters):
+    page, watch = open_page(new_page, site_url, "")
+    wait_for_math(page, watch)
+    page.evaluate("window.__stillTheSamePage = true")
+    first = book_chapters[0]
+    # Material rewrites the nav's links to absolute URLs once its JavaScript runs.
+    page.locator(f'.md-sidebar--primary a[href="{site_url + first.url}"]').first.click()
+    page.wait_for_url(site_url + first.url)
+    assert page.evaluate("window.__stillTheSamePage === true"), "instant navigation fell back to a full load"
+    page.go_back()
+    page.wait_for_url(site_url)
+    wait_for_math(page, watch)
+    assert page.locator(".md-content mjx-container").count() > 0
+    assert watch.problems == []

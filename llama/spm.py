@@ -139,6 +139,10 @@ class ModelProto:
     escape_whitespaces: bool = True
     # denormalizer_spec (used by decode, if it has rules)
     denormalizer_charsmap: bytes = b""
+    # which of the three parts were present in the file
+    has_pieces: bool = False
+    has_trainer_spec: bool = False
+    has_normalizer_spec: bool = False
 
 
 # --8<-- [start:read_model]
@@ -155,6 +159,7 @@ def read_model_proto(data: bytes) -> ModelProto:
     m = ModelProto()
     for number, value in _fields(data):
         if number == 1:  # repeated SentencePiece pieces
+            m.has_pieces = True
             p = Piece("")
             for n, v in _fields(value):
                 if n == 1:
@@ -165,6 +170,7 @@ def read_model_proto(data: bytes) -> ModelProto:
                     p.type = v
             m.pieces.append(p)
         elif number == 2:  # TrainerSpec
+            m.has_trainer_spec = True
             for n, v in _fields(value):
                 if n == 3:
                     m.model_type = _MODEL_TYPES.get(v, f"unknown ({v})")
@@ -181,6 +187,7 @@ def read_model_proto(data: bytes) -> ModelProto:
                             47: "eos_piece", 48: "pad_piece"}[n]
                     setattr(m, name, _text(v))
         elif number == 3:  # NormalizerSpec
+            m.has_normalizer_spec = True
             for n, v in _fields(value):
                 if n == 1:
                     m.normalizer_name = _text(v)
@@ -231,8 +238,13 @@ class SentencePieceTokenizer:
             proto = read_model_proto(data)
         except (ValueError, UnicodeDecodeError, struct.error) as err:
             raise ValueError(f"{where} is not a SentencePiece model file ({err})") from None
-        if not proto.pieces or any(not p.piece for p in proto.pieces):
-            raise ValueError(f"{where} is not a SentencePiece model file (no pieces, or an empty piece)")
+        if not (proto.has_pieces and proto.has_trainer_spec and proto.has_normalizer_spec):
+            raise ValueError(
+                f"{where} is not a SentencePiece model file (pieces, trainer_spec or normalizer_spec "
+                "is missing; a truncated download looks like this)"
+            )
+        if any(not p.piece for p in proto.pieces):
+            raise ValueError(f"{where} is not a SentencePiece model file (it has an empty piece)")
         if proto.model_type != "bpe":
             raise ValueError(
                 f"{where} is a {proto.model_type} model; this tokenizer implements BPE models "

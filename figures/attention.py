@@ -41,9 +41,7 @@ def data_dir() -> Path:
 def load_model() -> tuple[Transformer, str]:
     """The pretrained stories260K model if it can be loaded, else a seeded random one of its size."""
     path = data_dir() / "stories260K.bin"
-    # The loader of llama2.c checkpoints is `Transformer.from_pretrained` (llama/checkpoint.py).
-    # Until the library has it, the figures fall back to random weights.
-    if path.is_file() and hasattr(Transformer, "from_pretrained"):
+    if path.is_file():
         return Transformer.from_pretrained(path).eval(), "stories260K, pretrained"
     torch.manual_seed(0)
     return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights (seed 0)"

@@ -170,3 +170,9 @@ def pytest_generate_tests(metafunc):
 def book_chapters() -> list[NavPage]:
     """The chapters, in nav order (no Home, API or notebook pages)."""
     return [p for p in nav_pages() if p.kind == "chapter"]
+
+
+@pytest.fixture(scope="session")
+def book_pages() -> list[NavPage]:
+    """Every page of the nav, in order."""
+    return nav_pages()

@@ -1,0 +1,68 @@
+"""The book covers the whole package, and every chapter has what a chapter needs.
+
+Walks mkdocs.yml's nav:
+
+* every module ``llama/<name>.py`` has an API page (a page of the "API reference" section with
+  ``::: llama.<name>``) and is shown in at least one chapter (a snippet include of ``llama/<name>.py``);
+* every chapter (a nav page that is not Home, not API reference, not a notebook) has a figure
+  drawn by the library (``![...](figures/...)``), at least one example that the tests run, and an
+  ``## Exercises`` section.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+from sybil import Document
+
+REPO = Path(__file__).resolve().parent.parent
+MODULES = sorted(p.stem for p in (REPO / "llama").glob("*.py") if not p.stem.startswith("_"))
+FIGURE = re.compile(r"!\[[^\]]*\]\(figures/[^)\s]+\.svg\)|<img\b[^>]*\bsrc=\"figures/[^\"]+\"")
+EXERCISES = re.compile(r"^## Exercises\s*$", re.MULTILINE)
+
+
+def _collection():
+    spec = importlib.util.spec_from_file_location("_book_collection", REPO / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+collection = _collection()
+
+
+def page_text(page) -> str:
+    return page.source.read_text("utf-8") if page.source.is_file() else ""
+
+
+def test_every_nav_page_exists(nav_page):
+    assert nav_page.source.is_file(), f"mkdocs.yml's nav lists {nav_page.path}, which is not in book/"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_has_an_api_page(module, book_pages):
+    pages = [p.path for p in book_pages if p.kind == "api" and re.search(rf"^::: llama\.{module}\s*$", page_text(p), re.M)]
+    assert pages, f"no page of the API reference documents llama.{module}: add book/api/{module}.md (`::: llama.{module}`) to the nav"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_is_shown_in_a_chapter(module, book_chapters):
+    include = re.compile(rf'--8<--\s+"llama/{module}\.py[:"]')
+    chapters = [p.path for p in book_chapters if include.search(page_text(p))]
+    assert chapters, f"no chapter includes code from llama/{module}.py (--8<-- \"llama/{module}.py:section\")"
+
+
+def test_chapter_has_a_figure(chapter_page):
+    assert FIGURE.search(page_text(chapter_page)), f"{chapter_page.path} shows no figure from figures/ (see hooks/figures.py)"
+
+
+def test_chapter_has_an_executed_example(chapter_page):
+    document = Document.parse(str(chapter_page.source), collection.BookCodeParser())
+    assert document.regions, f"{chapter_page.path} has no example that the tests run (```pycon or ```python)"
+
+
+def test_chapter_has_exercises(chapter_page):
+    assert EXERCISES.search(page_text(chapter_page)), f"{chapter_page.path} has no '## Exercises' section"

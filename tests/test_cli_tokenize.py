@@ -1,0 +1,63 @@
+"""``llama tokenize``: train, encode and decode from the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama.cli import main
+from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
+
+TEXT = "hello world\nthe cat sat on the mat\nhello there, world\n" * 40
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def test_bpe_train_encode_decode(corpus, tmp_path, capsys):
+    out = tmp_path / "tok.json"
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "270", "-o", str(out), "--special", "<|eot|>"]) == 0
+    assert "270 tokens" in capsys.readouterr().out
+    tok = BPETokenizer.load(out)
+    assert tok.special_tokens == {"<|eot|>": 269}
+
+    assert main(["tokenize", "encode", "-t", str(out), "hello<|eot|>"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ids = tok.encode("hello<|eot|>")
+    assert lines[0] == "ids: " + " ".join(map(str, ids))
+    assert lines[1].startswith("pieces: ") and "'<|eot|>'" in lines[1]
+
+    assert main(["tokenize", "decode", "-t", str(out), *map(str, ids)]) == 0
+    assert capsys.readouterr().out == "hello<|eot|>\n"
+
+
+def test_sentencepiece_train_encode_decode(corpus, tmp_path, capsys):
+    out = tmp_path / "tok.model"
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "280", "-o", str(out), "--method", "sentencepiece"]) == 0
+    tok = SentencePieceTokenizer(out)
+    assert main(["tokenize", "encode", "-t", str(out), "--bos", "hello world"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ids = tok.encode("hello world", bos=True)
+    assert lines[-2] == "ids: " + " ".join(map(str, ids))
+    assert lines[-1] == "pieces: " + " ".join(repr(tok.id_to_piece(i)) for i in ids)
+    assert main(["tokenize", "decode", "-t", str(out), *map(str, ids)]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+
+
+def test_errors_are_one_line(corpus, tmp_path, capsys):
+    assert main(["tokenize", "train", str(tmp_path / "none.txt"), "--vocab-size", "300", "-o", str(tmp_path / "x.json")]) == 2
+    assert "no training text" in capsys.readouterr().err
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "100", "-o", str(tmp_path / "x.json")]) == 2
+    assert "too small" in capsys.readouterr().err
+    assert main(["tokenize", "encode", "-t", str(tmp_path / "none.model"), "x"]) == 2
+    assert "no tokenizer file" in capsys.readouterr().err
+    assert main(["tokenize", "encode", "-t", str(corpus), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llama tokenize: error:") and "not a SentencePiece model" in err and err.count("\n") == 1
+    out = tmp_path / "tok.json"
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "260", "-o", str(out)]) == 0
+    assert main(["tokenize", "decode", "-t", str(out), "5", "9999"]) == 2
+    assert "out of range" in capsys.readouterr().err

@@ -313,6 +313,10 @@ class BPETokenizer:
                 out.extend(ids)
         return out
 
+    def clear_cache(self) -> None:
+        """Forget the encodings of chunks seen so far (they are cached: words repeat a lot)."""
+        self._cache.clear()
+
     def decode(self, ids: Iterable[int]) -> str:
         """Turn token ids back into text; bytes that are not valid UTF-8 become ``"\ufffd"``.
 

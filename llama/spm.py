@@ -503,6 +503,10 @@ class SentencePieceTokenizer:
             raise ValueError(f"this model has no {name} piece")
         return i
 
+    def clear_cache(self) -> None:
+        """Forget the encodings of words seen so far (they are cached: words repeat a lot)."""
+        self._cache.clear()
+
     def encode_as_pieces(self, text: str) -> list[str]:
         """Encode ``text`` and return the piece strings instead of ids."""
         return [self.pieces[i] for i in self.encode(text)]

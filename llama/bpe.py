@@ -133,6 +133,11 @@ class BPETokenizer:
         self._cache: dict[str, list[int]] = {}
 
     @property
+    def merge_ids(self) -> list[tuple[int, int]]:
+        """The merges as pairs of token ids, in training order (what the constructor takes)."""
+        return [pair for pair, _ in sorted(self._ranks.items(), key=lambda kv: kv[1])]
+
+    @property
     def vocab_size(self) -> int:
         """Number of tokens: ``256 + len(merges) + len(special_tokens)``."""
         return len(self.vocab)
@@ -334,13 +339,11 @@ class BPETokenizer:
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON (merges as id pairs; atomic: temp file, then rename)."""
-        # The rank table holds the merges with the ids they were trained with, in order.
-        rank_pairs = sorted(self._ranks.items(), key=lambda kv: kv[1])
         doc = {
             "format": _FORMAT,
             "version": _VERSION,
             "pattern": self.pattern,
-            "merges": [list(pair) for pair, _ in rank_pairs],
+            "merges": [list(pair) for pair in self.merge_ids],
             "special_tokens": list(self.special_tokens),
         }
         _atomic_write_text(Path(path), json.dumps(doc, ensure_ascii=False, indent=0))

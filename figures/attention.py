@@ -95,7 +95,7 @@ def one_thread():
 
 
 def _heatmap(ax, matrix, title, cmap="viridis", **kw):
-    im = ax.imshow(matrix, cmap=cmap, interpolation="nearest", **kw)
+    im = ax.imshow(matrix.numpy(), cmap=cmap, interpolation="nearest", **kw)
     ax.set_title(title, fontsize="medium")
     return im
 
@@ -111,7 +111,7 @@ def causal_mask_figure():
     ]
     for ax, (mask, title) in zip(axes, panels):
         s_q, s_k = mask.shape
-        ax.imshow(mask.int(), cmap=MASK_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(mask.int().numpy(), cmap=MASK_CMAP, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
@@ -187,7 +187,7 @@ def all_heads_figure(n_tokens: int = 24):
     for r, layer in enumerate(layers):
         for hd in range(n_heads):
             ax = axes[r, hd]
-            ax.imshow(weights[layer, hd], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(weights[layer, hd].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Subcommands register here, in the order a reader meets them in the book.
     _add_tokenize(subparsers)
+    _add_train(subparsers)
     return parser
 
 
@@ -86,6 +87,25 @@ def _run_tokenize(args) -> int:
     else:
         print(tok.decode(args.ids))
     return 0
+
+
+def _add_train(subparsers) -> None:
+    from llama.train import add_arguments
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a text file (alone or under torchrun)",
+        description="Train a tokenizer (or load one) and a LLaMA-style model on a text file, with "
+        "evaluation in bits per byte, checkpoints, exact --resume, and DDP under torchrun.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from llama.train import run
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,214 @@
+"""llama.train: schedule, optimizer groups, bits per byte, checkpoints, exact resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llama.bpe import BPETokenizer
+from llama.cli import main as cli_main
+from llama.model import Transformer
+from llama.train import (
+    KILL_ENV,
+    TrainConfig,
+    evaluate,
+    lr_at,
+    make_optimizer,
+    model_config,
+    read_log,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+# A tiny run: 2 layers, 32 wide, byte tokens, one thread so results do not depend on the machine.
+TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4",
+        "--threads", "1", "--eval-tokens", "256", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
+
+
+def make_text(path: Path, n_words: int = 6000, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = "the king and queen of denmark speak to thee my lord what news from rome".split()
+    path.write_text(" ".join(rng.choice(words) for _ in range(n_words)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text(tmp_path):
+    return make_text(tmp_path / "text.txt")
+
+
+def run_cli(*args: str, env: dict | None = None, module: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "llama.train", *args] if module else [sys.executable, "-m", "llama.cli", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+
+
+# -------------------------------------------------------------------------------------- the math
+def test_lr_schedule_shape():
+    peak, warm, steps, r = 1e-3, 10, 100, 0.1
+    lrs = [lr_at(s, s / steps, peak, warm, r) for s in range(steps + 1)]
+    assert lrs[:10] == pytest.approx([peak * (s + 1) / 10 * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * s / 100)))
+                                      for s in range(10)])
+    assert 0.97 * peak < max(lrs) <= peak  # the cosine factor has started to decay during warm-up
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # never rises after warm-up
+    assert lrs[-1] == pytest.approx(peak * r)
+    assert lr_at(500, 5.0, peak, warm, r) == pytest.approx(peak * r)  # progress is clamped at the end
+
+
+def test_weight_decay_skips_norm_gains_and_covers_every_parameter_once():
+    model = Transformer(model_config(TrainConfig(out="x", model="tiny", max_steps=1), 50))
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_bits_per_byte_counts_the_bytes_of_the_predicted_tokens():
+    torch.manual_seed(0)
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 30
+    tok = BPETokenizer.train(text, 300)
+    ids = np.array(tok.encode(text), dtype=np.uint16)
+    model = Transformer(model_config(TrainConfig(out="x", model="tiny", max_steps=1, block_size=16), tok.vocab_size))
+    lengths = np.array([len(tok.vocab[i]) for i in range(tok.vocab_size)])
+    res = evaluate(model, ids, 16, lengths)
+    # the predicted tokens are all but the first; they decode to the text minus the first token's bytes
+    assert res["tokens"] == len(ids) - 1
+    assert res["bytes"] == len(text.encode()) - len(tok.vocab[int(ids[0])])
+    # an independent computation of the same number: full-length forward passes, token by token sums
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, 16):
+            x = torch.tensor(ids[start : start + 17].astype(np.int64))
+            logp = torch.log_softmax(model(x[None, :-1]).double(), -1)[0]
+            nats -= logp.gather(-1, x[1:, None]).sum().item()
+    assert res["loss"] == pytest.approx(nats / res["tokens"], rel=1e-6)
+    assert res["bpb"] == pytest.approx(nats / math.log(2) / res["bytes"], rel=1e-6)
+    assert res["ppl"] == pytest.approx(math.exp(res["loss"]))
+    byte_level = evaluate(model, ids, 16, np.ones(tok.vocab_size, dtype=np.int64))
+    assert byte_level["bpb"] == pytest.approx(byte_level["loss"] / math.log(2))  # one byte per token
+
+
+# ------------------------------------------------------------------------------------ a real run
+def test_run_writes_log_checkpoint_model_and_samples(tmp_path, text):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--data", str(text), "--out", str(out), *TINY, "--max-steps", "6", "--eval-every", "3"]) == 0
+    log = read_log(out / "log.jsonl")
+    assert [r["step"] for r in log] == [3, 6, 6] and log[-1]["final"] and "final" not in log[0]
+    for r in log:
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2))  # byte tokens: 1 byte each
+    assert log[0]["val_tokens"] == 256 and log[-1]["val_tokens"] == len(np.load(out / "data" / "val.npy")) - 1
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000006"
+    ckpt = out / "checkpoints" / "step-0000006"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                      "state.json", "tokenizer.json"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 6 and state["model_config"]["dim"] == 32
+    assert set(state["rng"]) == {"python", "numpy"}
+    assert {"rng.torch", "rng.sampler"} <= set(load_file(ckpt / "optimizer.safetensors"))
+    assert not list((out / "checkpoints").glob("step-0000003"))  # older checkpoints are pruned
+    from llama.checkpoint import load_checkpoint
+
+    model = load_checkpoint(out / "model")  # the final model, as a Hugging Face folder
+    assert torch.equal(model.tok_embeddings.weight, load_file(ckpt / "model.safetensors")["tok_embeddings.weight"])
+    assert (out / "samples.txt").is_file()
+
+
+def test_exact_resume_after_sigkill(tmp_path, text):
+    """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
+    and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
+    flags = ["--data", str(text), *TINY, "--max-steps", "12", "--eval-every", "5"]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "llama.train", "--out", str(tmp_path / name), *flags], cwd=REPO,
+                         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, env in (("whole", {}), ("killed", {KILL_ENV: "7"}))
+    ]
+    (out_w, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
+    assert procs[0].returncode == 0, err_w
+    assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000005"
+    resumed = run_cli("--out", str(killed), "--resume")  # every setting comes from the saved run
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000012" / name)
+        b = load_file(killed / "checkpoints" / "step-0000012" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    log_w, log_k = read_log(tmp_path / "whole" / "log.jsonl"), read_log(killed / "log.jsonl")
+    assert [r["step"] for r in log_k] == [5, 10, 12, 12]
+    assert [r["val_loss"] for r in log_k] == [r["val_loss"] for r in log_w]
+    assert [r["train_loss"] for r in log_k[1:]] != [None] * 3
+
+
+def test_resume_is_not_a_no_op(tmp_path, text):
+    """Resuming really continues training (so the bit-for-bit comparison above is not vacuous)."""
+    flags = ["--data", str(text), "--out", str(tmp_path / "r"), *TINY, "--eval-every", "2"]
+    assert cli_main(["train", *flags, "--max-steps", "2"]) == 0
+    w2 = load_file(tmp_path / "r" / "checkpoints" / "step-0000002" / "model.safetensors")
+    assert cli_main(["train", *flags, "--max-steps", "4", "--resume"]) == 0
+    w4 = load_file(tmp_path / "r" / "checkpoints" / "step-0000004" / "model.safetensors")
+    assert not torch.equal(w2["output.weight"], w4["output.weight"])
+
+
+# ---------------------------------------------------------------------------------- clear errors
+def train_error(capsys, *argv: str) -> str:
+    assert cli_main(["train", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_error_empty_and_too_small_data(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "is empty" in train_error(capsys, "--data", str(empty), "--out", str(tmp_path / "a"), *TINY, "--max-steps", "1")
+    small = tmp_path / "small.txt"
+    small.write_text("To be, or not to be.\n")  # 19 training bytes: not one window of 32 + 1
+
+    err = train_error(capsys, "--data", str(small), "--out", str(tmp_path / "b"), *TINY, "--max-steps", "1")
+    assert "fewer than block_size + 1" in err and "--block-size" in err
+
+
+def test_error_block_size_beyond_max_seq_len(tmp_path, capsys, text):
+    err = train_error(capsys, "--data", str(text), "--out", str(tmp_path / "a"), *TINY, "--max-steps", "1",
+                      "--max-seq-len", "16")
+    assert "--block-size 32 is larger than --max-seq-len 16" in err
+
+
+def test_error_no_length(tmp_path, capsys, text):
+    assert "--max-steps, --max-time" in train_error(capsys, "--data", str(text), "--out", str(tmp_path / "a"), *TINY)
+
+
+def test_error_overwriting_a_run_and_resuming_with_other_settings(tmp_path, capsys, text):
+    out = str(tmp_path / "run")
+    assert cli_main(["train", "--data", str(text), "--out", out, *TINY, "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    err = train_error(capsys, "--data", str(text), "--out", out, *TINY, "--max-steps", "2")
+    assert "already holds a training run" in err and "--resume" in err
+    err = train_error(capsys, "--out", out, "--resume", "--lr", "0.1", "--block-size", "16")
+    assert "--lr 0.1 (the run used 0.003)" in err and "--block-size 16 (the run used 32)" in err
+    other = make_text(tmp_path / "other.txt", seed=1)
+    assert "not the text the run" in train_error(capsys, "--out", out, "--resume", "--data", str(other))
+    err = train_error(capsys, "--out", str(tmp_path / "nothing"), "--resume")
+    assert "nothing to resume" in err
+
+
+def test_console_script_and_module_agree(tmp_path, text):
+    """``llama train`` (the console script's function) and ``python -m llama.train`` take the same flags."""
+    proc = run_cli("--data", str(text), "--out", str(tmp_path / "m"), *TINY, "--max-steps", "1", "--eval-every", "1",
+                   module=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "bits per byte" in proc.stdout
+    bad = run_cli("--out", str(tmp_path / "m"), "--max-steps", "1")
+    assert bad.returncode == 2 and "already holds a training run" in bad.stderr and "Traceback" not in bad.stderr

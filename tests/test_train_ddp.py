@@ -1,0 +1,54 @@
+"""DDP for real: ``torchrun`` starts 2 ranks (gloo, 127.0.0.1) that train like one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llama.train import read_log
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
+        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this PyTorch has no gloo backend")
+
+LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+    words = "the king and queen of denmark speak to thee my lord what news from rome".split()
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
+    common = ["--data", str(text), *TINY, "--max-steps", "6", "--eval-every", "1"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llama.train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
+    single = [sys.executable, "-m", "llama.train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
+    env = {**os.environ, **LOOPBACK}
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in (ddp, single)]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert outputs[0][0].count("final:") == 1  # only rank 0 reports
+
+    log_ddp, log_one = read_log(tmp_path / "ddp" / "log.jsonl"), read_log(tmp_path / "single" / "log.jsonl")
+    assert [r["step"] for r in log_ddp] == [r["step"] for r in log_one] == [1, 2, 3, 4, 5, 6, 6]
+    assert [r["tokens"] for r in log_ddp] == [r["tokens"] for r in log_one]  # same global batch
+    for a, b in zip(log_ddp, log_one):
+        for key in ("train_loss", "val_loss"):
+            if a[key] is not None:
+                assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+    # the losses moved, so agreeing is not trivial
+    assert log_one[0]["train_loss"] - log_one[5]["train_loss"] > 0.05
+    w_ddp = load_file(tmp_path / "ddp" / "checkpoints" / "step-0000006" / "model.safetensors")
+    w_one = load_file(tmp_path / "single" / "checkpoints" / "step-0000006" / "model.safetensors")
+    for k in w_one:
+        torch.testing.assert_close(w_ddp[k], w_one[k], atol=1e-5, rtol=0)

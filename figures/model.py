@@ -1,10 +1,11 @@
-"""Figures of the Feed-forward and The model chapters, drawn with ``llama`` at build time.
+"""Figures of the Feed-forward, The model and Checking ourselves chapters, drawn with ``llama``.
 
 See hooks/figures.py for how ``FIGURES`` is turned into SVG files of the site.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 
@@ -12,10 +13,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from llama.config import PRESETS, llama_hidden_dim
+from llama.config import PRESETS, ModelConfig, RopeScaling, llama_hidden_dim
 from llama.feed_forward import FeedForward
 from llama.convert import expected_shapes
 from llama.model import Transformer, count_parameters
+from llama.rope import interleaved_to_half_split
 
 
 # ------------------------------------------------------------------------------ feed-forward
@@ -118,9 +120,9 @@ def parameter_breakdown():
 def residual_stream():
     """RMS of the residual stream after each block of a small random model, and of what is added."""
     torch.manual_seed(0)
-    cfg = PRESETS["stories15M"]
+    cfg = PRESETS["stories260K"]
     model = Transformer(cfg).eval()
-    tokens = torch.randint(0, cfg.vocab_size, (2, 32))
+    tokens = torch.randint(0, cfg.vocab_size, (4, 64))
     stream, added = [], []
 
     def record(block, inputs, output):
@@ -140,8 +142,55 @@ def residual_stream():
     ax.set_xlabel("after block (0 = embeddings)")
     ax.set_ylabel("RMS")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"stories15M at initialisation ({cfg.n_layers} blocks, seed 0)")
+    ax.set_title(f"stories260K at initialisation ({cfg.n_layers} blocks, seed 0)")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------- checking
+def checking_mistakes():
+    """How far one wrong detail moves the logits of a tiny model, next to float32 rounding."""
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, max_seq_len=64,
+                      rope_theta=500000.0, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16))
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    state = model.state_dict()
+    with torch.no_grad():
+        reference = model(tokens)
+
+    def logits_with(config: ModelConfig, sd: dict[str, torch.Tensor] | None = None, dtype=torch.float32):
+        other = Transformer(config).eval()
+        other.load_state_dict(sd or state)
+        with torch.no_grad():
+            return other.to(dtype)(tokens).float()
+
+    other_layout = {k: interleaved_to_half_split(v, cfg.n_heads if ".wq." in k else cfg.n_kv_heads)
+                    if k.endswith(("attention.wq.weight", "attention.wk.weight")) else v for k, v in state.items()}
+    cases = {
+        "same model in float64\n(rounding only)": logits_with(cfg, dtype=torch.float64),
+        "RMSNorm eps 1e-6\ninstead of 1e-5": logits_with(dataclasses.replace(cfg, norm_eps=1e-6)),
+        "RoPE base 10,000\ninstead of 500,000": logits_with(dataclasses.replace(cfg, rope_theta=10000.0)),
+        "Llama 3.1 scaling\nleft out": logits_with(dataclasses.replace(cfg, rope_scaling=None)),
+        "scaling factor 32\ninstead of 8": logits_with(dataclasses.replace(cfg, rope_scaling=RopeScaling(32.0, 1.0, 4.0, 16))),
+        "wq/wk rows in the\nother RoPE layout": logits_with(cfg, other_layout),
+    }
+    diffs = [float((v - reference).abs().max()) for v in cases.values()]
+    fig, ax = plt.subplots(figsize=(7, 3.8), facecolor="white")
+    bars = ax.barh(list(cases), diffs, color=["C2"] + ["C3"] * (len(cases) - 1))
+    ax.bar_label(bars, labels=[f"{d:.1e}" for d in diffs], padding=3, fontsize="small")
+    ax.axvline(1e-5, color="black", linestyle="--", linewidth=0.8, label="tolerance of the parity test, 1e-5")
+    ax.set_xscale("log")
+    ax.set_xlim(min(diffs) / 5, max(diffs) * 20)
+    ax.invert_yaxis()
+    ax.set_xlabel("max |difference| of the logits (log scale)")
+    ax.set_title("One wrong detail in a tiny random model, against rounding")
+    ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -151,4 +200,5 @@ FIGURES = {
     "ffn-hidden-width.svg": hidden_width,
     "model-parameters.svg": parameter_breakdown,
     "model-residual-stream.svg": residual_stream,
+    "checking-mistakes.svg": checking_mistakes,
 }

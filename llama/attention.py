@@ -73,6 +73,9 @@ def causal_mask(s_q: int, s_k: int | None = None, start_pos: int = 0, device: to
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """Share each key/value head with ``n_rep`` query heads by repeating it.
 
+    It works on the ``[b, s, heads, h_d]`` layout that the projections produce, before
+    heads are moved in front of the sequence for the matmuls.
+
     Args:
         x: ``[b, s, n_kv, h_d]``.
         n_rep: ``n_heads // n_kv_heads``.

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Subcommands register here, in the order a reader meets them in the book.
     _add_tokenize(subparsers)
+    _add_generate(subparsers)
+    _add_convert(subparsers)
     _add_train(subparsers)
     return parser
 
@@ -106,6 +108,109 @@ def _run_train(args) -> int:
     from llama.train import run
 
     return run(args)
+
+
+def _add_generate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a checkpoint",
+        description="Load a checkpoint (Hugging Face folder, Meta folder or llama2.c .bin) and continue\n"
+        "a prompt, printing each token as soon as it is chosen.\n\n"
+        "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
+        "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
+        epilog="examples:\n"
+        "  llama generate stories260K.bin --max-new-tokens 30\n"
+        "  llama generate stories15M.bin --tokenizer tokenizer.model --prompt 'Once upon a time'\n"
+        "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder or llama2.c .bin file")
+    p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (needs --tokenizer; BOS is prepended)")
+    prompt.add_argument("--ids", type=int, nargs="+", metavar="ID",
+                        help="prompt as token ids (default without --prompt: 1, the Llama BOS id)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (default) is greedy; higher is more random")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set with probability >= P")
+    p.add_argument("--min-p", type=float, metavar="P", help="drop tokens less likely than P x the most likely")
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same output")
+    p.add_argument("--stop-id", type=int, action="append", default=[], metavar="ID",
+                   help="stop when this id is produced (repeatable); e.g. the tokenizer's EOS")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="context length, for checkpoints that do not store it")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from llama.generation import generate_stream
+    from llama.model import Transformer
+
+    if args.prompt is not None and args.tokenizer is None:
+        raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
+    tok = None
+    if args.tokenizer is not None:
+        from llama.tokenizer import SentencePieceTokenizer, load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
+    model = Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
+    if args.prompt is not None:
+        spm = isinstance(tok, SentencePieceTokenizer)
+        prompt = tok.encode(args.prompt, bos=True) if spm else tok.encode(args.prompt)
+    else:
+        prompt = args.ids if args.ids is not None else [1]
+    if tok is not None and tok.vocab_size != model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
+                         "they do not belong together")
+    stream = generate_stream(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                             args.min_p, args.stop_id, args.seed)
+    if tok is None:  # ids in, ids out
+        for i, token in enumerate(stream):
+            print(token if i == 0 else f" {token}", end="", flush=True)
+        print()
+        return 0
+    # Decoding a growing list and printing only what is new keeps multi-token characters and
+    # SentencePiece's leading-space rule right, which decoding token by token would not.
+    ids, shown = list(prompt), tok.decode(prompt)
+    print(shown, end="", flush=True)
+    for token in stream:
+        ids.append(token)
+        text = tok.decode(ids)
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print()
+    return 0
+
+
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint to Hugging Face's format",
+        description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
+        "params.json and consolidated.NN.pth, llama2.c .bin) and write it as a Hugging Face folder\n"
+        "(config.json + model.safetensors) that transformers' AutoModelForCausalLM loads.",
+        epilog="example:\n  llama convert stories260K.bin stories260K-hf --to hf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="checkpoint to read (its format is detected)")
+    p.add_argument("destination", help="folder to write (created if needed)")
+    p.add_argument("--to", choices=["hf"], required=True, help="output format: hf (Hugging Face)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the written weights (default float32)")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    import torch
+
+    from llama.model import Transformer
+
+    model = Transformer.from_pretrained(args.source, dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
+    model.save_pretrained(args.destination)
+    print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
+          f"{model.num_parameters():,} parameters, {args.dtype}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

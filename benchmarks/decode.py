@@ -1,0 +1,159 @@
+"""Decode speed of ``llama.generate`` against transformers' ``generate``, and the memory-bandwidth bound.
+
+Batch 1, float32, greedy, an 8-token prompt then 128 new tokens, on identical random weights
+(our model's weights converted with :func:`llama.convert.llama_to_hf_state_dict`), with the same
+thread count for both. Each engine gets one untimed warm-up call; then the timed calls of the two
+engines alternate, so a burst of load from another process hits both alike. The time of a call
+covers the whole ``generate`` (the 8-token prefill included, for both); tokens/s is 128 divided
+by it. The median and the best of the repeats are printed.
+
+The bound: decoding one token reads every weight matrix once (the output head included; of the
+embedding only one row), so no implementation can beat ``copy bandwidth / weight bytes`` tokens
+per second. The bandwidth is measured here by copying a 256 MiB tensor, counting the bytes read
+and the bytes written.
+
+Run from the repository root::
+
+    python benchmarks/decode.py            # both configs, 2 threads, 5 repeats
+    python benchmarks/decode.py --quick    # a small config, to check that the script works
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Python puts this script's folder first on sys.path, where benchmarks/tokenize.py would shadow the
+# standard library's tokenize module (which torch imports). Nothing is imported from this folder.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import torch  # noqa: E402
+
+from llama import ModelConfig, Transformer  # noqa: E402
+from llama.convert import llama_to_hf_state_dict  # noqa: E402
+from llama.generation import generate  # noqa: E402
+
+CONFIGS = {
+    # The two sizes of the issue: stories15M- and stories110M-like, shared embedding/output.
+    "15M": ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, hidden_dim=768, max_seq_len=256,
+                       tie_embeddings=True),
+    "110M": ModelConfig(dim=768, n_layers=12, n_heads=12, vocab_size=32000, hidden_dim=2048, max_seq_len=1024,
+                        tie_embeddings=True),
+    # --quick: small enough to run in a second (used by the tests).
+    "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, hidden_dim=128,
+                        max_seq_len=256, tie_embeddings=True),
+}
+PROMPT_LEN, NEW_TOKENS = 8, 128
+
+
+def copy_bandwidth(mib: int = 256, repeats: int = 10) -> float:
+    """Best bytes/s of ``dst.copy_(src)`` for a ``mib`` MiB tensor, counting bytes read + written."""
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch: page faults are not bandwidth
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * 4 / best
+
+
+def weight_bytes_per_token(config: ModelConfig, bytes_per_value: int = 4) -> int:
+    """Bytes of weights one decode step reads: every matrix and norm, the head, one embedding row."""
+    d, kv, h = config.dim, config.n_kv_heads * config.head_dim, config.hidden_dim
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * h + 2 * d
+    head = config.vocab_size * d  # read in full whether or not it is shared with the embedding
+    return bytes_per_value * (config.n_layers * per_layer + d + head + d)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def hf_twin(model: Transformer):
+    """transformers' LlamaForCausalLM with ``model``'s weights, set to never stop early."""
+    import transformers
+
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf())).eval()
+    missing, unexpected = hf.load_state_dict(llama_to_hf_state_dict(model.state_dict(), model.config), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.generation_config.eos_token_id = None  # random weights: no token may end the run early
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def bench_config(name: str, config: ModelConfig, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    hf = hf_twin(model)
+    prompt = torch.randint(1, config.vocab_size, (PROMPT_LEN,), generator=torch.Generator().manual_seed(1)).tolist()
+    input_ids = torch.tensor([prompt])
+    attention_mask = torch.ones_like(input_ids)
+
+    def ours():
+        return generate(model, prompt, NEW_TOKENS)
+
+    def theirs():
+        with torch.inference_mode():
+            out = hf.generate(input_ids, attention_mask=attention_mask, do_sample=False,
+                              max_new_tokens=NEW_TOKENS, min_new_tokens=0)
+        return out[0, PROMPT_LEN:].tolist()
+
+    ids_ours, ids_theirs = ours(), theirs()  # warm-up, not timed; also the agreement check
+    times_ours, times_theirs = [], []
+    for _ in range(repeats):
+        times_ours.append(_timed(ours))
+        times_theirs.append(_timed(theirs))
+    return {
+        "name": name,
+        "ours": [NEW_TOKENS / t for t in times_ours],
+        "theirs": [NEW_TOKENS / t for t in times_theirs],
+        "same_ids": ids_ours == ids_theirs,
+        "bytes": weight_bytes_per_token(config),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both engines (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per engine and config (default 5)")
+    parser.add_argument("--configs", nargs="+", default=["15M", "110M"], choices=list(CONFIGS),
+                        help="which configs to run (default: 15M 110M)")
+    parser.add_argument("--quick", action="store_true", help="tiny config, 2 repeats: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.repeats = ["tiny"], 2
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    print(f"command: python benchmarks/decode.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average at start {os.getloadavg()[0]:.2f}")
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s")
+    print(f"batch 1, float32, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens; "
+          f"tok/s = {NEW_TOKENS} / time of the whole generate call; median (best) of {args.repeats}")
+    print()
+    header = (f"| config | ours tok/s | transformers tok/s | speed-up (median) | weights MB/token "
+              f"| bound tok/s | ours / bound | same ids |")
+    print(header)
+    print("| --- " * (header.count("|") - 1) + "|")
+    for name in args.configs:
+        r = bench_config(name, CONFIGS[name], args.repeats)
+        ours_med, theirs_med = statistics.median(r["ours"]), statistics.median(r["theirs"])
+        bound = bandwidth / r["bytes"]
+        print(f"| {name} | {ours_med:.0f} ({max(r['ours']):.0f}) | {theirs_med:.0f} ({max(r['theirs']):.0f}) "
+              f"| {ours_med / theirs_med:.2f}x | {r['bytes'] / 1e6:.0f} | {bound:.0f} "
+              f"| {ours_med / bound:.0%} | {'yes' if r['same_ids'] else 'NO'} |", flush=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -133,3 +133,37 @@ def new_page(browser, site_url):
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+@pytest.fixture
+def production_page(browser, site_dir, mkdocs_yml):
+    """``(page, watch, base_url)`` for a page that browses the book at its real address, ``site_url``.
+
+    Material's instant navigation only engages for URLs listed in sitemap.xml, whose host it
+    rewrites to the current one but not the port, so it cannot engage on 127.0.0.1:PORT. Here the
+    browser answers every request for ``site_url`` from ``site/`` itself (Playwright routing):
+    nothing is sent over the network, and anything else is refused.
+    """
+    base = mkdocs_yml["site_url"]
+    prefix = urlsplit(base).path
+
+    def answer(route):
+        url = urlsplit(route.request.url)
+        if not route.request.url.startswith(base):
+            route.abort()
+            return
+        path = Path(site_dir) / url.path[len(prefix):]
+        if path.is_dir():
+            path = path / "index.html"
+        if path.is_file():
+            route.fulfill(path=path)
+        else:
+            route.fulfill(status=404, body="not found")
+
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    context.route("**/*", answer)
+    page = context.new_page()
+    origin = "/".join(base.split("/", 3)[:3])
+    yield page, PageWatch(page, origin), base
+    context.close()

@@ -197,17 +197,19 @@ def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, sit
 # --- instant navigation keeps the page's JavaScript and re-typesets the math -------------------------
 
 
-def test_instant_navigation_typesets_math(new_page, site_url, book_chapters):
-    page, watch = open_page(new_page, site_url, "")
+def test_instant_navigation_typesets_math(production_page, book_chapters):
+    page, watch, base = production_page
+    page.goto(base, wait_until="networkidle")  # idle: Material has read sitemap.xml
     wait_for_math(page, watch)
     page.evaluate("window.__stillTheSamePage = true")
     first = book_chapters[0]
     # Material rewrites the nav's links to absolute URLs once its JavaScript runs.
-    page.locator(f'.md-sidebar--primary a[href="{site_url + first.url}"]').first.click()
-    page.wait_for_url(site_url + first.url)
+    page.locator(f'.md-sidebar--primary a[href="{base + first.url}"]').first.click()
+    page.wait_for_url(base + first.url)
     assert page.evaluate("window.__stillTheSamePage === true"), "instant navigation fell back to a full load"
     page.go_back()
-    page.wait_for_url(site_url)
+    page.wait_for_url(base)
     wait_for_math(page, watch)
     assert page.locator(".md-content mjx-container").count() > 0
+    assert page.evaluate("window.__stillTheSamePage === true")
     assert watch.problems == []

@@ -6,11 +6,12 @@ into chunks by a regular expression (the *pre-tokenizer*, e.g. :data:`GPT2_PATTE
 that no token ever spans, say, the end of one word and the start of the next. Special
 tokens such as ``<|endoftext|>`` are cut out before that and are never split or merged.
 
->>> tok = BPETokenizer.train("low lower lowest", vocab_size=260)
->>> [tok.vocab[i] for i in range(256, 260)]
-[b'ow', b'low', b'lowe', b' lowe']
->>> tok.decode(tok.encode("lowest low"))
-'lowest low'
+Examples:
+    >>> tok = BPETokenizer.train("low lower lowest", vocab_size=260)
+    >>> [tok.vocab[i] for i in range(256, 260)]
+    [b'ow', b'low', b'lowe', b' lowe']
+    >>> tok.decode(tok.encode("lowest low"))
+    'lowest low'
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class BPETokenizer:
         num_merges = vocab_size - 256 - len(specials)
         compiled = regex.compile(pattern)
         # --8<-- [start:train]
-        # 1. Pre-tokenize and count identical chunks once: "the" may occur 10,000 times,
+        # 1. Pre-tokenize and count identical chunks once: " the" may occur 5,000 times,
         #    but it is stored (and later re-merged) only once, with its frequency.
         chunks: Counter[str] = Counter()
         for part, is_special in _split_specials(text, specials):

@@ -3,7 +3,7 @@ r"""A SentencePiece BPE tokenizer written by hand: model file reader, encoder an
 SentencePiece stores a model as a protocol-buffer message (``ModelProto``): a list of
 *pieces* (string, score, type), a ``TrainerSpec`` with the options it was trained with and a
 ``NormalizerSpec`` that says how raw text is cleaned before it is cut into pieces. This
-module reads that file with a twenty-line protobuf wire-format parser and reproduces what
+module reads that file with a short hand-written protobuf wire-format parser and reproduces what
 the ``sentencepiece`` library does for BPE models such as Llama 2's:
 
 1. *normalize*: optionally drop extra spaces, add a dummy ``▁`` at the start and write every
@@ -13,17 +13,18 @@ the ``sentencepiece`` library does for BPE models such as Llama 2's:
 3. *fall back*: a character that is not a piece becomes its UTF-8 bytes as ``<0xNN>``
    pieces (or ``<unk>`` when the model has no byte pieces).
 
->>> import io, sentencepiece
->>> buf = io.BytesIO()
->>> sentencepiece.SentencePieceTrainer.train(
-...     sentence_iterator=iter(["hello world", "hello there"] * 50), model_writer=buf,
-...     model_type="bpe", vocab_size=280, byte_fallback=True,
-...     normalization_rule_name="identity", minloglevel=2)
->>> tok = SentencePieceTokenizer.from_bytes(buf.getvalue())
->>> tok.encode_as_pieces("hello Wörld")
-['▁hello', '▁', '<0x57>', '<0xC3>', '<0xB6>', 'r', 'ld']
->>> tok.decode(tok.encode("hello Wörld"))
-'hello Wörld'
+Examples:
+    >>> import io, sentencepiece
+    >>> buf = io.BytesIO()
+    >>> sentencepiece.SentencePieceTrainer.train(
+    ...     sentence_iterator=iter(["hello world", "hello there"] * 50), model_writer=buf,
+    ...     model_type="bpe", vocab_size=280, byte_fallback=True,
+    ...     normalization_rule_name="identity", minloglevel=2)
+    >>> tok = SentencePieceTokenizer.from_bytes(buf.getvalue())
+    >>> tok.encode_as_pieces("hello Wörld")
+    ['▁hello', '▁', '<0x57>', '<0xC3>', '<0xB6>', 'r', 'ld']
+    >>> tok.decode(tok.encode("hello Wörld"))
+    'hello Wörld'
 """
 
 from __future__ import annotations
@@ -347,9 +348,10 @@ class SentencePieceTokenizer:
     def normalize(self, text: str) -> str:
         """Apply the model's ``NormalizerSpec`` (identity rule) to ``text``.
 
-        >>> tok = SentencePieceTokenizer.from_bytes(_tiny_model())
-        >>> tok.normalize("Hello  world")
-        '▁Hello▁▁world'
+        Examples:
+            >>> tok = SentencePieceTokenizer.from_bytes(_tiny_model())
+            >>> tok.normalize("Hello  world")
+            '▁Hello▁▁world'
         """
         p = self.proto
         ws = SPACE if p.escape_whitespaces else " "

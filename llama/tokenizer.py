@@ -7,9 +7,10 @@ r"""Tokenizers: the hand-written ones, the production trainer, and one loader fo
   with Llama 2's settings.
 * :func:`load_tokenizer`: opens either kind of file.
 
->>> tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280)
->>> tok.encode_as_pieces("the cat")
-['▁the', '▁cat']
+Examples:
+    >>> tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280)
+    >>> tok.encode_as_pieces("the cat")
+    ['▁the', '▁cat']
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def train_sentencepiece(
     text_or_path: str | os.PathLike,
     vocab_size: int,
     model_path: str | os.PathLike | None = None,
-    **options,
+    **options: object,
 ) -> SentencePieceTokenizer:
     """Train a SentencePiece BPE model with the ``sentencepiece`` library (Llama 2's settings).
 

@@ -1,0 +1,215 @@
+"""Generation: parity with transformers, the KV cache, batching with padding, sampling rules, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llama import ModelConfig, Transformer, generate, generate_batch, generate_stream, sample_next
+from llama.generation import min_p_filter, top_k_filter, top_p_filter
+
+BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
+MHA = ModelConfig(**BASE)
+GQA = ModelConfig(**{**BASE, "n_kv_heads": 2, "tie_embeddings": True})
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A model whose greedy choices are clear-cut: larger weights than the training init."""
+    torch.manual_seed(seed)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.08)
+    return model
+
+
+def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding with no cache at all: the whole sequence goes through the model every step."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
+def test_greedy_equals_transformers_generate(config):
+    transformers = pytest.importorskip("transformers")
+    from llama.convert import llama_to_hf_state_dict
+
+    model = random_model(config)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf())).eval()
+    hf.load_state_dict(llama_to_hf_state_dict(model.state_dict(), config), strict=False)
+    hf.generation_config.eos_token_id = None  # random weights: never stop early
+    hf.generation_config.pad_token_id = 0
+    prompt = [1, 17, 42, 5, 88]
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                          do_sample=False, max_new_tokens=64)
+    theirs = out[0, len(prompt):].tolist()
+    ours = generate(model, prompt, max_new_tokens=64)
+    assert len(ours) == 64
+    assert ours == theirs
+    assert len(set(ours)) >= 3  # not one token repeated, which would make the comparison weak
+
+
+def test_cached_generation_equals_recomputing_everything():
+    model = random_model(GQA, seed=1)
+    prompt = [3, 9, 27, 81]
+    assert generate(model, prompt, 20) == naive_greedy(model, prompt, 20)
+
+
+def test_last_only_equals_the_last_row_of_the_full_forward():
+    model = random_model(MHA)
+    tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, last = model(tokens), model(tokens, last_only=True)
+    assert last.shape == (2, 1, 97)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+
+
+def test_batched_generation_with_left_padding_equals_one_at_a_time():
+    model = random_model(GQA, seed=2)
+    prompts = [[1, 5, 9, 2, 7, 3, 11], [1, 60], [1, 8, 8, 30, 4]]
+    batched = generate_batch(model, prompts, max_new_tokens=24)
+    alone = [generate(model, p, max_new_tokens=24) for p in prompts]
+    assert batched == alone
+    assert len({tuple(x) for x in batched}) == 3  # different prompts, different continuations
+
+
+def test_batched_generation_stops_each_sequence_at_its_own_stop_id():
+    model = random_model(GQA, seed=2)
+    prompts = [[1, 5, 9, 2], [1, 60]]
+    free = generate_batch(model, prompts, max_new_tokens=12)
+    stop = free[0][3]  # the 4th token of the first sequence
+    stopped = generate_batch(model, prompts, max_new_tokens=12, stop_ids=[stop])
+    for full, cut in zip(free, stopped):
+        expected = full[: full.index(stop)] if stop in full else full
+        assert cut == expected
+
+
+def test_stream_yields_what_generate_returns_and_removes_the_cache():
+    model = random_model(MHA)
+    stream = generate_stream(model, [1, 2, 3], 10)
+    first = [next(stream) for _ in range(4)]
+    assert model.layers[0].attention.cache is not None  # in use while the stream is open
+    stream.close()  # a consumer that stops early
+    assert model.layers[0].attention.cache is None
+    assert first == generate(model, [1, 2, 3], 10)[:4]
+    assert model.layers[0].attention.cache is None
+
+
+def test_stop_ids_end_generation_without_emitting_the_stop_id():
+    model = random_model(MHA)
+    free = generate(model, [1, 2, 3], 20)
+    stop = free[5]
+    cut = generate(model, [1, 2, 3], 20, stop_ids={stop})
+    assert cut == free[: free.index(stop)]
+    assert generate(model, [1, 2, 3], 20, stop_ids=[free[0]]) == []
+
+
+def test_same_seed_same_sample_different_seed_different_sample():
+    model = random_model(MHA)
+    kwargs = dict(max_new_tokens=30, temperature=1.5, seed=123)
+    a = generate(model, [1], **kwargs)
+    assert a == generate(model, [1], **kwargs)
+    assert a != generate(model, [1], **{**kwargs, "seed": 124})
+    assert a != generate(model, [1], 30)  # sampling is not greedy decoding
+
+
+def test_seed_does_not_touch_the_global_random_state():
+    model = random_model(MHA)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    generate(model, [1], 5, temperature=1.0, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_top_k_1_and_tiny_top_p_and_min_p_1_are_greedy():
+    model = random_model(GQA)
+    greedy = generate(model, [1, 4], 10)
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
+        assert generate(model, [1, 4], 10, temperature=2.0, seed=0, **kwargs) == greedy, kwargs
+
+
+def test_sampling_respects_top_k():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]]).expand(2000, 5)
+    draws = sample_next(logits, temperature=5.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 2}
+
+
+def test_sampling_frequencies_follow_the_softmax():
+    logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.2)]]).expand(20000, 3)
+    draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=3).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.015)
+
+
+logit_rows = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=40).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float32)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(logit_rows, st.floats(0.01, 1.0))
+def test_top_p_keeps_the_smallest_nucleus(z, p):
+    kept = top_p_filter(z, p) > float("-inf")
+    probs = torch.softmax(z.double(), -1)
+    assert kept[z.argmax()]  # the most likely token always survives
+    mass = probs[kept].sum()
+    assert mass >= p - 1e-5  # enough mass ...
+    # ... and minimal: dropping the least likely kept token would fall short of p.
+    smallest = probs[kept].min()
+    assert mass - smallest < p + 1e-5 or kept.sum() == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(logit_rows, st.integers(1, 50))
+def test_top_k_keeps_k_largest(z, k):
+    kept = top_k_filter(z, k) > float("-inf")
+    assert kept.sum() >= min(k, len(z))  # ties with the k-th value may add more
+    assert z[kept].min() >= z[~kept].max() if (~kept).any() else True
+
+
+@settings(max_examples=60, deadline=None)
+@given(logit_rows, st.floats(0.0, 1.0))
+def test_min_p_threshold(z, min_p):
+    kept = min_p_filter(z, min_p) > float("-inf")
+    probs = torch.softmax(z.double(), -1)
+    assert kept[z.argmax()]
+    assert torch.all(probs[kept] >= min_p * probs.max() * (1 - 1e-4))
+    assert torch.all(probs[~kept] < min_p * probs.max() * (1 + 1e-4))
+
+
+def test_errors_name_the_problem():
+    model = random_model(MHA)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate(model, [], 5)
+    with pytest.raises(ValueError, match="the prompt has 97 tokens but the model's max_seq_len is 96"):
+        generate(model, [1] * 97, 1)
+    with pytest.raises(ValueError, match="ask for at most 6 new tokens"):
+        generate(model, [1] * 90, 7)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        generate(model, [1], 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        generate(model, [1], 5, temperature=1.0, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        generate(model, [1], 5, temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="min_p must be in"):
+        generate(model, [1], 5, temperature=1.0, min_p=-0.1)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        generate(model, [1, 97], 5)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        generate_batch(model, [], 5)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate_batch(model, [[1], []], 5)
+    assert generate(model, [1] * 90, 6) and generate(model, [1], 0) == []
+    assert model.layers[0].attention.cache is None  # no error leaves a cache behind

@@ -20,6 +20,26 @@ from llama.model import Transformer, count_parameters
 from llama.rope import interleaved_to_half_split
 
 
+def _one_thread(make):
+    """Run a figure function with one intra-op thread, then restore the setting.
+
+    The models in these figures are tiny; spreading a 64-wide matmul over threads costs more
+    than it saves, and on a busy machine waiting for the threads dominates the build time.
+    """
+
+    def wrapper():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return make()
+        finally:
+            torch.set_num_threads(threads)
+
+    wrapper.__name__ = wrapper.__qualname__ = make.__name__
+    wrapper.__doc__ = make.__doc__
+    return wrapper
+
+
 # ------------------------------------------------------------------------------ feed-forward
 def swiglu():
     """SiLU next to ReLU, and what the gate does to a value."""
@@ -117,6 +137,7 @@ def parameter_breakdown():
     return fig
 
 
+@_one_thread
 def residual_stream():
     """RMS of the residual stream after each block of a small random model, and of what is added."""
     torch.manual_seed(0)
@@ -149,6 +170,7 @@ def residual_stream():
 
 
 # --------------------------------------------------------------------------------- checking
+@_one_thread
 def checking_mistakes():
     """How far one wrong detail moves the logits of a tiny model, next to float32 rounding."""
     cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, max_seq_len=64,
@@ -159,7 +181,7 @@ def checking_mistakes():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
-    tokens = torch.randint(0, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
     state = model.state_dict()
     with torch.no_grad():
         reference = model(tokens)

@@ -23,7 +23,8 @@ class RMSNorm(nn.Module):
         eps: added under the square root so an all-zero vector does not divide by zero.
 
     Shape:
-        ``x``: ``[..., dim]`` → same shape and dtype.
+        ``x``: ``[..., dim]`` → same shape. The dtype follows PyTorch's promotion of ``x``
+        and ``weight``: a model cast as a whole (``model.bfloat16()``) keeps bf16 throughout.
 
     >>> norm = RMSNorm(4)
     >>> x = torch.tensor([[3.0, -3.0, 3.0, -3.0]])

@@ -53,6 +53,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# --8<-- [start:cached_download]
 def cached_download(url: str, sha256: str, filename: str | None = None,
                     directory: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
     """Return the path of ``url``'s file in the cache, downloading it first if needed.
@@ -98,3 +99,4 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
             os.unlink(tmp)
         raise
     return target
+# --8<-- [end:cached_download]

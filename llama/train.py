@@ -64,6 +64,7 @@ __all__ = [
     "load_checkpoint",
     "train",
     "read_log",
+    "plot_log",
     "add_arguments",
     "main",
 ]
@@ -71,8 +72,8 @@ __all__ = [
 #: Model sizes for training from scratch; ``--model`` also accepts the names in :data:`llama.config.PRESETS`.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=32, n_layers=2, n_heads=4, multiple_of=16),       # tests: trains in milliseconds
-    "nano": dict(dim=128, n_layers=4, n_heads=4, multiple_of=32),      # nanoGPT's CPU Shakespeare size
-    "book": dict(dim=192, n_layers=4, n_heads=6, multiple_of=32),      # the chapter's 120-second recipe
+    "book": dict(dim=128, n_layers=4, n_heads=4, multiple_of=32),      # the chapter's recipe (nanoGPT's CPU size)
+    "small": dict(dim=256, n_layers=6, n_heads=8, multiple_of=32),     # for a longer run or a faster machine
 }
 
 
@@ -119,11 +120,11 @@ class TrainConfig:
     n_kv_heads: int | None = None
     block_size: int = 256
     max_seq_len: int | None = None
-    batch_size: int = 16
+    batch_size: int = 8
     accum: int = 1
-    lr: float = 3e-3
+    lr: float = 4e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -406,6 +407,43 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def plot_log(records: Sequence[dict[str, Any]] | str | os.PathLike, target_bpb: float | None = None,
+             reference: tuple[str, float] | None = None):
+    """A matplotlib figure of a run's ``log.jsonl``: losses on the left, bits per byte on the right.
+
+    Args:
+        records: the log's records, or the path of a ``log.jsonl``.
+        target_bpb: draw a horizontal line at this validation bits per byte.
+        reference: ``(label, bits per byte)`` of another result to mark.
+
+    Needs matplotlib (``pip install llama-from-scratch[plot]``).
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(records, (list, tuple)):
+        records = read_log(records)
+    periodic = [r for r in records if not r.get("final")]
+    final = [r for r in records if r.get("final")]
+    t = [r["elapsed"] for r in periodic]
+    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(t, [r["train_loss"] for r in periodic], label="train (mean since last eval)")
+    ax_loss.plot(t, [r["val_loss"] for r in periodic], label=f"validation ({periodic[0]['val_tokens']} tokens)")
+    ax_loss.set(xlabel="training time (s)", ylabel="cross-entropy (nats per token)")
+    ax_loss.legend(frameon=False)
+    ax_bpb.plot(t, [r["val_bpb"] for r in periodic], color="C1", label="validation")
+    if final:
+        ax_bpb.plot([final[-1]["elapsed"]], [final[-1]["val_bpb"]], "o", color="C3",
+                    label=f"final, whole validation set: {final[-1]['val_bpb']:.3f}")
+    if target_bpb is not None:
+        ax_bpb.axhline(target_bpb, color="grey", ls="--", lw=1, label=f"target {target_bpb}")
+    if reference is not None:
+        ax_bpb.axhline(reference[1], color="grey", ls=":", lw=1, label=f"{reference[0]}: {reference[1]}")
+    ax_bpb.set(xlabel="training time (s)", ylabel="bits per byte", ylim=(None, min(5.0, max(r["val_bpb"] for r in periodic))))
+    ax_bpb.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def _prepare_out(cfg: TrainConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
     """Check ``--out`` against ``--resume``; return the folder and the saved settings (if resuming)."""
     out = Path(cfg.out)
@@ -601,6 +639,7 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
             elapsed = float(t)
         if progress_of(step, elapsed) >= 1.0:
             break
+        # --8<-- [start:step]
         lr = lr_at(step, progress_of(step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -619,9 +658,10 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if world > 1:
+        if world > 1:  # for the log only: the mean loss over all ranks
             torch.distributed.all_reduce(step_loss)
             step_loss /= world
+        # --8<-- [end:step]
         losses.append(float(step_loss))
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -199,7 +199,7 @@ def lr_at(step: int, progress: float, peak: float, warmup_steps: int, min_ratio:
     elapsed time over ``max_time`` for a run with a time budget) and $r$ is ``min_ratio``.
 
     >>> [round(lr_at(s, s / 100, 1.0, 10, 0.1), 3) for s in (0, 9, 50, 100)]
-    [0.1, 0.976, 0.55, 0.1]
+    [0.1, 0.982, 0.55, 0.1]
     """
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     p = min(max(progress, 0.0), 1.0)

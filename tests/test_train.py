@@ -212,3 +212,40 @@ def test_console_script_and_module_agree(tmp_path, text):
     assert "bits per byte" in proc.stdout
     bad = run_cli("--out", str(tmp_path / "m"), "--max-steps", "1")
     assert bad.returncode == 2 and "already holds a training run" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------ the chapter's command
+def _benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_train", REPO / "benchmarks" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chapter_shows_the_benchmarks_recipe_command():
+    import re
+
+    command = _benchmark_module().RECIPE_COMMAND
+    chapter = (REPO / "book" / "training.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- tested-by: tests/test_train.py -->\n```console\n(.*?)```", chapter, re.S)
+    assert blocks == [f"$ {command}\n"]
+
+
+def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch):
+    """The recipe's exact flags (Tiny Shakespeare found through LLAMA_DATA_DIR, the default BPE and
+    model), with --max-steps 2 and a smaller model added so that it ends in seconds."""
+    import shlex
+
+    monkeypatch.setenv("LLAMA_DATA_DIR", str(shared_file("tinyshakespeare.txt").parent))
+    argv = shlex.split(_benchmark_module().RECIPE_COMMAND)
+    assert argv[:2] == ["llama", "train"]
+    argv = [a if a != "runs/shakespeare" else str(tmp_path / "run") for a in argv[1:]]
+    tiny = ["--max-steps", "2", "--eval-every", "1", "--eval-tokens", "512", "--sample-tokens", "4", "--no-progress"]
+    assert cli_main([*argv, *tiny]) == 0
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    first = int(np.load(tmp_path / "run" / "data" / "val.npy")[0])
+    first_bytes = len(BPETokenizer.load(tmp_path / "run" / "tokenizer.json").vocab[first])
+    assert log[-1]["final"] and log[-1]["val_bytes"] == 111_539 - first_bytes  # all but the first token's
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["max_time"] == 120

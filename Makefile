@@ -51,7 +51,7 @@ test: install
 	$(PYTHON) -m pytest
 
 screenshot: install
-	$(PYTHON) -m pytest tests/browser -k "screenshots and index"
+	$(PYTHON) -m pytest tests/browser -k "test_page and index"
 	cp test-artifacts/screenshots/index-desktop.png .github/book-screenshot.png
 
 clean:

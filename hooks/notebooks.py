@@ -1,10 +1,14 @@
-"""MkDocs hook: make the labs (``book/*.ipynb``, rendered and executed by mkdocs-jupyter) safe to cache
-and to navigate to.
+"""MkDocs hook: execute the labs (``book/*.ipynb``) in parallel, cache them by the code they run,
+and make their pages safe to navigate to.
 
-1. mkdocs-jupyter caches an executed notebook under a key made of the notebook and its own
-   options only, so after a change to ``llama/`` it would serve the old outputs, and a lab broken by
-   that change would still build. Here the cache folder is named after a hash of ``llama/**/*.py``:
-   a library change re-executes every lab, and cache folders of older code are removed.
+1. With ``execute: true`` mkdocs-jupyter runs the notebooks one after the other (one kernel start
+   and one ``import torch`` each) and caches the result by the notebook and its own options only, so
+   after a change to ``llama/`` it would serve old outputs and a lab broken by that change would
+   still build. This hook takes over the execution when the plugin's ``execute`` is true: it runs
+   the labs concurrently, one kernel per CPU, as soon as the file list is known (while the chapters
+   render), with errors failing the build (``allow_errors`` false) and the kernel's working directory
+   in ``book/``. The executed copy is stored in ``.cache/labs/`` under a hash of the notebook and of
+   ``llama/**/*.py``, and is what the plugin renders (with its own execution switched off).
 2. Every notebook page carries nbconvert's MathJax 2 block, which points at a CDN and, after an
    instant navigation, calls ``MathJax.Hub.Config`` on our MathJax 3 and throws. It is removed;
    book/javascripts/mathjax.js typesets notebook math instead.
@@ -14,39 +18,100 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
 
 log = logging.getLogger("mkdocs.hooks.notebooks")
 
 PLUGIN = "mkdocs-jupyter"
-CACHE_ROOT = ".cache/mkdocs-jupyter"
+CACHE_DIR = ".cache/labs"
 NB_MATHJAX2 = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
 
-
-def library_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted((root / "llama").rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:20]
+_execute = False
+_allow_errors = False
+_kernel = ""
+_pool: ThreadPoolExecutor | None = None
+_pending: dict[str, Future] = {}
 
 
 def on_config(config):
+    global _execute, _allow_errors, _kernel
     plugin = config.plugins.get(PLUGIN)
-    if plugin is None:
-        return config
-    root = Path(config.config_file_path).parent
-    key = library_hash(root)
-    # mkdocs-jupyter resolves cache_dir against the working directory; `make` runs from the root.
-    plugin.config["cache_dir"] = f"{CACHE_ROOT}/{key}"
-    cache_root = root / CACHE_ROOT
-    for old in cache_root.iterdir() if cache_root.is_dir() else []:
-        if old.is_dir() and old.name != key:
-            shutil.rmtree(old, ignore_errors=True)
-        elif old.is_file():
-            old.unlink()  # entries of the plugin's default, unkeyed layout
+    _execute = bool(plugin and plugin.config["execute"])
+    if _execute:
+        plugin.config["execute"] = False  # done here instead, see the module docstring
+        _allow_errors = plugin.config["allow_errors"]
+        _kernel = plugin.config["kernel_name"]
     return config
+
+
+def library_hash(root: Path) -> bytes:
+    digest = hashlib.sha256()
+    for path in sorted((root / "llama").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.digest()
+
+
+def execute(source: Path, target: Path, kernel: str, allow_errors: bool) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(source, as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name=kernel, allow_errors=allow_errors, timeout=600,
+        resources={"metadata": {"path": str(source.parent)}},  # the kernel runs in book/
+    )
+    client.execute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    nbformat.write(notebook, tmp)
+    tmp.replace(target)  # atomic: a half-written notebook is never cached
+
+
+def on_files(files, config):
+    global _pool
+    _pending.clear()
+    if not _execute:
+        return files
+    root = Path(config.config_file_path).parent
+    code = library_hash(root)
+    cache = root / CACHE_DIR
+    used = set()
+    _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="lab")
+    for file in files:
+        if not file.src_uri.endswith(".ipynb"):
+            continue
+        source = Path(file.abs_src_path)
+        key = hashlib.sha256(code + source.read_bytes()).hexdigest()[:20]
+        target = cache / f"{source.stem}-{key}.ipynb"
+        used.add(target.name)
+        if not target.is_file():
+            _pending[file.src_uri] = _pool.submit(
+                execute, source, target, _kernel, _allow_errors
+            )
+        file.abs_src_path = str(target)  # mkdocs-jupyter renders the executed copy
+    for old in cache.glob("*.ipynb") if cache.is_dir() else []:
+        if old.name not in used:
+            old.unlink()  # executed with code or a notebook that no longer exists
+    _pool.shutdown(wait=False)
+    return files
+
+
+@event_priority(100)  # before mkdocs-jupyter's on_pre_page, which reads the executed copy
+def on_pre_page(page, config, files):
+    future = _pending.pop(page.file.src_uri, None)
+    if future is not None:
+        try:
+            future.result()
+        except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
+            raise PluginError(f"lab {page.file.src_uri} failed to run:\n{err}") from None
+    return page
 
 
 def on_page_content(html, page, config, files):
@@ -58,3 +123,8 @@ def on_page_content(html, page, config, files):
         # to hear about it rather than ship a page that loads MathJax 2 from a CDN.
         log.warning("notebook %s: expected one MathJax 2 block to remove, found %d", page.file.src_uri, count)
     return html
+
+
+def on_shutdown():
+    for future in _pending.values():
+        future.cancel()

@@ -208,3 +208,38 @@ def test_workflow_tests_then_publishes_the_same_build():
         if step.get("uses", "").startswith("actions/upload-pages-artifact")
     ]
     assert [step["with"]["path"] for step in uploads] == ["site"]
+
+
+def write_notebook_site(tmp_path: Path, code: str) -> Path:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    config = {
+        "site_name": "lab check",
+        "docs_dir": "docs",
+        "theme": {"name": "material", "font": False},  # the default theme loads highlight.js from a CDN
+        "hooks": [str(REPO / "hooks/notebooks.py")],
+        "plugins": [{"mkdocs-jupyter": {"include": ["*.ipynb"], "execute": True, "allow_errors": False}}],
+    }
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/index.md").write_text("# Home\n\n[The lab](lab.ipynb)\n")
+    notebook = new_notebook(
+        cells=[new_markdown_cell("# Lab\n\nSome math: $x^2$"), new_code_cell(code)],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    nbformat.write(notebook, tmp_path / "docs/lab.ipynb")
+    return tmp_path
+
+
+def test_lab_is_executed_and_cleaned_of_mathjax2(tmp_path):
+    result = build(write_notebook_site(tmp_path, "print(6 * 7)"))
+    assert result.returncode == 0, result.stderr
+    html = (tmp_path / "site/lab/index.html").read_text()
+    assert "42" in html, "the lab's output is missing: was it executed?"
+    assert "MathJax.Hub" not in html and "mathjax/2." not in html
+
+
+def test_lab_that_raises_fails_the_build(tmp_path):
+    result = build(write_notebook_site(tmp_path, "raise ValueError('lab is broken')"))
+    assert result.returncode != 0 and "lab is broken" in result.stderr

@@ -116,7 +116,7 @@ def test_page(nav_page, new_page, site_url, screenshots):
         watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
     page.screenshot(path=screenshots / f"{nav_page.slug}-phone.png", full_page=True)
 
-    assert watch.problems == []
+    assert not watch.problems, "\n".join(watch.problems)
 
 
 # --- the RoPE chapter (the first chapter with the full set of features) -----------------------------
@@ -136,7 +136,7 @@ def test_rope_chapter_math_and_included_code(new_page, site_url):
     block = included.first
     assert block.locator("span.nf").count() > 0 and block.locator("span.k").count() > 0
     assert block.locator('button.md-code__button[data-md-type="copy"]').count() == 1
-    assert watch.problems == []
+    assert not watch.problems, "\n".join(watch.problems)
 
 
 # --- copying a >>> example copies only the code -------------------------------------------------------
@@ -146,27 +146,36 @@ def test_copy_button_copies_only_code(prompt_page, new_page, site_url):
     page, watch = open_page(new_page, site_url, prompt_page.url, permissions=["clipboard-read", "clipboard-write"])
     block = page.locator(".md-content .highlight:has(.gp)").first
     shown = block.locator("code").text_content()
-    code = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... "))]
+    code = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... ")) or line in (">>>", "...")]
     assert code, "no >>> example found"
     block.hover()
     block.locator('button.md-code__button[data-md-type="copy"]').click()
     copied = page.evaluate("navigator.clipboard.readText()")
     assert ">>>" not in copied
-    assert copied.strip() == "\n".join(code).strip()
-    assert watch.problems == []
+    # Hidden outputs leave their line breaks behind: blank lines, harmless when pasted.
+    assert [line for line in copied.splitlines() if line.strip()] == [line for line in code if line.strip()]
+    assert not watch.problems, "\n".join(watch.problems)
 
 
 # --- search ----------------------------------------------------------------------------------------
 
 
 def search_words(site_dir: Path, urls: list[str]) -> dict[str, str]:
-    """For each page, the word of its body that the fewest other pages contain."""
-    docs = json.loads((site_dir / "search/search_index.json").read_text())["docs"]
+    """For each page, the word of its prose that the fewest other pages contain.
+
+    Words are cut as the search index cuts them (Material's separator, then leading and trailing
+    punctuation trimmed), and code is left out: ``spm.SentencePieceProcessor(`` is one token there.
+    """
+    index = json.loads((site_dir / "search/search_index.json").read_text())
+    separator = re.compile(index["config"]["separator"])
     words: dict[str, set[str]] = {url: set() for url in urls}
-    for doc in docs:
+    for doc in index["docs"]:
         url = doc["location"].split("#")[0]
         if url in words:
-            words[url] |= set(re.findall(r"[a-z]{5,}", re.sub(r"<[^>]+>", " ", doc["text"]).lower()))
+            prose = re.sub(r"<(pre|code)\b.*?</\1>", " ", doc["text"], flags=re.S)
+            prose = re.sub(r"<[^>]+>", " ", prose)
+            tokens = (re.sub(r"^\W+|\W+$", "", t).lower() for t in separator.split(prose))
+            words[url] |= {t for t in tokens if len(t) >= 5 and t.isalpha() and t.isascii()}
     frequency = Counter(w for ws in words.values() for w in ws)
     return {url: min(ws, key=lambda w: (frequency[w], -len(w), w)) for url, ws in words.items() if ws}
 
@@ -191,7 +200,7 @@ def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, sit
         except Exception:
             missing.append(f"{word!r} does not find {url}")
     assert missing == []
-    assert watch.problems == []
+    assert not watch.problems, "\n".join(watch.problems)
 
 
 # --- instant navigation keeps the page's JavaScript and re-typesets the math -------------------------
@@ -212,4 +221,4 @@ def test_instant_navigation_typesets_math(production_page, book_chapters):
     wait_for_math(page, watch)
     assert page.locator(".md-content mjx-container").count() > 0
     assert page.evaluate("window.__stillTheSamePage === true")
-    assert watch.problems == []
+    assert not watch.problems, "\n".join(watch.problems)

@@ -1,0 +1,108 @@
+"""Figures of the Generation chapter, drawn from ``llama`` code at build time (see hooks/figures.py).
+
+* ``generation-kv-cache-time.svg``: measured time to produce the token at position t, with the
+  KV cache (one position through the model) and without it (all t positions again).
+* ``generation-sampling.svg``: one next-token distribution as each sampling rule leaves it.
+
+Both use the pretrained ``stories260K`` when the reference data folder is present
+(``LLAMA_DATA_DIR``, default ``../shared/data``), else a seeded random model of its size; the
+titles say which.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from llama.config import PRESETS
+from llama.generation import min_p_filter, top_k_filter, top_p_filter
+from llama.model import Transformer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_model() -> tuple[Transformer, str]:
+    path = Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data")) / "stories260K.bin"
+    if path.is_file():
+        return Transformer.from_pretrained(path), "stories260K"
+    torch.manual_seed(0)
+    return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.inference_mode()
+def kv_cache_time():
+    """Time per new token at position t: recompute all t positions, or one position with the cache."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: thread hand-offs would only add noise
+    try:
+        model, label = load_model()
+        positions = list(range(16, 513, 64))
+        tokens = torch.randint(0, model.config.vocab_size, (1, positions[-1]),
+                               generator=torch.Generator().manual_seed(0))
+        without, with_cache = [], []
+        for t in positions:
+            without.append(_best_of(lambda: model(tokens[:, :t], last_only=True)))
+            model.setup_cache(1, t)
+            model(tokens[:, : t - 1])  # prefill the first t - 1 positions
+            with_cache.append(_best_of(lambda: model(tokens[:, t - 1: t], start_pos=t - 1)))
+            model.clear_cache()
+    finally:
+        torch.set_num_threads(threads)
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(positions, [1e3 * s for s in without], "o-", label="no cache: all t positions again")
+    ax.plot(positions, [1e3 * s for s in with_cache], "o-", label="KV cache: one position")
+    ax.set_xlabel("position t of the new token")
+    ax.set_ylabel("milliseconds per token")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Decode time per token ({label}, 1 thread, measured at build time)", fontsize="medium")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@torch.inference_mode()
+def sampling():
+    """The next-token distribution after a greedy story prefix, under each sampling rule."""
+    model, label = load_model()
+    tokens = [1]
+    for _ in range(6):
+        tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+    logits = model(torch.tensor([tokens]))[0, -1]
+    top = torch.argsort(logits, descending=True)[:12]
+    rules = {
+        "T = 1": logits,
+        "T = 0.5": logits / 0.5,
+        "T = 2": logits / 2.0,
+        "top-k, k = 3": top_k_filter(logits, 3),
+        "top-p, p = 0.6": top_p_filter(logits, 0.6),
+        "min-p, p = 0.2": min_p_filter(logits, 0.2),
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(8.0, 4.2), sharex=True, sharey=True)
+    for ax, (name, z) in zip(axes.flat, rules.items()):
+        probs = torch.softmax(z.float(), -1)[top]
+        ax.bar(range(len(top)), probs.tolist(), color="#3949ab")
+        ax.set_title(name, fontsize="medium")
+        ax.set_ylim(0, 1)
+    for ax in axes[1]:
+        ax.set_xlabel("12 most likely ids, by rank")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability")
+    fig.suptitle(f"One next-token distribution under each rule ({label})", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"generation-kv-cache-time.svg": kv_cache_time, "generation-sampling.svg": sampling}

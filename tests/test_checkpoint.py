@@ -1,0 +1,339 @@
+"""Checkpoints: the real stories260K, round trips through three formats, and refusals with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llama import ModelConfig, Transformer, generate
+from llama.checkpoint import detect_format, read_llama2c
+from llama.convert import llama_to_hf_state_dict
+
+transformers = pytest.importorskip("transformers")
+
+#: Greedy ids of stories260K from BOS (id 1), recorded from this package and checked below against
+#: an independent NumPy re-implementation of llama2.c's run.c; book/checkpoints.md quotes them.
+STORIES260K_GREEDY_32 = [461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264,
+                         283, 452, 288, 13, 431, 431, 431, 431, 431, 431, 431, 431, 431, 431, 431, 431]
+
+TINY = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, max_seq_len=64)
+# Meta's params.json has no hidden_dim: multiple_of=32 makes Meta's rule give 192 for dim 64.
+META_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 101, "multiple_of": 32,
+               "norm_eps": 1e-5, "rope_theta": 10000.0}
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def tokens(vocab: int, n: int = 12) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(5))
+
+
+def write_llama2c(model: Transformer, path) -> None:
+    """Our own writer of the legacy layout, the inverse of read_llama2c (for tests only)."""
+    c, sd = model.config, model.state_dict()
+    shared = c.tie_embeddings
+    header = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size * (1 if shared else -1),
+              c.max_seq_len)
+    parts = [sd["tok_embeddings.weight"]]
+    for key in ("attention_norm", "attention.wq", "attention.wk", "attention.wv", "attention.wo", "ffn_norm",
+                "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"):
+        parts += [sd[f"layers.{i}.{key}.weight"] for i in range(c.n_layers)]
+    parts += [sd["norm.weight"], model.rope_cos, model.rope_sin]
+    if not shared:
+        parts.append(sd["output.weight"])
+    with open(path, "wb") as f:
+        f.write(struct.pack("7i", *header))
+        for t in parts:
+            f.write(t.detach().float().contiguous().numpy().tobytes())
+
+
+def write_meta(model: Transformer, directory, params: dict, shards: int = 1) -> None:
+    """A Meta-style folder; with ``shards > 1`` the tensors are cut as Llama 2's model-parallel ranks are."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "params.json").write_text(json.dumps(params))
+    sd = model.state_dict()
+    cut_rows = ("wq", "wk", "wv", "w1", "w3", "output")  # column-parallel: output features split
+    cut_cols = ("wo", "w2", "tok_embeddings")  # row-parallel (and Llama 2's embedding): input split
+    for rank in range(shards):
+        part = {}
+        for name, w in sd.items():
+            key = name.split(".")[-2]
+            if shards > 1 and key in cut_rows:
+                w = w.chunk(shards, dim=0)[rank]
+            elif shards > 1 and key in cut_cols:
+                w = w.chunk(shards, dim=1)[rank]
+            part[name] = w.clone()
+        torch.save(part, directory / f"consolidated.{rank:02d}.pth")
+
+
+# ------------------------------------------------------------------------------ the real model
+def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path):
+    path = shared_file("stories260K.bin")
+    model = Transformer.from_pretrained(path)
+    assert model.config == ModelConfig.from_preset("stories260K")
+    assert not model.training
+    model.save_pretrained(tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = tokens(512, 64)
+    with torch.no_grad():
+        ours, theirs = model(x), hf(x).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert theirs.std() > 1.0  # a trained model's logits, not near-zero noise
+
+
+def test_stories260k_greedy_ids_from_bos(shared_file):
+    model = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    assert generate(model, [1], 32) == STORIES260K_GREEDY_32
+
+
+def runc_greedy(config: ModelConfig, sd: dict, steps: int) -> list[int]:
+    """llama2.c's run.c forward pass, transcribed to NumPy float64 one position at a time."""
+    w = {k: v.double().numpy() for k, v in sd.items()}
+    d, hd = config.dim, config.head_dim
+    kv_dim, group = config.n_kv_heads * hd, config.n_heads // config.n_kv_heads
+    keys = np.zeros((config.n_layers, steps, kv_dim))
+    values = np.zeros_like(keys)
+
+    def rmsnorm(x, g):
+        return g * x / np.sqrt(np.mean(x * x) + 1e-5)
+
+    token, out = 1, []
+    for pos in range(steps):
+        x = w["tok_embeddings.weight"][token].copy()
+        for layer in range(config.n_layers):
+            p = f"layers.{layer}."
+            xb = rmsnorm(x, w[p + "attention_norm.weight"])
+            q, k = w[p + "attention.wq.weight"] @ xb, w[p + "attention.wk.weight"] @ xb
+            v = w[p + "attention.wv.weight"] @ xb
+            for i in range(0, d, 2):  # rotate the pair (i, i+1), as run.c does
+                angle = pos / 10000.0 ** ((i % hd) / hd)
+                c, s = np.cos(angle), np.sin(angle)
+                for vec in (q, k) if i < kv_dim else (q,):
+                    vec[i], vec[i + 1] = vec[i] * c - vec[i + 1] * s, vec[i] * s + vec[i + 1] * c
+            keys[layer, pos], values[layer, pos] = k, v
+            att = np.zeros(d)
+            for h in range(config.n_heads):
+                g = slice((h // group) * hd, (h // group + 1) * hd)
+                scores = keys[layer, : pos + 1, g] @ q[h * hd:(h + 1) * hd] / np.sqrt(hd)
+                weights = np.exp(scores - scores.max())
+                att[h * hd:(h + 1) * hd] = (weights / weights.sum()) @ values[layer, : pos + 1, g]
+            x = x + w[p + "attention.wo.weight"] @ att
+            xb = rmsnorm(x, w[p + "ffn_norm.weight"])
+            gate, up = w[p + "feed_forward.w1.weight"] @ xb, w[p + "feed_forward.w3.weight"] @ xb
+            x = x + w[p + "feed_forward.w2.weight"] @ (gate / (1 + np.exp(-gate)) * up)
+        token = int(np.argmax(w["output.weight"] @ rmsnorm(x, w["norm.weight"])))
+        out.append(token)
+    return out
+
+
+def test_stories260k_greedy_ids_agree_with_an_independent_implementation(shared_file):
+    config, sd = read_llama2c(shared_file("stories260K.bin"))
+    assert runc_greedy(config, sd, 24) == STORIES260K_GREEDY_32[:24]
+
+
+# -------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("tied", [False, True])
+def test_hf_to_ours_to_hf_gives_identical_tensors(tmp_path, tied):
+    hf_config = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
+                                         max_position_embeddings=64, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(hf_config).eval()
+    hf.save_pretrained(tmp_path / "theirs")
+    ours = Transformer.from_pretrained(tmp_path / "theirs")
+    ours.save_pretrained(tmp_path / "back")
+    a, b = load_file(tmp_path / "theirs" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = tokens(101)
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max() <= 1e-5
+
+
+def test_sharded_hf_checkpoint_loads(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101)).eval()
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="60KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    ours = Transformer.from_pretrained(tmp_path / "sharded")
+    x = tokens(101)
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_meta_to_ours_to_hf_gives_identical_tensors(tmp_path, shards):
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, multiple_of=32)
+    model = random_model(config)
+    write_meta(model, tmp_path / "meta", META_PARAMS, shards=shards)
+    assert detect_format(tmp_path / "meta") == "meta"
+    loaded = Transformer.from_pretrained(tmp_path / "meta", max_seq_len=64)
+    assert loaded.config == ModelConfig(**{**config.to_dict(), "max_seq_len": 64})
+    loaded.save_pretrained(tmp_path / "hf")
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    expected = llama_to_hf_state_dict(model.state_dict(), config)
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = tokens(101)
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama2c_round_trip(tmp_path, tied):
+    model = random_model(ModelConfig(**TINY, n_kv_heads=2, hidden_dim=80, tie_embeddings=tied))
+    write_llama2c(model, tmp_path / "tiny.bin")
+    loaded = Transformer.from_pretrained(tmp_path / "tiny.bin")
+    assert loaded.config == model.config
+    sd, back = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(sd[k], back[k]) for k in sd)
+    assert (loaded.output.weight is loaded.tok_embeddings.weight) == tied
+
+
+def test_saved_folder_has_only_the_two_files_and_a_loadable_dtype(tmp_path):
+    model = random_model(ModelConfig(**TINY))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]  # no temp files left
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    again = Transformer.from_pretrained(tmp_path / "out", dtype=torch.bfloat16)
+    assert again.output.weight.dtype == torch.bfloat16
+    assert torch.equal(again.output.weight, model.output.weight)
+
+
+# ------------------------------------------------------------------------------------ refusals
+class Payload:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "meta"
+    directory.mkdir()
+    (directory / "params.json").write_text(json.dumps(META_PARAMS))
+    torch.save({"tok_embeddings.weight": torch.zeros(101, 64), "evil": Payload(marker)},
+               directory / "consolidated.00.pth")
+    # The payload is real: plain pickle-based loading would run it.
+    with pytest.raises(ValueError, match=r"is not plain weights: it pickles objects .* refused"):
+        Transformer.from_pretrained(directory)
+    assert not marker.exists()
+    torch.load(directory / "consolidated.00.pth", weights_only=False)  # the unsafe way, to prove the point
+    assert marker.exists()
+
+
+def test_pickle_of_something_else_than_weights_is_refused(tmp_path):
+    directory = tmp_path / "meta"
+    directory.mkdir()
+    (directory / "params.json").write_text(json.dumps(META_PARAMS))
+    torch.save({"model": {"w": torch.zeros(2)}, "step": 10}, directory / "consolidated.00.pth")
+    with pytest.raises(ValueError, match=r"not a dict of weight names to tensors"):
+        Transformer.from_pretrained(directory)
+
+
+def test_missing_and_truncated_files(tmp_path, shared_file):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        Transformer.from_pretrained(tmp_path / "nothing.bin")
+    model = random_model(ModelConfig(**TINY, hidden_dim=80, tie_embeddings=True))
+    write_llama2c(model, tmp_path / "tiny.bin")
+    data = (tmp_path / "tiny.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"has \d+ bytes but its header .* implies \d+: the file is truncated"):
+        Transformer.from_pretrained(tmp_path / "cut.bin")
+    (tmp_path / "stub.bin").write_bytes(data[:10])
+    with pytest.raises(ValueError, match="less than the 28-byte llama2.c header"):
+        Transformer.from_pretrained(tmp_path / "stub.bin")
+    model.save_pretrained(tmp_path / "hf")
+    blob = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    (tmp_path / "hf" / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="model.safetensors: it is truncated or not a safetensors file"):
+        Transformer.from_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="has config.json but no weights"):
+        Transformer.from_pretrained(tmp_path / "hf")
+    meta = tmp_path / "meta"
+    write_meta(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101,
+                                        multiple_of=32)), meta, META_PARAMS)
+    pth = (meta / "consolidated.00.pth").read_bytes()
+    (meta / "consolidated.00.pth").write_bytes(pth[: len(pth) // 2])
+    with pytest.raises(ValueError, match="it is truncated or not a PyTorch checkpoint"):
+        Transformer.from_pretrained(meta)
+
+
+def test_shapes_that_contradict_the_config(tmp_path):
+    model = random_model(ModelConfig(**TINY, hidden_dim=80))
+    model.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["intermediate_size"] = 96
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(80, 64\) but the config implies \(96, 64\); the checkpoint and its config disagree"):
+        Transformer.from_pretrained(tmp_path / "hf")
+    meta = tmp_path / "meta"
+    write_meta(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101,
+                                        multiple_of=32)), meta, {**META_PARAMS, "multiple_of": 256})
+    with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(192, 64\) .* implies \(256, 64\)"):
+        Transformer.from_pretrained(meta)
+
+
+def test_unknown_formats(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither config.json .* nor params.json .*: unknown checkpoint format"):
+        Transformer.from_pretrained(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="unknown checkpoint format"):
+        Transformer.from_pretrained(tmp_path / "notes.txt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="is a PyTorch/zip archive, not a llama2.c .bin"):
+        Transformer.from_pretrained(tmp_path / "pytorch_model.bin")
+    (tmp_path / "v1.bin").write_bytes(struct.pack("<2i", 0x616B3432, 1) + bytes(300))
+    with pytest.raises(ValueError, match="llama2.c export version 1; only the legacy layout"):
+        Transformer.from_pretrained(tmp_path / "v1.bin")
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "params.json").write_text(json.dumps({**META_PARAMS, "moe_args": {}}))
+    with pytest.raises(ValueError, match=r"params.json has keys this model does not support: \['moe_args'\]"):
+        Transformer.from_pretrained(tmp_path / "meta")
+
+
+def test_save_refuses_a_file_as_destination(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        random_model(ModelConfig(**TINY)).save_pretrained(tmp_path / "file")
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    model = random_model(ModelConfig(**TINY))
+    model.save_pretrained(tmp_path / "out")
+    before = (tmp_path / "out" / "model.safetensors").read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        random_model(ModelConfig(**TINY), seed=1).save_pretrained(tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    save_file  # imported for the monkeypatched name's sake

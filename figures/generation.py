@@ -3,6 +3,8 @@
 * ``generation-kv-cache-time.svg``: measured time to produce the token at position t, with the
   KV cache (one position through the model) and without it (all t positions again).
 * ``generation-sampling.svg``: one next-token distribution as each sampling rule leaves it.
+* ``checkpoints-llama2c-layout.svg`` (Checkpoints chapter): what the bytes of a llama2.c ``.bin``
+  hold, block by block, from :func:`llama.checkpoint.llama2c_layout`.
 
 Both use the pretrained ``stories260K`` when the reference data folder is present
 (``LLAMA_DATA_DIR``, default ``../shared/data``), else a seeded random model of its size; the
@@ -18,6 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from llama.checkpoint import llama2c_layout
 from llama.config import PRESETS
 from llama.generation import min_p_filter, top_k_filter, top_p_filter
 from llama.model import Transformer
@@ -105,4 +108,34 @@ def sampling():
     return fig
 
 
-FIGURES = {"generation-kv-cache-time.svg": kv_cache_time, "generation-sampling.svg": sampling}
+def llama2c_file_layout():
+    """Share of a legacy llama2.c file taken by each block, for stories260K and stories15M."""
+    groups = {"embedding": ["tok_embeddings"], "attention (wq wk wv wo)": ["wq", "wk", "wv", "wo"],
+              "feed-forward (w1 w2 w3)": ["w1", "w2", "w3"], "norms": ["attention_norm", "ffn_norm", "norm"],
+              "RoPE tables": ["rope_real", "rope_imag"], "output head": ["output"]}
+    names = ["stories260K", "stories15M"]
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    for row, name in enumerate(names):
+        config = PRESETS[name]
+        nbytes = {block: 4 * copies * int(torch.tensor(shape).prod()) for block, shape, copies in llama2c_layout(config)}
+        total = 28 + sum(nbytes.values())
+        left = 0.0
+        for i, (group, blocks) in enumerate(groups.items()):
+            share = sum(nbytes.get(b, 0) for b in blocks) / total
+            ax.barh(row, share, left=left, color=f"C{i}", label=group if row == 0 else None)
+            left += share
+        ax.text(1.01, row, f"{total / 1e6:.2f} MB", va="center", fontsize="small")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the file, in file order (the 28-byte header is invisible at this scale)")
+    ax.legend(ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {
+    "generation-kv-cache-time.svg": kv_cache_time,
+    "generation-sampling.svg": sampling,
+    "checkpoints-llama2c-layout.svg": llama2c_file_layout,
+}

@@ -41,6 +41,7 @@ __all__ = [
     "read_hf",
     "read_meta",
     "read_llama2c",
+    "llama2c_layout",
     "load_checkpoint",
     "save_hf",
     "LLAMA2C_HEADER",
@@ -262,6 +263,24 @@ LLAMA2C_HEADER = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "voc
 
 
 # --8<-- [start:read_llama2c]
+def llama2c_layout(config: ModelConfig) -> list[tuple[str, tuple[int, ...], int]]:
+    """The float32 blocks of a legacy llama2.c file after its header: ``(name, shape, copies)`` in file order.
+
+    >>> [name for name, _, _ in llama2c_layout(ModelConfig.from_preset("stories260K"))][:4]
+    ['tok_embeddings', 'attention_norm', 'wq', 'wk']
+    """
+    dim, hidden, n_layers, vocab = config.dim, config.hidden_dim, config.n_layers, config.vocab_size
+    kv_dim, half = config.n_kv_heads * config.head_dim, config.head_dim // 2
+    layout = [("tok_embeddings", (vocab, dim), 1), ("attention_norm", (dim,), n_layers),
+              ("wq", (dim, dim), n_layers), ("wk", (kv_dim, dim), n_layers), ("wv", (kv_dim, dim), n_layers),
+              ("wo", (dim, dim), n_layers), ("ffn_norm", (dim,), n_layers), ("w1", (hidden, dim), n_layers),
+              ("w2", (dim, hidden), n_layers), ("w3", (hidden, dim), n_layers), ("norm", (dim,), 1),
+              ("rope_real", (config.max_seq_len, half), 1), ("rope_imag", (config.max_seq_len, half), 1)]
+    if not config.tie_embeddings:
+        layout.append(("output", (vocab, dim), 1))
+    return layout
+
+
 def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     """Read karpathy's llama2.c legacy ``.bin`` (the layout ``run.c`` memory-maps).
 
@@ -294,15 +313,7 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
                          vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
                          tie_embeddings=shared)  # ModelConfig rejects impossible headers
-    kv_dim, half = config.n_kv_heads * config.head_dim, config.head_dim // 2
-    # (name, shape of one copy, copies): in file order.
-    layout = [("tok_embeddings", (vocab, dim), 1), ("attention_norm", (dim,), n_layers),
-              ("wq", (dim, dim), n_layers), ("wk", (kv_dim, dim), n_layers), ("wv", (kv_dim, dim), n_layers),
-              ("wo", (dim, dim), n_layers), ("ffn_norm", (dim,), n_layers), ("w1", (hidden, dim), n_layers),
-              ("w2", (dim, hidden), n_layers), ("w3", (hidden, dim), n_layers), ("norm", (dim,), 1),
-              ("rope_real", (fields["seq_len"], half), 1), ("rope_imag", (fields["seq_len"], half), 1)]
-    if not shared:
-        layout.append(("output", (vocab, dim), 1))
+    layout = llama2c_layout(config)
     n_floats = sum(copies * int(np.prod(shape)) for _, shape, copies in layout)
     if size != 28 + 4 * n_floats:
         problem = "truncated" if size < 28 + 4 * n_floats else "longer than its header implies"

@@ -142,6 +142,7 @@ def _add_generate(subparsers) -> None:
     p.set_defaults(func=_run_generate)
 
 
+# --8<-- [start:run_generate]
 def _run_generate(args) -> int:
     from llama.generation import generate_stream, prepare_for_decoding
     from llama.model import Transformer
@@ -181,6 +182,7 @@ def _run_generate(args) -> int:
         shown = text
     print()
     return 0
+# --8<-- [end:run_generate]
 
 
 def _add_convert(subparsers) -> None:

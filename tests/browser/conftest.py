@@ -58,7 +58,9 @@ def site_url(site_dir, mkdocs_yml):
 
 
 def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium")
+    # CHROMIUM may name another Chromium-based browser (e.g. google-chrome on a CI image).
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    return path if path and Path(path).is_file() else None
 
 
 def _unavailable(reason: str):

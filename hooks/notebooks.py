@@ -9,7 +9,10 @@ and make their pages safe to navigate to.
    render), with errors failing the build (``allow_errors`` false) and the kernel's working directory
    in ``book/``. The executed copy is stored in ``.cache/labs/`` under a hash of the notebook and of
    ``llama/**/*.py``, and is what the plugin renders (with its own execution switched off).
-2. Every notebook page carries nbconvert's MathJax 2 block, which points at a CDN and, after an
+2. Links in a lab's Markdown cells are written like a chapter's (``[RoPE](rope.md#why)``), but
+   mkdocs-jupyter leaves them as they are, pointing at ``.md`` files the site doesn't have. They are
+   rewritten to the pages' URLs here, and a link to a missing page fails the strict build.
+3. Every notebook page carries nbconvert's MathJax 2 block, which points at a CDN and, after an
    instant navigation, calls ``MathJax.Hub.Config`` on our MathJax 3 and throws. It is removed;
    book/javascripts/mathjax.js typesets notebook math instead.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import re
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +35,7 @@ log = logging.getLogger("mkdocs.hooks.notebooks")
 
 PLUGIN = "mkdocs-jupyter"
 CACHE_DIR = ".cache/labs"
+MD_LINK = re.compile(r'href="(?![a-z][a-z0-9+.-]*:|/|#)([^"#]+\.md)(#[^"]*)?"')
 NB_MATHJAX2 = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
 
 _execute = False
@@ -117,12 +122,22 @@ def on_pre_page(page, config, files):
 def on_page_content(html, page, config, files):
     if not page.file.src_uri.endswith(".ipynb"):
         return html
+    html = MD_LINK.sub(lambda m: _page_link(m, page, files), html)
     html, count = NB_MATHJAX2.subn("", html)
     if count != 1:
         # A warning fails `mkdocs build --strict`: if mkdocs-jupyter changes its template, we want
         # to hear about it rather than ship a page that loads MathJax 2 from a CDN.
         log.warning("notebook %s: expected one MathJax 2 block to remove, found %d", page.file.src_uri, count)
     return html
+
+
+def _page_link(match: re.Match, page, files) -> str:
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(page.file.src_uri), match[1]))
+    file = files.get_file_from_path(target)
+    if file is None:
+        log.warning("notebook %s links to %s, which is not a page of the book", page.file.src_uri, match[1])
+        return match[0]
+    return f'href="{file.url_relative_to(page.file)}{match[2] or ""}"'
 
 
 def on_shutdown():

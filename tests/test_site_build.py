@@ -210,7 +210,7 @@ def test_workflow_tests_then_publishes_the_same_build():
     assert [step["with"]["path"] for step in uploads] == ["site"]
 
 
-def write_notebook_site(tmp_path: Path, code: str) -> Path:
+def write_notebook_site(tmp_path: Path, code: str, link: str = "index.md#home") -> Path:
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -225,7 +225,7 @@ def write_notebook_site(tmp_path: Path, code: str) -> Path:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/index.md").write_text("# Home\n\n[The lab](lab.ipynb)\n")
     notebook = new_notebook(
-        cells=[new_markdown_cell("# Lab\n\nSome math: $x^2$"), new_code_cell(code)],
+        cells=[new_markdown_cell(f"# Lab\n\nSome math: $x^2$, and [a link]({link})."), new_code_cell(code)],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
     nbformat.write(notebook, tmp_path / "docs/lab.ipynb")
@@ -243,3 +243,14 @@ def test_lab_is_executed_and_cleaned_of_mathjax2(tmp_path):
 def test_lab_that_raises_fails_the_build(tmp_path):
     result = build(write_notebook_site(tmp_path, "raise ValueError('lab is broken')"))
     assert result.returncode != 0 and "lab is broken" in result.stderr
+
+
+def test_lab_links_to_chapters_become_page_urls(tmp_path):
+    result = build(write_notebook_site(tmp_path, "1", link="index.md#home"))
+    assert result.returncode == 0, result.stderr
+    assert 'href="../#home"' in (tmp_path / "site/lab/index.html").read_text()
+
+
+def test_lab_link_to_a_missing_page_fails_the_build(tmp_path):
+    result = build(write_notebook_site(tmp_path, "1", link="nowhere.md"))
+    assert result.returncode != 0 and "nowhere.md" in result.stderr

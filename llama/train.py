@@ -131,8 +131,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_steps: int | None = None
     max_time: float | None = None
-    eval_every: int = 100
-    eval_tokens: int = 16384
+    eval_every: int = 25
+    eval_tokens: int = 4096
     seed: int = 1337
     dtype: str = "float32"
     compile: bool = False
@@ -521,6 +521,36 @@ def _setup_distributed() -> tuple[int, int, int, torch.device]:
     return rank, world_size, local_rank, device
 
 
+_USER_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
+
+
+def _on_rank0(rank: int, world: int, work) -> dict[str, Any]:
+    """Run ``work()`` (returning a JSON-able dict) on rank 0 and give its result to every rank.
+
+    A user error raised by ``work`` is raised on every rank, so no rank waits forever for a
+    rank that gave up. The result travels as JSON bytes in a tensor (never a pickle).
+    """
+    result: dict[str, Any] = {}
+    if rank == 0:
+        try:
+            result = {"ok": work()}
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            if world == 1:
+                raise
+            result = {"error": type(err).__name__, "message": str(err)}
+    if world > 1:
+        payload = torch.tensor(list(json.dumps(result).encode()) if rank == 0 else [], dtype=torch.uint8)
+        size = torch.tensor([payload.numel()], dtype=torch.int64)
+        torch.distributed.broadcast(size, 0)
+        if rank != 0:
+            payload = torch.empty(int(size), dtype=torch.uint8)
+        torch.distributed.broadcast(payload, 0)
+        result = json.loads(bytes(payload.tolist()).decode())
+    if "error" in result:
+        raise _USER_ERRORS[result["error"]](result["message"])
+    return result["ok"]
+
+
 KILL_ENV = "LLAMA_TRAIN_KILL_AT_STEP"  # test hook: SIGKILL this process right after that optimizer step
 
 
@@ -539,7 +569,11 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None)
             message says what to change.
     """
     rank, world, local_rank, device = _setup_distributed()
-    out, saved = _prepare_out(cfg, resume)
+    # Only rank 0 looks at --out (another rank could see rank 0's new run.json and refuse it);
+    # the verdict, or the error, goes to every rank.
+    out, saved = Path(cfg.out), None
+    verdict = _on_rank0(rank, world, lambda: {"saved": _prepare_out(cfg, resume)[1]})
+    saved = verdict["saved"]
     if saved is not None:
         cfg = _merge_resume(cfg, set(dataclasses.asdict(cfg)) if given is None else given, saved, world)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -556,7 +590,7 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
 
     # Data and tokenizer: rank 0 prepares the files, the other ranks wait and read them.
     text_path = resolve_text_path(cfg.data)
-    if rank == 0:
+    def prepare() -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if saved is None:
             run = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
@@ -565,13 +599,13 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
-        tokenizer, tok_file = _build_tokenizer(cfg, text_path, out)
-        data = prepare_tokens(text_path, tokenizer, sha256_file(tok_file), out / "data")
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        tokenizer, tok_file = _build_tokenizer(cfg, text_path, out)
-        data = prepare_tokens(text_path, tokenizer, sha256_file(tok_file), out / "data")
+        tok, tok_file = _build_tokenizer(cfg, text_path, out)
+        prepare_tokens(text_path, tok, sha256_file(tok_file), out / "data")
+        return {}
+
+    _on_rank0(rank, world, prepare)
+    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out)  # now only reads the files
+    data = prepare_tokens(text_path, tokenizer, sha256_file(tok_file), out / "data")
     mconf = model_config(cfg, tokenizer.vocab_size)
     if len(data.val) < 2:
         raise ValueError(f"the validation text of {text_path} has {len(data.val)} token(s); use a longer text")
@@ -679,7 +713,7 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
         if bar is not None:
             tok_s = step * tokens_per_step / max(elapsed, 1e-9)
             bar.set_description(f"step {step} loss {losses[-1] if losses else float(step_loss):.3f} {tok_s:,.0f} tok/s")
-            bar.update(round(progress_of(step, elapsed) * bar.total) - bar.n)
+            bar.update(max(0, min(bar.total, round(progress_of(step, elapsed) * bar.total)) - bar.n))
     if bar is not None:
         bar.close()
     final = log_eval(None, final=True)

@@ -52,3 +52,15 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     w_one = load_file(tmp_path / "single" / "checkpoints" / "step-0000006" / "model.safetensors")
     for k in w_one:
         torch.testing.assert_close(w_ddp[k], w_one[k], atol=1e-5, rtol=0)
+
+
+def test_a_user_error_stops_every_rank(tmp_path):
+    """An error found by rank 0 (here: --out holds a run) reaches rank 1 too: both exit, nobody hangs."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llama.train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **LOOPBACK}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("already holds a training run") == 2  # printed by both ranks

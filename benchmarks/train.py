@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.train.TrainConfig).
-RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120"]
+RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120", "--dtype", "bfloat16"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
 

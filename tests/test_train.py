@@ -197,7 +197,7 @@ def test_error_overwriting_a_run_and_resuming_with_other_settings(tmp_path, caps
     err = train_error(capsys, "--data", str(text), "--out", out, *TINY, "--max-steps", "2")
     assert "already holds a training run" in err and "--resume" in err
     err = train_error(capsys, "--out", out, "--resume", "--lr", "0.1", "--block-size", "16")
-    assert "--lr 0.1 (the run used 0.003)" in err and "--block-size 16 (the run used 32)" in err
+    assert "--lr 0.1 (the run used 0.004)" in err and "--block-size 16 (the run used 32)" in err
     other = make_text(tmp_path / "other.txt", seed=1)
     assert "not the text the run" in train_error(capsys, "--out", out, "--resume", "--data", str(other))
     err = train_error(capsys, "--out", str(tmp_path / "nothing"), "--resume")
@@ -235,14 +235,15 @@ def test_chapter_shows_the_benchmarks_recipe_command():
 
 def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch):
     """The recipe's exact flags (Tiny Shakespeare found through LLAMA_DATA_DIR, the default BPE and
-    model), with --max-steps 2 and a smaller model added so that it ends in seconds."""
+    model), with --max-steps 2, a tiny model and a 300-token BPE added so that it ends in seconds."""
     import shlex
 
     monkeypatch.setenv("LLAMA_DATA_DIR", str(shared_file("tinyshakespeare.txt").parent))
     argv = shlex.split(_benchmark_module().RECIPE_COMMAND)
     assert argv[:2] == ["llama", "train"]
     argv = [a if a != "runs/shakespeare" else str(tmp_path / "run") for a in argv[1:]]
-    tiny = ["--max-steps", "2", "--eval-every", "1", "--eval-tokens", "512", "--sample-tokens", "4", "--no-progress"]
+    tiny = ["--max-steps", "2", "--eval-every", "1", "--eval-tokens", "512", "--sample-tokens", "4", "--no-progress",
+            "--model", "tiny", "--vocab-size", "300"]
     assert cli_main([*argv, *tiny]) == 0
     log = read_log(tmp_path / "run" / "log.jsonl")
     first = int(np.load(tmp_path / "run" / "data" / "val.npy")[0])

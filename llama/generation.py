@@ -205,8 +205,9 @@ def prepare_for_decoding(model: Transformer) -> Transformer:
     the matrices from memory. ``nn.Linear`` keeps ``weight`` (``[out, in]``) row by row, and
     for that layout the vector product in PyTorch's CPU BLAS (MKL) reads memory markedly slower
     than for the transposed layout, where consecutive addresses feed consecutive outputs
-    (measured on the book's 2-core AMD machine: ~1.3-1.4x more tokens/s). The model computes exactly the same
-    function; only the sums run in another order, so logits change in the last bits.
+    (on the book's 2-core AMD machine, 1.3x to 1.5x more tokens/s in ``benchmarks/decode.py``).
+    The model computes the same function; only the sums run in another order, so logits can
+    change in the last bits.
 
     Returns ``model`` (changed in place). Tied weights stay tied.
     """
@@ -252,7 +253,10 @@ def generate_stream(
         model: the language model (put it in ``eval()`` mode).
         prompt_ids: the prompt, at least one id (usually starting with BOS).
         max_new_tokens: the most tokens to produce.
-        temperature, top_k, top_p, min_p: sampling settings, see :func:`sample_next`.
+        temperature: 0 for greedy decoding, else the divisor of the logits (:func:`sample_next`).
+        top_k: keep only this many candidates (``None``: all).
+        top_p: keep the nucleus of this probability mass (``None``: all).
+        min_p: keep candidates at least this fraction as likely as the best (``None``: all).
         stop_ids: ids that end generation; the stop id itself is not yielded.
         seed: seed of a private random generator: the same seed gives the same tokens.
 

@@ -30,16 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where benchmarks/tokenize.py would shadow the
-# standard library's tokenize module (which torch imports). Nothing is imported from this folder.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
 
-import torch  # noqa: E402
-
-from llama import ModelConfig, Transformer  # noqa: E402
-from llama.convert import llama_to_hf_state_dict  # noqa: E402
-from llama.generation import generate, prepare_for_decoding  # noqa: E402
+from llama import ModelConfig, Transformer
+from llama.convert import llama_to_hf_state_dict
+from llama.generation import generate, prepare_for_decoding
 
 CONFIGS = {
     # The two sizes of the issue: stories15M- and stories110M-like, shared embedding/output.

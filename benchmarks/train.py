@@ -34,12 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where benchmarks/tokenize.py would shadow the
-# standard library's tokenize module (which torch imports). Nothing is imported from this folder.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/tokenize.py [--data-dir DIR] [--repeats 3]
+    python benchmarks/tokenizer.py [--data-dir DIR] [--repeats 3]
 
 ``DIR`` (default: ``$LLAMA_DATA_DIR``, else ``../shared/data`` next to the repository) must hold
 ``llama2-tokenizer.model`` and ``tinyshakespeare.txt``. Prints one table; every number is the best
@@ -11,22 +11,16 @@ of ``--repeats`` runs. "cold" means a fresh tokenizer (empty word cache) for eac
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
 import sys
+import time
+from pathlib import Path
 
-# This file has the name of the standard library's ``tokenize`` module, which Python itself
-# imports (via ``linecache``); keep this folder off the import path so that one is found.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+import sentencepiece
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import sentencepiece  # noqa: E402
-
-from llama.tokenizer import BPETokenizer, SentencePieceTokenizer  # noqa: E402
+from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,6 +24,7 @@ __all__ = [
     "rope_cache",
     "apply_rope",
     "apply_rope_half_split",
+    "pairs_first",
     "interleaved_to_half_split",
     "half_split_to_interleaved",
 ]
@@ -147,6 +148,18 @@ def apply_rope_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
     x0, x1 = x32.chunk(2, dim=-1)
     return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
 # --8<-- [end:half_split]
+
+
+def pairs_first(x: torch.Tensor) -> torch.Tensor:
+    """Reorder the last dimension from interleaved pairs to halves: ``0, 2, 4, ..., 1, 3, 5, ...``.
+
+    This is :func:`interleaved_to_half_split` applied to activations instead of weight rows:
+    ``apply_rope_half_split(pairs_first(x), ...)`` equals ``pairs_first(apply_rope(x, ...))``.
+
+    >>> pairs_first(torch.arange(8.0)).tolist()
+    [0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]
+    """
+    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
 
 
 # --8<-- [start:permute]

@@ -58,6 +58,28 @@ def copy_bandwidth(mib: int = 256, repeats: int = 10) -> float:
     return 2 * src.numel() * 4 / best
 
 
+def read_bandwidths(rows: int = 2048, cols: int = 768, count: int = 40, repeats: int = 5) -> dict[str, float]:
+    """Bytes/s at which matrix-vector products read weights too large for the cache.
+
+    ``count`` distinct ``[rows, cols]`` float32 matrices (250 MB by default), one product each,
+    in the ``nn.Linear`` layout and transposed in memory; and a plain ``sum`` of a 256 MiB tensor,
+    the reading speed a matrix-vector product could hope for.
+    """
+    row_major = [torch.randn(rows, cols) for _ in range(count)]
+    col_major = [w.t().contiguous().t() for w in row_major]
+    x = torch.randn(1, cols)
+    total = count * rows * cols * 4
+    flat = torch.ones(256 * 2**20 // 4)
+    out = {}
+    for name, mats in (("row-major", row_major), ("column-major", col_major)):
+        [torch.nn.functional.linear(x, w) for w in mats]  # warm-up
+        out[name] = total / min(_timed(lambda: [torch.nn.functional.linear(x, w) for w in mats])
+                                for _ in range(repeats))
+    flat.sum()
+    out["sum"] = flat.numel() * 4 / min(_timed(flat.sum) for _ in range(repeats))
+    return out
+
+
 def weight_bytes_per_token(config: ModelConfig, bytes_per_value: int = 4) -> int:
     """Bytes of weights one decode step reads: every matrix and norm, the head, one embedding row."""
     d, kv, h = config.dim, config.n_kv_heads * config.head_dim, config.hidden_dim
@@ -138,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
           f"load average at start {os.getloadavg()[0]:.2f}")
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s")
+    reads = read_bandwidths()
+    print("weights read by F.linear(1 x 768 vector, 2048 x 768 matrix), 40 matrices: "
+          f"{reads['row-major'] / 1e9:.1f} GB/s row-major, {reads['column-major'] / 1e9:.1f} GB/s column-major; "
+          f"torch.sum over 256 MiB reads {reads['sum'] / 1e9:.1f} GB/s")
     print(f"batch 1, float32, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens; "
           f"tok/s = {NEW_TOKENS} / time of the whole generate call; median (best) of {args.repeats}")
     print()

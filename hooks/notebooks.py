@@ -24,7 +24,6 @@ import logging
 import os
 import posixpath
 import re
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import regex
+
+from ._files import atomic_write_text
 
 __all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "BPETokenizer"]
 
@@ -347,7 +348,7 @@ class BPETokenizer:
             "merges": [list(pair) for pair in self.merge_ids],
             "special_tokens": list(self.special_tokens),
         }
-        _atomic_write_text(Path(path), json.dumps(doc, ensure_ascii=False, indent=0))
+        atomic_write_text(Path(path), json.dumps(doc, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
@@ -389,21 +390,3 @@ def _check_utf8(text: str) -> None:
             f"text is not valid Unicode ({err.reason} at index {err.start}); "
             "remove lone surrogates, e.g. with s.encode('utf-8', 'replace').decode()"
         ) from None
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))

@@ -26,12 +26,12 @@ import dataclasses
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._files import atomic_write, atomic_write_text
 from .config import ModelConfig, RopeScaling
 from .convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from .model import Transformer
@@ -378,22 +378,6 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 # --8<-- [end:load]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step.
-
-    A crash or an error half-way leaves the old file (or none), never a truncated one.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --8<-- [start:save_hf]
 def save_hf(model: Transformer, directory: str | os.PathLike) -> None:
     """Write ``model`` as a Hugging Face folder: ``config.json`` + ``model.safetensors``.
@@ -413,7 +397,6 @@ def save_hf(model: Transformer, directory: str | os.PathLike) -> None:
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
     dtype = next(iter(hf_sd.values())).dtype
     config = {**model.config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
 # --8<-- [end:save_hf]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llama._files import atomic_write, atomic_write_text
 from llama.download import cached_download, cache_dir, sha256_file
 
 __all__ = [
@@ -133,17 +133,11 @@ def tokenize_to_file(tokenizer, text: str, path: str | os.PathLike) -> np.ndarra
     """
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a bare name
             np.save(f, ids, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return ids
 
 
@@ -197,9 +191,7 @@ def prepare_tokens(text_path: str | os.PathLike, tokenizer, tokenizer_sha256: st
     tokenize_to_file(tokenizer, val_text.decode("utf-8"), directory / "val.npy")
     meta = {"text": str(text_path), "text_sha256": text_sha, "tokenizer_sha256": tokenizer_sha256,
             "train_bytes": len(train_text), "val_bytes": len(val_text)}
-    tmp = meta_path.with_name(".meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return TokenData(load_tokens(directory / "train.npy"), load_tokens(directory / "val.npy"),
                      text_sha, len(train_text), len(val_text))
 

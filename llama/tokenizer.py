@@ -19,7 +19,8 @@ import io
 import os
 from pathlib import Path
 
-from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, _atomic_write_bytes
+from llama._files import atomic_write_bytes
+from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from llama.spm import SentencePieceTokenizer
 
 __all__ = [
@@ -103,7 +104,7 @@ def train_sentencepiece(
         raise ValueError(f"sentencepiece could not train this model: {str(err).strip()}") from None
     data = buf.getvalue()
     if model_path is not None:
-        _atomic_write_bytes(Path(model_path), data)
+        atomic_write_bytes(Path(model_path), data)
     return SentencePieceTokenizer.from_bytes(data)
 
 

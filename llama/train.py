@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llama._files import atomic_write_text
 from llama.config import PRESETS, ModelConfig
 from llama.data import (
     WindowSampler,
@@ -273,18 +274,6 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
 
 
 # -------------------------------------------------------------------------------- checkpoints
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _rng_json() -> dict[str, Any]:
     np_state = np.random.get_state()
     py_state = random.getstate()
@@ -339,7 +328,7 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)  # atomic: the folder appears complete or not at all
-    _atomic_write_text(root / "latest", name + "\n")
+    atomic_write_text(root / "latest", name + "\n")
     for old in root.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -595,7 +584,7 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
         if saved is None:
             run = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
             run.update(world_size=world, text_sha256=sha256_file(text_path))
-            _atomic_write_text(out / "run.json", json.dumps(run, indent=1))
+            atomic_write_text(out / "run.json", json.dumps(run, indent=1))
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
@@ -622,7 +611,7 @@ def _train(cfg: TrainConfig, resume: bool, out: Path, saved: dict[str, Any] | No
         step, elapsed = meta["step"], meta["elapsed"]
     if rank == 0 and log.exists():  # forget evaluations made after the checkpoint we resume from
         kept = [r for r in read_log(log) if r["step"] <= step and not r.get("final")]
-        _atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
     net = model
     if cfg.compile:
         net = torch.compile(net)
@@ -738,7 +727,7 @@ def _finish(out: Path, model: Transformer, tokenizer, cfg: TrainConfig) -> None:
         prompt = tokenizer.encode("\n")
         n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
         ids = generate(model, prompt, n, temperature=0.8, top_k=None, seed=cfg.seed)
-        _atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")
+        atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")
 
 
 # -------------------------------------------------------------------------------- command line

@@ -134,7 +134,7 @@ def test_exact_resume_after_sigkill(tmp_path, text):
                          env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, env in (("whole", {}), ("killed", {KILL_ENV: "7"}))
     ]
-    (out_w, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
     assert procs[0].returncode == 0, err_w
     assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
     killed = tmp_path / "killed"

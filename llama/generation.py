@@ -447,6 +447,8 @@ class CompiledDecoder:
     Args:
         model: the model, in ``eval()`` mode. Its weights are read at every step (not copied),
             but do not change their shapes, dtypes or devices while this object is in use.
+            Leave them in ``nn.Linear``'s row-major layout (not :func:`prepare_for_decoding`):
+            :func:`_matvec` streams each weight row as one contiguous sum.
         max_seq_len: cache length, the longest prompt + new tokens (default: the model's).
             Every step attends over the whole cache, so keep it close to what you need.
         options: ``torch.compile`` options (Inductor settings); default ``{"cpp_wrapper": True}``.
@@ -464,8 +466,9 @@ class CompiledDecoder:
 
     def _step(self, token: torch.Tensor, pos: torch.Tensor, keys, values) -> torch.Tensor:
         if not self.compiled:  # the first call traces and compiles
+            logits = self.step(token, pos, keys, values)
             self.compiled = True
-            return self.step(token, pos, keys, values)
+            return logits
         # Every later call has the same shapes, dtypes and model, so the guards that
         # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
         # can only pass: skip them.

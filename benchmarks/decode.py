@@ -3,8 +3,12 @@
 Batch 1, float32, greedy, an 8-token prompt then 128 new tokens, on identical random weights
 (our model's weights converted with :func:`llama.convert.llama_to_hf_state_dict`), with the same
 thread count for both. "ours" is ``llama.generate`` after :func:`llama.generation.prepare_for_decoding`
-(the same values, matrices stored column-major); "ours, row-major weights" is the model as built. Each engine gets one untimed warm-up call; then the timed calls of the two
-engines alternate, so a burst of load from another process hits both alike. The time of a call
+(the same values, matrices stored column-major); "ours, row-major weights" is the model as built;
+"ours, compiled" is :class:`llama.generation.CompiledDecoder` on the model as built (the one-token
+step compiled by ``torch.compile``, the prefill eager). Each engine gets one untimed warm-up call
+(for the compiled one it includes the compilation, whose time is printed: with a cold Inductor
+cache, i.e. ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``, it is the full compile time); then the timed
+calls of the engines alternate, so a burst of load from another process hits both alike. The time of a call
 covers the whole ``generate`` (the 8-token prefill included, for both); tokens/s is 128 divided
 by it. The median and the best of the repeats are printed.
 
@@ -33,7 +37,7 @@ import torch
 
 from llama import ModelConfig, Transformer
 from llama.convert import llama_to_hf_state_dict
-from llama.generation import generate, prepare_for_decoding
+from llama.generation import CompiledDecoder, generate, prepare_for_decoding
 
 CONFIGS = {
     # The two sizes of the issue: stories15M- and stories110M-like, shared embedding/output.
@@ -126,7 +130,13 @@ def bench_config(name: str, config: ModelConfig, repeats: int) -> dict:
                               max_new_tokens=NEW_TOKENS, min_new_tokens=0)
         return out[0, PROMPT_LEN:].tolist()
 
-    engines = {"ours": ours, "ours_row_major": ours_default_layout, "theirs": theirs}
+    decoder = CompiledDecoder(model, max_seq_len=PROMPT_LEN + NEW_TOKENS)
+
+    def ours_compiled():
+        return decoder.generate(prompt, NEW_TOKENS)
+
+    engines = {"ours": ours, "ours_row_major": ours_default_layout, "ours_compiled": ours_compiled, "theirs": theirs}
+    compile_s = _timed(ours_compiled)  # the first call compiles the decode step
     ids = {key: fn() for key, fn in engines.items()}  # warm-up, not timed; also the agreement check
     times = {key: [] for key in engines}
     for _ in range(repeats):  # interleaved, so load from other processes hits every engine alike
@@ -135,7 +145,8 @@ def bench_config(name: str, config: ModelConfig, repeats: int) -> dict:
     return {
         "name": name,
         **{key: [NEW_TOKENS / t for t in ts] for key, ts in times.items()},
-        "same_ids": ids["ours"] == ids["theirs"] == ids["ours_row_major"],
+        "same_ids": ids["ours"] == ids["theirs"] == ids["ours_row_major"] == ids["ours_compiled"],
+        "compile_s": compile_s,
         "bytes": weight_bytes_per_token(config),
     }
 
@@ -157,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average at start {os.getloadavg()[0]:.2f}")
+    cold = os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1"
+    print(f"Inductor caches {'disabled: compile times are cold' if cold else 'enabled: a rerun compiles from cache'}")
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s")
     reads = read_bandwidths()
@@ -166,19 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch 1, float32, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens; "
           f"tok/s = {NEW_TOKENS} / time of the whole generate call; median (best) of {args.repeats}")
     print()
-    header = ("| config | ours tok/s | ours, row-major weights | transformers tok/s | speed-up (median) "
-              "| weights MB/token | bound tok/s | ours / bound | same ids |")
+    header = ("| config | ours tok/s | ours, row-major weights | ours, compiled | transformers tok/s "
+              "| speed-up (median) | compiled speed-up | weights MB/token | bound tok/s | ours / bound "
+              "| compiled / bound | same ids | first compiled call s |")
     print(header)
     print("| --- " * (header.count("|") - 1) + "|")
     for name in args.configs:
         r = bench_config(name, CONFIGS[name], args.repeats)
         ours_med, theirs_med = statistics.median(r["ours"]), statistics.median(r["theirs"])
-        row_med = statistics.median(r["ours_row_major"])
+        row_med, comp_med = statistics.median(r["ours_row_major"]), statistics.median(r["ours_compiled"])
         bound = bandwidth / r["bytes"]
         print(f"| {name} | {ours_med:.0f} ({max(r['ours']):.0f}) | {row_med:.0f} ({max(r['ours_row_major']):.0f}) "
-              f"| {theirs_med:.0f} ({max(r['theirs']):.0f}) "
-              f"| {ours_med / theirs_med:.2f}x | {r['bytes'] / 1e6:.0f} | {bound:.0f} "
-              f"| {ours_med / bound:.0%} | {'yes' if r['same_ids'] else 'NO'} |", flush=True)
+              f"| {comp_med:.0f} ({max(r['ours_compiled']):.0f}) | {theirs_med:.0f} ({max(r['theirs']):.0f}) "
+              f"| {ours_med / theirs_med:.2f}x | {comp_med / theirs_med:.2f}x | {r['bytes'] / 1e6:.0f} | {bound:.0f} "
+              f"| {ours_med / bound:.0%} | {comp_med / bound:.0%} | {'yes' if r['same_ids'] else 'NO'} "
+              f"| {r['compile_s']:.1f} |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
     return 0
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .model import Transformer
+from .rope import apply_rope_half_split, pairs_first
 
 __all__ = [
     "apply_temperature",
@@ -39,6 +41,7 @@ __all__ = [
     "generate",
     "generate_batch",
     "prepare_for_decoding",
+    "CompiledDecoder",
 ]
 
 
@@ -372,3 +375,140 @@ def generate_batch(
         model.clear_cache()
     return outputs
 # --8<-- [end:batch]
+
+
+# --8<-- [start:static_step]
+def _matvec(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(x)`` for one row ``x`` (``[1, in]``), written as a sum of products, ``(W * x).sum(-1)``.
+
+    Eagerly this would build an ``[out, in]`` temporary; compiled, Inductor turns it into one
+    vectorised, multithreaded loop that streams each weight row once, and fuses the norms and
+    activations around it. On a CPU that reads weights faster than the BLAS matrix-vector call
+    behind ``F.linear`` (the reading is what decoding one token costs).
+    """
+    return (linear.weight * x).sum(-1, keepdim=True).view(1, -1)
+
+
+class _StaticDecodeStep(nn.Module):
+    """One decode step with shapes that never change, so ``torch.compile`` traces it once.
+
+    The eager path slices the KV cache to the positions filled so far, so every step has a
+    different shape. Here the position is a *tensor* ``pos`` (``[1]``): the new key and value
+    are written at ``pos`` with ``index_copy_``, and the query attends over the whole cache
+    with the mask ``arange(max_len) <= pos``, so later (still zero) positions get no weight.
+    It reuses the model's own weights, norms and RoPE tables; only the cache handling and
+    the matrix-vector products (:func:`_matvec`) differ from :class:`~llama.attention.Attention`.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: torch.Tensor, pos: torch.Tensor,
+                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        model = self.model
+        cos, sin = model.rope_cos[pos], model.rope_sin[pos]  # [1, h_d/2]: the row of position pos
+        mask = (torch.arange(keys[0].size(2), device=pos.device) <= pos).view(1, 1, 1, -1)
+        h = model.tok_embeddings(token)  # [1, dim]
+        for layer, k_cache, v_cache in zip(model.layers, keys, values):
+            attn = layer.attention
+            x = layer.attention_norm(h)
+            q = _matvec(x, attn.wq).view(1, 1, attn.n_heads, attn.head_dim)
+            k = _matvec(x, attn.wk).view(1, 1, attn.n_kv_heads, attn.head_dim)
+            v = _matvec(x, attn.wv).view(1, 1, attn.n_kv_heads, attn.head_dim)
+            q = apply_rope_half_split(pairs_first(q), cos, sin).transpose(1, 2)  # [1, n_h, 1, h_d]
+            k = apply_rope_half_split(pairs_first(k), cos, sin).transpose(1, 2)
+            k_cache.index_copy_(2, pos, k)
+            v_cache.index_copy_(2, pos, v.transpose(1, 2))
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
+                                                 enable_gqa=attn.n_kv_heads != attn.n_heads)
+            h = h + _matvec(out.reshape(1, -1), attn.wo)
+            x = layer.ffn_norm(h)
+            ff = layer.feed_forward
+            h = h + _matvec(F.silu(_matvec(x, ff.w1)) * _matvec(x, ff.w3), ff.w2)
+        return _matvec(model.norm(h), model.output)  # [1, vocab]
+# --8<-- [end:static_step]
+
+
+# --8<-- [start:compiled]
+class CompiledDecoder:
+    """Batch-1 decoding with the one-token step compiled by ``torch.compile`` (opt-in, for speed).
+
+    Decoding one token on a CPU is hundreds of small operations: eagerly, the Python and
+    dispatch overhead of each costs about as much as reading the weights. Compiled
+    (:class:`_StaticDecodeStep`), the step becomes a few dozen fused C++ loops called from a
+    C++ wrapper (``cpp_wrapper``), each matrix-vector product one loop streaming its weights
+    (:func:`_matvec`). The prompt still goes through the eager model, once per call.
+
+    The first call compiles (seconds to tens of seconds); later calls reuse the compiled step
+    for any prompt and length as long as ``prompt + new tokens <= max_seq_len``. Greedy ids
+    agree with :func:`generate`; logits may differ in the last bits (sums run in another order).
+
+    Args:
+        model: the model, in ``eval()`` mode. Its weights are read at every step (not copied),
+            but do not change their shapes, dtypes or devices while this object is in use.
+            Leave them in ``nn.Linear``'s row-major layout (not :func:`prepare_for_decoding`):
+            :func:`_matvec` streams each weight row as one contiguous sum.
+        max_seq_len: cache length, the longest prompt + new tokens (default: the model's).
+            Every step attends over the whole cache, so keep it close to what you need.
+        options: ``torch.compile`` options (Inductor settings); default ``{"cpp_wrapper": True}``.
+    """
+
+    def __init__(self, model: Transformer, max_seq_len: int | None = None,
+                 options: dict | None = None) -> None:
+        self.model = model
+        self.max_seq_len = max_seq_len or model.config.max_seq_len
+        if self.max_seq_len > model.config.max_seq_len:
+            raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the model's {model.config.max_seq_len}")
+        self.options = {"cpp_wrapper": True} if options is None else options
+        self.step = torch.compile(_StaticDecodeStep(model), fullgraph=True, dynamic=False, options=self.options)
+        self.compiled = False
+
+    def _step(self, token: torch.Tensor, pos: torch.Tensor, keys, values) -> torch.Tensor:
+        if not self.compiled:  # the first call traces and compiles
+            logits = self.step(token, pos, keys, values)
+            self.compiled = True
+            return logits
+        # Every later call has the same shapes, dtypes and model, so the guards that
+        # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
+        # can only pass: skip them.
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return self.step(token, pos, keys, values)
+
+    @torch.no_grad()
+    def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                        top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                        stop_ids: Iterable[int] = (), seed: int | None = None) -> Iterator[int]:
+        """Same arguments and tokens as :func:`generate_stream` (without ``model``)."""
+        model = self.model
+        prompt_ids = list(prompt_ids)
+        _check_lengths(model, len(prompt_ids), max_new_tokens)
+        if len(prompt_ids) + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens exceed this "
+                             f"decoder's max_seq_len={self.max_seq_len}")
+        _check_sampling(temperature, top_k, top_p, min_p)
+        stop = set(stop_ids)
+        device = model.output.weight.device
+        generator = _generator(seed, device)
+        model.setup_cache(batch_size=1, max_seq_len=self.max_seq_len)
+        keys = [layer.attention.cache.k for layer in model.layers]
+        values = [layer.attention.cache.v for layer in model.layers]
+        try:
+            logits = _next_logits(model, torch.tensor([prompt_ids], device=device), start_pos=0)  # prefill
+            pos = torch.tensor([len(prompt_ids)], device=device)
+            for i in range(max_new_tokens):
+                next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
+                token = int(next_id)
+                if token in stop:
+                    return
+                yield token
+                if i + 1 < max_new_tokens:  # no step for a token nobody asked for
+                    logits = self._step(next_id.view(1), pos, keys, values)
+                    pos += 1
+        finally:
+            model.clear_cache()
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kwargs) -> list[int]:
+        """The new token ids after ``prompt_ids``; see :meth:`generate_stream`."""
+        return list(self.generate_stream(prompt_ids, max_new_tokens, **kwargs))
+# --8<-- [end:compiled]

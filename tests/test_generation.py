@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -213,3 +214,33 @@ def test_errors_name_the_problem():
         generate_batch(model, [[1], []], 5)
     assert generate(model, [1] * 90, 6) and generate(model, [1], 0) == []
     assert model.layers[0].attention.cache is None  # no error leaves a cache behind
+
+
+# The compiled decoder runs torch.compile (Inductor, a C++ compiler): seconds per model with a
+# cold cache, so these tests run only when asked for, with LLAMA_SLOW_TESTS=1.
+slow = pytest.mark.skipif(os.environ.get("LLAMA_SLOW_TESTS") != "1",
+                          reason="compiles with torch.compile; set LLAMA_SLOW_TESTS=1 to run")
+
+
+@slow
+@pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
+def test_compiled_decoder_gives_the_eager_greedy_ids(config):
+    from llama.generation import CompiledDecoder
+
+    model = random_model(config, seed=3)
+    decoder = CompiledDecoder(model, max_seq_len=48)
+    for prompt in ([1, 17, 42, 5, 88], [2]):  # the second call reuses the compiled step
+        n = 48 - len(prompt)
+        assert decoder.generate(prompt, n) == generate(model, prompt, n)
+    assert decoder.generate([1, 17], 0) == []
+    assert model.layers[0].attention.cache is None  # the cache is removed, as generate does
+
+
+def test_compiled_decoder_checks_lengths_before_compiling():
+    from llama.generation import CompiledDecoder
+
+    decoder = CompiledDecoder(random_model(MHA), max_seq_len=16)
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        decoder.generate([1, 2, 3], 14)
+    with pytest.raises(ValueError, match="exceeds the model's 96"):
+        CompiledDecoder(random_model(MHA), max_seq_len=97)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -216,13 +215,8 @@ def test_errors_name_the_problem():
     assert model.layers[0].attention.cache is None  # no error leaves a cache behind
 
 
-# The compiled decoder runs torch.compile (Inductor, a C++ compiler): seconds per model with a
-# cold cache, so these tests run only when asked for, with LLAMA_SLOW_TESTS=1.
-slow = pytest.mark.skipif(os.environ.get("LLAMA_SLOW_TESTS") != "1",
-                          reason="compiles with torch.compile; set LLAMA_SLOW_TESTS=1 to run")
-
-
-@slow
+# The compiled decoder runs torch.compile (Inductor and a C++ compiler): several seconds per
+# model with a cold cache, which the suite pays because this is code the book shows.
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
 def test_compiled_decoder_gives_the_eager_greedy_ids(config):
     from llama.generation import CompiledDecoder

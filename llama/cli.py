@@ -139,12 +139,15 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--stop-id", type=int, action="append", default=[], metavar="ID",
                    help="stop when this id is produced (repeatable); e.g. the tokenizer's EOS")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length, for checkpoints that do not store it")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with the torch.compile'd step (faster per token; needs a C++ compiler, "
+                   "and the first call compiles for seconds)")
     p.set_defaults(func=_run_generate)
 
 
 # --8<-- [start:run_generate]
 def _run_generate(args) -> int:
-    from llama.generation import generate_stream, prepare_for_decoding
+    from llama.generation import CompiledDecoder, generate_stream, prepare_for_decoding
     from llama.model import Transformer
 
     if args.prompt is not None and args.tokenizer is None:
@@ -154,8 +157,7 @@ def _run_generate(args) -> int:
         from llama.tokenizer import SentencePieceTokenizer, load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
-    # Column-major matrices: the same model, read faster one token at a time (see the chapter).
-    model = prepare_for_decoding(Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len))
+    model = Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
     if args.prompt is not None:
         spm = isinstance(tok, SentencePieceTokenizer)
         prompt = tok.encode(args.prompt, bos=True) if spm else tok.encode(args.prompt)
@@ -164,8 +166,14 @@ def _run_generate(args) -> int:
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
-    stream = generate_stream(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                             args.min_p, args.stop_id, args.seed)
+    sampling = (args.temperature, args.top_k, args.top_p, args.min_p, args.stop_id, args.seed)
+    if args.compile:
+        # The compiled step attends over its whole cache: size it to this prompt and length.
+        length = min(len(prompt) + args.max_new_tokens, model.config.max_seq_len)
+        stream = CompiledDecoder(model, max_seq_len=length).generate_stream(prompt, args.max_new_tokens, *sampling)
+    else:
+        # Column-major matrices: the same model, read faster one token at a time (see the chapter).
+        stream = generate_stream(prepare_for_decoding(model), prompt, args.max_new_tokens, *sampling)
     if tok is None:  # ids in, ids out
         for i, token in enumerate(stream):
             print(token if i == 0 else f" {token}", end="", flush=True)

@@ -75,6 +75,16 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
     assert capsys.readouterr().out == "\n"
 
 
+def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)
+    assert main(["generate", str(path), "--ids", "1", "7", "-n", "12"]) == 0
+    eager = capsys.readouterr().out
+    assert main(["generate", str(path), "--ids", "1", "7", "-n", "12", "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+    assert main(["generate", str(path), "--ids", "1", "-n", "64", "--compile"]) == 2  # 65 > max_seq_len 64
+    assert "max_seq_len" in capsys.readouterr().err
+
+
 def test_generate_with_a_tokenizer_prints_text(tmp_path, capsys):
     from llama.tokenizer import train_sentencepiece
 

@@ -381,8 +381,11 @@ class BPETokenizer:
 
 
 def _check_utf8(text: str) -> None:
+    """Refuse what cannot be encoded as UTF-8 (lone surrogates), naming the fix."""
     if not isinstance(text, str):
         raise TypeError(f"expected a str, got {type(text).__name__}")
+    if text.isascii():  # the common case, checked without encoding a copy
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:

@@ -37,6 +37,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bpe import _check_utf8
+
 __all__ = ["SentencePieceTokenizer", "ModelProto", "read_model_proto", "SPACE"]
 
 SPACE = "\u2581"  # "▁", LOWER ONE EIGHTH BLOCK: how SentencePiece writes a space
@@ -489,7 +491,7 @@ class SentencePieceTokenizer:
             ValueError: If ``text`` contains a lone surrogate, or ``bos``/``eos`` is asked
                 for but the model has no such piece.
         """
-        _check_text(text)
+        _check_utf8(text)
         ids = self._encode_normalized(self.normalize(text))
         if not self._byte_fallback:  # a run of unknown characters becomes one <unk>
             ids = [t for k, t in enumerate(ids) if t != self._unk_id or k == 0 or ids[k - 1] != t]
@@ -619,19 +621,6 @@ def _decode_bytes(data: bytes | bytearray) -> str:
             out.append("\ufffd")
             pos += 1
     return "".join(out)
-
-
-def _check_text(text: str) -> None:
-    if not isinstance(text, str):
-        raise TypeError(f"expected a str, got {type(text).__name__}")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(
-                f"text is not valid Unicode ({err.reason} at index {err.start}); "
-                "remove lone surrogates, e.g. with s.encode('utf-8', 'replace').decode()"
-            ) from None
 
 
 def _tiny_model() -> bytes:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from console_blocks import run_console_blocks
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
@@ -20,38 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = ["generation.md", "checkpoints.md"]
 
 
-def console_blocks(markdown: str) -> list[list[tuple[str, str]]]:
-    """Each ```console block as a list of (command, expected output) pairs."""
-    blocks = []
-    for block in re.findall(r"```console\n(.*?)```", markdown, flags=re.S):
-        steps: list[tuple[str, str]] = []
-        for line in block.splitlines():
-            if line.startswith("$ "):
-                steps.append((line[2:], ""))
-            else:
-                command, out = steps[-1]
-                steps[-1] = (command, out + line + "\n")
-        blocks.append(steps)
-    return blocks
-
-
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_the_chapter_console_blocks_run_as_shown(chapter, shared_file, tmp_path, monkeypatch, capsys):
     """Every command of the chapter's console blocks, run from a checkout next to ``../shared/data``."""
-    blocks = console_blocks((REPO / "book" / chapter).read_text(encoding="utf-8"))
-    assert blocks, f"{chapter} has no console block"
     (tmp_path / "shared" / "data").mkdir(parents=True)
     (tmp_path / "shared" / "data" / "stories260K.bin").symlink_to(shared_file("stories260K.bin"))
     (tmp_path / "main").mkdir()
     monkeypatch.chdir(tmp_path / "main")
-    checker = doctest.OutputChecker()
-    for steps in blocks:
-        for command, expected in steps:
-            argv = shlex.split(command)
-            assert argv[0] == "llama"
-            assert main(argv[1:]) == 0, command
-            got = capsys.readouterr().out
-            assert checker.check_output(expected, got, doctest.ELLIPSIS), f"{command}\nexpected:\n{expected}\ngot:\n{got}"
+    run_console_blocks((REPO / "book" / chapter).read_text(encoding="utf-8"), capsys)
 
 
 def tiny_checkpoint(tmp_path, vocab_size: int = 64) -> Path:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-import re
-import shlex
 from pathlib import Path
 
 import pytest
+from console_blocks import run_console_blocks
 
 from llama.cli import main
 from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
@@ -69,34 +67,10 @@ def test_errors_are_one_line(corpus, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
-def console_blocks(markdown: str) -> list[list[tuple[str, str]]]:
-    """Each ```console block as a list of (command, expected output) pairs."""
-    blocks = []
-    for block in re.findall(r"```console\n(.*?)```", markdown, flags=re.S):
-        steps: list[tuple[str, str]] = []
-        for line in block.splitlines():
-            if line.startswith("$ "):
-                steps.append((line[2:], ""))
-            else:
-                command, out = steps[-1]
-                steps[-1] = (command, out + line + "\n")
-        blocks.append(steps)
-    return blocks
-
-
 def test_the_chapter_console_block_runs_as_shown(tmp_path, monkeypatch, capsys):
     """Run every command of book/tokenizer.md's console blocks and compare the output."""
     chapter = (REPO / "book" / "tokenizer.md").read_text(encoding="utf-8")
-    blocks = console_blocks(chapter)
-    assert blocks, "the chapter has no console block"
     corpus = "\n".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "llama").glob("*.py")))
     (tmp_path / "corpus.txt").write_text(corpus, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    checker = doctest.OutputChecker()
-    for steps in blocks:
-        for command, expected in steps:
-            argv = shlex.split(command)
-            assert argv[0] == "llama"
-            assert main(argv[1:]) == 0, command
-            got = capsys.readouterr().out
-            assert checker.check_output(expected, got, doctest.ELLIPSIS), f"{command}\nexpected:\n{expected}\ngot:\n{got}"
+    run_console_blocks(chapter, capsys)

@@ -17,7 +17,7 @@ export NO_MKDOCS_2_WARNING := 1
 .PHONY: help install serve test site screenshot clean
 
 help:
-	@echo "make serve       install if needed, then serve the book at http://127.0.0.1:8000/"
+	@echo "make serve       install if needed, then serve the book at http://127.0.0.1:8000/llama-from-scratch/"
 	@echo "make test        install if needed, then run the whole test suite (includes the strict build)"
 	@echo "make site        build the book into site/ with --strict (what the tests and CI publish)"
 	@echo "make screenshot  refresh .github/book-screenshot.png (the README picture) from the browser tests"

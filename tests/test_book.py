@@ -15,12 +15,12 @@ A block that fits none of these fails ``test_every_block_is_run_or_accounted_for
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import load_book_collection
 from sybil import Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,15 +29,7 @@ MARKER = re.compile(r"<!--\s*(?P<kind>tested-by|not-executed):\s*(?P<value>.*?)\
 INCLUDE_LINE = re.compile(r'^-{1,2}8<-{1,2}\s+"(?P<path>[^":]+)(?::[^"]*)?"\s*$')
 
 
-def load_root_conftest():
-    # ../conftest.py is loaded by pytest as a plugin; load a second copy to call its parser.
-    spec = importlib.util.spec_from_file_location("_book_collection", REPO / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-collection = load_root_conftest()
+collection = load_book_collection()
 
 
 def markdown_files() -> list[Path]:

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer, generate
@@ -26,16 +27,6 @@ TINY = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, max_seq_len=64)
 # Meta's params.json has no hidden_dim: multiple_of=32 makes Meta's rule give 192 for dim 64.
 META_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 101, "multiple_of": 32,
                "norm_eps": 1e-5, "rope_theta": 10000.0}
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return model
 
 
 def tokens(vocab: int, n: int = 12) -> torch.Tensor:

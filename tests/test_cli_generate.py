@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from console_blocks import run_console_blocks
+from helpers import run_console_blocks
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from console_blocks import run_console_blocks
+from helpers import run_console_blocks
 
 from llama.cli import main
 from llama.tokenizer import BPETokenizer, SentencePieceTokenizer

@@ -11,11 +11,11 @@ Walks mkdocs.yml's nav:
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from helpers import load_book_collection
 from sybil import Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,14 +24,7 @@ FIGURE = re.compile(r"!\[[^\]]*\]\(figures/[^)\s]+\.svg\)|<img\b[^>]*\bsrc=\"fig
 EXERCISES = re.compile(r"^## Exercises\s*$", re.MULTILINE)
 
 
-def _collection():
-    spec = importlib.util.spec_from_file_location("_book_collection", REPO / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-collection = _collection()
+collection = load_book_collection()
 
 
 def page_text(page) -> str:

@@ -7,6 +7,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import random_model  # noqa: E402
+
 from llama import ModelConfig, RopeScaling, Transformer  # noqa: E402
 from llama.convert import HF_NAMES, hf_to_llama_state_dict, llama_to_hf_state_dict  # noqa: E402
 
@@ -22,16 +24,6 @@ CONFIGS = {
                                        "rope_scaling": RopeScaling(8.0, 1.0, 4.0, 16)}),
     "odd-layers": ModelConfig(**{**BASE, "n_layers": 3, "n_heads": 8, "n_kv_heads": 2, "norm_eps": 1e-6}),
 }
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(config).eval()
-    with torch.no_grad():  # norm gains start at 1; randomise them so a swapped norm would show
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return model
 
 
 def hf_twin(model: Transformer) -> torch.nn.Module:

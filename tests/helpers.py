@@ -1,12 +1,38 @@
-"""Run a chapter's ```console blocks: each ``$ llama ...`` line through the CLI, output compared."""
+"""Helpers shared by the test modules: random models, the book's example collector, console blocks."""
 
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import re
 import shlex
+from pathlib import Path
 
+import torch
+
+from llama import ModelConfig, Transformer
 from llama.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A seeded model in eval mode whose norm gains are random too (they start at 1, which would hide a swapped norm)."""
+    torch.manual_seed(seed)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def load_book_collection():
+    """A second copy of the root conftest.py (pytest loads it as a plugin) to call its parser directly."""
+    spec = importlib.util.spec_from_file_location("_book_collection", REPO / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def console_blocks(markdown: str) -> list[list[tuple[str, str]]]:

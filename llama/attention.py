@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .rope import apply_rope_half_split, pairs_first
+from llama.config import ModelConfig
+from llama.rope import apply_rope_half_split, pairs_first
 
 __all__ = ["attention", "causal_mask", "repeat_kv", "kv_cache_bytes", "KVCache", "Attention"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import regex
 
-from ._files import atomic_write_text
+from llama._files import atomic_write_text
 
 __all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "BPETokenizer"]
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._files import atomic_write, atomic_write_text
-from .config import ModelConfig, RopeScaling
-from .convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
-from .model import Transformer
+from llama._files import atomic_write, atomic_write_text
+from llama.config import ModelConfig, RopeScaling
+from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.model import Transformer
 
 __all__ = [
     "detect_format",

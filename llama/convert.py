@@ -11,8 +11,8 @@ import re
 
 import torch
 
-from .config import ModelConfig
-from .rope import half_split_to_interleaved, interleaved_to_half_split
+from llama.config import ModelConfig
+from llama.rope import half_split_to_interleaved, interleaved_to_half_split
 
 __all__ = ["HF_NAMES", "hf_to_llama_state_dict", "llama_to_hf_state_dict", "expected_shapes"]
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import Transformer
-from .rope import apply_rope_half_split, pairs_first
+from llama.model import Transformer
+from llama.rope import apply_rope_half_split, pairs_first
 
 __all__ = [
     "apply_temperature",

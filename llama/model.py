@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
-from .attention import Attention, KVCache, causal_mask
-from .config import ModelConfig
-from .feed_forward import FeedForward
-from .norm import RMSNorm
-from .rope import rope_cache
+from llama.attention import Attention, KVCache, causal_mask
+from llama.config import ModelConfig
+from llama.feed_forward import FeedForward
+from llama.norm import RMSNorm
+from llama.rope import rope_cache
 
 __all__ = ["TransformerBlock", "Transformer", "count_parameters"]
 
@@ -183,7 +183,7 @@ class Transformer(nn.Module):
         (``params.json`` + ``consolidated.NN.pth``) or a llama2.c ``.bin`` file; the format is
         detected. See :func:`llama.checkpoint.load_checkpoint` for the arguments.
         """
-        from .checkpoint import load_checkpoint  # imported here: checkpoint.py imports this module
+        from llama.checkpoint import load_checkpoint  # imported here: checkpoint.py imports this module
 
         return load_checkpoint(path, dtype=dtype, max_seq_len=max_seq_len)
 
@@ -192,7 +192,7 @@ class Transformer(nn.Module):
 
         ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads the result.
         """
-        from .checkpoint import save_hf
+        from llama.checkpoint import save_hf
 
         save_hf(self, directory)
     # --8<-- [end:pretrained]

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .config import RopeScaling
+from llama.config import RopeScaling
 
 __all__ = [
     "rope_frequencies",

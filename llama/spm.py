@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bpe import _check_utf8
+from llama.bpe import _check_utf8
 
 __all__ = ["SentencePieceTokenizer", "ModelProto", "read_model_proto", "SPACE"]
 

@@ -1,46 +1,21 @@
-"""Causal self-attention: the math written out, multi-/grouped-query heads, and a KV cache."""
+"""Causal self-attention: multi-/grouped-query heads, RoPE, the causal mask and a KV cache.
+
+The model computes attention with PyTorch's fused ``F.scaled_dot_product_attention``; the same
+math written out step by step, and grouped-query attention by copying heads, are in
+:mod:`llama.reference`, tested equal to it.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llama.config import ModelConfig
-from llama.rope import apply_rope_half_split, pairs_first
+from llama.linear import Linear
+from llama.rope import apply_rope
 
-__all__ = ["attention", "causal_mask", "repeat_kv", "kv_cache_bytes", "KVCache", "Attention"]
-
-
-# --8<-- [start:attention]
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    r"""Scaled dot-product attention, written out: $\operatorname{softmax}(QK^\top/\sqrt{d} + M)\,V$.
-
-    Args:
-        q: queries ``[b, n_h, s_q, h_d]``.
-        k: keys ``[b, n_h, s_k, h_d]``.
-        v: values ``[b, n_h, s_k, h_d]``.
-        mask: boolean ``[s_q, s_k]`` (or broadcastable to ``[b, n_h, s_q, s_k]``); ``True`` means
-            "may attend". ``None`` attends everywhere.
-
-    Returns:
-        ``[b, n_h, s_q, h_d]``, each query's weighted average of the values.
-
-    >>> q = k = v = torch.randn(1, 1, 3, 4)
-    >>> out = attention(q, k, v, causal_mask(3))
-    >>> torch.allclose(out[0, 0, 0], v[0, 0, 0])   # the first token can only see itself
-    True
-    """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).type_as(q)
-    return weights @ v
-# --8<-- [end:attention]
+__all__ = ["causal_mask", "kv_cache_bytes", "KVCache", "Attention"]
 
 
 # --8<-- [start:causal_mask]
@@ -69,32 +44,6 @@ def causal_mask(s_q: int, s_k: int | None = None, start_pos: int = 0, device: to
 # --8<-- [end:causal_mask]
 
 
-# --8<-- [start:repeat_kv]
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """Share each key/value head with ``n_rep`` query heads by repeating it.
-
-    It works on the ``[b, s, heads, h_d]`` layout that the projections produce, before
-    heads are moved in front of the sequence for the matmuls.
-
-    Args:
-        x: ``[b, s, n_kv, h_d]``.
-        n_rep: ``n_heads // n_kv_heads``.
-
-    Returns:
-        ``[b, s, n_kv * n_rep, h_d]`` where heads ``g * n_rep ... (g + 1) * n_rep - 1`` are copies
-        of key/value head ``g``.
-
-    >>> x = torch.arange(2.0).reshape(1, 1, 2, 1)     # two kv heads holding 0 and 1
-    >>> repeat_kv(x, 3).flatten().tolist()
-    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-    """
-    if n_rep == 1:
-        return x
-    b, s, n_kv, h_d = x.shape
-    return x[:, :, :, None, :].expand(b, s, n_kv, n_rep, h_d).reshape(b, s, n_kv * n_rep, h_d)
-# --8<-- [end:repeat_kv]
-
-
 # --8<-- [start:kv_cache_bytes]
 def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:
     r"""Memory of a full KV cache: keys and values, every layer, every position.
@@ -121,9 +70,11 @@ def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes
 class KVCache(nn.Module):
     """Keys and values of every position seen so far, so each new token costs one position.
 
-    The buffers are allocated once for the longest sequence and written in place; a step
-    at ``start_pos`` with ``s`` new tokens writes positions ``start_pos .. start_pos + s - 1``
-    and returns all positions up to the last one written.
+    The buffers are allocated once, for the longest sequence, and never change shape: a step
+    writes its keys and values at the positions ``input_pos`` (a tensor, so a compiled step
+    serves every position) and attends over the whole buffer. Positions not written yet hold
+    zeros and are hidden by the causal mask: row ``p`` of :attr:`mask` lets position ``p`` see
+    keys ``0 .. p`` only.
 
     Args:
         batch_size: sequences decoded together.
@@ -131,36 +82,36 @@ class KVCache(nn.Module):
         n_kv_heads: key/value heads (GQA keeps fewer than query heads: that is the saving).
         head_dim: width of a head.
         dtype: storage type of the cache.
+        mask: ``causal_mask(max_seq_len)``, shared by the caches of all layers (built if ``None``).
 
     Shape:
-        buffers ``k``, ``v``: ``[b, n_kv, max_seq_len, h_d]``.
+        buffers ``k``, ``v``: ``[b, n_kv, max_seq_len, h_d]``; ``mask``: ``[max_seq_len, max_seq_len]``.
     """
 
     def __init__(self, batch_size: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 mask: torch.Tensor | None = None) -> None:
         super().__init__()
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        mask = causal_mask(max_seq_len, device=device) if mask is None else mask
+        self.register_buffer("mask", mask, persistent=False)
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``, ``v`` (``[b, n_kv, s, h_d]``) at ``start_pos`` and return the filled prefix.
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store ``k``, ``v`` (``[b, n_kv, s, h_d]``) at positions ``input_pos`` (``[s]``).
 
         Returns:
-            ``(keys, values)``, each ``[b, n_kv, start_pos + s, h_d]`` (views, no copy).
+            ``(keys, values, mask)``: the whole buffers ``[b, n_kv, max_seq_len, h_d]`` and the
+            causal mask rows of these positions, ``[s, max_seq_len]``.
         """
-        b, _, s, _ = k.shape
-        end = start_pos + s
-        if end > self.k.size(2):
-            raise ValueError(
-                f"the KV cache holds {self.k.size(2)} positions but positions up to {end} were asked for; "
-                "create the cache with a larger max_seq_len"
-            )
-        if b > self.k.size(0):
-            raise ValueError(f"batch of {b} does not fit a KV cache made for {self.k.size(0)} sequences")
-        self.k[:b, :, start_pos:end] = k
-        self.v[:b, :, start_pos:end] = v
-        return self.k[:b, :, :end], self.v[:b, :, :end]
+        if k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"a batch of {k.shape[0]} does not fit a KV cache made for {self.k.shape[0]} "
+                             "sequences; call setup_cache with this batch size")
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v, self.mask[input_pos]
 # --8<-- [end:kv_cache]
 
 
@@ -180,29 +131,24 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.head_dim
-        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.wq = Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.wk = Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wv = Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wo = Linear(config.n_heads * self.head_dim, config.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        start_pos: int = 0,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_pos: torch.Tensor, pad_keys: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from each position of ``x`` to itself and earlier positions.
 
         Args:
             x: ``[b, s, dim]``.
             cos: RoPE table rows for these positions, ``[s, h_d/2]`` or ``[b, s, h_d/2]``.
             sin: same shape as ``cos``.
-            mask: boolean, broadcastable to ``[b, n_h, s, s_k]``, ``True`` = may attend; ``None``
-                means plain causal attention over the keys (see :class:`~llama.model.Transformer`).
-            start_pos: position of ``x[:, 0]``; with a cache, where to write the new keys.
+            input_pos: ``[s]`` positions of ``x``'s tokens; with a cache, where their keys
+                and values are written.
+            pad_keys: optional bool ``[b, 1, s, s_k]``, ``False`` where a query must not see a
+                key because it is padding (``s_k`` is the cache length, or ``s`` without one).
 
         Returns:
             ``[b, s, dim]``.
@@ -211,25 +157,20 @@ class Attention(nn.Module):
         q = self.wq(x).view(b, s, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(b, s, self.n_kv_heads, self.head_dim)
-        # Meta's weights put the two members of each rotated pair side by side. Reordering the
-        # features of q and k alike changes no score q.k, so list every pair's first member, then
-        # every second member, and rotate the two contiguous halves: the same numbers as
-        # apply_rope followed by the reordering (the RoPE chapter checks it), several times faster
-        # than rotating stride-2 pairs, and float32 then adds in transformers' order, bit for bit.
-        q = apply_rope_half_split(pairs_first(q), cos, sin)
-        k = apply_rope_half_split(pairs_first(k), cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # [b, s, n, h_d] -> [b, n, s, h_d]: heads become a batch dimension for the matmuls.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.cache is not None:
-            k, v = self.cache.update(start_pos, k, v)
-        # A single new query may see every cached key, so it needs no mask at all; several
-        # queries with no explicit mask are causal over the last s keys.
-        is_causal = mask is None and s > 1
-        if is_causal and k.size(2) != s:
-            mask = causal_mask(s, k.size(2), k.size(2) - s, device=x.device)
-            is_causal = False
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+            k, v, mask = self.cache.update(input_pos, k, v)  # the whole cache, and who may see what
+        elif pad_keys is not None:
+            mask = causal_mask(s, device=x.device)
+        else:
+            mask = None  # plain causal attention over x itself: the kernel needs no mask tensor
+        if pad_keys is not None:
+            mask = mask & pad_keys
+        # One fused kernel for softmax(q k^T / sqrt(d) + mask) v; with enable_gqa each group of
+        # n_heads / n_kv_heads query heads reads its key/value head in place, without copies.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and s > 1,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 # --8<-- [end:module]

@@ -17,7 +17,8 @@ opened with ``torch.load(weights_only=True)``, which refuses any object that is 
 a number, a string or a container of those.
 
 :meth:`llama.model.Transformer.from_pretrained` and :meth:`~llama.model.Transformer.save_pretrained`
-are thin wrappers around :func:`load_checkpoint` and :func:`save_hf`.
+are thin wrappers around :func:`read_checkpoint` and :func:`save_hf`. This module reads and
+writes names, shapes and bytes only; it never builds a model (the model module imports it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import torch
 from llama._files import atomic_write, atomic_write_text
 from llama.config import ModelConfig, RopeScaling
 from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
-from llama.model import Transformer
 
 __all__ = [
     "detect_format",
@@ -42,7 +42,7 @@ __all__ = [
     "read_meta",
     "read_llama2c",
     "llama2c_layout",
-    "load_checkpoint",
+    "read_checkpoint",
     "save_hf",
     "LLAMA2C_HEADER",
 ]
@@ -340,14 +340,15 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
 
 # ------------------------------------------------------------------------------ load and save
 # --8<-- [start:load]
-def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    max_seq_len: int | None = None) -> Transformer:
-    """Detect the format of ``path``, read it, and return a :class:`Transformer` in ``eval`` mode.
+def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> tuple[ModelConfig, StateDict]:
+    """Detect the format of ``path`` and read it into our config and our weight names.
 
     Args:
         path: a Hugging Face folder, a Meta folder or a llama2.c ``.bin`` file.
-        dtype: the dtype of the returned model's weights.
-        max_seq_len: override the context length (Meta checkpoints do not store one).
+        max_seq_len: the context length for Meta checkpoints, which do not store one.
+
+    Returns:
+        ``(config, state_dict)``; a tied output head is left out of the state dict.
 
     Raises:
         FileNotFoundError: the path or a file it needs is missing.
@@ -361,26 +362,18 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         config, sd = read_meta(path, max_seq_len)
     else:
         config, sd = read_llama2c(path)
-    if max_seq_len is not None:
-        config = dataclasses.replace(config, max_seq_len=max_seq_len)
     if config.tie_embeddings:
         sd = {k: v for k, v in sd.items() if k != "output.weight"}
     for name, shape in expected_shapes(config).items():
         if name in sd and tuple(sd[name].shape) != shape:
             raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}")
-    model = Transformer(config)
-    # strict=False only because a tied head is absent from sd; anything else missing is an error.
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-    return model.to(dtype).eval()
+    return config, sd
 # --8<-- [end:load]
 
 
 # --8<-- [start:save_hf]
-def save_hf(model: Transformer, directory: str | os.PathLike) -> None:
-    """Write ``model`` as a Hugging Face folder: ``config.json`` + ``model.safetensors``.
+def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.PathLike) -> None:
+    """Write a model's weights and config as a Hugging Face folder: ``config.json`` + ``model.safetensors``.
 
     The weights are renamed and ``wq``/``wk`` rows reordered for half-split RoPE by
     :func:`llama.convert.llama_to_hf_state_dict`; a tied output head is left out, as
@@ -392,11 +385,11 @@ def save_hf(model: Transformer, directory: str | os.PathLike) -> None:
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
     directory.mkdir(parents=True, exist_ok=True)
-    hf_sd = llama_to_hf_state_dict(model.state_dict(), model.config)
+    hf_sd = llama_to_hf_state_dict(state_dict, config)
     # safetensors stores each tensor once, contiguous, and refuses tensors that share memory.
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
     dtype = next(iter(hf_sd.values())).dtype
-    config = {**model.config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
+    hf_config = {**config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
 # --8<-- [end:save_hf]

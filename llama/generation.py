@@ -25,11 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llama.model import Transformer
-from llama.rope import apply_rope_half_split, pairs_first
 
 __all__ = [
     "apply_temperature",
@@ -192,6 +190,15 @@ def _check_lengths(model: Transformer, prompt_len: int, max_new_tokens: int) -> 
         )
 
 
+def _check_ids(model: Transformer, prompt_ids: Sequence[int]) -> None:
+    """Ids come from users here, as Python ints: check them once, before any tensor is made."""
+    vocab = model.config.vocab_size
+    bad = next((i for i in prompt_ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab}); "
+                         "check that the tokenizer matches the model")
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A private random stream for ``seed`` (so the same seed gives the same text), or the global one."""
     if seed is None:
@@ -223,14 +230,14 @@ def prepare_for_decoding(model: Transformer) -> Transformer:
 
 # --8<-- [start:step]
 @torch.inference_mode()
-def _next_logits(model: Transformer, tokens: torch.Tensor, start_pos: int,
+def _next_logits(model: Transformer, tokens: torch.Tensor, input_pos: torch.Tensor,
                  pad_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits for the position after ``tokens`` (``[b, vocab]``), reading and filling the KV cache.
 
     ``inference_mode`` records no autograd graph, and ``last_only`` skips the output head for
     every prompt position but the last: only the last one predicts a token we will use.
     """
-    return model(tokens, start_pos=start_pos, pad_mask=pad_mask, last_only=True)[:, -1]
+    return model(tokens, input_pos=input_pos, pad_mask=pad_mask, last_only=True)[:, -1]
 # --8<-- [end:step]
 
 
@@ -269,6 +276,7 @@ def generate_stream(
     """
     prompt_ids = list(prompt_ids)
     _check_lengths(model, len(prompt_ids), max_new_tokens)
+    _check_ids(model, prompt_ids)
     _check_sampling(temperature, top_k, top_p, min_p)
     stop = set(stop_ids)
     device = model.output.weight.device
@@ -276,10 +284,10 @@ def generate_stream(
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     model.setup_cache(batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
     try:
-        pos = 0
+        input_pos = torch.arange(len(prompt_ids), device=device)  # the prompt: positions 0 .. n-1
         for _ in range(max_new_tokens):
-            logits = _next_logits(model, tokens, start_pos=pos)
-            pos += tokens.size(1)
+            logits = _next_logits(model, tokens, input_pos)
+            input_pos = input_pos[-1:] + 1  # then one position at a time
             next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
             token = int(next_id)
             if token in stop:
@@ -341,24 +349,28 @@ def generate_batch(
         raise ValueError("prompts is empty: pass a list of prompts, each a list of token ids")
     for p in prompts:
         _check_lengths(model, len(p), max_new_tokens)
+        _check_ids(model, p)
     _check_sampling(temperature, top_k, top_p, min_p)
     stop = set(stop_ids)
     device = model.output.weight.device
     generator = _generator(seed, device)
     b, width = len(prompts), max(len(p) for p in prompts)
+    cache_len = width + max_new_tokens
     tokens = torch.zeros(b, width, dtype=torch.long, device=device)  # id 0 at padding: never attended
-    pad_mask = torch.zeros(b, width, dtype=torch.bool, device=device)
+    # One mask for the whole cache: False at each prompt's left padding, True everywhere else
+    # (the generated tokens that will fill the columns after the prompts are all real).
+    pad_mask = torch.ones(b, cache_len, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
         tokens[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        pad_mask[i, width - len(p):] = True
+        pad_mask[i, : width - len(p)] = False
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * b
-    model.setup_cache(batch_size=b, max_seq_len=width + max_new_tokens)
+    model.setup_cache(batch_size=b, max_seq_len=cache_len)
     try:
-        pos = 0
+        input_pos = torch.arange(width, device=device)
         for _ in range(max_new_tokens):
-            logits = _next_logits(model, tokens, start_pos=pos, pad_mask=pad_mask)
-            pos += tokens.size(1)
+            logits = _next_logits(model, tokens, input_pos, pad_mask=pad_mask)
+            input_pos = input_pos[-1:] + 1
             next_ids = sample_next(logits, temperature, top_k, top_p, min_p, generator)
             for i, token in enumerate(next_ids.tolist()):
                 if finished[i]:
@@ -370,75 +382,26 @@ def generate_batch(
             if all(finished):
                 break
             tokens = next_ids.view(b, 1)
-            pad_mask = torch.cat([pad_mask, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
     finally:
         model.clear_cache()
     return outputs
 # --8<-- [end:batch]
 
 
-# --8<-- [start:static_step]
-def _matvec(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``linear(x)`` for one row ``x`` (``[1, in]``), written as a sum of products, ``(W * x).sum(-1)``.
-
-    Eagerly this would build an ``[out, in]`` temporary; compiled, Inductor turns it into one
-    vectorised, multithreaded loop that streams each weight row once, and fuses the norms and
-    activations around it. On a CPU that reads weights faster than the BLAS matrix-vector call
-    behind ``F.linear`` (the reading is what decoding one token costs).
-    """
-    return (linear.weight * x).sum(-1, keepdim=True).view(1, -1)
-
-
-class _StaticDecodeStep(nn.Module):
-    """One decode step with shapes that never change, so ``torch.compile`` traces it once.
-
-    The eager path slices the KV cache to the positions filled so far, so every step has a
-    different shape. Here the position is a *tensor* ``pos`` (``[1]``): the new key and value
-    are written at ``pos`` with ``index_copy_``, and the query attends over the whole cache
-    with the mask ``arange(max_len) <= pos``, so later (still zero) positions get no weight.
-    It reuses the model's own weights, norms and RoPE tables; only the cache handling and
-    the matrix-vector products (:func:`_matvec`) differ from :class:`~llama.attention.Attention`.
-    """
-
-    def __init__(self, model: Transformer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, token: torch.Tensor, pos: torch.Tensor,
-                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        model = self.model
-        cos, sin = model.rope_cos[pos], model.rope_sin[pos]  # [1, h_d/2]: the row of position pos
-        mask = (torch.arange(keys[0].size(2), device=pos.device) <= pos).view(1, 1, 1, -1)
-        h = model.tok_embeddings(token)  # [1, dim]
-        for layer, k_cache, v_cache in zip(model.layers, keys, values):
-            attn = layer.attention
-            x = layer.attention_norm(h)
-            q = _matvec(x, attn.wq).view(1, 1, attn.n_heads, attn.head_dim)
-            k = _matvec(x, attn.wk).view(1, 1, attn.n_kv_heads, attn.head_dim)
-            v = _matvec(x, attn.wv).view(1, 1, attn.n_kv_heads, attn.head_dim)
-            q = apply_rope_half_split(pairs_first(q), cos, sin).transpose(1, 2)  # [1, n_h, 1, h_d]
-            k = apply_rope_half_split(pairs_first(k), cos, sin).transpose(1, 2)
-            k_cache.index_copy_(2, pos, k)
-            v_cache.index_copy_(2, pos, v.transpose(1, 2))
-            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
-                                                 enable_gqa=attn.n_kv_heads != attn.n_heads)
-            h = h + _matvec(out.reshape(1, -1), attn.wo)
-            x = layer.ffn_norm(h)
-            ff = layer.feed_forward
-            h = h + _matvec(F.silu(_matvec(x, ff.w1)) * _matvec(x, ff.w3), ff.w2)
-        return _matvec(model.norm(h), model.output)  # [1, vocab]
-# --8<-- [end:static_step]
-
-
 # --8<-- [start:compiled]
 class CompiledDecoder:
-    """Batch-1 decoding with the one-token step compiled by ``torch.compile`` (opt-in, for speed).
+    """Batch-1 decoding with the model's own ``forward`` compiled by ``torch.compile`` (opt-in, for speed).
 
     Decoding one token on a CPU is hundreds of small operations: eagerly, the Python and
-    dispatch overhead of each costs about as much as reading the weights. Compiled
-    (:class:`_StaticDecodeStep`), the step becomes a few dozen fused C++ loops called from a
-    C++ wrapper (``cpp_wrapper``), each matrix-vector product one loop streaming its weights
-    (:func:`_matvec`). The prompt still goes through the eager model, once per call.
+    dispatch overhead of each costs about as much as reading the weights. Compiled, the step
+    becomes a few dozen fused C++ loops called from a C++ wrapper (``cpp_wrapper``), each
+    matrix-vector product one loop streaming its weights (:class:`~llama.linear.Linear`).
+
+    What makes one compiled graph serve every step is that nothing in a decode step changes
+    shape: the token is ``[1, 1]``, its position a one-element *tensor*, and the KV cache has a
+    fixed length (:class:`~llama.attention.KVCache` writes at tensor positions and hands back
+    the whole buffer with the causal-mask row of the position). The prompt goes through the
+    eager model, once per call.
 
     The first call compiles (seconds to tens of seconds); later calls reuse the compiled step
     for any prompt and length as long as ``prompt + new tokens <= max_seq_len``. Greedy ids
@@ -448,7 +411,7 @@ class CompiledDecoder:
         model: the model, in ``eval()`` mode. Its weights are read at every step (not copied),
             but do not change their shapes, dtypes or devices while this object is in use.
             Leave them in ``nn.Linear``'s row-major layout (not :func:`prepare_for_decoding`):
-            :func:`_matvec` streams each weight row as one contiguous sum.
+            the compiled one-row product streams each weight row as one contiguous sum.
         max_seq_len: cache length, the longest prompt + new tokens (default: the model's).
             Every step attends over the whole cache, so keep it close to what you need.
         options: ``torch.compile`` options (Inductor settings); default ``{"cpp_wrapper": True}``.
@@ -461,19 +424,23 @@ class CompiledDecoder:
         if self.max_seq_len > model.config.max_seq_len:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the model's {model.config.max_seq_len}")
         self.options = {"cpp_wrapper": True} if options is None else options
-        self.step = torch.compile(_StaticDecodeStep(model), fullgraph=True, dynamic=False, options=self.options)
+        # The same cache objects at every call: the compiled step reads them where it found
+        # them when it was traced. Positions not yet written are masked, so they need no reset.
+        self.caches = model.setup_cache(batch_size=1, max_seq_len=self.max_seq_len)
+        model.clear_cache()
+        self.step = torch.compile(model, fullgraph=True, dynamic=False, options=self.options)
         self.compiled = False
 
-    def _step(self, token: torch.Tensor, pos: torch.Tensor, keys, values) -> torch.Tensor:
+    def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         if not self.compiled:  # the first call traces and compiles
-            logits = self.step(token, pos, keys, values)
+            logits = self.step(token, input_pos, last_only=True)
             self.compiled = True
-            return logits
-        # Every later call has the same shapes, dtypes and model, so the guards that
+            return logits[:, -1]
+        # Every later call has the same shapes, dtypes, model and caches, so the guards that
         # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
         # can only pass: skip them.
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return self.step(token, pos, keys, values)
+            return self.step(token, input_pos, last_only=True)[:, -1]
 
     @torch.no_grad()
     def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
@@ -483,6 +450,7 @@ class CompiledDecoder:
         model = self.model
         prompt_ids = list(prompt_ids)
         _check_lengths(model, len(prompt_ids), max_new_tokens)
+        _check_ids(model, prompt_ids)
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens exceed this "
                              f"decoder's max_seq_len={self.max_seq_len}")
@@ -490,12 +458,11 @@ class CompiledDecoder:
         stop = set(stop_ids)
         device = model.output.weight.device
         generator = _generator(seed, device)
-        model.setup_cache(batch_size=1, max_seq_len=self.max_seq_len)
-        keys = [layer.attention.cache.k for layer in model.layers]
-        values = [layer.attention.cache.v for layer in model.layers]
+        model.use_cache(self.caches)
         try:
-            logits = _next_logits(model, torch.tensor([prompt_ids], device=device), start_pos=0)  # prefill
-            pos = torch.tensor([len(prompt_ids)], device=device)
+            prompt = torch.tensor([prompt_ids], device=device)
+            logits = _next_logits(model, prompt, torch.arange(len(prompt_ids), device=device))  # prefill, eager
+            input_pos = torch.tensor([len(prompt_ids)], device=device)
             for i in range(max_new_tokens):
                 next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
                 token = int(next_id)
@@ -503,8 +470,8 @@ class CompiledDecoder:
                     return
                 yield token
                 if i + 1 < max_new_tokens:  # no step for a token nobody asked for
-                    logits = self._step(next_id.view(1), pos, keys, values)
-                    pos += 1
+                    logits = self._step(next_id.view(1, 1), input_pos)
+                    input_pos += 1
         finally:
             model.clear_cache()
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 
 import torch
 from torch import nn
 
 from llama.attention import Attention, KVCache, causal_mask
+from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
 from llama.feed_forward import FeedForward
+from llama.linear import Linear
 from llama.norm import RMSNorm
 from llama.rope import rope_cache
 
@@ -33,8 +37,8 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(config.dim, config.hidden_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, start_pos: int = 0) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, start_pos)
+                input_pos: torch.Tensor, pad_keys: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, pad_keys)
         return h + self.feed_forward(self.ffn_norm(h))
 # --8<-- [end:block]
 
@@ -62,7 +66,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # RoPE tables are derived from the config, so they are not saved with the weights.
@@ -83,17 +87,19 @@ class Transformer(nn.Module):
     # --8<-- [end:init]
 
     # --8<-- [start:forward]
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0, pad_mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
+                pad_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Next-token logits for every position (or only the last one).
 
         Args:
             tokens: ``[b, s]`` token ids.
-            start_pos: absolute position of ``tokens[:, 0]``. With a KV cache
-                (:meth:`setup_cache`) the earlier positions come from the cache.
-            pad_mask: optional ``[b, start_pos + s]`` bool, ``False`` at padding (left
-                padding in a batch of prompts of different lengths). Positions are then
-                counted per sequence from its first real token, and padding is never attended.
+            input_pos: ``[s]`` positions of the tokens (default ``0 .. s-1``). With a KV cache
+                (:meth:`setup_cache`) the keys and values are written there, and earlier
+                positions come from the cache.
+            pad_mask: optional bool ``[b, s_k]``, ``False`` at padding (left padding in a batch
+                of prompts of different lengths); ``s_k`` is the cache length, or ``s`` without
+                a cache. Positions are then counted per sequence from its first real token,
+                and padding is never attended.
             last_only: compute logits for the last position only. Generation needs nothing
                 else, and for a long prompt the output head (``vocab_size x dim``) is then
                 applied once instead of ``s`` times.
@@ -102,99 +108,116 @@ class Transformer(nn.Module):
             ``[b, s, vocab_size]`` logits (``[b, 1, vocab_size]`` with ``last_only``).
 
         Raises:
-            ValueError: ids outside ``[0, vocab_size)``, or positions beyond ``max_seq_len``.
+            ValueError: ``tokens`` is not a ``[b, s]`` integer tensor, or longer than ``max_seq_len``.
         """
-        self._check_tokens(tokens, start_pos)
-        b, s = tokens.shape
-        cached = self.layers[0].attention.cache is not None
+        self._check_tokens(tokens)
+        if input_pos is None:
+            input_pos = torch.arange(tokens.size(1), device=tokens.device)
         if pad_mask is None:
-            cos, sin = self.rope_cos[start_pos : start_pos + s], self.rope_sin[start_pos : start_pos + s]
-            mask = None
+            positions, pad_keys = input_pos, None
         else:
-            cos, sin, mask = self._padded_positions(pad_mask, start_pos, s, cached)
+            positions, pad_keys = self._padded_positions(pad_mask, input_pos, tokens.size(0))
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, start_pos)
+            h = layer(h, cos, sin, input_pos, pad_keys)
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h))
     # --8<-- [end:forward]
 
-    def _check_tokens(self, tokens: torch.Tensor, start_pos: int) -> None:
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        # Shapes and dtypes only: reading values (ids in range) would wait for the device at
+        # every step; the entry points that take ids from users check them once.
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor of shape [batch, seq], got {tuple(tokens.shape)} {tokens.dtype}")
-        end = start_pos + tokens.size(1)
-        if start_pos < 0 or end > self.config.max_seq_len:
+        if tokens.size(1) > self.config.max_seq_len:
             raise ValueError(
-                f"positions {start_pos}..{end - 1} do not fit max_seq_len={self.config.max_seq_len}; "
+                f"{tokens.size(1)} positions do not fit max_seq_len={self.config.max_seq_len}; "
                 "shorten the input or build the model with a larger max_seq_len"
             )
-        if tokens.numel() and tokens.device.type != "meta":
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); "
-                    "check that the tokenizer matches the model"
-                )
 
-    def _padded_positions(self, pad_mask: torch.Tensor, start_pos: int, s: int, cached: bool):
-        """RoPE rows and attention mask for left-padded sequences (see :meth:`forward`)."""
-        b = pad_mask.size(0)
-        if pad_mask.shape != (b, start_pos + s) or pad_mask.dtype != torch.bool:
-            raise ValueError(f"pad_mask must be a bool tensor of shape [batch, start_pos + seq] = "
-                             f"[{b}, {start_pos + s}], got {tuple(pad_mask.shape)} {pad_mask.dtype}")
+    # --8<-- [start:padding]
+    def _padded_positions(self, pad_mask: torch.Tensor, input_pos: torch.Tensor, batch: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE positions ``[b, s]`` and key mask ``[b, 1, s, s_k]`` for left-padded sequences."""
+        if pad_mask.dim() != 2 or pad_mask.dtype != torch.bool or pad_mask.size(0) != batch \
+                or pad_mask.size(1) < input_pos.numel():
+            raise ValueError(f"pad_mask must be a bool tensor of shape [batch, keys] (keys: the cache length, or "
+                             f"the number of tokens without a cache), got {tuple(pad_mask.shape)} {pad_mask.dtype}")
         # Position of a token = number of real tokens before it in its own sequence.
-        positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start_pos:]
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        s_k = start_pos + s if cached else s
-        keys_real = pad_mask[:, -s_k:]
-        allowed = causal_mask(s, s_k, s_k - s, device=pad_mask.device) & keys_real[:, None, :]
+        positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)[:, input_pos]
+        pad_keys = pad_mask[:, None, :].expand(-1, input_pos.numel(), -1).clone()
         # A padding query would see no key at all (softmax of all -inf is NaN); let every
         # query see itself so padding rows stay finite. Real queries are unaffected.
-        own = torch.arange(s_k - s, s_k, device=pad_mask.device)
-        allowed[:, torch.arange(s), own] = True
-        return cos, sin, allowed.unsqueeze(1)
+        pad_keys[:, torch.arange(input_pos.numel(), device=pad_mask.device), input_pos] = True
+        return positions, pad_keys.unsqueeze(1)
+    # --8<-- [end:padding]
 
     # --8<-- [start:cache]
-    def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
-        """Give every attention layer a :class:`~llama.attention.KVCache` (replacing any old one)."""
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None,
+                    dtype: torch.dtype | None = None) -> list[KVCache]:
+        """Give every attention layer a :class:`~llama.attention.KVCache` (replacing any old one).
+
+        Returns:
+            The caches, one per layer, to install again later with :meth:`use_cache`.
+        """
         max_seq_len = max_seq_len or self.config.max_seq_len
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's {self.config.max_seq_len}")
         dtype = dtype or self.output.weight.dtype
         device = self.output.weight.device
-        for layer in self.layers:
-            attn = layer.attention
-            attn.cache = KVCache(batch_size, max_seq_len, attn.n_kv_heads, attn.head_dim, dtype, device)
+        mask = causal_mask(max_seq_len, device=device)  # one table, shared by every layer
+        caches = [KVCache(batch_size, max_seq_len, self.config.n_kv_heads, self.config.head_dim, dtype, device, mask)
+                  for _ in self.layers]
+        self.use_cache(caches)
+        return caches
+
+    def use_cache(self, caches: list[KVCache] | None) -> None:
+        """Install ``caches`` (one per layer, from :meth:`setup_cache`); ``None`` removes them."""
+        for i, layer in enumerate(self.layers):
+            layer.attention.cache = None if caches is None else caches[i]
 
     def clear_cache(self) -> None:
         """Drop the KV caches: the model goes back to attending only over its input."""
-        for layer in self.layers:
-            layer.attention.cache = None
+        self.use_cache(None)
     # --8<-- [end:cache]
 
     # --8<-- [start:pretrained]
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None) -> Transformer:
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        max_seq_len: int | None = None) -> Transformer:
         """Load a checkpoint in any of the formats :mod:`llama.checkpoint` reads, ready for ``eval``.
 
-        ``path`` is a Hugging Face directory (``config.json`` + safetensors), a Meta directory
-        (``params.json`` + ``consolidated.NN.pth``) or a llama2.c ``.bin`` file; the format is
-        detected. See :func:`llama.checkpoint.load_checkpoint` for the arguments.
+        Args:
+            path: a Hugging Face folder (``config.json`` + safetensors), a Meta folder
+                (``params.json`` + ``consolidated.NN.pth``) or a llama2.c ``.bin`` file; the
+                format is detected.
+            dtype: the dtype of the returned model's weights.
+            max_seq_len: override the context length (Meta checkpoints do not store one).
+
+        Raises:
+            FileNotFoundError: the path or a file it needs is missing.
+            ValueError: an unknown format, a truncated or unreadable file, a pickle that is not
+                plain weights, or tensors whose shapes contradict the config.
         """
-        from llama.checkpoint import load_checkpoint  # imported here: checkpoint.py imports this module
+        config, sd = read_checkpoint(path, max_seq_len)
+        if max_seq_len is not None:
+            config = dataclasses.replace(config, max_seq_len=max_seq_len)
+        model = cls(config)
+        # strict=False only because a tied head is absent from sd; anything else missing is an error.
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        return model.to(dtype).eval()
 
-        return load_checkpoint(path, dtype=dtype, max_seq_len=max_seq_len)
-
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write this model in Hugging Face's layout (``config.json`` + ``model.safetensors``).
 
         ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads the result.
         """
-        from llama.checkpoint import save_hf
-
-        save_hf(self, directory)
+        save_hf(self.state_dict(), self.config, directory)
     # --8<-- [end:pretrained]
 
     def num_parameters(self) -> int:

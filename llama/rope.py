@@ -5,9 +5,11 @@ the angle $m\,\theta_j$ with $\theta_j = \text{base}^{-2j/d}$. Because rotations
 the dot product of a rotated query at $m$ and a rotated key at $n$ depends only on $m - n$.
 
 This module keeps the rotation as real ``cos``/``sin`` tables (no complex tensors, so it
-compiles and exports), uses Meta's *interleaved* pair layout in the model, and also provides
-Hugging Face's *half-split* layout together with the permutation of ``wq``/``wk`` rows that
-makes the two agree.
+compiles and exports) and uses Meta's *interleaved* pair layout, the layout of Meta's and
+llama2.c's weights, in the model. Hugging Face's checkpoints use a *half-split* layout; the
+permutation of ``wq``/``wk`` rows at the end of this module converts them once, when they are
+loaded (:mod:`llama.convert`), so the model never reorders activations. The half-split rotation
+itself is in :mod:`llama.reference`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ __all__ = [
     "scale_frequencies",
     "rope_cache",
     "apply_rope",
-    "apply_rope_half_split",
-    "pairs_first",
     "interleaved_to_half_split",
     "half_split_to_interleaved",
 ]
@@ -107,11 +107,16 @@ def rope_cache(
 
 # --8<-- [start:apply]
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    r"""Rotate feature pairs $(x_{2j}, x_{2j+1})$ (Meta's interleaved layout).
+    r"""Rotate feature pairs $(x_{2j}, x_{2j+1})$ (Meta's interleaved layout) by $m\theta_j$.
 
     $$\begin{pmatrix} x'_{2j} \\ x'_{2j+1} \end{pmatrix} =
       \begin{pmatrix} \cos m\theta_j & -\sin m\theta_j \\ \sin m\theta_j & \cos m\theta_j \end{pmatrix}
       \begin{pmatrix} x_{2j} \\ x_{2j+1} \end{pmatrix}$$
+
+    computed for all pairs at once as $x' = x \odot c + \operatorname{swap}(x) \odot s$, where
+    $\operatorname{swap}$ exchanges the two members of every pair, $c$ holds
+    $\cos m\theta_j$ for both members and $s$ holds $-\sin m\theta_j$ for the first member
+    and $+\sin m\theta_j$ for the second.
 
     Args:
         x: queries or keys, ``[b, s, n_h, h_d]``.
@@ -128,38 +133,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     >>> bool(torch.allclose(y.norm(dim=-1), x.norm(dim=-1)))   # rotations keep lengths
     True
     """
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
-# --8<-- [end:apply]
-
-
-# --8<-- [start:half_split]
-def apply_rope_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    r"""Hugging Face's layout: feature $j$ is paired with feature $j + d/2$ (``rotate_half``).
-
-    Same arguments and shapes as :func:`apply_rope`. It equals :func:`apply_rope` applied to
-    the features reordered by :func:`interleaved_to_half_split`.
-    """
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    # [.., s, h_d/2] -> [.., s, 1, h_d]: one value per feature, broadcast over the heads.
+    c = cos.repeat_interleave(2, dim=-1).unsqueeze(-2)
+    s = torch.stack((-sin, sin), dim=-1).flatten(-2).unsqueeze(-2)
     x32 = x.float()
-    x0, x1 = x32.chunk(2, dim=-1)
-    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
-# --8<-- [end:half_split]
-
-
-def pairs_first(x: torch.Tensor) -> torch.Tensor:
-    """Reorder the last dimension from interleaved pairs to halves: ``0, 2, 4, ..., 1, 3, 5, ...``.
-
-    This is :func:`interleaved_to_half_split` applied to activations instead of weight rows:
-    ``apply_rope_half_split(pairs_first(x), ...)`` equals ``pairs_first(apply_rope(x, ...))``.
-
-    >>> pairs_first(torch.arange(8.0)).tolist()
-    [0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]
-    """
-    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    # Two contiguous multiply-adds: several times faster than indexing every other feature.
+    return (x32 * c + swapped * s).type_as(x)
+# --8<-- [end:apply]
 
 
 # --8<-- [start:permute]

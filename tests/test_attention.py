@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from llama import ModelConfig
-from llama.attention import Attention, KVCache, attention, causal_mask, kv_cache_bytes, repeat_kv
+from llama.attention import Attention, KVCache, causal_mask, kv_cache_bytes
+from llama.reference import attention, repeat_kv
 from llama.rope import apply_rope, rope_cache
 
 
@@ -60,20 +61,37 @@ def test_module_equals_explicit_math(n_kv_heads):
     rep = 4 // n_kv_heads
     q, k, v = q.transpose(1, 2), repeat_kv(k, rep).transpose(1, 2), repeat_kv(v, rep).transpose(1, 2)
     expected = attn.wo(attention(q, k, v, causal_mask(9)).transpose(1, 2).reshape(2, 9, 32))
-    assert torch.allclose(attn(x, cos, sin), expected, atol=1e-6)
+    assert torch.allclose(attn(x, cos, sin, torch.arange(9)), expected, atol=1e-6)
 
 
-def test_cache_returns_everything_written_so_far():
+def test_cache_writes_at_tensor_positions_and_returns_the_whole_buffer():
     cache = KVCache(batch_size=2, max_seq_len=8, n_kv_heads=1, head_dim=2)
     k1, v1 = torch.ones(2, 1, 3, 2), 2 * torch.ones(2, 1, 3, 2)
-    k, v = cache.update(0, k1, v1)
-    assert k.shape == (2, 1, 3, 2)
-    k, v = cache.update(3, 3 * torch.ones(2, 1, 1, 2), 4 * torch.ones(2, 1, 1, 2))
-    assert k.shape == (2, 1, 4, 2) and k[0, 0, :, 0].tolist() == [1, 1, 1, 3] and v[0, 0, :, 0].tolist() == [2, 2, 2, 4]
-    with pytest.raises(ValueError, match="larger max_seq_len"):
-        cache.update(7, k1, v1)
+    k, v, mask = cache.update(torch.arange(3), k1, v1)
+    assert k.shape == (2, 1, 8, 2) and mask.shape == (3, 8)
+    assert torch.equal(mask, causal_mask(3, 8))  # position p sees keys 0..p, never the unwritten rest
+    k, v, mask = cache.update(torch.tensor([3]), 3 * torch.ones(2, 1, 1, 2), 4 * torch.ones(2, 1, 1, 2))
+    assert k[0, 0, :, 0].tolist() == [1, 1, 1, 3, 0, 0, 0, 0] and v[0, 0, :, 0].tolist() == [2, 2, 2, 4, 0, 0, 0, 0]
+    assert mask.int().tolist() == [[1, 1, 1, 1, 0, 0, 0, 0]]
+    with pytest.raises((IndexError, RuntimeError), match="out of (range|bounds)"):
+        cache.update(torch.arange(7, 10), k1, v1)  # past the end: refused by the indexing itself
     with pytest.raises(ValueError, match="does not fit"):
-        cache.update(0, torch.ones(3, 1, 1, 2), torch.ones(3, 1, 1, 2))
+        cache.update(torch.arange(1), torch.ones(3, 1, 1, 2), torch.ones(3, 1, 1, 2))
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_fused_attention_equals_the_reference_with_and_without_a_cache(n_kv_heads):
+    """The model's SDPA call (grouped heads read in place) equals the written-out reference."""
+    torch.manual_seed(5)
+    q = torch.randn(2, 4, 6, 8)
+    k, v = torch.randn(2, n_kv_heads, 6, 8), torch.randn(2, n_kv_heads, 6, 8)
+    rep = 4 // n_kv_heads
+    expected = attention(q, repeat_kv(k.transpose(1, 2), rep).transpose(1, 2),
+                         repeat_kv(v.transpose(1, 2), rep).transpose(1, 2), causal_mask(6))
+    fused = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
+    assert (fused - expected).abs().max() <= 1e-6
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(6), enable_gqa=rep > 1)
+    assert (masked - expected).abs().max() <= 1e-6
 
 
 def test_kv_cache_bytes_counts_keys_and_values():

@@ -82,7 +82,13 @@ def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path):
     x = tokens(512, 64)
     with torch.no_grad():
         ours, theirs = model(x), hf(x).logits
-    assert (ours - theirs).abs().max().item() <= 1e-5
+        # The two models pair RoPE features differently (neighbours here, halves there), so the
+        # float32 sums of q.k run in another order. Measured against transformers in float64,
+        # both float32 results are off by the same rounding (about 6e-5 here, 1e-5 relative).
+        exact = hf.double()(x).logits
+    assert (ours - exact).abs().max().item() <= 1e-4
+    assert (theirs - exact).abs().max().item() <= 1e-4
+    assert (ours - theirs).abs().max().item() <= 1e-4
     assert theirs.std() > 1.0  # a trained model's logits, not near-zero noise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama import ModelConfig, Transformer, count_parameters
+from llama import ModelConfig, Transformer, count_parameters, generate
 
 SMALL = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64, max_seq_len=32)
 
@@ -21,17 +21,17 @@ def test_cached_decoding_equals_full_forward(model):
     with torch.no_grad():
         full = model(tokens)
         model.setup_cache(batch_size=2)
-        steps = [model(tokens[:, :5], start_pos=0)]  # prefill 5, then one token at a time
-        steps += [model(tokens[:, t : t + 1], start_pos=t) for t in range(5, 9)]
-        steps.append(model(tokens[:, 9:], start_pos=9))  # a 3-token chunk after a cached prefix
+        steps = [model(tokens[:, :5], input_pos=torch.arange(5))]  # prefill 5, then one token at a time
+        steps += [model(tokens[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(5, 9)]
+        steps.append(model(tokens[:, 9:], input_pos=torch.arange(9, 12)))  # a 3-token chunk after a cached prefix
         model.clear_cache()
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
-def test_start_pos_without_cache_only_shifts_positions(model):
+def test_input_pos_without_cache_only_shifts_positions(model):
     tokens = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        a, b = model(tokens), model(tokens, start_pos=3)
+        a, b = model(tokens), model(tokens, input_pos=torch.arange(3, 9))
     # RoPE scores depend only on relative position, so shifting every token equally changes nothing.
     assert torch.allclose(a, b, atol=1e-5)
 
@@ -47,13 +47,13 @@ def test_left_padded_batch_equals_each_sequence_alone(model, cached):
         tokens[i, width - len(s):] = s
         pad_mask[i, width - len(s):] = True
     with torch.no_grad():
-        if cached:
-            model.setup_cache(batch_size=3)
+        if cached:  # the mask covers the whole cache: real after the prompts
+            model.setup_cache(batch_size=3, max_seq_len=width + 4)
+            pad_mask = torch.cat([pad_mask, torch.ones(3, 4, dtype=torch.bool)], dim=1)
         batched = model(tokens, pad_mask=pad_mask)
-        if cached:  # one more decode step through the cache, with the mask grown by one column
+        if cached:  # one more decode step through the cache
             nxt = torch.randint(1, 50, (3, 1), generator=gen)
-            pad_mask2 = torch.cat([pad_mask, torch.ones(3, 1, dtype=torch.bool)], dim=1)
-            step = model(nxt, start_pos=width, pad_mask=pad_mask2)
+            step = model(nxt, input_pos=torch.tensor([width]), pad_mask=pad_mask)
             model.clear_cache()
         for i, s in enumerate(seqs):
             alone = model(s[None])
@@ -65,19 +65,23 @@ def test_left_padded_batch_equals_each_sequence_alone(model, cached):
 
 
 def test_pad_mask_shape_is_checked(model):
-    with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor of shape \[batch, start_pos \+ seq\]"):
+    with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor of shape \[batch, keys\]"):
         model(torch.ones(2, 4, dtype=torch.long), pad_mask=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor of shape \[batch, keys\]"):
+        model(torch.ones(2, 4, dtype=torch.long), pad_mask=torch.ones(2, 4, dtype=torch.long))
 
 
 def test_errors_name_the_fix(model):
+    # Ids are checked where users hand them in (generation, the CLI, training data), not in
+    # forward, which must not wait for the device to read them.
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        model(torch.tensor([[1, 50]]))
+        generate(model, [1, 50], 1)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        model(torch.tensor([[-1]]))
+        generate(model, [-1], 1)
+    with pytest.raises(IndexError):
+        model(torch.tensor([[1, 50]]))  # still no silent answer: the embedding lookup refuses it
     with pytest.raises(ValueError, match="do not fit max_seq_len=32"):
         model(torch.ones(1, 33, dtype=torch.long))
-    with pytest.raises(ValueError, match="do not fit max_seq_len=32"):
-        model(torch.ones(1, 4, dtype=torch.long), start_pos=30)
     with pytest.raises(ValueError, match=r"shape \[batch, seq\]"):
         model(torch.ones(4, dtype=torch.long))
     with pytest.raises(ValueError, match="exceeds the model's 32"):

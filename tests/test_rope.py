@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from llama import ModelConfig, RopeScaling
+from llama.reference import apply_rope_half_split
 from llama.rope import (
     apply_rope,
-    apply_rope_half_split,
     half_split_to_interleaved,
     interleaved_to_half_split,
     rope_cache,

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 
-from llama.attention import attention, causal_mask, kv_cache_bytes, repeat_kv
+from llama.attention import causal_mask, kv_cache_bytes
+from llama.reference import attention, repeat_kv
 from llama.config import PRESETS
 from llama.model import Transformer, count_parameters
 from llama.rope import apply_rope

@@ -60,7 +60,7 @@ def kv_cache_time():
             without.append(_best_of(lambda: model(tokens[:, :t], last_only=True)))
             model.setup_cache(1, t)
             model(tokens[:, : t - 1])  # prefill the first t - 1 positions
-            with_cache.append(_best_of(lambda: model(tokens[:, t - 1: t], start_pos=t - 1)))
+            with_cache.append(_best_of(lambda: model(tokens[:, t - 1: t], input_pos=torch.tensor([t - 1]))))
             model.clear_cache()
     finally:
         torch.set_num_threads(threads)

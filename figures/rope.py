@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from llama.config import PRESETS, RopeScaling
-from llama.rope import apply_rope, apply_rope_half_split, rope_cache, rope_frequencies
+from llama.reference import apply_rope_half_split
+from llama.rope import apply_rope, rope_cache, rope_frequencies
 
 
 def _wavelengths(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:

@@ -168,9 +168,11 @@ class Attention(nn.Module):
             mask = None  # plain causal attention over x itself: the kernel needs no mask tensor
         if pad_keys is not None:
             mask = mask & pad_keys
+        # --8<-- [start:sdpa]
         # One fused kernel for softmax(q k^T / sqrt(d) + mask) v; with enable_gqa each group of
         # n_heads / n_kv_heads query heads reads its key/value head in place, without copies.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and s > 1,
                                              enable_gqa=self.n_kv_heads != self.n_heads)
+        # --8<-- [end:sdpa]
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 # --8<-- [end:module]

@@ -22,8 +22,8 @@ import torch
 
 from llama.checkpoint import llama2c_layout
 from llama.config import PRESETS
-from llama.generation import min_p_filter, top_k_filter, top_p_filter
 from llama.model import Transformer
+from llama.sampling import min_p_filter, top_k_filter, top_p_filter
 
 REPO = Path(__file__).resolve().parent.parent
 

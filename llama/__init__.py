@@ -2,7 +2,8 @@
 
 from llama.config import PRESETS, ModelConfig, RopeScaling
 from llama.model import Transformer, count_parameters
-from llama.generation import generate, generate_batch, generate_stream, sample_next
+from llama.sampling import Sampling, sample_next
+from llama.generation import generate, generate_batch, generate_stream
 
 __all__ = ["ModelConfig", "RopeScaling", "PRESETS", "Transformer", "count_parameters",
-           "generate", "generate_stream", "generate_batch", "sample_next"]
+           "Sampling", "sample_next", "generate", "generate_stream", "generate_batch"]

@@ -149,9 +149,13 @@ def _add_generate(subparsers) -> None:
 def _run_generate(args) -> int:
     from llama.generation import CompiledDecoder, generate_stream, prepare_for_decoding
     from llama.model import Transformer
+    from llama.sampling import Sampling
 
     if args.prompt is not None and args.tokenizer is None:
         raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
+    # Checked here, before the checkpoint loads: a bad --top-p fails at once, not after seconds.
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                        stop_ids=args.stop_id, seed=args.seed)
     tok = None
     if args.tokenizer is not None:
         from llama.tokenizer import SentencePieceTokenizer, load_tokenizer
@@ -166,14 +170,13 @@ def _run_generate(args) -> int:
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
-    sampling = (args.temperature, args.top_k, args.top_p, args.min_p, args.stop_id, args.seed)
     if args.compile:
         # The compiled step attends over its whole cache: size it to this prompt and length.
         length = min(len(prompt) + args.max_new_tokens, model.config.max_seq_len)
-        stream = CompiledDecoder(model, max_seq_len=length).generate_stream(prompt, args.max_new_tokens, *sampling)
+        stream = CompiledDecoder(model, max_seq_len=length).generate_stream(prompt, args.max_new_tokens, sampling)
     else:
         # Column-major matrices: the same model, read faster one token at a time (see the chapter).
-        stream = generate_stream(prepare_for_decoding(model), prompt, args.max_new_tokens, *sampling)
+        stream = generate_stream(prepare_for_decoding(model), prompt, args.max_new_tokens, sampling)
     if tok is None:  # ids in, ids out
         for i, token in enumerate(stream):
             print(token if i == 0 else f" {token}", end="", flush=True)

@@ -1,10 +1,10 @@
-r"""Autoregressive generation: a KV-cached decode loop, sampling rules, streaming and batching.
+r"""Autoregressive generation: a KV-cached decode loop, streaming and batching.
 
 A language model gives a distribution over the next token; generating text is running it in
-a loop, appending one chosen token at a time. This module has three layers:
+a loop, appending one chosen token at a time. How each token is chosen (greedy, or sampled
+after temperature, top-k, top-p and min-p) is a :class:`~llama.sampling.Sampling`, made and
+checked once and passed to the loops. This module has the loops:
 
-* **sampling** (:func:`sample_next`): turn one row of logits into one token id, greedily or by
-  sampling after temperature, top-k, top-p and min-p;
 * **decoding** (:func:`generate_stream`, :func:`generate`): feed the prompt once (*prefill*),
   then one token per step through the model's KV cache (*decode*);
 * **batching** (:func:`generate_batch`): several prompts of different lengths at once, left
@@ -18,158 +18,29 @@ a loop, appending one chosen token at a time. This module has three layers:
 >>> ids = generate(model, [1, 5, 7], max_new_tokens=4)
 >>> len(ids), all(0 <= i < 64 for i in ids)
 (4, True)
+>>> from llama import Sampling
+>>> warm = Sampling(temperature=0.8, seed=0)
+>>> generate(model, [1, 5, 7], max_new_tokens=4, sampling=warm) == generate(model, [1, 5, 7], 4, warm)
+True
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from llama.model import Transformer
+from llama.sampling import Sampling
 
 __all__ = [
-    "apply_temperature",
-    "top_k_filter",
-    "top_p_filter",
-    "min_p_filter",
-    "sample_next",
     "generate_stream",
     "generate",
     "generate_batch",
     "prepare_for_decoding",
     "CompiledDecoder",
 ]
-
-
-# --8<-- [start:temperature]
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    r"""Divide the logits by $T$: $p_i \propto \exp(z_i / T)$.
-
-    $T < 1$ sharpens the distribution towards the most likely token, $T > 1$ flattens it.
-    $T = 0$ is the limit "always the most likely token" and is handled as greedy decoding by
-    :func:`sample_next`, never by dividing by zero here.
-
-    >>> apply_temperature(torch.tensor([2.0, 0.0]), 0.5)
-    tensor([4., 0.])
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive here, got {temperature}; use sample_next for greedy (0)")
-    return logits / temperature
-# --8<-- [end:temperature]
-
-
-# --8<-- [start:top_k]
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row; the others become ``-inf`` (probability 0).
-
-    Ties with the k-th largest value are all kept, so a row may keep more than ``k``.
-
-    >>> top_k_filter(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2)
-    tensor([-inf, 3., 2., -inf])
-    """
-    if k <= 0:
-        raise ValueError(f"top_k must be a positive integer, got {k}; use None to disable it")
-    k = min(k, logits.size(-1))
-    kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_largest, float("-inf"))
-# --8<-- [end:top_k]
-
-
-# --8<-- [start:top_p]
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    r"""Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches ``p``.
-
-    Sort the probabilities in decreasing order, $p_{(1)} \ge p_{(2)} \ge \dots$, and keep token
-    $(j)$ when the mass *before* it, $\sum_{i<j} p_{(i)}$, is still below ``p``. The most likely
-    token is therefore always kept, and the kept mass is the first partial sum $\ge p$.
-
-    >>> top_p_filter(torch.tensor([0.5, 0.3, 0.2]).log(), 0.7).exp()   # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
-    tensor([0.5000, 0.3000, 0.0000])
-    """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p}; use None to disable it")
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits.float(), dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before >= p
-    # Scatter the decision back from sorted order to vocabulary order.
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-# --8<-- [end:top_p]
-
-
-# --8<-- [start:min_p]
-def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    r"""Keep tokens at least ``min_p`` times as likely as the most likely one: $p_i \ge \text{min\_p}\cdot p_{\max}$.
-
-    Unlike top-p the cut moves with the model's confidence: a peaked distribution keeps few
-    tokens, a flat one keeps many. In logits the test is $z_i \ge z_{\max} + \ln \text{min\_p}$,
-    so no softmax is needed.
-
-    >>> min_p_filter(torch.tensor([0.5, 0.3, 0.2]).log(), 0.5).exp()   # keep p >= 0.25
-    tensor([0.5000, 0.3000, 0.0000])
-    """
-    if not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}; use None to disable it")
-    if min_p == 0.0:
-        return logits
-    threshold = logits.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(min_p))
-    return logits.masked_fill(logits < threshold, float("-inf"))
-# --8<-- [end:min_p]
-
-
-# --8<-- [start:sample_next]
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Choose the next token of each row of ``logits`` (``[b, vocab]`` → ``[b]`` ids).
-
-    ``temperature == 0`` is greedy decoding: the arg-max, no randomness. Otherwise the
-    filters run in the order temperature → top-k → top-p → min-p, and a token is drawn from
-    the softmax of what is left. None of the filters ever removes the most likely token, so
-    every row keeps at least one candidate.
-
-    Args:
-        logits: ``[b, vocab]`` scores for the next position.
-        temperature: 0 for greedy, else the divisor of the logits.
-        top_k: keep only this many candidates (``None``: all).
-        top_p: keep the nucleus of this probability mass (``None``: all).
-        min_p: keep candidates at least this fraction as likely as the best (``None``: all).
-        generator: the random number generator to draw from (for reproducible sampling).
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = apply_temperature(logits.float(), temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    if min_p is not None:
-        logits = min_p_filter(logits, min_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-# --8<-- [end:sample_next]
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, min_p: float | None) -> None:
-    """Reject bad sampling settings before any work is done (greedy ignores the filters)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1] or None, got {min_p}")
 
 
 def _check_lengths(model: Transformer, prompt_len: int, max_new_tokens: int) -> None:
@@ -199,11 +70,12 @@ def _check_ids(model: Transformer, prompt_ids: Sequence[int]) -> None:
                          "check that the tokenizer matches the model")
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A private random stream for ``seed`` (so the same seed gives the same text), or the global one."""
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(seed)
+
+def _check_settings(sampling: Sampling) -> None:
+    """Catch the pre-``Sampling`` call style, ``generate(model, ids, n, 0.8)``, with the fix."""
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a llama.Sampling, got {sampling!r}; "
+                        "e.g. sampling=Sampling(temperature=0.8, top_p=0.9, seed=0)")
 
 
 # --8<-- [start:layout]
@@ -246,12 +118,7 @@ def generate_stream(
     model: Transformer,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    stop_ids: Iterable[int] = (),
-    seed: int | None = None,
+    sampling: Sampling = Sampling(),
 ) -> Iterator[int]:
     """Yield new token ids one at a time, as soon as each is chosen.
 
@@ -263,24 +130,19 @@ def generate_stream(
         model: the language model (put it in ``eval()`` mode).
         prompt_ids: the prompt, at least one id (usually starting with BOS).
         max_new_tokens: the most tokens to produce.
-        temperature: 0 for greedy decoding, else the divisor of the logits (:func:`sample_next`).
-        top_k: keep only this many candidates (``None``: all).
-        top_p: keep the nucleus of this probability mass (``None``: all).
-        min_p: keep candidates at least this fraction as likely as the best (``None``: all).
-        stop_ids: ids that end generation; the stop id itself is not yielded.
-        seed: seed of a private random generator: the same seed gives the same tokens.
+        sampling: how to choose each token (default: greedy), the ids that end the loop (not
+            yielded themselves) and the seed (the same seed gives the same tokens).
 
     Raises:
-        ValueError: an empty prompt, a prompt (plus new tokens) longer than ``max_seq_len``,
-            or a sampling setting out of range.
+        ValueError: an empty prompt, or a prompt (plus new tokens) longer than ``max_seq_len``.
+            Bad sampling settings never get this far: ``Sampling`` rejects them when it is made.
     """
     prompt_ids = list(prompt_ids)
     _check_lengths(model, len(prompt_ids), max_new_tokens)
     _check_ids(model, prompt_ids)
-    _check_sampling(temperature, top_k, top_p, min_p)
-    stop = set(stop_ids)
+    _check_settings(sampling)
     device = model.output.weight.device
-    generator = _generator(seed, device)
+    generator = sampling.generator(device)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     model.setup_cache(batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
     try:
@@ -288,9 +150,9 @@ def generate_stream(
         for _ in range(max_new_tokens):
             logits = _next_logits(model, tokens, input_pos)
             input_pos = input_pos[-1:] + 1  # then one position at a time
-            next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
+            next_id = sampling.next_ids(logits, generator)
             token = int(next_id)
-            if token in stop:
+            if token in sampling.stop_ids:
                 return
             yield token
             tokens = next_id.view(1, 1)
@@ -304,19 +166,14 @@ def generate(
     model: Transformer,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    stop_ids: Iterable[int] = (),
-    seed: int | None = None,
+    sampling: Sampling = Sampling(),
 ) -> list[int]:
     """The new token ids after ``prompt_ids`` (not the prompt itself); see :func:`generate_stream`.
 
-    ``temperature=0.0`` (the default) is greedy decoding; the same ``seed`` gives the same output.
+    The default ``sampling`` is greedy decoding; settings with a ``seed`` give the same output
+    on every call.
     """
-    return list(generate_stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, min_p,
-                                stop_ids, seed))
+    return list(generate_stream(model, prompt_ids, max_new_tokens, sampling))
 # --8<-- [end:generate]
 
 
@@ -325,12 +182,7 @@ def generate_batch(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    stop_ids: Iterable[int] = (),
-    seed: int | None = None,
+    sampling: Sampling = Sampling(),
 ) -> list[list[int]]:
     """Generate for several prompts at once; returns the new ids of each prompt.
 
@@ -350,10 +202,9 @@ def generate_batch(
     for p in prompts:
         _check_lengths(model, len(p), max_new_tokens)
         _check_ids(model, p)
-    _check_sampling(temperature, top_k, top_p, min_p)
-    stop = set(stop_ids)
+    _check_settings(sampling)
     device = model.output.weight.device
-    generator = _generator(seed, device)
+    generator = sampling.generator(device)
     b, width = len(prompts), max(len(p) for p in prompts)
     cache_len = width + max_new_tokens
     tokens = torch.zeros(b, width, dtype=torch.long, device=device)  # id 0 at padding: never attended
@@ -371,11 +222,11 @@ def generate_batch(
         for _ in range(max_new_tokens):
             logits = _next_logits(model, tokens, input_pos, pad_mask=pad_mask)
             input_pos = input_pos[-1:] + 1
-            next_ids = sample_next(logits, temperature, top_k, top_p, min_p, generator)
+            next_ids = sampling.next_ids(logits, generator)
             for i, token in enumerate(next_ids.tolist()):
                 if finished[i]:
                     continue
-                if token in stop:
+                if token in sampling.stop_ids:
                     finished[i] = True
                 else:
                     outputs[i].append(token)
@@ -443,9 +294,8 @@ class CompiledDecoder:
             return self.step(token, input_pos, last_only=True)[:, -1]
 
     @torch.no_grad()
-    def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-                        top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                        stop_ids: Iterable[int] = (), seed: int | None = None) -> Iterator[int]:
+    def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                        sampling: Sampling = Sampling()) -> Iterator[int]:
         """Same arguments and tokens as :func:`generate_stream` (without ``model``)."""
         model = self.model
         prompt_ids = list(prompt_ids)
@@ -454,19 +304,18 @@ class CompiledDecoder:
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens exceed this "
                              f"decoder's max_seq_len={self.max_seq_len}")
-        _check_sampling(temperature, top_k, top_p, min_p)
-        stop = set(stop_ids)
+        _check_settings(sampling)
         device = model.output.weight.device
-        generator = _generator(seed, device)
+        generator = sampling.generator(device)
         model.use_cache(self.caches)
         try:
             prompt = torch.tensor([prompt_ids], device=device)
             logits = _next_logits(model, prompt, torch.arange(len(prompt_ids), device=device))  # prefill, eager
             input_pos = torch.tensor([len(prompt_ids)], device=device)
             for i in range(max_new_tokens):
-                next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
+                next_id = sampling.next_ids(logits, generator)
                 token = int(next_id)
-                if token in stop:
+                if token in sampling.stop_ids:
                     return
                 yield token
                 if i + 1 < max_new_tokens:  # no step for a token nobody asked for
@@ -475,7 +324,8 @@ class CompiledDecoder:
         finally:
             model.clear_cache()
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kwargs) -> list[int]:
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 sampling: Sampling = Sampling()) -> list[int]:
         """The new token ids after ``prompt_ids``; see :meth:`generate_stream`."""
-        return list(self.generate_stream(prompt_ids, max_new_tokens, **kwargs))
+        return list(self.generate_stream(prompt_ids, max_new_tokens, sampling))
 # --8<-- [end:compiled]

@@ -718,6 +718,7 @@ def _finish(out: Path, model: Transformer, tokenizer, cfg: TrainConfig) -> None:
     """Write the final model as a Hugging Face folder and a text sample from it."""
     from llama.checkpoint import save_hf
     from llama.generation import generate
+    from llama.sampling import Sampling
 
     save_hf(model, out / "model")
     shutil.copyfile(next(p for p in (out / "tokenizer.json", out / "tokenizer.model") if p.is_file()),
@@ -726,7 +727,7 @@ def _finish(out: Path, model: Transformer, tokenizer, cfg: TrainConfig) -> None:
         model.eval()
         prompt = tokenizer.encode("\n")
         n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
-        ids = generate(model, prompt, n, temperature=0.8, top_k=None, seed=cfg.seed)
+        ids = generate(model, prompt, n, Sampling(temperature=0.8, seed=cfg.seed))
         atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")
 
 

@@ -87,6 +87,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path)
     assert main(["generate", str(path), "--prompt", "hello"]) == 2
     assert "--prompt needs --tokenizer" in capsys.readouterr().err
+    # Sampling settings are checked before the checkpoint is even looked for.
+    assert main(["generate", str(tmp_path / "missing.bin"), "--temperature", "1", "--top-p", "1.5"]) == 2
+    assert capsys.readouterr().err == ("llama generate: error: top_p must be in (0, 1], got 1.5; "
+                                       "use None to disable it\n")
     assert main(["generate", str(path), "--ids", "1", "-n", "64"]) == 2
     assert "ask for at most 63 new tokens" in capsys.readouterr().err
     assert main(["generate", str(path), "--ids", "1", "999", "-n", "5"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama import ModelConfig, Transformer, generate, generate_batch, generate_stream, sample_next
-from llama.generation import min_p_filter, top_k_filter, top_p_filter
+from llama import ModelConfig, Sampling, Transformer, generate, generate_batch, generate_stream, sample_next
+from llama.sampling import min_p_filter, top_k_filter, top_p_filter
 
 BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
 MHA = ModelConfig(**BASE)
@@ -89,7 +90,7 @@ def test_batched_generation_stops_each_sequence_at_its_own_stop_id():
     prompts = [[1, 5, 9, 2], [1, 60]]
     free = generate_batch(model, prompts, max_new_tokens=12)
     stop = free[0][3]  # the 4th token of the first sequence
-    stopped = generate_batch(model, prompts, max_new_tokens=12, stop_ids=[stop])
+    stopped = generate_batch(model, prompts, max_new_tokens=12, sampling=Sampling(stop_ids=[stop]))
     for full, cut in zip(free, stopped):
         expected = full[: full.index(stop)] if stop in full else full
         assert cut == expected
@@ -110,17 +111,17 @@ def test_stop_ids_end_generation_without_emitting_the_stop_id():
     model = random_model(MHA)
     free = generate(model, [1, 2, 3], 20)
     stop = free[5]
-    cut = generate(model, [1, 2, 3], 20, stop_ids={stop})
+    cut = generate(model, [1, 2, 3], 20, Sampling(stop_ids={stop}))
     assert cut == free[: free.index(stop)]
-    assert generate(model, [1, 2, 3], 20, stop_ids=[free[0]]) == []
+    assert generate(model, [1, 2, 3], 20, Sampling(stop_ids=[free[0]])) == []
 
 
 def test_same_seed_same_sample_different_seed_different_sample():
     model = random_model(MHA)
-    kwargs = dict(max_new_tokens=30, temperature=1.5, seed=123)
-    a = generate(model, [1], **kwargs)
-    assert a == generate(model, [1], **kwargs)
-    assert a != generate(model, [1], **{**kwargs, "seed": 124})
+    settings = Sampling(temperature=1.5, seed=123)
+    a = generate(model, [1], 30, settings)
+    assert a == generate(model, [1], 30, settings)
+    assert a != generate(model, [1], 30, dataclasses.replace(settings, seed=124))
     assert a != generate(model, [1], 30)  # sampling is not greedy decoding
 
 
@@ -129,7 +130,7 @@ def test_seed_does_not_touch_the_global_random_state():
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    generate(model, [1], 5, temperature=1.0, seed=0)
+    generate(model, [1], 5, Sampling(temperature=1.0, seed=0))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -137,18 +138,18 @@ def test_top_k_1_and_tiny_top_p_and_min_p_1_are_greedy():
     model = random_model(GQA)
     greedy = generate(model, [1, 4], 10)
     for kwargs in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
-        assert generate(model, [1, 4], 10, temperature=2.0, seed=0, **kwargs) == greedy, kwargs
+        assert generate(model, [1, 4], 10, Sampling(temperature=2.0, seed=0, **kwargs)) == greedy, kwargs
 
 
 def test_sampling_respects_top_k():
     logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]]).expand(2000, 5)
-    draws = sample_next(logits, temperature=5.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    draws = sample_next(logits, Sampling(temperature=5.0, top_k=2), generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == {1, 2}
 
 
 def test_sampling_frequencies_follow_the_softmax():
     logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.2)]]).expand(20000, 3)
-    draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    draws = sample_next(logits, Sampling(temperature=1.0), generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3).float() / 20000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.015)
 
@@ -189,6 +190,45 @@ def test_min_p_threshold(z, min_p):
     assert torch.all(probs[~kept] < min_p * probs.max() * (1 + 1e-4))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1.0}, r"temperature must be >= 0 and finite, got -1.0; use 0 for greedy decoding"),
+    ({"temperature": float("nan")}, r"temperature must be >= 0 and finite, got nan"),
+    ({"temperature": float("inf")}, r"temperature must be >= 0 and finite, got inf"),
+    ({"temperature": "0.8"}, r"temperature must be >= 0 and finite, got '0.8'"),
+    ({"top_k": 0}, r"top_k must be a positive integer, got 0; use None to disable it"),
+    ({"top_k": 2.5}, r"top_k must be a positive integer, got 2.5; use None to disable it"),
+    ({"top_k": True}, r"top_k must be a positive integer, got True"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5; use None to disable it"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0; use None to disable it"),
+    ({"top_p": float("nan")}, r"top_p must be in \(0, 1\], got nan"),
+    ({"min_p": -0.1}, r"min_p must be in \[0, 1\], got -0.1; use None to disable it"),
+    ({"min_p": 1.01}, r"min_p must be in \[0, 1\], got 1.01; use None to disable it"),
+    ({"seed": 1.5}, r"seed must be an integer or None, got 1.5"),
+    ({"stop_ids": 2}, r"stop_ids must be a collection of token ids, got 2; for a single id write stop_ids=\{2\}"),
+    ({"stop_ids": "2"}, r"stop_ids must be a collection of token ids, got '2'"),
+    ({"stop_ids": [2, 3.0]}, r"stop_ids must be integer token ids, got \[2, 3.0\]"),
+])
+def test_sampling_rejects_each_bad_setting_with_its_fix(kwargs, message):
+    # Greedy (the default temperature) ignores the filters, yet checks them: a typo shows at once.
+    with pytest.raises(ValueError, match=f"^{message}"):
+        Sampling(**kwargs)
+    if "temperature" not in kwargs:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            Sampling(temperature=1.0, **kwargs)
+
+
+def test_sampling_settings_are_frozen_and_normalised():
+    settings = Sampling(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, stop_ids=[2, 2, 13], seed=0)
+    assert settings.stop_ids == frozenset({2, 13})
+    assert settings == Sampling(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, stop_ids={13, 2}, seed=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.temperature = 1.0
+    assert Sampling(top_p=1.0, min_p=0.0, top_k=1).temperature == 0  # the edges of each range are allowed
+    assert Sampling().generator("cpu") is None  # no seed: the global random stream
+    a, b = settings.generator("cpu"), settings.generator("cpu")
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))  # a fresh stream each call
+
+
 def test_errors_name_the_problem():
     model = random_model(MHA)
     with pytest.raises(ValueError, match="prompt is empty"):
@@ -197,14 +237,8 @@ def test_errors_name_the_problem():
         generate(model, [1] * 97, 1)
     with pytest.raises(ValueError, match="ask for at most 6 new tokens"):
         generate(model, [1] * 90, 7)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        generate(model, [1], 5, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_p must be in"):
-        generate(model, [1], 5, temperature=1.0, top_p=1.5)
-    with pytest.raises(ValueError, match="top_k must be a positive integer"):
-        generate(model, [1], 5, temperature=1.0, top_k=0)
-    with pytest.raises(ValueError, match="min_p must be in"):
-        generate(model, [1], 5, temperature=1.0, min_p=-0.1)
+    with pytest.raises(TypeError, match=r"sampling must be a llama.Sampling, got 0.8; e.g. sampling=Sampling\("):
+        generate(model, [1], 5, 0.8)  # the call style from before Sampling
     with pytest.raises(ValueError, match="outside the vocabulary"):
         generate(model, [1, 97], 5)
     with pytest.raises(ValueError, match="prompts is empty"):

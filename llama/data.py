@@ -292,7 +292,7 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     vocab = getattr(tokenizer, "vocab", None)
     if isinstance(vocab, dict):
         return np.array([len(vocab[i]) for i in range(tokenizer.vocab_size)], dtype=np.int64)
-    from llama.spm import BYTE, NORMAL, USER_DEFINED
+    from llama.spm_vocab import BYTE, NORMAL, USER_DEFINED
 
     lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     for i, (kind, piece) in enumerate(zip(tokenizer.types, tokenizer.pieces)):

@@ -20,8 +20,8 @@ Examples:
     >>> proto.model_type, len(proto.pieces), proto.pieces[1].piece, proto.add_dummy_prefix
     ('bpe', 280, '<s>', True)
     >>> vocab = SentencePieceVocab.from_bytes(buf.getvalue())
-    >>> vocab.bos_id, vocab.id_to_piece(3 + ord("W"))
-    (1, '<0x57>')
+    >>> vocab.bos_id, vocab.id_to_piece(3 + ord("W")), vocab.id_to_bytes(3 + ord("W"))
+    (1, '<0x57>', b'W')
 """
 
 from __future__ import annotations
@@ -271,6 +271,27 @@ class SentencePieceVocab:
         """
         self._check_id(i)
         return self.pieces[i]
+
+    # --8<-- [start:id_to_bytes]
+    def id_to_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes of text that id ``i`` stands for, for counting bits per byte.
+
+        A byte piece ``<0xNN>`` is its one byte; a normal or user-defined piece is its text,
+        ``▁`` counted as the space it decodes to (the dummy-prefix ``▁`` at the start of a text
+        included, although decoding drops it); a control piece (``<s>``, ``</s>``) stands for
+        no text, nor do ``<unk>`` and unused pieces, which byte-fallback encoding never
+        produces.
+
+        Raises:
+            ValueError: If ``i`` is not in ``range(vocab_size)``.
+        """
+        self._check_id(i)
+        if i in self._id_byte:
+            return bytes([self._id_byte[i]])
+        if self.types[i] in (NORMAL, USER_DEFINED):
+            return self.pieces[i].replace(SPACE, " ").encode("utf-8")
+        return b""
+    # --8<-- [end:id_to_bytes]
 
     def _check_id(self, i: int) -> None:
         if not (isinstance(i, int) and 0 <= i < len(self.pieces)):

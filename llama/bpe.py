@@ -144,6 +144,16 @@ class BPETokenizer:
         """Number of tokens: ``256 + len(merges) + len(special_tokens)``."""
         return len(self.vocab)
 
+    @property
+    def bos_id(self) -> int:
+        """-1: no beginning-of-sequence token (GPT-2 puts a special token between documents)."""
+        return -1
+
+    @property
+    def eos_id(self) -> int:
+        """-1: no end-of-sequence token either (see :attr:`bos_id`)."""
+        return -1
+
     # ----------------------------------------------------------------- training
     @classmethod
     def train(
@@ -289,11 +299,14 @@ class BPETokenizer:
         return [t for t in ids if t >= 0]
     # --8<-- [end:encode_chunk]
 
-    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
+    def encode(self, text: str, bos: bool = False, eos: bool = False, *, allow_special: bool = True) -> list[int]:
         """Turn text into token ids.
 
         Args:
             text: Any string that can be written as UTF-8.
+            bos: Must be false (no such token, see :attr:`bos_id`); it is here so that every
+                tokenizer is called alike.
+            eos: Must be false, likewise.
             allow_special: If true, special-token strings in ``text`` become their single
                 special id; if false they are encoded as ordinary text (use this for
                 untrusted input, so that a user cannot inject ``<|endoftext|>``).
@@ -302,8 +315,12 @@ class BPETokenizer:
             The token ids.
 
         Raises:
-            ValueError: If ``text`` contains a lone surrogate (not valid Unicode).
+            ValueError: If ``text`` contains a lone surrogate (not valid Unicode), or ``bos``
+                or ``eos`` is true.
         """
+        if bos or eos:
+            raise ValueError("a byte-level BPE tokenizer has no bos/eos token: encode without bos/eos, "
+                             "or mark document boundaries with a special token of your own")
         _check_utf8(text)
         specials = list(self.special_tokens) if allow_special else []
         out: list[int] = []
@@ -330,13 +347,26 @@ class BPETokenizer:
         Raises:
             ValueError: If an id is not in ``range(vocab_size)``.
         """
-        parts = []
-        for i in ids:
-            piece = self.vocab.get(i) if isinstance(i, int) else None
-            if piece is None:
-                raise ValueError(f"token id {i!r} is out of range for a vocabulary of {self.vocab_size}")
-            parts.append(piece)
-        return b"".join(parts).decode("utf-8", errors="replace")
+        return b"".join(map(self.id_to_bytes, ids)).decode("utf-8", errors="replace")
+
+    def id_to_bytes(self, i: int) -> bytes:
+        """The bytes of token ``i`` (for a special token, its string as UTF-8).
+
+        Raises:
+            ValueError: If ``i`` is not in ``range(vocab_size)``.
+        """
+        piece = self.vocab.get(i) if isinstance(i, int) else None
+        if piece is None:
+            raise ValueError(f"token id {i!r} is out of range for a vocabulary of {self.vocab_size}")
+        return piece
+
+    def id_to_piece(self, i: int) -> str:
+        """Token ``i`` for display: its bytes as text, ``\\xNN`` for bytes that are not UTF-8 alone.
+
+        Raises:
+            ValueError: If ``i`` is not in ``range(vocab_size)``.
+        """
+        return self.id_to_bytes(i).decode("utf-8", errors="backslashreplace")
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:

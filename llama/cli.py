@@ -76,14 +76,12 @@ def _run_tokenize(args) -> int:
         return 0
     tok = load_tokenizer(args.tokenizer)
     if args.action == "encode":
-        if isinstance(tok, BPETokenizer):
-            if args.bos or args.eos:
-                raise ValueError("--bos/--eos need a SentencePiece model; add special tokens to a BPE tokenizer instead")
-            ids = tok.encode(args.text)
-            pieces = [tok.vocab[i].decode("utf-8", errors="backslashreplace") for i in ids]
-        else:
-            ids = tok.encode(args.text, bos=args.bos, eos=args.eos)
-            pieces = [tok.id_to_piece(i) for i in ids]
+        for flag, wanted, token_id in (("--bos", args.bos, tok.bos_id), ("--eos", args.eos, tok.eos_id)):
+            if wanted and token_id < 0:
+                raise ValueError(f"{flag} needs a tokenizer with <s> and </s> tokens, such as a SentencePiece "
+                                 "model; this one has none: mark boundaries with a BPE special token instead")
+        ids = tok.encode(args.text, bos=args.bos, eos=args.eos)
+        pieces = [tok.id_to_piece(i) for i in ids]
         print("ids:", " ".join(map(str, ids)))
         print("pieces:", " ".join(repr(piece) for piece in pieces))
     else:
@@ -158,13 +156,12 @@ def _run_generate(args) -> int:
                         stop_ids=args.stop_id, seed=args.seed)
     tok = None
     if args.tokenizer is not None:
-        from llama.tokenizer import SentencePieceTokenizer, load_tokenizer
+        from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
     model = Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
     if args.prompt is not None:
-        spm = isinstance(tok, SentencePieceTokenizer)
-        prompt = tok.encode(args.prompt, bos=True) if spm else tok.encode(args.prompt)
+        prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:
         prompt = args.ids if args.ids is not None else [1]
     if tok is not None and tok.vocab_size != model.config.vocab_size:

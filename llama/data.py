@@ -26,6 +26,7 @@ import torch
 
 from llama._files import atomic_write, atomic_write_text
 from llama.download import cached_download, cache_dir, sha256_file
+from llama.tokenizer import Tokenizer
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -125,7 +126,7 @@ def split_bytes(data: bytes, val_fraction: float = VAL_FRACTION) -> tuple[bytes,
 
 
 # --8<-- [start:tokenize]
-def tokenize_to_file(tokenizer, text: str, path: str | os.PathLike) -> np.ndarray:
+def tokenize_to_file(tokenizer: Tokenizer, text: str, path: str | os.PathLike) -> np.ndarray:
     """Encode ``text`` once and store the ids as a ``.npy`` file (written atomically).
 
     The ids are ``uint16`` when the vocabulary fits (half the disk and memory of
@@ -166,7 +167,7 @@ class TokenData:
     val_bytes: int
 
 
-def prepare_tokens(text_path: str | os.PathLike, tokenizer, tokenizer_sha256: str,
+def prepare_tokens(text_path: str | os.PathLike, tokenizer: Tokenizer, tokenizer_sha256: str,
                    directory: str | os.PathLike) -> TokenData:
     """Tokenize ``text_path`` into ``directory/{train,val}.npy`` unless already done.
 
@@ -273,8 +274,10 @@ def eval_windows(tokens: np.ndarray, block_size: int, max_tokens: int | None = N
 
 
 # --8<-- [start:byte_lengths]
-def token_byte_lengths(tokenizer) -> np.ndarray:
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """How many UTF-8 bytes of text each token id stands for (``int64[vocab_size]``).
+
+    The lengths of ``tokenizer.id_to_bytes(i)`` (see :class:`~llama.tokenizer.Tokenizer`):
 
     * Byte-level BPE (:class:`~llama.bpe.BPETokenizer`): the length of the token's bytes. The
       sum over a token sequence is exactly the length of the text it decodes to.
@@ -289,17 +292,5 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     >>> int(token_byte_lengths(tok)[ids].sum()), len("hello hello".encode())
     (11, 11)
     """
-    vocab = getattr(tokenizer, "vocab", None)
-    if isinstance(vocab, dict):
-        return np.array([len(vocab[i]) for i in range(tokenizer.vocab_size)], dtype=np.int64)
-    from llama.spm import BYTE, NORMAL, USER_DEFINED
-
-    lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
-    for i, (kind, piece) in enumerate(zip(tokenizer.types, tokenizer.pieces)):
-        if kind == BYTE:
-            lengths[i] = 1
-        elif kind in (NORMAL, USER_DEFINED):
-            lengths[i] = len(piece.replace("\u2581", " ").encode())
-        # control pieces (<s>, </s>) stand for no text; <unk> is never produced with byte fallback
-    return lengths
+    return np.array([len(tokenizer.id_to_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
 # --8<-- [end:byte_lengths]

@@ -1,10 +1,7 @@
-r"""A SentencePiece BPE tokenizer written by hand: model file reader, encoder and decoder.
+r"""A SentencePiece BPE tokenizer written by hand: normalizer, encoder and decoder.
 
-SentencePiece stores a model as a protocol-buffer message (``ModelProto``): a list of
-*pieces* (string, score, type), a ``TrainerSpec`` with the options it was trained with and a
-``NormalizerSpec`` that says how raw text is cleaned before it is cut into pieces. This
-module reads that file with a short hand-written protobuf wire-format parser and reproduces what
-the ``sentencepiece`` library does for BPE models such as Llama 2's:
+It reproduces, id for id, what the ``sentencepiece`` library does for BPE models such as
+Llama 2's, from the vocabulary that :mod:`llama.spm_vocab` reads out of the ``.model`` file:
 
 1. *normalize*: optionally drop extra spaces, add a dummy ``▁`` at the start and write every
    space as ``▁`` (U+2581);
@@ -30,188 +27,21 @@ Examples:
 from __future__ import annotations
 
 import heapq
-import os
 import re
-import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from llama.bpe import _check_utf8
+from llama.spm_vocab import CONTROL, SPACE, UNKNOWN, UNUSED, SentencePieceVocab
 
-__all__ = ["SentencePieceTokenizer", "ModelProto", "read_model_proto", "SPACE"]
-
-SPACE = "\u2581"  # "▁", LOWER ONE EIGHTH BLOCK: how SentencePiece writes a space
-
-# Piece types (ModelProto.SentencePiece.Type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# TrainerSpec.ModelType
-_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+__all__ = ["SentencePieceTokenizer"]
 
 
-# --8<-- [start:wire]
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Read a base-128 varint at ``pos``: 7 bits per byte, low bits first, high bit = more."""
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _fields(buf: bytes):
-    """Yield ``(field number, value)`` for each field of a serialized protobuf message.
-
-    A field starts with a varint key ``number << 3 | wire_type``. Wire type 0 is a varint,
-    1 is 8 fixed bytes, 2 is a length-prefixed byte string (strings, bytes and nested
-    messages alike), 5 is 4 fixed bytes. Values of wire types 1, 2 and 5 come out as bytes.
-    """
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        if wire_type == 0:
-            value, pos = _varint(buf, pos)
-        elif wire_type in (1, 2, 5):
-            if wire_type == 2:
-                size, pos = _varint(buf, pos)
-            else:
-                size = 8 if wire_type == 1 else 4
-            if pos + size > len(buf):
-                raise ValueError(f"field {number} runs past the end of the data")
-            value, pos = buf[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported wire type {wire_type} (field {number})")
-        yield number, value
-# --8<-- [end:wire]
-
-
-def _int32(value: int) -> int:
-    """A protobuf int32 is sent as a 64-bit two's-complement varint: -1 is 2**64 - 1."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _text(value: bytes | int) -> str:
-    if not isinstance(value, bytes):
-        raise ValueError("expected a string field")
-    return value.decode("utf-8")
-
-
-@dataclass
-class Piece:
-    """One entry of the vocabulary."""
-
-    piece: str
-    score: float = 0.0
-    type: int = NORMAL
-
-
-@dataclass
-class ModelProto:
-    """The parts of a SentencePiece ``ModelProto`` that encoding and decoding depend on.
-
-    Defaults are those of ``sentencepiece_model.proto``.
-    """
-
-    pieces: list[Piece] = field(default_factory=list)
-    # TrainerSpec
-    model_type: str = "unigram"
-    vocab_size: int = 8000
-    byte_fallback: bool = False
-    treat_whitespace_as_suffix: bool = False
-    split_digits: bool = False
-    unk_piece: str = "<unk>"
-    bos_piece: str = "<s>"
-    eos_piece: str = "</s>"
-    pad_piece: str = "<pad>"
-    unk_surface: str = " \u2047 "
-    # NormalizerSpec
-    normalizer_name: str = ""
-    precompiled_charsmap: bytes = b""
-    add_dummy_prefix: bool = True
-    remove_extra_whitespaces: bool = True
-    escape_whitespaces: bool = True
-    # denormalizer_spec (used by decode, if it has rules)
-    denormalizer_charsmap: bytes = b""
-    # which of the three parts were present in the file
-    has_pieces: bool = False
-    has_trainer_spec: bool = False
-    has_normalizer_spec: bool = False
-
-
-# --8<-- [start:read_model]
-def read_model_proto(data: bytes) -> ModelProto:
-    """Parse a serialized SentencePiece ``ModelProto``.
-
-    Field numbers follow ``sentencepiece_model.proto``: ``pieces = 1``, ``trainer_spec = 2``,
-    ``normalizer_spec = 3``, ``denormalizer_spec = 5``; inside a piece, ``piece = 1``,
-    ``score = 2`` (float32), ``type = 3``. Unknown fields are skipped, as protobuf does.
-
-    Raises:
-        ValueError: If ``data`` is not a well-formed model.
-    """
-    m = ModelProto()
-    for number, value in _fields(data):
-        if number == 1:  # repeated SentencePiece pieces
-            m.has_pieces = True
-            p = Piece("")
-            for n, v in _fields(value):
-                if n == 1:
-                    p.piece = _text(v)
-                elif n == 2:
-                    p.score = struct.unpack("<f", v)[0]
-                elif n == 3:
-                    p.type = v
-            m.pieces.append(p)
-        elif number == 2:  # TrainerSpec
-            m.has_trainer_spec = True
-            for n, v in _fields(value):
-                if n == 3:
-                    m.model_type = _MODEL_TYPES.get(v, f"unknown ({v})")
-                elif n == 4:
-                    m.vocab_size = _int32(v)
-                elif n == 35:
-                    m.byte_fallback = bool(v)
-                elif n == 24:
-                    m.treat_whitespace_as_suffix = bool(v)
-                elif n == 25:
-                    m.split_digits = bool(v)
-                elif n in (44, 45, 46, 47, 48):
-                    name = {44: "unk_surface", 45: "unk_piece", 46: "bos_piece",
-                            47: "eos_piece", 48: "pad_piece"}[n]
-                    setattr(m, name, _text(v))
-        elif number == 3:  # NormalizerSpec
-            m.has_normalizer_spec = True
-            for n, v in _fields(value):
-                if n == 1:
-                    m.normalizer_name = _text(v)
-                elif n == 2:
-                    m.precompiled_charsmap = v
-                elif n == 3:
-                    m.add_dummy_prefix = bool(v)
-                elif n == 4:
-                    m.remove_extra_whitespaces = bool(v)
-                elif n == 5:
-                    m.escape_whitespaces = bool(v)
-        elif number == 5:  # denormalizer_spec
-            for n, v in _fields(value):
-                if n == 2:
-                    m.denormalizer_charsmap = v
-    return m
-# --8<-- [end:read_model]
-
-
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(SentencePieceVocab):
     """Encode and decode text exactly like ``sentencepiece`` does with a BPE ``.model``.
+
+    The file is read and checked by :class:`~llama.spm_vocab.SentencePieceVocab`, which also
+    gives the lookups of single ids (``piece_to_id``, ``id_to_piece``, ``id_to_bytes``,
+    ``bos_id``, ``eos_id``, ``vocab_size``).
 
     Args:
         model_path: Path of a SentencePiece model file (e.g. Llama 2's ``tokenizer.model``).
@@ -223,120 +53,14 @@ class SentencePieceTokenizer:
             ``nmt_nfkc``, whitespace as suffix).
     """
 
-    def __init__(self, model_path: str | os.PathLike) -> None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no SentencePiece model at {path}")
-        self._setup(path.read_bytes(), str(path))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SentencePieceTokenizer:
-        """Build a tokenizer from the bytes of a ``.model`` file."""
-        self = cls.__new__(cls)
-        self._setup(bytes(data), "<bytes>")
-        return self
-
     def _setup(self, data: bytes, where: str) -> None:
-        try:
-            proto = read_model_proto(data)
-        except (ValueError, UnicodeDecodeError, struct.error) as err:
-            raise ValueError(f"{where} is not a SentencePiece model file ({err})") from None
-        if not (proto.has_pieces and proto.has_trainer_spec and proto.has_normalizer_spec):
-            raise ValueError(
-                f"{where} is not a SentencePiece model file (pieces, trainer_spec or normalizer_spec "
-                "is missing; a truncated download looks like this)"
-            )
-        if any(not p.piece for p in proto.pieces):
-            raise ValueError(f"{where} is not a SentencePiece model file (it has an empty piece)")
-        if proto.model_type != "bpe":
-            raise ValueError(
-                f"{where} is a {proto.model_type} model; this tokenizer implements BPE models "
-                "(train with model_type='bpe')"
-            )
-        if proto.precompiled_charsmap or proto.denormalizer_charsmap:
-            raise ValueError(
-                f"{where} uses the precompiled normalization rule {proto.normalizer_name!r}, "
-                "which this tokenizer does not implement; train with "
-                "normalization_rule_name='identity' (as Llama 2 was)"
-            )
-        if proto.treat_whitespace_as_suffix:
-            raise ValueError(f"{where} treats whitespace as a suffix, which this tokenizer does not implement")
-        self.proto = proto
-        self.pieces = [p.piece for p in proto.pieces]
-        self.scores = [p.score for p in proto.pieces]
-        self.types = [p.type for p in proto.pieces]
-        # Pieces that the merge loop may produce, and "reserved" ones that it never produces.
-        self._normal: dict[str, int] = {}
-        self._reserved: dict[str, int] = {}
-        self._unk_id = -1
-        self._byte_id: dict[int, int] = {}   # byte value -> id of its <0xNN> piece
-        self._id_byte: dict[int, int] = {}   # id -> byte value
-        user_defined = []
-        for i, p in enumerate(proto.pieces):
-            table = self._normal if p.type in (NORMAL, USER_DEFINED, UNUSED) else self._reserved
-            if p.piece in table:
-                raise ValueError(f"{where}: piece {p.piece!r} is defined twice")
-            table[p.piece] = i
-            if p.type == USER_DEFINED:
-                user_defined.append(p.piece)
-            elif p.type == UNKNOWN:
-                self._unk_id = i
-            elif p.type == BYTE:
-                m = re.fullmatch(r"<0x([0-9A-F]{2})>", p.piece)
-                if m is None:
-                    raise ValueError(f"{where}: byte piece {p.piece!r} is not of the form <0xNN>")
-                self._byte_id[int(m.group(1), 16)] = i
-                self._id_byte[i] = int(m.group(1), 16)
-        if self._unk_id < 0:
-            raise ValueError(f"{where} has no <unk> piece")
-        self._byte_fallback = proto.byte_fallback
-        self._user_defined = set(user_defined)
-        self._user_lengths = sorted({len(s) for s in user_defined}, reverse=True)
+        super()._setup(data, where)
+        self._byte_fallback = self.proto.byte_fallback
+        self._user_lengths = sorted({len(s) for s in self._user_defined}, reverse=True)
         self._cache: dict[str, list[int]] = {}
         self._words = _word_splitter(self._normal)
         self._neg_score = {p: -self.scores[i] for p, i in self._normal.items()}  # min-heap key
         self._unused_pieces = {p for p, i in self._normal.items() if self.types[i] == UNUSED}
-
-    # ----------------------------------------------------------------- lookups
-    @property
-    def vocab_size(self) -> int:
-        """Number of pieces in the model."""
-        return len(self.pieces)
-
-    def piece_to_id(self, piece: str) -> int:
-        """The id of ``piece``, or the ``<unk>`` id if it is not in the vocabulary."""
-        i = self._reserved.get(piece)
-        if i is None:
-            i = self._normal.get(piece, self._unk_id)
-        return i
-
-    def _special_id(self, piece: str) -> int:
-        i = self.piece_to_id(piece)
-        return i if self.types[i] == CONTROL else -1
-
-    @property
-    def bos_id(self) -> int:
-        """Id of the beginning-of-sequence piece (``<s>``), or -1 if the model has none."""
-        return self._special_id(self.proto.bos_piece)
-
-    @property
-    def eos_id(self) -> int:
-        """Id of the end-of-sequence piece (``</s>``), or -1 if the model has none."""
-        return self._special_id(self.proto.eos_piece)
-
-    @property
-    def unk_id(self) -> int:
-        """Id of the unknown piece (``<unk>``)."""
-        return self._unk_id
-
-    def id_to_piece(self, i: int) -> str:
-        """The piece string of id ``i``."""
-        self._check_id(i)
-        return self.pieces[i]
-
-    def _check_id(self, i: int) -> None:
-        if not (isinstance(i, int) and 0 <= i < len(self.pieces)):
-            raise ValueError(f"token id {i!r} is out of range for a vocabulary of {len(self.pieces)}")
 
     # ----------------------------------------------------------------- normalize
     def _prefix(self, text: str, pos: int) -> int:

@@ -1,5 +1,6 @@
-r"""Tokenizers: the hand-written ones, the production trainer, and one loader for both.
+r"""Tokenizers: what every tokenizer offers, the hand-written ones, the production trainer, one loader.
 
+* :class:`Tokenizer`: the protocol that the rest of the library relies on, and nothing more.
 * :class:`~llama.bpe.BPETokenizer`: byte-level BPE (GPT-2 / Llama 3 style), trained by hand.
 * :class:`~llama.spm.SentencePieceTokenizer`: reads a SentencePiece BPE ``.model`` (Llama 2)
   and encodes/decodes it by hand, id for id like the ``sentencepiece`` library.
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from llama._files import atomic_write_bytes
 from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from llama.spm import SentencePieceTokenizer
 
 __all__ = [
+    "Tokenizer",
     "BPETokenizer",
     "SentencePieceTokenizer",
     "GPT2_PATTERN",
@@ -32,6 +36,47 @@ __all__ = [
     "load_tokenizer",
     "LLAMA2_TRAINER_OPTIONS",
 ]
+
+
+# --8<-- [start:protocol]
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the command line, the data pipeline and training need from a tokenizer.
+
+    :class:`~llama.bpe.BPETokenizer` and :class:`~llama.spm.SentencePieceTokenizer` both
+    provide it (``isinstance(tok, Tokenizer)`` checks that the members exist, not their
+    signatures), so code written against it works with either and never asks which one it has.
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids: every id is in ``range(vocab_size)``."""
+
+    @property
+    def bos_id(self) -> int:
+        """Id of the beginning-of-sequence token, or -1 if there is none."""
+
+    @property
+    def eos_id(self) -> int:
+        """Id of the end-of-sequence token, or -1 if there is none."""
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of ``text``, with ``bos_id`` in front / ``eos_id`` at the end if asked.
+
+        Raises:
+            ValueError: If ``bos`` or ``eos`` is asked for but the tokenizer has no such token.
+        """
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids``."""
+
+    def id_to_piece(self, i: int) -> str:
+        """Token ``i`` as a readable string, for display."""
+
+    def id_to_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes of text that token ``i`` stands for (to measure bits per byte)."""
+# --8<-- [end:protocol]
+
 
 # --8<-- [start:llama2_options]
 #: The trainer options stored in Llama 2's ``tokenizer.model`` (its ``TrainerSpec``) that
@@ -108,7 +153,7 @@ def train_sentencepiece(
     return SentencePieceTokenizer.from_bytes(data)
 
 
-def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | SentencePieceTokenizer:
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Open a tokenizer file: a BPE JSON file from :meth:`BPETokenizer.save`, else a ``.model``.
 
     Raises:

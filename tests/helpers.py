@@ -62,3 +62,20 @@ def run_console_blocks(markdown: str, capsys) -> None:
             assert main(argv[1:]) == 0, command
             got = capsys.readouterr().out
             assert checker.check_output(expected, got, doctest.ELLIPSIS), f"{command}\nexpected:\n{expected}\ngot:\n{got}"
+
+
+def pb_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint, written independently of llama.protobuf (which only reads)."""
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def pb_field(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: an int as a varint (wire type 0), bytes length-prefixed (wire type 2)."""
+    if isinstance(value, int):
+        return pb_varint(number << 3) + pb_varint(value)
+    return pb_varint(number << 3 | 2) + pb_varint(len(value)) + value

@@ -74,3 +74,38 @@ def test_the_chapter_console_block_runs_as_shown(tmp_path, monkeypatch, capsys):
     (tmp_path / "corpus.txt").write_text(corpus, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     run_console_blocks(chapter, capsys)
+
+
+def test_bos_and_eos_need_a_tokenizer_that_has_them(corpus, tmp_path, capsys):
+    out = tmp_path / "tok.json"
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "270", "-o", str(out)]) == 0
+    capsys.readouterr()
+    for flag in ("--bos", "--eos"):
+        assert main(["tokenize", "encode", "-t", str(out), flag, "hello"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"llama tokenize: error: {flag} needs a tokenizer with <s> and </s>") and err.count("\n") == 1
+
+
+def test_generate_prepends_bos_only_where_the_tokenizer_has_one(tmp_path, monkeypatch, capsys):
+    """``llama generate --prompt``: Llama's <s> first with SentencePiece, the bare text with BPE."""
+    from llama import ModelConfig, Transformer, generation
+    from llama.tokenizer import train_sentencepiece
+
+    prompts = []
+
+    def record_prompt(model, prompt, *args, **kwargs):  # stands in for the decoding loop
+        prompts.append(list(prompt))
+        return iter([])
+
+    monkeypatch.setattr(generation, "generate_stream", record_prompt)
+    bpe = BPETokenizer.train(TEXT, 270)
+    bpe.save(tmp_path / "tok.json")
+    spm = train_sentencepiece(TEXT, vocab_size=280, model_path=tmp_path / "tok.model")
+    for tok, name, bos in ((bpe, "tok.json", []), (spm, "tok.model", [spm.bos_id])):
+        model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
+        model.save_pretrained(tmp_path / f"model-{name}")
+        prompts.clear()
+        assert main(["generate", str(tmp_path / f"model-{name}"), "-t", str(tmp_path / name), "--prompt", "the cat"]) == 0
+        assert prompts == [bos + tok.encode("the cat")]
+        assert capsys.readouterr().out == "the cat\n"
+    assert spm.bos_id == 1

@@ -119,13 +119,15 @@ def on_rank0(dist: Dist, work: Callable[[], Any]) -> Any:
                 raise
             result = {"error": type(err).__name__, "message": str(err)}
     if dist.world_size > 1:
-        payload = torch.tensor(list(json.dumps(result).encode()) if dist.rank == 0 else [], dtype=torch.uint8)
-        size = torch.tensor([payload.numel()], dtype=torch.int64)
+        # On the process's device: NCCL moves only GPU tensors.
+        data = list(json.dumps(result).encode()) if dist.rank == 0 else []
+        payload = torch.tensor(data, dtype=torch.uint8, device=dist.device)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=dist.device)
         torch.distributed.broadcast(size, 0)
         if dist.rank != 0:
-            payload = torch.empty(int(size), dtype=torch.uint8)
+            payload = torch.empty(int(size), dtype=torch.uint8, device=dist.device)
         torch.distributed.broadcast(payload, 0)
-        result = json.loads(bytes(payload.tolist()).decode())
+        result = json.loads(bytes(payload.cpu().tolist()).decode())
     if "error" in result:
         raise _USER_ERRORS[result["error"]](result["message"])
     return result["ok"]

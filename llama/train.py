@@ -104,7 +104,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
         ``{"loss": nats per token, "ppl": exp(loss), "bpb": bits per byte, "tokens", "bytes"}``.
     """
     windows = list(eval_windows(tokens, block_size, max_tokens))
-    nats = torch.zeros((), dtype=torch.float64)
+    device = next(model.parameters()).device
+    nats = torch.zeros((), dtype=torch.float64, device=device)  # on the device: NCCL all-reduces only GPU tensors
     mine = windows[rank::world_size]
     i = 0
     while i < len(mine):  # batch windows of equal length together
@@ -113,8 +114,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
             j += 1
         x = torch.cat([w[1] for w in mine[i:j]])
         y = torch.cat([w[2] for w in mine[i:j]])
-        device = next(model.parameters()).device
-        nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double().cpu()
+        nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double()
         i = j
     if world_size > 1:
         torch.distributed.all_reduce(nats)

@@ -273,17 +273,22 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     lr = lr_at(step, progress_of(step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
     net.train()
     start = time.perf_counter() - elapsed
+
+    def clock() -> float:
+        """Seconds of training so far. Under a time budget with several ranks, rank 0's: the
+        decisions taken from it (stop? evaluate?) must be the same on every rank at every step."""
+        seconds = time.perf_counter() - start
+        return broadcast_from_rank0(seconds, dist) if world > 1 and cfg.max_time else seconds
+
     while True:
-        elapsed = time.perf_counter() - start
-        if world > 1 and cfg.max_time:  # every rank must take the same decision at the same step
-            elapsed = broadcast_from_rank0(elapsed, dist)
+        elapsed = clock()
         if progress_of(step, elapsed) >= 1.0:
             break
         lr = lr_at(step, progress_of(step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         loss = train_step(net, optimizer, sampler, lr, cfg.accum, cfg.grad_clip, autocast_dtype, world)
         losses.append(loss)
         step += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock()
         if step % cfg.eval_every == 0 or progress_of(step, elapsed) >= 1.0:
             record = log_eval(sum(losses) / len(losses))
             losses.clear()

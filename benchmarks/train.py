@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
-#: The book's recipe: every other setting is ``llama train``'s default (see llama.train.TrainConfig).
+#: The book's recipe: every other setting is ``llama train``'s default (see llama.train_config.TrainConfig).
 RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120", "--dtype", "bfloat16"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
@@ -55,7 +55,7 @@ def run_quality() -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     wall = time.perf_counter() - start
-    from llama.train import read_log
+    from llama.train_state import read_log
 
     log = read_log(out / "log.jsonl")
     final = log[-1]
@@ -134,7 +134,7 @@ def _race(steps_fns: dict, tokens_per_step: int, warmup: int, steps: int, rounds
 
 
 def throughput_config(quick: bool):
-    from llama.train import TrainConfig, model_config
+    from llama.train_config import TrainConfig, model_config
 
     if quick:
         return model_config(TrainConfig(out="-", model="tiny", max_steps=1, block_size=32), 256), 2, 32

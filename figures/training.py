@@ -6,15 +6,53 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 
-from llama.train import TrainConfig, lr_at, plot_log, read_log
+from llama.train import lr_at
+from llama.train_config import TrainConfig
+from llama.train_state import read_log
 
 LOG = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-log.jsonl"
 TARGET_BPB = 2.45
 NANOGPT_CPU_BPB = 2.72  # nanoGPT's published CPU recipe, as run on this machine (see the chapter)
+
+
+def plot_log(records: Sequence[dict[str, Any]] | str | os.PathLike, target_bpb: float | None = None,
+             reference: tuple[str, float] | None = None):
+    """A matplotlib figure of a run's ``log.jsonl``: losses on the left, bits per byte on the right.
+
+    Args:
+        records: the log's records, or the path of a ``log.jsonl``.
+        target_bpb: draw a horizontal line at this validation bits per byte.
+        reference: ``(label, bits per byte)`` of another result to mark.
+    """
+    if not isinstance(records, (list, tuple)):
+        records = read_log(records)
+    periodic = [r for r in records if not r.get("final")]
+    final = [r for r in records if r.get("final")]
+    t = [r["elapsed"] for r in periodic]
+    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(t, [r["train_loss"] for r in periodic], label="train (mean since last eval)")
+    ax_loss.plot(t, [r["val_loss"] for r in periodic], label=f"validation ({periodic[0]['val_tokens']} tokens)")
+    ax_loss.set(xlabel="training time (s)", ylabel="cross-entropy (nats per token)")
+    ax_loss.legend(frameon=False)
+    ax_bpb.plot(t, [r["val_bpb"] for r in periodic], color="C1", label="validation")
+    if final:
+        ax_bpb.plot([final[-1]["elapsed"]], [final[-1]["val_bpb"]], "o", color="C3",
+                    label=f"final, whole validation set: {final[-1]['val_bpb']:.3f}")
+    if target_bpb is not None:
+        ax_bpb.axhline(target_bpb, color="grey", ls="--", lw=1, label=f"target {target_bpb}")
+    if reference is not None:
+        ax_bpb.axhline(reference[1], color="grey", ls=":", lw=1, label=f"{reference[0]}: {reference[1]}")
+    ax_bpb.set(xlabel="training time (s)", ylabel="bits per byte", ylim=(None, min(5.0, max(r["val_bpb"] for r in periodic))))
+    ax_bpb.legend(frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def training_loss():

@@ -1,4 +1,5 @@
-"""llama.train: schedule, optimizer groups, bits per byte, checkpoints, exact resume, CLI errors."""
+"""Training: schedule, optimizer groups, bits per byte, checkpoints, exact resume, CLI errors
+(llama.train, llama.train_config, llama.train_state and ``llama train``)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,9 @@ from safetensors.torch import load_file
 from llama.bpe import BPETokenizer
 from llama.cli import main as cli_main
 from llama.model import Transformer
-from llama.train import (
-    KILL_ENV,
-    TrainConfig,
-    evaluate,
-    lr_at,
-    make_optimizer,
-    model_config,
-    read_log,
-)
+from llama.train import evaluate, lr_at, make_optimizer, train
+from llama.train_config import TrainConfig, model_config
+from llama.train_state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny run: 2 layers, 32 wide, byte tokens, one thread so results do not depend on the machine.
@@ -46,9 +41,26 @@ def text(tmp_path):
     return make_text(tmp_path / "text.txt")
 
 
-def run_cli(*args: str, env: dict | None = None, module: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "llama.train", *args] if module else [sys.executable, "-m", "llama.cli", "train", *args]
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``llama train ARGS`` in a subprocess (the console script's module, run from this checkout)."""
+    cmd = [sys.executable, "-m", "llama.cli", "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+
+
+# ``llama train FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
+# SIGKILL runs no cleanup (no finally, no atexit), like a crash or the out-of-memory killer.
+KILLED_RUN = """
+import os, signal, sys
+from llama.cli import build_parser, train_config_from_args
+from llama.train import train
+
+def kill_at(step):
+    if step == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg, resume, given = train_config_from_args(build_parser().parse_args(["train", *sys.argv[2:]]))
+train(cfg, resume=resume, given=given, on_step=kill_at)
+"""
 
 
 # -------------------------------------------------------------------------------------- the math
@@ -129,10 +141,11 @@ def test_exact_resume_after_sigkill(tmp_path, text):
     """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
     and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
     flags = ["--data", str(text), *TINY, "--max-steps", "12", "--eval-every", "5"]
+    commands = {"whole": ["-m", "llama.cli", "train"], "killed": ["-c", KILLED_RUN, "7"]}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "llama.train", "--out", str(tmp_path / name), *flags], cwd=REPO,
-                         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, env in (("whole", {}), ("killed", {KILL_ENV: "7"}))
+        subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, command in commands.items()
     ]
     (_, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
     assert procs[0].returncode == 0, err_w
@@ -204,14 +217,34 @@ def test_error_overwriting_a_run_and_resuming_with_other_settings(tmp_path, caps
     assert "nothing to resume" in err
 
 
-def test_console_script_and_module_agree(tmp_path, text):
-    """``llama train`` (the console script's function) and ``python -m llama.train`` take the same flags."""
-    proc = run_cli("--data", str(text), "--out", str(tmp_path / "m"), *TINY, "--max-steps", "1", "--eval-every", "1",
-                   module=False)
+def test_console_script_reports_and_fails_in_one_line(tmp_path, text):
+    """``llama train`` as a process: the final evaluation on stdout; a user error is one line, exit 2."""
+    proc = run_cli("--data", str(text), "--out", str(tmp_path / "m"), *TINY, "--max-steps", "1", "--eval-every", "1")
     assert proc.returncode == 0, proc.stderr
     assert "bits per byte" in proc.stdout
     bad = run_cli("--out", str(tmp_path / "m"), "--max-steps", "1")
     assert bad.returncode == 2 and "already holds a training run" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_module_points_to_the_command():
+    """``python -m llama.train`` has no flags of its own: it says what to run instead of silently doing nothing."""
+    proc = subprocess.run([sys.executable, "-m", "llama.train", "--out", "x"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 1 and "llama train --out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_on_step_is_called_after_each_step_and_its_checkpoint(tmp_path, text):
+    seen = []
+
+    def on_step(step: int) -> None:
+        latest = tmp_path / "r" / "checkpoints" / "latest"
+        seen.append((step, latest.read_text().strip() if latest.exists() else None))
+
+    cfg = TrainConfig(out=str(tmp_path / "r"), data=str(text), model="tiny", tokenizer="bytes", block_size=32,
+                      batch_size=4, threads=1, eval_tokens=256, sample_tokens=0, progress=False, max_steps=4,
+                      eval_every=2)
+    assert train(cfg, on_step=on_step)["step"] == 4
+    assert seen == [(1, None), (2, "step-0000002"), (3, "step-0000002"), (4, "step-0000004")]
 
 
 # ------------------------------------------------------------------------ the chapter's command

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llama.train import read_log
+from llama.train_state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
@@ -29,8 +29,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
     common = ["--data", str(text), *TINY, "--max-steps", "6", "--eval-every", "1"]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llama.train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
-    single = [sys.executable, "-m", "llama.train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
+           "-m", "llama.cli", "train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
+    single = [sys.executable, "-m", "llama.cli", "train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
     env = {**os.environ, **LOOPBACK}
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in (ddp, single)]
@@ -60,7 +60,7 @@ def test_a_user_error_stops_every_rank(tmp_path):
     out.mkdir()
     (out / "run.json").write_text("{}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llama.train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
+           "-m", "llama.cli", "train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **LOOPBACK}, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.count("already holds a training run") == 2  # printed by both ranks

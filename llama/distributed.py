@@ -1,0 +1,147 @@
+"""Several processes training as one: torchrun's environment, the process group, DDP, and what
+rank 0 decides for every rank.
+
+``torchrun --nproc_per_node N`` starts ``N`` copies of ``llama train`` and tells each, through
+environment variables, its ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE``.
+:func:`setup` reads them into a :class:`Dist` and joins the process group (gloo on CPU, NCCL on
+GPU); :func:`wrap_model` makes the gradients the mean over all ranks; :func:`teardown` leaves the
+group. The training loop learns about the other processes only through a :class:`Dist` and these
+functions, so another way of spreading a model over processes can be added here alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Dist", "setup", "teardown", "wrap_model", "on_rank0", "broadcast_from_rank0"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands among the processes of a run.
+
+    Attributes:
+        rank: this process's index among all of them; rank 0 writes the files.
+        world_size: number of processes.
+        local_rank: index among the processes of this machine (it picks the GPU).
+        local_world_size: processes on this machine, which share its CPU cores.
+        device: where this process computes.
+        owns_group: :func:`setup` started the process group, so :func:`teardown` ends it.
+
+    >>> Dist().world_size, Dist().device
+    (1, device(type='cpu'))
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+
+# --8<-- [start:ddp]
+def setup() -> Dist:
+    """Read torchrun's environment, pick this process's device and, with several processes,
+    join the process group.
+
+    Returns:
+        This process's :class:`Dist`; without torchrun, a single process (rank 0 of 1).
+    """
+    env = {k: int(os.environ.get(k, default)) for k, default in
+           (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))}
+    if torch.cuda.is_available():
+        device = torch.device("cuda", env["LOCAL_RANK"])  # one GPU per process on a machine
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    owns = env["WORLD_SIZE"] > 1 and not torch.distributed.is_initialized()
+    if owns:  # torchrun's MASTER_ADDR and MASTER_PORT say where the ranks meet
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], device, owns)
+
+
+def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """The module the training step runs: ``model`` itself in a single process, else wrapped in
+    ``DistributedDataParallel``, whose backward pass all-reduces the gradients to their mean over
+    the ranks, so that every rank applies the same update and the weights stay identical.
+    """
+    if dist.world_size == 1:
+        return model
+    ids = [dist.local_rank] if dist.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+# --8<-- [end:ddp]
+
+
+def teardown(dist: Dist) -> None:
+    """Leave the process group that :func:`setup` started (a group started by the caller stays)."""
+    if dist.owns_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+# User errors that cross from rank 0 to the other ranks, by name (never by pickle).
+_USER_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
+
+
+def on_rank0(dist: Dist, work: Callable[[], Any]) -> Any:
+    """Run ``work()`` on rank 0 only and give its result to every rank.
+
+    Rank 0 decides what every rank must agree on (is ``--out`` usable, what did the saved run
+    use) and writes the files the others then read; they wait here meanwhile. A user error
+    (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) raised by ``work`` is raised
+    on every rank, so no rank waits forever for one that gave up.
+
+    Args:
+        dist: this process's place in the run.
+        work: a function whose result is JSON-able; it travels as JSON bytes in a tensor.
+
+    Returns:
+        What ``work()`` returned on rank 0.
+
+    Raises:
+        ValueError, FileNotFoundError, FileExistsError: what ``work`` raised on rank 0.
+
+    >>> on_rank0(Dist(), lambda: {"step": 5})
+    {'step': 5}
+    """
+    result: dict[str, Any] = {}
+    if dist.rank == 0:
+        try:
+            result = {"ok": work()}
+        except tuple(_USER_ERRORS.values()) as err:
+            if dist.world_size == 1:
+                raise
+            result = {"error": type(err).__name__, "message": str(err)}
+    if dist.world_size > 1:
+        # On the process's device: NCCL moves only GPU tensors.
+        data = list(json.dumps(result).encode()) if dist.rank == 0 else []
+        payload = torch.tensor(data, dtype=torch.uint8, device=dist.device)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=dist.device)
+        torch.distributed.broadcast(size, 0)
+        if dist.rank != 0:
+            payload = torch.empty(int(size), dtype=torch.uint8, device=dist.device)
+        torch.distributed.broadcast(payload, 0)
+        result = json.loads(bytes(payload.cpu().tolist()).decode())
+    if "error" in result:
+        raise _USER_ERRORS[result["error"]](result["message"])
+    return result["ok"]
+
+
+def broadcast_from_rank0(value: float, dist: Dist) -> float:
+    """Rank 0's ``value`` on every rank: a decision taken from a clock (stop now?) must be the
+    same on all ranks, whose clocks differ, or one rank would wait for a step the others skip.
+
+    >>> broadcast_from_rank0(1.5, Dist())
+    1.5
+    """
+    if dist.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=dist.device)
+    torch.distributed.broadcast(t, 0)
+    return float(t)

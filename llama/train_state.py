@@ -1,0 +1,301 @@
+"""The run folder: what a training run saves, and how a run resumes from it exactly.
+
+What one run writes into ``--out DIR`` (only rank 0 writes):
+
+* ``run.json``: the run's settings (a later ``--resume`` must agree with them);
+* ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece);
+* ``data/{train,val}.npy``: the token ids, tokenized once, memory-mapped;
+* ``log.jsonl``: one JSON record per evaluation (loss, perplexity, bits per byte, lr, time);
+* ``checkpoints/step-NNNNNNN/``: weights and optimizer state as safetensors, everything else
+  (config, step, random-number-generator states) as JSON; ``checkpoints/latest`` names the
+  newest complete one;
+* ``model/``: the final weights as a Hugging Face folder (:func:`llama.checkpoint.save_hf`),
+  and ``samples.txt``: text sampled from it.
+
+:mod:`llama.train` calls these functions; they know nothing of the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llama._files import atomic_write_text
+from llama.data import TokenData, WindowSampler, prepare_tokens, read_text, split_bytes
+from llama.download import sha256_file
+from llama.model import Transformer
+from llama.train_config import TrainConfig
+
+__all__ = [
+    "check_out",
+    "merge_resume",
+    "prepare_run",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_log",
+    "trim_log",
+]
+
+
+# --------------------------------------------------------------------------- starting or resuming
+def check_out(out: Path, resume: bool) -> dict[str, Any] | None:
+    """Check the output folder against ``--resume``.
+
+    Args:
+        out: the run's folder (``--out``).
+        resume: whether the user asked to continue the run in it.
+
+    Returns:
+        The saved settings (``run.json``) when resuming, else ``None``.
+
+    Raises:
+        ValueError: ``out`` is a file.
+        FileExistsError: a new run into a folder that holds one.
+        FileNotFoundError: ``resume`` with no run to resume.
+    """
+    run_file = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    if not resume:
+        if run_file.exists() or (out / "checkpoints").exists() or (out / "log.jsonl").exists():
+            raise FileExistsError(
+                f"{out} already holds a training run; pass --resume to continue it, or choose another --out "
+                "(or delete the folder) to start a new one"
+            )
+        return None
+    if not run_file.is_file():
+        raise FileNotFoundError(f"nothing to resume in {out}: it has no run.json; drop --resume to start a new run")
+    return json.loads(run_file.read_text())
+
+
+def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world_size: int) -> TrainConfig:
+    """Settings of a resumed run: the saved ones, except flags given now that
+    :attr:`TrainConfig.RESUMABLE_CHANGES` allows to change (how long, how it reports).
+
+    Args:
+        cfg: the settings of this invocation.
+        given: names of the settings the user gave explicitly; the others come from ``saved``.
+        saved: the run's ``run.json`` (:func:`check_out`).
+        world_size: number of processes now.
+
+    Returns:
+        The settings to continue the run with.
+
+    Raises:
+        ValueError: a flag given now contradicts the saved run, or the number of processes
+            differs (the message lists them).
+    """
+    conflicts = [f"--{k.replace('_', '-')} {v!r} (the run used {saved.get(k)!r})"
+                 for k, v in cfg.run_settings().items() if k in given and v != saved.get(k)]
+    if world_size != saved.get("world_size"):
+        conflicts.append(f"{world_size} process(es) (the run used {saved.get('world_size')}; "
+                         "the data order depends on it)")
+    if conflicts:
+        raise ValueError(f"--resume: the flags disagree with the run in {cfg.out}: " + "; ".join(conflicts)
+                         + ". Drop those flags to continue the run as it was, or start a new run in another --out")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+    return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given else saved[k] for k in fields})
+
+
+def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path):
+    """Train or load the tokenizer into ``out``; returns (tokenizer, its file)."""
+    from llama.tokenizer import BPETokenizer, load_tokenizer, train_sentencepiece
+
+    for existing in (out / "tokenizer.json", out / "tokenizer.model"):
+        if existing.is_file():
+            return load_tokenizer(existing), existing
+    if cfg.tokenizer in ("bytes", "bpe", "sentencepiece"):
+        train_text = split_bytes(read_text(text_path))[0].decode("utf-8")  # never the validation text
+        if cfg.tokenizer == "sentencepiece":
+            path = out / "tokenizer.model"
+            return train_sentencepiece(train_text, cfg.vocab_size, path), path
+        tok = BPETokenizer([]) if cfg.tokenizer == "bytes" else BPETokenizer.train(train_text, cfg.vocab_size)
+        path = out / "tokenizer.json"
+        tok.save(path)
+        return tok, path
+    source = Path(cfg.tokenizer)
+    if not source.is_file():
+        raise FileNotFoundError(f"--tokenizer {source}: no such file; give bytes, bpe, sentencepiece or a saved tokenizer")
+    tok = load_tokenizer(source)
+    path = out / ("tokenizer.json" if source.read_bytes()[:1] == b"{" else "tokenizer.model")
+    shutil.copyfile(source, path)
+    return tok, path
+
+
+def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
+                write: bool) -> tuple[Any, Path, TokenData]:
+    """The run's tokenizer and token ids, made in its folder the first time and read after that.
+
+    With ``write`` (rank 0 only, before the others call this without it): a new run records its
+    settings in ``run.json``, with the number of processes and the text's sha256; a resumed run
+    checks that the text is the one it was trained on. Then the tokenizer is trained (or copied)
+    and the text tokenized, unless their files are already there.
+
+    Args:
+        cfg: the run's settings (``out``, ``tokenizer``, ``vocab_size``).
+        text_path: the training text.
+        saved: the saved settings of a resumed run (:func:`check_out`), or ``None``.
+        world_size: number of processes, recorded because the data order depends on it.
+        write: write ``run.json`` (or check the text against it) first.
+
+    Returns:
+        ``(tokenizer, its file, TokenData of the train and validation ids)``.
+
+    Raises:
+        ValueError: a resumed run given another text.
+        FileNotFoundError: ``cfg.tokenizer`` names a file that does not exist.
+    """
+    out = Path(cfg.out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            run = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+            run.update(world_size=world_size, text_sha256=sha256_file(text_path))
+            atomic_write_text(out / "run.json", json.dumps(run, indent=1))
+        elif saved["text_sha256"] != sha256_file(text_path):
+            raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
+                             "(its sha256 differs); pass the original with --data")
+    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out)
+    data = prepare_tokens(text_path, tokenizer, sha256_file(tok_file), out / "data")
+    return tokenizer, tok_file, data
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def _rng_json() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"python": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+
+
+def _set_rng_json(state: dict[str, Any]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# --8<-- [start:save_checkpoint]
+def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimizer, sampler: WindowSampler,
+                    state: dict[str, Any], tokenizer_file: Path) -> Path:
+    """Write a complete checkpoint to ``out/checkpoints/step-NNNNNNN`` and point ``latest`` at it.
+
+    Files: ``model.safetensors`` (weights), ``optimizer.safetensors`` (AdamW's moments and
+    step counts, by parameter name, and the torch and data-sampler generator states),
+    ``state.json`` (step, time, configs, Python and NumPy generator states, optimizer
+    hyper-parameters) and a copy of the tokenizer. Everything goes into a temporary folder
+    that is renamed into place, and ``latest`` is replaced afterwards: a crash at any
+    moment leaves the previous checkpoint intact and ``latest`` pointing at a complete one.
+    """
+    from safetensors.torch import save_file
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    weights = {k: v for k, v in model.state_dict().items()
+               if not (model.config.tie_embeddings and k == "output.weight")}
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors, groups = {}, []
+    for group in optimizer.param_groups:
+        groups.append({k: v for k, v in group.items() if k != "params"} | {"params": [names[id(p)] for p in group["params"]]})
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"state.{names[id(p)]}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.sampler"] = sampler.state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, tmp / "optimizer.safetensors")
+    meta = {**state, "param_groups": groups, "rng": _rng_json()}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)  # atomic: the folder appears complete or not at all
+    atomic_write_text(root / "latest", name + "\n")
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+# --8<-- [end:save_checkpoint]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint folder ``out/checkpoints/latest`` names, or ``None`` if there is none yet."""
+    pointer = out / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = out / "checkpoints" / pointer.read_text().strip()
+    if not (path / "state.json").is_file():
+        raise ValueError(f"{pointer} names {path.name}, which is missing or incomplete; delete {pointer} to restart")
+    return path
+
+
+# --8<-- [start:load_checkpoint]
+def load_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer,
+                    sampler: WindowSampler) -> dict[str, Any]:
+    """Restore weights, optimizer state and every generator state from :func:`save_checkpoint`'s folder.
+
+    Returns the ``state.json`` dict (``step``, ``elapsed``, ...).
+    """
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "state.json").read_text())
+    weights = load_file(path / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [m for m in missing if not (model.config.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    tensors = load_file(path / "optimizer.safetensors")
+    params = dict(model.named_parameters())
+    index = {}
+    groups = []
+    for group in meta["param_groups"]:
+        ids = []
+        for name in group["params"]:
+            index[name] = len(index)
+            ids.append(index[name])
+        groups.append({**group, "params": ids, "betas": tuple(group["betas"])})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            name, field = key[len("state."):].rsplit(".", 1)
+            if name not in params:
+                raise ValueError(f"{path}: optimizer state for unknown parameter {name}")
+            opt_state.setdefault(index[name], {})[field] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    sampler.set_state(tensors["rng.sampler"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    _set_rng_json(meta["rng"])
+    return meta
+# --8<-- [end:load_checkpoint]
+
+
+# ------------------------------------------------------------------------------------- the log
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl`` file, in order."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Forget the records of ``log.jsonl`` made after ``step`` (and the final one): a run resumed
+    from the checkpoint of ``step`` makes them again, and the log must read as one run's."""
+    if path.exists():
+        kept = [r for r in read_log(path) if r["step"] <= step and not r.get("final")]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

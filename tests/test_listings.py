@@ -190,3 +190,84 @@ def test_runner_reports_exactly_the_failing_block(tmp_path):
     assert [(f["where"], f["line"], f["error"]) for f in report["failures"]] == [
         ("book/sample.md:18", 19, "NameError: name 'undefined_name' is not defined"),
     ]
+
+
+MODULE = '''\
+"""A module."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+LIMIT = 3
+
+
+def _helper(x):
+    return x
+
+
+# --8<-- [start:one]
+@dataclass
+class Box(Base):
+    r"""A box: $\\frac{a}{b}$.
+
+    More text.
+    """
+
+    items: Sequence[int] = field(default_factory=list)
+
+    # --8<-- [start:size]
+    def size(self, scale: float = LIMIT) -> float:
+        """Its size."""
+        # comments stay
+        return math.sqrt(_helper(len(self.items))) * scale
+    # --8<-- [end:size]
+# --8<-- [end:one]
+
+
+class Base:
+    pass
+'''
+
+
+def test_listing_imports_what_it_uses_and_drops_docstrings(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/mod.py").write_text(MODULE)
+    listing = listings.render_listing("pkg/mod.py", "one", {"math"}, root=tmp_path)
+    assert not listing.is_excerpt and listing.title == "pkg/mod.py"
+    assert listing.code == textwrap.dedent('''\
+        from dataclasses import dataclass, field
+        from typing import Sequence
+        from pkg.mod import Base, LIMIT, _helper
+
+        @dataclass
+        class Box(Base):
+            items: Sequence[int] = field(default_factory=list)
+
+            def size(self, scale: float = LIMIT) -> float:
+                # comments stay
+                return math.sqrt(_helper(len(self.items))) * scale''')
+    assert listing.binds == {"Box", "Base", "LIMIT", "_helper", "dataclass", "field", "Sequence"}
+    again = listings.render_listing("pkg/mod.py", "one", {"math"} | listing.binds, root=tmp_path)
+    assert again.code.startswith("@dataclass"), "names shown by an earlier listing are not imported twice"
+
+
+def test_section_inside_a_class_is_an_excerpt(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/mod.py").write_text(MODULE)
+    listing = listings.render_listing("pkg/mod.py", "size", set(), "Sizes", root=tmp_path)
+    assert listing.is_excerpt and listing.title == "Sizes · Box.size (excerpt)"
+    assert listing.code == "def size(self, scale: float = LIMIT) -> float:\n    # comments stay\n    return math.sqrt(_helper(len(self.items))) * scale"
+    assert listing.binds == frozenset()
+
+
+def test_missing_section_names_the_include(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/mod.py").write_text(MODULE)
+    page = '```python\n--8<-- "pkg/mod.py:sise"\n```\n'
+    with pytest.raises(listings.ListingError, match=r'ch\.md: --8<-- "pkg/mod.py:sise": pkg/mod.py has no section "sise" \(its sections: one, size\)'):
+        listings.expand_page(page, tmp_path, "ch.md")
+    with pytest.raises(listings.ListingError, match="there is no file pkg/nope.py"):
+        listings.expand_page(page.replace("mod.py", "nope.py"), tmp_path, "ch.md")

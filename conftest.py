@@ -8,7 +8,8 @@ In ``book/**/*.md``:
 * info strings may carry attributes (```` ```python title="check.py" ````);
 * fences indented inside Material admonitions (``??? success "Solution"``) count the same;
 * a fence whose body is a snippet include (``--8<-- "llama/rope.py:freqs"``) is skipped: that code
-  is tested where it lives, in ``llama/``.
+  is tested where it lives, in ``llama/``, and tests/test_listings.py runs the listing the hook
+  hooks/listings.py makes of it.
 
 All examples of one page share one namespace, in page order. ``>>>`` examples in the docstrings of
 ``llama/*.py`` are collected too (so do not also pass ``--doctest-modules``: they would run twice).

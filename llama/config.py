@@ -117,7 +117,6 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     rope_scaling: RopeScaling | None = None
-    # --8<-- [end:config]
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -132,6 +131,7 @@ class ModelConfig:
     def head_dim(self) -> int:
         """Width of one attention head, ``dim // n_heads``."""
         return self.dim // self.n_heads
+    # --8<-- [end:config]
 
     def validate(self) -> None:
         """Check that the sizes fit together; raise ``ValueError`` naming the fix if not."""
@@ -187,6 +187,7 @@ class ModelConfig:
         return cls(**data)
 
     # ------------------------------------------------------------------- Hugging Face names
+    # --8<-- [start:hf_config]
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
         """Read the fields of a transformers ``LlamaConfig`` (a ``config.json`` as a dict).
@@ -277,6 +278,7 @@ class ModelConfig:
             "attention_bias": False,
             "mlp_bias": False,
         }
+    # --8<-- [end:hf_config]
 
 
 def _nearby_divisor(n: int, near: int) -> int:

@@ -32,7 +32,6 @@ HF_NAMES: dict[str, str] = {
     "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
     "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
 }
-# --8<-- [end:names]
 
 # Buffers some older Hugging Face checkpoints carry; they are recomputed from the config.
 _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|model\.rotary_emb\.inv_freq")
@@ -48,8 +47,10 @@ def _names(n_layers: int, table: dict[str, str]) -> dict[str, str]:
         else:
             out[ours] = theirs
     return out
+# --8<-- [end:names]
 
 
+# --8<-- [start:shapes]
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of a :class:`~llama.model.Transformer` with this config, by our names.
 
@@ -77,6 +78,7 @@ def _check_shapes(sd: dict[str, torch.Tensor], config: ModelConfig, where: str) 
                 f"{where}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}; "
                 "the checkpoint and its config disagree"
             )
+# --8<-- [end:shapes]
 
 
 # --8<-- [start:to_hf]

@@ -154,10 +154,12 @@ def nav_pages(nav=None, section: str | None = None) -> list[NavPage]:
 
 def pytest_generate_tests(metafunc):
     # A test that takes `nav_page` runs once per page of the book; `chapter_page`, once per chapter;
-    # `prompt_page`, once per Markdown page with a >>> example.
+    # `prompt_page`, once per Markdown page with a >>> example; `reader_page`, once per page a
+    # reader copies code from (Home and the chapters).
     kinds = {
         "nav_page": lambda p: True,
         "chapter_page": lambda p: p.kind == "chapter",
+        "reader_page": lambda p: p.kind in ("home", "chapter"),
         "prompt_page": lambda p: p.path.endswith(".md") and p.source.is_file() and ">>> " in p.source.read_text("utf-8"),
     }
     for name, keep in kinds.items():

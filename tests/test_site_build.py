@@ -64,46 +64,44 @@ def build(config_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
-def snippet_options(mkdocs_yml) -> dict:
-    for ext in mkdocs_yml["markdown_extensions"]:
-        if isinstance(ext, dict) and "pymdownx.snippets" in ext:
-            return dict(ext["pymdownx.snippets"])
-    raise AssertionError("pymdownx.snippets is not configured")
-
-
-def write_snippet_site(tmp_path: Path, mkdocs_yml, section: str) -> Path:
-    options = snippet_options(mkdocs_yml)
-    options["base_path"] = [str(tmp_path)]
+def write_snippet_site(tmp_path: Path, section: str) -> Path:
     config = {
         "site_name": "snippet check",
         "docs_dir": "docs",
-        "markdown_extensions": ["pymdownx.superfences", {"pymdownx.snippets": options}],
+        "hooks": [str(REPO / "hooks/listings.py")],
+        "markdown_extensions": ["pymdownx.superfences"],
     }
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg/mod.py").write_text(
-        "# --8<-- [start:twice]\ndef twice(x):\n    return 2 * x\n# --8<-- [end:twice]\n"
+        "import math\n\n\n# --8<-- [start:twice]\ndef twice(x):\n"
+        "    r\"\"\"Twice $x$: \\\\cdot 2.\"\"\"\n    return 2 * math.floor(x)\n# --8<-- [end:twice]\n"
     )
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/index.md").write_text(f'# Page\n\n```python\n--8<-- "pkg/mod.py:{section}"\n```\n')
     return tmp_path
 
 
-def test_snippets_check_paths_is_on(mkdocs_yml):
-    assert snippet_options(mkdocs_yml).get("check_paths") is True
+def test_listings_hook_expands_the_includes(mkdocs_yml):
+    assert "hooks/listings.py" in mkdocs_yml["hooks"]
+    # Two expansions of the same include would disagree; the hook is the only one.
+    assert not any("pymdownx.snippets" in str(ext) for ext in mkdocs_yml["markdown_extensions"])
 
 
-def test_snippet_section_is_included(tmp_path, mkdocs_yml):
-    result = build(write_snippet_site(tmp_path, mkdocs_yml, "twice"))
+def test_snippet_section_is_included_with_its_imports(tmp_path):
+    result = build(write_snippet_site(tmp_path, "twice"))
     assert result.returncode == 0, result.stderr
     html = (tmp_path / "site/index.html").read_text()
-    assert "twice" in html and "--8&lt;--" not in html and "[start:" not in html
+    code = re.sub(r"<[^>]+>", "", html)  # the listing's text, without Pygments' spans
+    assert "import math\n\ndef twice(x):\n    return 2 * math.floor(x)" in code
+    assert "--8&lt;--" not in html and "[start:" not in html
+    assert "cdot" not in html, "the docstring (raw TeX) must not be shown in the listing"
 
 
-def test_wrong_snippet_section_fails_the_build(tmp_path, mkdocs_yml):
-    result = build(write_snippet_site(tmp_path, mkdocs_yml, "twcie"))
+def test_wrong_snippet_section_fails_the_build(tmp_path):
+    result = build(write_snippet_site(tmp_path, "twcie"))
     assert result.returncode != 0
-    assert "twcie" in result.stderr and "could not be located" in result.stderr
+    assert 'index.md: --8<-- "pkg/mod.py:twcie": pkg/mod.py has no section "twcie"' in result.stderr
 
 
 def write_figure_site(tmp_path: Path, figure_body: str, page: str) -> Path:

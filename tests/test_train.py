@@ -130,9 +130,9 @@ def test_run_writes_log_checkpoint_model_and_samples(tmp_path, text):
     assert set(state["rng"]) == {"python", "numpy"}
     assert {"rng.torch", "rng.sampler"} <= set(load_file(ckpt / "optimizer.safetensors"))
     assert not list((out / "checkpoints").glob("step-0000003"))  # older checkpoints are pruned
-    from llama.checkpoint import load_checkpoint
+    from llama.model import Transformer
 
-    model = load_checkpoint(out / "model")  # the final model, as a Hugging Face folder
+    model = Transformer.from_pretrained(out / "model")  # the final model, as a Hugging Face folder
     assert torch.equal(model.tok_embeddings.weight, load_file(ckpt / "model.safetensors")["tok_embeddings.weight"])
     assert (out / "samples.txt").is_file()
 

@@ -328,11 +328,10 @@ def _finish(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: 
     """Write the final model as a Hugging Face folder (with its tokenizer) and a text sample from it."""
     import shutil
 
-    from llama.checkpoint import save_hf
     from llama.generation import generate
     from llama.sampling import Sampling
 
-    save_hf(model, out / "model")
+    model.save_pretrained(out / "model")
     shutil.copyfile(tok_file, out / "model" / tok_file.name)
     if cfg.sample_tokens > 0:
         model.eval()

@@ -90,6 +90,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- pickles, safely
+# --8<-- [start:files]
 def _torch_load_weights(path: Path) -> StateDict:
     """``torch.load`` that accepts only a flat ``{name: tensor}`` dict and never runs pickled code."""
     if not path.is_file():
@@ -132,6 +133,7 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON (truncated?): {err}") from None
+# --8<-- [end:files]
 
 
 # -------------------------------------------------------------------------------- Hugging Face

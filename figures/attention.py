@@ -80,7 +80,7 @@ def attention_maps(model: Transformer, tokens: torch.Tensor) -> tuple[torch.Tens
         all_scores.append((q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim))[0])
         # attention() with the identity as values returns the weights themselves.
         all_weights.append(attention(q, k, torch.eye(s).expand(b, attn.n_heads, s, s), causal_mask(s))[0])
-        h = layer(h, model.rope_cos[:s], model.rope_sin[:s])
+        h = layer(h, model.rope_cos[:s], model.rope_sin[:s], torch.arange(s))
     return torch.stack(all_scores), torch.stack(all_weights)
 
 

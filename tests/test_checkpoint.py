@@ -373,7 +373,7 @@ def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
     with pytest.raises(ValueError, match=r"missing \['layers.1.feed_forward.w3.weight'\], unexpected \[\]"):
         save_llama2c({k: v for k, v in sd.items() if k != "layers.1.feed_forward.w3.weight"},
                      ModelConfig(**GQA_TINY), path)
-    with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(96, 64\) but the config implies \(80, 64\)"):
+    with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(96, 64\) but the config implies \(80"):
         save_llama2c(sd, ModelConfig(**{**GQA_TINY, "hidden_dim": 80}), path)
     with pytest.raises(ValueError, match="output.weight differs from tok_embeddings.weight"):
         save_llama2c(sd, ModelConfig(**GQA_TINY, tie_embeddings=True), path)

@@ -256,6 +256,13 @@ def bench_config(name: str, config: ModelConfig, repeats: int, run_c: RunC | str
     """Time every engine on one config; ``run_c`` is the compiled peer, or the reason it is skipped."""
     torch.manual_seed(0)
     model = Transformer(config).eval()
+    with torch.no_grad():
+        # At init scale the blocks barely move the residual stream and the shared head answers the
+        # last token with itself: every engine would print "was was was ...", and agreeing on that
+        # proves little. Ten times larger matrices make the ids depend on every layer.
+        for key, weight in model.named_parameters():
+            if key.startswith("layers.") and weight.ndim == 2:
+                weight.mul_(10)
     hf = hf_twin(model)
     laid_out = prepare_for_decoding(copy.deepcopy(model))  # same values, column-major matrices
     text = None

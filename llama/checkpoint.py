@@ -1,4 +1,4 @@
-r"""Checkpoints in the three formats a reader meets, read into our names and written as Hugging Face.
+r"""Checkpoints in the three formats a reader meets, read into our names, written as Hugging Face or llama2.c.
 
 =================  ==============================================  ===========================
 format             files                                           tensor names and layout
@@ -483,7 +483,7 @@ def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.Path
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            f.write(np.asarray([header[f] for f in LLAMA2C_HEADER], dtype="<i4").tobytes())
+            f.write(np.asarray([header[field] for field in LLAMA2C_HEADER], dtype="<i4").tobytes())
             for tensor in blocks():  # one tensor at a time: a large model is never copied whole
                 f.write(tensor.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False).tobytes())
 

@@ -1,4 +1,4 @@
-r"""Checkpoints in the three formats a reader meets, read into our names and written as Hugging Face.
+r"""Checkpoints in the three formats a reader meets, read into our names, written as Hugging Face or llama2.c.
 
 =================  ==============================================  ===========================
 format             files                                           tensor names and layout
@@ -44,6 +44,7 @@ __all__ = [
     "llama2c_layout",
     "read_checkpoint",
     "save_hf",
+    "save_llama2c",
     "LLAMA2C_HEADER",
 ]
 
@@ -395,3 +396,91 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
     atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
 # --8<-- [end:save_hf]
+
+
+# ------------------------------------------------------------------------------ save llama2.c
+#: What ``run.c`` hard-codes instead of reading from the file; a config must match to be written.
+_LLAMA2C_FIXED = {"rope_theta": 10000.0, "norm_eps": 1e-5, "rope_scaling": None}
+
+
+# --8<-- [start:save_llama2c]
+def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.PathLike) -> None:
+    """Write weights as a legacy llama2.c ``.bin``, the file ``run.c`` runs and :func:`read_llama2c` reads.
+
+    The inverse of :func:`read_llama2c`: the :data:`LLAMA2C_HEADER` as int32 (``vocab_size``
+    negative when the output head is not shared with the embedding), then every tensor as
+    float32 in :func:`llama2c_layout`'s order. Our ``wq``/``wk`` rows are already in the
+    interleaved RoPE order run.c rotates, so the matrices are written as they are. The two RoPE
+    tables (``cos`` and ``sin``, ``max_seq_len x head_dim/2``) that run.c skips are written
+    with the values llama2.c's exporter put there, so the file is the one llama2.c would make.
+    The file is written atomically.
+
+    Args:
+        state_dict: our tensor names, e.g. ``model.state_dict()``; with ``config.tie_embeddings``
+            ``output.weight`` may be absent, or present and equal to the embedding.
+        config: the model's config. run.c reads only the header, so everything else it must
+            assume: RoPE base 10,000 without scaling and RMSNorm epsilon 1e-5.
+        path: the ``.bin`` file to write.
+
+    Raises:
+        ValueError: a config the format cannot describe, or a state dict that does not match it.
+    """
+    for field, value in _LLAMA2C_FIXED.items():
+        if getattr(config, field) != value:
+            raise ValueError(
+                f"llama2.c's format cannot hold {field}={getattr(config, field)!r}: run.c assumes {value!r} "
+                "and the file has no field for it"
+            )
+    kv_dim = config.n_kv_heads * config.head_dim
+    # run.c indexes the embedding and its KV cache with 32-bit ints.
+    if max(config.vocab_size * config.dim, config.n_layers * config.max_seq_len * kv_dim) >= 2**31:
+        raise ValueError(
+            "llama2.c's run.c indexes with 32-bit ints: vocab_size * dim and n_layers * max_seq_len * kv_dim "
+            "must stay below 2**31 (lower max_seq_len)"
+        )
+    names = set(expected_shapes(config))
+    if config.tie_embeddings:
+        names.discard("output.weight")
+        head = state_dict.get("output.weight")
+        if head is not None and not torch.equal(head, state_dict.get("tok_embeddings.weight", head)):
+            raise ValueError(
+                "config.tie_embeddings is True but output.weight differs from tok_embeddings.weight: "
+                "llama2.c's format stores a shared head only once; untie the config to write both"
+            )
+    missing, unexpected = sorted(names - set(state_dict)), sorted(set(state_dict) - names - {"output.weight"})
+    if missing or unexpected:
+        raise ValueError(f"state dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, shape in expected_shapes(config).items():  # in model order, so the first wrong one is named
+        if name in names and tuple(state_dict[name].shape) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(state_dict[name].shape)} but the config implies {shape}")
+
+    # llama2.c's exporter: cos and sin of pos * 10000^(-2i/head_dim), one row per position.
+    half = config.head_dim // 2
+    freqs = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) * 2 / config.head_dim))
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
+    rope = {"rope_real": angles.cos(), "rope_imag": angles.sin()}
+    ours = {"tok_embeddings": "tok_embeddings", "norm": "norm", "output": "output",
+            "attention_norm": "attention_norm", "ffn_norm": "ffn_norm", "wq": "attention.wq",
+            "wk": "attention.wk", "wv": "attention.wv", "wo": "attention.wo", "w1": "feed_forward.w1",
+            "w2": "feed_forward.w2", "w3": "feed_forward.w3"}
+
+    def blocks():
+        for name, _, copies in llama2c_layout(config):
+            if name in rope:
+                yield rope[name]
+            elif copies == 1:
+                yield state_dict[f"{ours[name]}.weight"]
+            else:
+                yield from (state_dict[f"layers.{i}.{ours[name]}.weight"] for i in range(config.n_layers))
+
+    header = {**{field: getattr(config, field) for field in LLAMA2C_HEADER[:-1]}, "seq_len": config.max_seq_len}
+    header["vocab_size"] *= 1 if config.tie_embeddings else -1  # negative: a separate head follows
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(np.asarray([header[field] for field in LLAMA2C_HEADER], dtype="<i4").tobytes())
+            for tensor in blocks():  # one tensor at a time: a large model is never copied whole
+                f.write(tensor.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False).tobytes())
+
+    atomic_write(path, write)
+# --8<-- [end:save_llama2c]

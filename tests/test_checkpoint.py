@@ -334,3 +334,106 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
     save_file  # imported for the monkeypatched name's sake
+
+
+# ------------------------------------------------------------------- save_llama2c, checked by run.c
+# Imports stay inside the tests so this section can be appended to without touching the file's top.
+GQA_TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=301, hidden_dim=96, max_seq_len=48)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_save_llama2c_round_trip_is_exact(tmp_path, tie):
+    from llama.checkpoint import llama2c_layout, save_llama2c
+
+    config = ModelConfig(**GQA_TINY, tie_embeddings=tie)
+    sd = random_model(config).state_dict()
+    save_llama2c(sd, config, tmp_path / "model.bin")
+    read_config, read_sd = read_llama2c(tmp_path / "model.bin")
+    assert read_config == config
+    assert set(read_sd) == set(sd)
+    for name, tensor in sd.items():
+        assert torch.equal(read_sd[name], tensor), name
+    header = np.fromfile(tmp_path / "model.bin", dtype="<i4", count=7).tolist()
+    assert header == [64, 96, 2, 4, 2, 301 if tie else -301, 48]
+    # The two tables run.c skips hold what llama2.c's exporter wrote: cos and sin of pos * 10000^(-2i/head_dim).
+    floats = np.fromfile(tmp_path / "model.bin", dtype="<f4", offset=28)
+    before_rope = llama2c_layout(config)[:-2 if tie else -3]
+    n_before = sum(copies * int(np.prod(shape)) for _, shape, copies in before_rope)
+    angles = np.outer(np.arange(48), 10000.0 ** (-np.arange(8) * 2 / 16))
+    np.testing.assert_allclose(floats[n_before: n_before + 48 * 8].reshape(48, 8), np.cos(angles), atol=1e-6)
+    np.testing.assert_allclose(floats[n_before + 48 * 8: n_before + 2 * 48 * 8].reshape(48, 8), np.sin(angles),
+                               atol=1e-6)
+
+
+def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
+    from llama import RopeScaling
+    from llama.checkpoint import save_llama2c
+
+    sd = random_model(ModelConfig(**GQA_TINY)).state_dict()
+    path = tmp_path / "model.bin"
+    for field, value, shown in (("rope_theta", 500000.0, "rope_theta=500000.0: run.c assumes 10000.0"),
+                                ("norm_eps", 1e-6, "norm_eps=1e-06: run.c assumes 1e-05"),
+                                ("rope_scaling", RopeScaling(), "rope_scaling=RopeScaling")):
+        with pytest.raises(ValueError, match=f"llama2.c's format cannot hold {shown}"):
+            save_llama2c(sd, ModelConfig(**GQA_TINY, **{field: value}), path)
+    with pytest.raises(ValueError, match=r"missing \['layers.1.feed_forward.w3.weight'\], unexpected \[\]"):
+        save_llama2c({k: v for k, v in sd.items() if k != "layers.1.feed_forward.w3.weight"},
+                     ModelConfig(**GQA_TINY), path)
+    with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(96, 64\) but the config implies \(80"):
+        save_llama2c(sd, ModelConfig(**{**GQA_TINY, "hidden_dim": 80}), path)
+    with pytest.raises(ValueError, match="output.weight differs from tok_embeddings.weight"):
+        save_llama2c(sd, ModelConfig(**GQA_TINY, tie_embeddings=True), path)
+    with pytest.raises(ValueError, match="32-bit ints"):
+        save_llama2c(sd, ModelConfig(**{**GQA_TINY, "max_seq_len": 2**26}), path)
+    assert not path.exists() and os.listdir(tmp_path) == []  # refused before anything was written
+
+
+def _llama2c_tokenizer_of_ids(path, vocab_size: int) -> None:
+    """A run.c tokenizer.bin whose piece ``i`` is the text ``[i]``, so run.c's output parses back to ids.
+
+    With Llama 2's real pieces the printed text does not identify the ids: several ids print the
+    same text (``<0x41>`` and ``A``) and run.c drops unprintable bytes. Here different ids print
+    different texts. Only id 0 is ``" "``: run.c's encoder looks that piece up for the leading
+    space it puts before any prompt; the letters of a prompt, absent from this vocabulary, fall
+    back to their byte values + 3, and no two pieces concatenate into a third, so nothing merges.
+    """
+    pieces = [b" "] + [f"[{i}]".encode() for i in range(1, vocab_size)]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", max(len(p) for p in pieces)))
+        for piece in pieces:
+            f.write(struct.pack("<fi", 0.0, len(piece)) + piece)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_run_c_decodes_a_saved_model_as_we_do(tmp_path, shared_file, tie):
+    """llama2.c's run.c, written by someone else, runs our file and picks the same greedy ids as our model."""
+    import re
+    import shutil
+    import subprocess
+
+    from llama.checkpoint import save_llama2c
+
+    run_c = shared_file("llama2c/run.c")
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found: run.c cannot be compiled")
+    # -O2 without -ffast-math: the sums stay in IEEE order, so argmax cannot flip on a near tie.
+    subprocess.run([gcc, "-O2", str(run_c), "-lm", "-o", str(tmp_path / "run")], check=True, capture_output=True)
+    config = ModelConfig(**GQA_TINY, tie_embeddings=tie)
+    model = random_model(config, seed=3)
+    with torch.no_grad():  # at init scale the layers barely move the residual stream, and a tied
+        for name, p in model.named_parameters():  # head then repeats the last token: make them count
+            if name.startswith("layers.") and p.ndim == 2:
+                p.mul_(30)
+    save_llama2c(model.state_dict(), config, tmp_path / "model.bin")
+    _llama2c_tokenizer_of_ids(tmp_path / "tokenizer.bin", config.vocab_size)
+    # run.c encodes "ab" as BOS, the leading space (id 0), then bytes a and b + 3; it runs `steps`
+    # positions one token at a time, the last 3 prompt ones forced, the others sampled (-t 0: argmax).
+    prompt, steps = [1, 0, ord("a") + 3, ord("b") + 3], 40
+    out = subprocess.run([str(tmp_path / "run"), str(tmp_path / "model.bin"), "-z", str(tmp_path / "tokenizer.bin"),
+                          "-t", "0", "-n", str(steps), "-i", "ab"], check=True, capture_output=True, text=True).stdout
+    # It prints every token after BOS but the space that follows BOS (stripped, as SentencePiece does).
+    theirs = [int(i) if i else 0 for i in re.findall(r"\[(\d+)\]| ", out)]
+    ours = generate(model, prompt, steps - len(prompt) + 1)
+    assert 1 not in ours and len(set(ours)) > 10  # run.c would stop at a BOS; and not a one-token loop
+    assert theirs == prompt[2:] + ours

@@ -23,7 +23,7 @@ the median (best) of the repeats. The columns:
   :func:`llama.convert.llama_to_hf_state_dict`.
 - run.c: karpathy's llama2.c, the plain-C peer, compiled here with gcc into a temporary folder
   from ``$LLAMA_DATA_DIR/llama2c/run.c`` (default ``../shared/data``) and run on the same weights
-  written by :func:`llama.checkpoint.save_llama2c`, with ``OMP_NUM_THREADS`` set to the thread
+  written by :func:`llama.llama2c.save_llama2c`, with ``OMP_NUM_THREADS`` set to the thread
   count. run.c takes a text prompt: the prompt is the longest run of words of a fixed sentence
   that run.c's encoder turns into 8 ids, and those ids are every engine's prompt. run.c runs one
   position per prompt token and per new token but the last (``-n 135``) and times positions 2 to
@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from llama import ModelConfig, Transformer
-from llama.checkpoint import save_llama2c
+from llama.llama2c import save_llama2c
 from llama.convert import llama_to_hf_state_dict
 from llama.generation import CompiledDecoder, generate, prepare_for_decoding
 

@@ -4,7 +4,7 @@
   KV cache (one position through the model) and without it (all t positions again).
 * ``generation-sampling.svg``: one next-token distribution as each sampling rule leaves it.
 * ``checkpoints-llama2c-layout.svg`` (Checkpoints chapter): what the bytes of a llama2.c ``.bin``
-  hold, block by block, from :func:`llama.checkpoint.llama2c_layout`.
+  hold, block by block, from :func:`llama.llama2c.llama2c_layout`.
 
 Both use the pretrained ``stories260K`` when the reference data folder is present
 (``LLAMA_DATA_DIR``, default ``../shared/data``), else a seeded random model of its size; the
@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from llama.checkpoint import llama2c_layout
+from llama.llama2c import llama2c_layout
 from llama.config import PRESETS
 from llama.model import Transformer
 from llama.sampling import min_p_filter, top_k_filter, top_p_filter

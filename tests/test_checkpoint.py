@@ -13,7 +13,8 @@ from helpers import random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer, generate
-from llama.checkpoint import detect_format, read_llama2c
+from llama.checkpoint import detect_format
+from llama.llama2c import read_llama2c
 from llama.convert import llama_to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
@@ -343,7 +344,7 @@ GQA_TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=301, hid
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_save_llama2c_round_trip_is_exact(tmp_path, tie):
-    from llama.checkpoint import llama2c_layout, save_llama2c
+    from llama.llama2c import llama2c_layout, save_llama2c
 
     config = ModelConfig(**GQA_TINY, tie_embeddings=tie)
     sd = random_model(config).state_dict()
@@ -367,7 +368,7 @@ def test_save_llama2c_round_trip_is_exact(tmp_path, tie):
 
 def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
     from llama import RopeScaling
-    from llama.checkpoint import save_llama2c
+    from llama.llama2c import save_llama2c
 
     sd = random_model(ModelConfig(**GQA_TINY)).state_dict()
     path = tmp_path / "model.bin"
@@ -411,7 +412,7 @@ def test_run_c_decodes_a_saved_model_as_we_do(tmp_path, shared_file, tie):
     import shutil
     import subprocess
 
-    from llama.checkpoint import save_llama2c
+    from llama.llama2c import save_llama2c
 
     run_c = shared_file("llama2c/run.c")
     gcc = shutil.which("gcc")

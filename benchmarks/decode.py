@@ -32,9 +32,11 @@ the median (best) of the repeats. The columns:
   data folder.
 - speed-up, compiled speed-up, compiled / run.c, ours / run.c: ratios of the medians.
 - weights MB/token, bound tok/s, ... / bound: decoding one token reads every weight matrix once
-  (the output head included; of the embedding only one row), so no implementation can beat
-  ``copy bandwidth / weight bytes`` tokens per second. The bandwidth is measured here by copying
-  a 256 MiB tensor, counting the bytes read and the bytes written.
+  (the output head included; of the embedding only one row), so when the weights stream from
+  memory no implementation can beat ``copy bandwidth / weight bytes`` tokens per second. The
+  bandwidth is measured here by copying a 256 MiB tensor, counting the bytes read and the bytes
+  written. Weights that partly fit in the last-level cache (the 15M configuration's layers) can
+  be read faster, so a tight loop may exceed this bound there.
 - same ids: ours (both layouts), compiled and transformers chose the same 128 ids. run.c same
   text: run.c printed exactly the bytes that its tokenizer's pieces give for our ids (it prints
   text, not ids).

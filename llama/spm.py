@@ -43,14 +43,7 @@ class SentencePieceTokenizer(SentencePieceVocab):
     gives the lookups of single ids (``piece_to_id``, ``id_to_piece``, ``id_to_bytes``,
     ``bos_id``, ``eos_id``, ``vocab_size``).
 
-    Args:
-        model_path: Path of a SentencePiece model file (e.g. Llama 2's ``tokenizer.model``).
-
-    Raises:
-        FileNotFoundError: If ``model_path`` does not exist.
-        ValueError: If the file is not a SentencePiece model, or uses a feature this reader
-            does not implement (a Unigram model, a precompiled normalization rule such as
-            ``nmt_nfkc``, whitespace as suffix).
+    Args and errors are those of :class:`~llama.spm_vocab.SentencePieceVocab`.
     """
 
     def _setup(self, data: bytes, where: str) -> None:

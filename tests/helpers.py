@@ -27,12 +27,21 @@ def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
     return model
 
 
-def load_book_collection():
-    """A second copy of the root conftest.py (pytest loads it as a plugin) to call its parser directly."""
-    spec = importlib.util.spec_from_file_location("_book_collection", REPO / "conftest.py")
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_book_collection():
+    """A second copy of the root conftest.py (pytest loads it as a plugin) to call its parser directly."""
+    return _load("_book_collection", REPO / "conftest.py")
+
+
+def load_listings():
+    """hooks/listings.py, the MkDocs hook that renders library listings, to call it directly."""
+    return _load("_book_listings", REPO / "hooks" / "listings.py")
 
 
 def console_blocks(markdown: str) -> list[list[tuple[str, str]]]:

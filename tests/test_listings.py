@@ -20,7 +20,6 @@ page line, the listing and the exception. Outputs are not compared here: the boo
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import load_listings
 
 REPO = Path(__file__).resolve().parent.parent
 SECONDS_MAX = 600  # the slowest chapter takes a few seconds; this only stops a hung example
@@ -39,13 +39,6 @@ FENCE = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 TRACEBACK = "Traceback (most recent call last):"
-
-
-def load_listings():
-    spec = importlib.util.spec_from_file_location("_book_listings", REPO / "hooks/listings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 listings = load_listings()

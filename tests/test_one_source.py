@@ -16,12 +16,12 @@ The exemptions are listed below, each with its reason.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import load_listings
 import torch
 
 import llama
@@ -53,13 +53,6 @@ NOT_RUN = {
     "model.py:count_parameters": "sizing arithmetic about the model, computed from the config alone",
     "attention.py:kv_cache_bytes": "sizing arithmetic about the model, computed from the config alone",
 }
-
-
-def load_listings():
-    spec = importlib.util.spec_from_file_location("_book_listings", REPO / "hooks/listings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 listings = load_listings()

@@ -61,8 +61,8 @@ def scale_frequencies(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor
 
     With wavelength $\lambda_j = 2\pi/\theta_j$ and original context $L$:
 
-    * $\lambda_j < L/\text{high\_freq\_factor}$ (fast rotations, local detail): kept;
-    * $\lambda_j > L/\text{low\_freq\_factor}$ (slow rotations, long range): $\theta_j/\text{factor}$;
+    * $\lambda_j < L/\mathrm{high\_freq\_factor}$ (fast rotations, local detail): kept;
+    * $\lambda_j > L/\mathrm{low\_freq\_factor}$ (slow rotations, long range): $\theta_j/\text{factor}$;
     * in between: a linear blend of the two, in the variable $L/\lambda_j$.
 
     Args:
@@ -90,7 +90,7 @@ def scale_frequencies(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor
 def rope_cache(
     head_dim: int, seq_len: int, theta: float = 10000.0, scaling: RopeScaling | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Tables of $\cos(m\theta_j)$ and $\sin(m\theta_j)$ for positions $m < \text{seq\_len}$.
+    r"""Tables of $\cos(m\theta_j)$ and $\sin(m\theta_j)$ for positions $m < \mathrm{seq\_len}$.
 
     Returns:
         ``(cos, sin)``, each ``[seq_len, head_dim // 2]`` float32.

@@ -167,10 +167,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 # --8<-- [start:min_p]
 def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    r"""Keep tokens at least ``min_p`` times as likely as the most likely one: $p_i \ge \text{min\_p}\cdot p_{\max}$.
+    r"""Keep tokens at least ``min_p`` times as likely as the most likely one: $p_i \ge \mathrm{min\_p}\cdot p_{\max}$.
 
     Unlike top-p the cut moves with the model's confidence: a peaked distribution keeps few
-    tokens, a flat one keeps many. In logits the test is $z_i \ge z_{\max} + \ln \text{min\_p}$,
+    tokens, a flat one keeps many. In logits the test is $z_i \ge z_{\max} + \ln \mathrm{min\_p}$,
     so no softmax is needed (``min_p`` in [0, 1]).
 
     >>> min_p_filter(torch.tensor([0.5, 0.3, 0.2]).log(), 0.5).exp()   # keep p >= 0.25

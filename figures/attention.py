@@ -19,6 +19,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
 from llama.attention import causal_mask, kv_cache_bytes
 from llama.reference import attention, repeat_kv
@@ -28,6 +29,7 @@ from llama.rope import apply_rope
 
 REPO = Path(__file__).resolve().parent.parent
 MASK_CMAP = ListedColormap(["#f2f2f2", "#3949ab"])  # not allowed / allowed (indigo, the site colour)
+MASKED = "#9e9e9e"  # -inf cells: a grey that no score colour of RdBu_r (white at 0) can be mistaken for
 BOS = 1  # llama2.c's begin-of-sequence id
 
 
@@ -161,11 +163,15 @@ def weights_pipeline_figure(layer: int = 1, head: int = 2, n_tokens: int = 16):
     tokens = greedy_tokens(model, n_tokens)
     scores, weights = attention_maps(model, tokens)
     s, w = scores[layer, head], weights[layer, head]
-    masked = s.masked_fill(~causal_mask(n_tokens), float("nan"))  # NaN draws as empty
+    # -inf is drawn as NaN in its own colour: in RdBu_r white means a score of 0.
+    masked = s.masked_fill(~causal_mask(n_tokens), float("nan"))
+    scores_cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MASKED)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.9), layout="constrained")
     lim = s.abs().max().item()
     _heatmap(axes[0], s, r"1. scores $QK^\top/\sqrt{d}$", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    im = _heatmap(axes[1], masked, r"2. mask: future set to $-\infty$", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    im = _heatmap(axes[1], masked, r"2. mask: future set to $-\infty$", cmap=scores_cmap, vmin=-lim, vmax=lim)
+    axes[1].legend(handles=[Patch(color=MASKED, label=r"$-\infty$ (masked)")], loc="upper right",
+                   fontsize="small", framealpha=1)
     fig.colorbar(im, ax=axes[:2], shrink=0.8, label="score")
     im = _heatmap(axes[2], w, "3. softmax of each row", vmin=0, vmax=1)
     fig.colorbar(im, ax=axes[2], shrink=0.8, label="weight")
@@ -178,27 +184,43 @@ def weights_pipeline_figure(layer: int = 1, head: int = 2, n_tokens: int = 16):
 
 @one_thread()
 def all_heads_figure(n_tokens: int = 24):
-    """Attention weights of every head, in the first and the last layer."""
+    """Attention weights of every head, in the first and the last layer.
+
+    The title gives, over all rows but the first (which has one key) of all heads and layers, the
+    mean weight of a row's two largest cells and of position 0, so the text can refer to numbers
+    that are always those of the model drawn.
+    """
     model, name = load_model()
     tokens = greedy_tokens(model, n_tokens)
     _, weights = attention_maps(model, tokens)
+    rows = weights[:, :, 1:, :]
+    top2 = rows.topk(2, dim=-1).values.sum(-1).mean().item()
+    first = rows[..., 0].mean().item()
+    uniform = sum(1 / (i + 1) for i in range(1, n_tokens)) / (n_tokens - 1)  # position 0's share if flat
     layers = [0, weights.size(0) - 1]
     n_heads = weights.size(1)
-    fig, axes = plt.subplots(len(layers), n_heads, figsize=(1.45 * n_heads, 1.6 * len(layers) + 0.6))
+    # No tokenizer for stories260K is available, so tokens are labelled by their ids, listed below.
+    ticks = [0, 8, 16, n_tokens - 1]
+    labels = ["BOS" if t == 0 else str(t) for t in ticks]
+    fig, axes = plt.subplots(len(layers), n_heads, figsize=(1.45 * n_heads, 1.6 * len(layers) + 1.3))
     for r, layer in enumerate(layers):
         for hd in range(n_heads):
             ax = axes[r, hd]
             ax.imshow(weights[layer, hd].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_xticks(ticks, labels if r == len(layers) - 1 else [], fontsize=6)
+            ax.set_yticks(ticks, labels if hd == 0 else [], fontsize=6)
             if r == 0:
                 ax.set_title(f"head {hd}", fontsize="small")
             if hd == 0:
-                ax.set_ylabel(f"layer {layer}\nquery →", fontsize="small")
+                ax.set_ylabel(f"layer {layer}\nquery position", fontsize="small")
             if r == len(layers) - 1:
-                ax.set_xlabel("key →", fontsize="small")
-    fig.suptitle(f"Attention weights, {name} ({n_tokens} tokens)", fontsize="medium")
-    fig.tight_layout()
+                ax.set_xlabel("key position", fontsize="small")
+    fig.suptitle(f"Attention weights, {name} ({n_tokens} tokens): a row's two largest weights hold "
+                 f"{top2:.0%} of it on average;\nposition 0 (BOS) gets {first:.0%} (a flat row would give it "
+                 f"{uniform:.0%})", fontsize="medium")
+    ids = " ".join(str(i) for i in tokens[0].tolist())
+    fig.text(0.5, 0.01, f"token ids at positions 0 to {n_tokens - 1}: {ids}", ha="center", fontsize="small")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 

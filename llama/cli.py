@@ -24,11 +24,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Subcommands register here, in the order a reader meets them in the book.
+    _add_download(subparsers)
     _add_tokenize(subparsers)
     _add_generate(subparsers)
     _add_convert(subparsers)
     _add_train(subparsers)
     return parser
+
+
+def _add_download(subparsers) -> None:
+    p = subparsers.add_parser(
+        "download",
+        help="fetch a public file the book uses (a tiny model, a tokenizer, training text)",
+        description="Fetch a public file the book uses into the download cache, checking its sha256.\n"
+        "A file already in $LLAMA_DATA_DIR or the cache is not downloaded again.",
+        epilog="examples:\n  llama download --list\n  llama download stories260K",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="what to fetch (see --list)")
+    p.add_argument("--list", action="store_true", help="show what can be downloaded, and where each file is")
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args) -> int:
+    from llama.download import DATASETS, cache_dir, dataset, download, find_data
+
+    if args.list:
+        for d in DATASETS.values():
+            found = find_data(d.filename)
+            print(f"{d.name:<17} {d.description}\n{'':<17} {found if found else 'not here yet'}")
+        print(f"downloads go to {cache_dir()} (set LLAMA_CACHE_DIR to change it)")
+        return 0
+    if not args.names:
+        raise ValueError(f"name what to download ({', '.join(DATASETS)}), or pass --list")
+    for name in args.names:
+        dataset(name)  # every name checked before anything is fetched
+    for name in args.names:
+        path, fetched = download(name)
+        print(f"{'downloaded' if fetched else 'already here, not downloaded:'} {path}")
+    return 0
 
 
 def _add_tokenize(subparsers) -> None:

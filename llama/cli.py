@@ -224,12 +224,13 @@ def _add_generate(subparsers) -> None:
         "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
         "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
         epilog="examples:\n"
-        "  llama generate stories260K.bin --max-new-tokens 30\n"
+        "  llama generate stories260K --max-new-tokens 30\n"
         "  llama generate stories15M.bin --tokenizer tokenizer.model --prompt 'Once upon a time'\n"
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder or llama2.c .bin file")
+    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, llama2.c .bin file, "
+                   "or stories260K once `llama download stories260K` has fetched it")
     p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (needs --tokenizer; BOS is prepended)")
@@ -250,6 +251,24 @@ def _add_generate(subparsers) -> None:
     p.set_defaults(func=_run_generate)
 
 
+def checkpoint_path(name: str) -> str:
+    """A checkpoint argument: a path as given, or the name of a downloaded model (``stories260K``).
+
+    Raises:
+        FileNotFoundError: a model's name whose file has not been downloaded (the message says how).
+    """
+    from pathlib import Path
+
+    from llama.download import DATASETS, find_data
+
+    if Path(name).exists() or name not in DATASETS or not DATASETS[name].filename.endswith(".bin"):
+        return name
+    found = find_data(DATASETS[name].filename)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not downloaded yet: run `llama download {name}`, or give a path")
+    return str(found)
+
+
 # --8<-- [start:run_generate]
 def _run_generate(args) -> int:
     from llama.generation import CompiledDecoder, generate_stream, prepare_for_decoding
@@ -266,7 +285,7 @@ def _run_generate(args) -> int:
         from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
-    model = Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:
@@ -310,7 +329,7 @@ def _add_convert(subparsers) -> None:
         epilog="example:\n  llama convert stories260K.bin stories260K-hf --to hf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="checkpoint to read (its format is detected)")
+    p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
     p.add_argument("destination", help="folder to write (created if needed)")
     p.add_argument("--to", choices=["hf"], required=True, help="output format: hf (Hugging Face)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -324,7 +343,7 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
-    model = Transformer.from_pretrained(args.source, dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

@@ -11,6 +11,12 @@ In ``book/**/*.md``:
   is tested where it lives, in ``llama/``, and tests/test_listings.py runs the listing the hook
   hooks/listings.py makes of it.
 
+A Sybil skip directive in an HTML comment skips the examples up to ``<!-- skip: end -->`` when
+its condition (evaluated in the page's namespace) holds, and pytest reports the reason; the
+chapters use it for examples that need a downloaded file::
+
+    <!-- skip: start if(path is None, reason="stories260K.bin not found: run `llama download stories260K`") -->
+
 All examples of one page share one namespace, in page order. ``>>>`` examples in the docstrings of
 ``llama/*.py`` are collected too (so do not also pass ``--doctest-modules``: they would run twice).
 
@@ -28,6 +34,7 @@ from sybil.evaluators.doctest import DocTestEvaluator
 from sybil.evaluators.python import PythonEvaluator
 from sybil.parsers.abstract.doctest import DocTestStringParser
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
+from sybil.parsers.markdown.skip import SkipParser
 from sybil.parsers.rest import DocTestParser
 
 FLAGS = ELLIPSIS | NORMALIZE_WHITESPACE
@@ -76,7 +83,7 @@ class BookCodeParser:
                 yield region
 
 
-book = Sybil(parsers=[BookCodeParser()], patterns=["*.md"], path="book", name="book")
+book = Sybil(parsers=[BookCodeParser(), SkipParser()], patterns=["*.md"], path="book", name="book")
 package = Sybil(parsers=[DocTestParser(optionflags=FLAGS)], patterns=["*.py"], path="llama", name="docstrings")
 
 pytest_collect_file = (book + package).pytest()

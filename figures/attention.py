@@ -3,19 +3,16 @@
 See hooks/figures.py: every function in ``FIGURES`` returns a matplotlib Figure and is called at
 build time, so the pictures always show what the library computes now.
 
-The attention-weight heatmaps use the real pretrained ``stories260K`` model when the reference
-data folder is present (``LLAMA_DATA_DIR``, default ``../shared/data`` next to the repository)
-and the library can load it; otherwise a randomly initialised model of the same size, seeded.
+The attention-weight heatmaps use the real pretrained ``stories260K`` model when
+:func:`llama.download.find_data` finds it (``llama download stories260K`` fetches it); otherwise a
+randomly initialised model of the same size, seeded.
 The figure title says which one was drawn.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from contextlib import contextmanager
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
@@ -24,10 +21,10 @@ from matplotlib.patches import Patch
 from llama.attention import causal_mask, kv_cache_bytes
 from llama.reference import attention, repeat_kv
 from llama.config import PRESETS
+from llama.download import find_data
 from llama.model import Transformer, count_parameters
 from llama.rope import apply_rope
 
-REPO = Path(__file__).resolve().parent.parent
 MASK_CMAP = ListedColormap(["#f2f2f2", "#3949ab"])  # not allowed / allowed (indigo, the site colour)
 MASKED = "#9e9e9e"  # -inf cells: a grey that no score colour of RdBu_r (white at 0) can be mistaken for
 BOS = 1  # llama2.c's begin-of-sequence id
@@ -36,15 +33,10 @@ BOS = 1  # llama2.c's begin-of-sequence id
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def data_dir() -> Path:
-    """Where the reference artifacts are (same rule as tests/conftest.py)."""
-    return Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data"))
-
-
 def load_model() -> tuple[Transformer, str]:
     """The pretrained stories260K model if it can be loaded, else a seeded random one of its size."""
-    path = data_dir() / "stories260K.bin"
-    if path.is_file():
+    path = find_data("stories260K.bin")
+    if path is not None:
         return Transformer.from_pretrained(path).eval(), "stories260K, pretrained"
     torch.manual_seed(0)
     return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights (seed 0)"

@@ -6,31 +6,27 @@
 * ``checkpoints-llama2c-layout.svg`` (Checkpoints chapter): what the bytes of a llama2.c ``.bin``
   hold, block by block, from :func:`llama.llama2c.llama2c_layout`.
 
-Both use the pretrained ``stories260K`` when the reference data folder is present
-(``LLAMA_DATA_DIR``, default ``../shared/data``), else a seeded random model of its size; the
-titles say which.
+Both use the pretrained ``stories260K`` when :func:`llama.download.find_data` finds it
+(``llama download stories260K`` fetches it), else a seeded random model of its size; the titles
+say which.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
 from llama.llama2c import llama2c_layout
 from llama.config import PRESETS
+from llama.download import find_data
 from llama.model import Transformer
 from llama.sampling import min_p_filter, top_k_filter, top_p_filter
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def load_model() -> tuple[Transformer, str]:
-    path = Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data")) / "stories260K.bin"
-    if path.is_file():
+    path = find_data("stories260K.bin")
+    if path is not None:
         return Transformer.from_pretrained(path), "stories260K"
     torch.manual_seed(0)
     return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"

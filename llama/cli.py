@@ -24,11 +24,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Subcommands register here, in the order a reader meets them in the book.
+    _add_download(subparsers)
     _add_tokenize(subparsers)
     _add_generate(subparsers)
     _add_convert(subparsers)
     _add_train(subparsers)
     return parser
+
+
+def _add_download(subparsers) -> None:
+    p = subparsers.add_parser(
+        "download",
+        help="fetch a public file the book uses (a tiny model, a tokenizer, training text)",
+        description="Fetch a public file the book uses into the download cache, checking its sha256.\n"
+        "A file already in $LLAMA_DATA_DIR or the cache is not downloaded again.",
+        epilog="examples:\n  llama download --list\n  llama download stories260K",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="what to fetch (see --list)")
+    p.add_argument("--list", action="store_true", help="show what can be downloaded, and where each file is")
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args) -> int:
+    from llama.download import DATASETS, cache_dir, dataset, download, find_data
+
+    if args.list:
+        for d in DATASETS.values():
+            found = find_data(d.filename)
+            print(f"{d.name:<17} {d.description}\n{'':<17} {found if found else 'not here yet'}")
+        print(f"downloads go to {cache_dir()} (set LLAMA_CACHE_DIR to change it)")
+        return 0
+    if not args.names:
+        raise ValueError(f"name what to download ({', '.join(DATASETS)}), or pass --list")
+    for name in args.names:
+        dataset(name)  # every name checked before anything is fetched
+    for name in args.names:
+        path, fetched = download(name)
+        print(f"{'downloaded' if fetched else 'already here, not downloaded:'} {path}")
+    return 0
 
 
 def _add_tokenize(subparsers) -> None:
@@ -190,12 +224,13 @@ def _add_generate(subparsers) -> None:
         "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
         "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
         epilog="examples:\n"
-        "  llama generate stories260K.bin --max-new-tokens 30\n"
+        "  llama generate stories260K --max-new-tokens 30\n"
         "  llama generate stories15M.bin --tokenizer tokenizer.model --prompt 'Once upon a time'\n"
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder or llama2.c .bin file")
+    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, llama2.c .bin file, "
+                   "or stories260K once `llama download stories260K` has fetched it")
     p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (needs --tokenizer; BOS is prepended)")
@@ -216,6 +251,24 @@ def _add_generate(subparsers) -> None:
     p.set_defaults(func=_run_generate)
 
 
+def checkpoint_path(name: str) -> str:
+    """A checkpoint argument: a path as given, or the name of a downloaded model (``stories260K``).
+
+    Raises:
+        FileNotFoundError: a model's name whose file has not been downloaded (the message says how).
+    """
+    from pathlib import Path
+
+    from llama.download import DATASETS, find_data
+
+    if Path(name).exists() or name not in DATASETS or not DATASETS[name].filename.endswith(".bin"):
+        return name
+    found = find_data(DATASETS[name].filename)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not downloaded yet: run `llama download {name}`, or give a path")
+    return str(found)
+
+
 # --8<-- [start:run_generate]
 def _run_generate(args) -> int:
     from llama.generation import CompiledDecoder, generate_stream, prepare_for_decoding
@@ -232,7 +285,7 @@ def _run_generate(args) -> int:
         from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
-    model = Transformer.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:
@@ -276,7 +329,7 @@ def _add_convert(subparsers) -> None:
         epilog="example:\n  llama convert stories260K.bin stories260K-hf --to hf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="checkpoint to read (its format is detected)")
+    p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
     p.add_argument("destination", help="folder to write (created if needed)")
     p.add_argument("--to", choices=["hf"], required=True, help="output format: hf (Hugging Face)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -290,7 +343,7 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
-    model = Transformer.from_pretrained(args.source, dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write, atomic_write_text
-from llama.download import cached_download, cache_dir, sha256_file
+from llama.download import DATA_DIR_ENV, DATASETS, cached_download, cache_dir, sha256_file
 from llama.tokenizer import Tokenizer
 
 __all__ = [
@@ -44,10 +44,9 @@ __all__ = [
     "token_byte_lengths",
 ]
 
-DATA_DIR_ENV = "LLAMA_DATA_DIR"
-TINY_SHAKESPEARE = "tinyshakespeare.txt"
-TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINY_SHAKESPEARE = DATASETS["tinyshakespeare"].filename
+TINY_SHAKESPEARE_URL = DATASETS["tinyshakespeare"].url
+TINY_SHAKESPEARE_SHA256 = DATASETS["tinyshakespeare"].sha256
 VAL_FRACTION = 0.1
 
 
@@ -90,7 +89,8 @@ def resolve_text_path(data: str | os.PathLike | None, download: bool = True,
 def _no_data_message(reason: str) -> str:
     return (f"Tiny Shakespeare (the default training text) is not available ({reason}). "
             f"Pass --data PATH with any UTF-8 text file, set {DATA_DIR_ENV} to a folder that holds "
-            f"{TINY_SHAKESPEARE}, or put it in {cache_dir()} (from {TINY_SHAKESPEARE_URL})")
+            f"{TINY_SHAKESPEARE}, or put it in {cache_dir()} (`llama download tinyshakespeare` fetches it "
+            f"from {TINY_SHAKESPEARE_URL})")
 
 
 def read_text(path: str | os.PathLike) -> bytes:

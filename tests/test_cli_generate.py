@@ -20,12 +20,30 @@ CHAPTERS = ["generation.md", "checkpoints.md"]
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_the_chapter_console_blocks_run_as_shown(chapter, shared_file, tmp_path, monkeypatch, capsys):
-    """Every command of the chapter's console blocks, run from a checkout next to ``../shared/data``."""
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "stories260K.bin").symlink_to(shared_file("stories260K.bin"))
-    (tmp_path / "main").mkdir()
-    monkeypatch.chdir(tmp_path / "main")
+    """Every command of the chapter's console blocks, with stories260K.bin in $LLAMA_DATA_DIR (so
+    `llama download stories260K` finds it there and `stories260K` names it)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "stories260K.bin").symlink_to(shared_file("stories260K.bin"))
+    monkeypatch.setenv("LLAMA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     run_console_blocks((REPO / "book" / chapter).read_text(encoding="utf-8"), capsys)
+    assert not (tmp_path / "cache").exists()  # nothing was downloaded
+
+
+def test_a_model_name_before_its_download_names_the_command(tmp_path, monkeypatch, capsys):
+    import llama.download as dl
+
+    monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
+    monkeypatch.setattr(dl, "data_dirs", lambda: [tmp_path / "empty"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "stories260K"]) == 2
+    assert capsys.readouterr().err == ("llama generate: error: stories260K is not downloaded yet: "
+                                       "run `llama download stories260K`, or give a path\n")
+    path = tiny_checkpoint(tmp_path)
+    (tmp_path / "stories260K").symlink_to(path)  # a path of that name is a path
+    assert main(["convert", "stories260K", str(tmp_path / "out"), "--to", "hf"]) == 0
 
 
 def tiny_checkpoint(tmp_path, vocab_size: int = 64) -> Path:

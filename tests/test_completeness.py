@@ -6,7 +6,7 @@ Walks mkdocs.yml's nav:
   ``::: llama.<name>``) and is shown in at least one chapter (a snippet include of ``llama/<name>.py``);
 * every chapter (a nav page that is not Home, not API reference, not a notebook) has a figure
   drawn by the library (``![...](figures/...)``), at least one example that the tests run, and an
-  ``## Exercises`` section.
+  ``## Exercises`` section, except what ``EXEMPT`` lists, each with its reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 MODULES = sorted(p.stem for p in (REPO / "llama").glob("*.py") if not p.stem.startswith("_"))
 FIGURE = re.compile(r"!\[[^\]]*\]\(figures/[^)\s]+\.svg\)|<img\b[^>]*\bsrc=\"figures/[^\"]+\"")
 EXERCISES = re.compile(r"^## Exercises\s*$", re.MULTILINE)
+# Pages of the nav that are not about a piece of the model: {page: {requirement: why it does not apply}}.
+EXEMPT = {
+    "running.md": {"figure": "a setup page (install, run the tests, fetch the data): it explains no idea a figure could show"},
+    "benchmarks.md": {"figure": "a record of measured runs; the chapters that draw conclusions from them have the figures",
+                      "exercises": "a record of measured runs; the exercises are in the chapters it serves"},
+}
 
 
 collection = load_book_collection()
@@ -48,14 +54,29 @@ def test_module_is_shown_in_a_chapter(module, book_chapters):
     assert chapters, f"no chapter includes code from llama/{module}.py (--8<-- \"llama/{module}.py:section\")"
 
 
+def exempt(page, requirement: str) -> None:
+    reason = EXEMPT.get(page.path, {}).get(requirement)
+    if reason:
+        pytest.skip(f"{page.path} needs no {requirement}: {reason}")
+
+
+def test_exemptions_name_pages_of_the_nav(book_chapters):
+    chapters = {p.path for p in book_chapters}
+    assert set(EXEMPT) <= chapters, f"EXEMPT names pages that are not chapters of the nav: {set(EXEMPT) - chapters}"
+    assert all(set(reasons) <= {"figure", "example", "exercises"} and all(reasons.values()) for reasons in EXEMPT.values())
+
+
 def test_chapter_has_a_figure(chapter_page):
+    exempt(chapter_page, "figure")
     assert FIGURE.search(page_text(chapter_page)), f"{chapter_page.path} shows no figure from figures/ (see hooks/figures.py)"
 
 
 def test_chapter_has_an_executed_example(chapter_page):
+    exempt(chapter_page, "example")
     document = Document.parse(str(chapter_page.source), collection.BookCodeParser())
     assert document.regions, f"{chapter_page.path} has no example that the tests run (```pycon or ```python)"
 
 
 def test_chapter_has_exercises(chapter_page):
+    exempt(chapter_page, "exercises")
     assert EXERCISES.search(page_text(chapter_page)), f"{chapter_page.path} has no '## Exercises' section"

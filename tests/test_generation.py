@@ -356,6 +356,7 @@ def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
         got_b.append(next(b))
         generate(model, [7, 7, 7], 3)
     assert (got_a, got_b) == (alone_a, alone_b)
+    assert next(a, None) is None  # the stream ends, and gives the decoder back
     first = decoder.generate_stream([1], 5)
     next(first)
     with pytest.raises(RuntimeError, match="this CompiledDecoder is already generating: a stream from it is still open"):

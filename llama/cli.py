@@ -9,6 +9,7 @@ library and printed here as one line, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -269,30 +270,47 @@ def checkpoint_path(name: str) -> str:
     return str(found)
 
 
+def _check_generate_flags(args) -> None:
+    """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
+    if args.prompt is not None and args.tokenizer is None:
+        raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
+    if args.max_seq_len is not None and args.max_seq_len <= 0:
+        raise ValueError(f"--max-seq-len must be positive, got {args.max_seq_len}")
+    for flag, ids in (("--ids", args.ids or []), ("--stop-id", args.stop_id)):
+        if any(i < 0 for i in ids):
+            raise ValueError(f"{flag} takes token ids, which are 0 or more; got {min(ids)}")
+
+
 # --8<-- [start:run_generate]
 def _run_generate(args) -> int:
-    from llama.generation import CompiledDecoder, generate_stream, prepare_for_decoding
+    _check_generate_flags(args)  # and the sampling settings just below: all before the model loads
+    from llama.generation import CompiledDecoder, generate_stream, missing_cxx_compiler, prepare_for_decoding
     from llama.model import Transformer
     from llama.sampling import Sampling
 
-    if args.prompt is not None and args.tokenizer is None:
-        raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
-    # Checked here, before the checkpoint loads: a bad --top-p fails at once, not after seconds.
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         stop_ids=args.stop_id, seed=args.seed)
+    if args.compile and (missing := missing_cxx_compiler()):
+        raise ValueError(f"{missing}; or run without --compile")
     tok = None
     if args.tokenizer is not None:
         from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
-    model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:
         prompt = args.ids if args.ids is not None else [1]
+    if not prompt:
+        raise ValueError("the prompt is empty (no text and this tokenizer has no <s>): give --prompt text or --ids")
+    model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
+    # Both streams check the prompt, length and stop ids against the model when made, so an
+    # error comes before anything is printed.
     if args.compile:
         # The compiled step attends over its whole cache: size it to this prompt and length.
         length = min(len(prompt) + args.max_new_tokens, model.config.max_seq_len)
@@ -350,15 +368,47 @@ def _run_convert(args) -> int:
     return 0
 
 
+def _innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` ran, e.g. ``tokenize encode``'s, for its usage line."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or getattr(args, sub.dest, None) not in sub.choices:
+            return parser
+        parser = sub.choices[getattr(args, sub.dest)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``llama`` console script; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``llama`` console script; returns the process exit code.
+
+    Exit codes: 0 done; 2 a mistake in the command (argparse's usage errors, and the one-line
+    errors below); 130 interrupted by Ctrl-C, without a traceback (128 + SIGINT, what a shell
+    reports for a program the signal ended); 141 the reader of stdout went away, as with
+    ``llama generate ... | head`` (128 + SIGPIPE, what a C tool killed by the pipe reports), also
+    without a traceback.
+    """
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"llama {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        # An unknown flag is reported by the subcommand's parser, with its usage line: the top
+        # level's ("llama [-h] COMMAND ...") would not show the flags the subcommand does take.
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _innermost_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            print(f"llama {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Python would also fail at exit, flushing what is left for the closed pipe: point
+        # stdout at /dev/null so that last flush goes nowhere, quietly.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured in a test): nothing to flush
+            pass
+        return 141
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ True
 
 from __future__ import annotations
 
+import operator
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -40,12 +43,13 @@ __all__ = [
     "generate_batch",
     "prepare_for_decoding",
     "CompiledDecoder",
+    "missing_cxx_compiler",
 ]
 
 
 def _check_lengths(model: Transformer, prompt_len: int, max_new_tokens: int) -> None:
     """Every position must fit the model: say so up front rather than truncating anything."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     limit = model.config.max_seq_len
     if prompt_len == 0:
@@ -61,21 +65,47 @@ def _check_lengths(model: Transformer, prompt_len: int, max_new_tokens: int) -> 
         )
 
 
-def _check_ids(model: Transformer, prompt_ids: Sequence[int]) -> None:
-    """Ids come from users here, as Python ints: check them once, before any tensor is made."""
+def _check_ids(model: Transformer, prompt_ids: Sequence[int]) -> list[int]:
+    """Ids come from users here: check them once, before any tensor is made, and return them as ints.
+
+    ``torch.tensor`` would silently truncate ``403.7`` to 403 and read ``True`` as 1, so only
+    integers pass (Python or NumPy ints, or integer 0-d tensors: whatever ``operator.index`` takes).
+    """
+    ids = []
+    for position, i in enumerate(prompt_ids):
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            ids.append(operator.index(i))
+        except TypeError:
+            raise ValueError(f"token ids must be integers, got {i!r} ({type(i).__name__}) at position {position}; "
+                             "pass the ids a tokenizer gave, as ints") from None
     vocab = model.config.vocab_size
-    bad = next((i for i in prompt_ids if not 0 <= i < vocab), None)
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
     if bad is not None:
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab}); "
                          "check that the tokenizer matches the model")
+    return ids
 
 
-
-def _check_settings(sampling: Sampling) -> None:
-    """Catch the pre-``Sampling`` call style, ``generate(model, ids, n, 0.8)``, with the fix."""
+def _check_settings(model: Transformer, sampling: Sampling) -> None:
+    """Catch the pre-``Sampling`` call style, ``generate(model, ids, n, 0.8)``, and stop ids the model cannot make."""
     if not isinstance(sampling, Sampling):
         raise TypeError(f"sampling must be a llama.Sampling, got {sampling!r}; "
                         "e.g. sampling=Sampling(temperature=0.8, top_p=0.9, seed=0)")
+    vocab = model.config.vocab_size
+    bad = sorted(i for i in sampling.stop_ids if not 0 <= i < vocab)
+    if bad:  # such a stop id would never end the loop: a typo, or a tokenizer from another model
+        raise ValueError(f"stop id {bad[0]} is outside the model's vocabulary [0, {vocab}), so it can never be "
+                         "produced; use an id of this model's tokenizer (e.g. its EOS)")
+
+
+def _checked(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling) -> list[int]:
+    """Every check a generation makes before it computes anything; returns the prompt as a list of ints."""
+    ids = _check_ids(model, list(prompt_ids))
+    _check_lengths(model, len(ids), max_new_tokens)
+    _check_settings(model, sampling)
+    return ids
 
 
 # --8<-- [start:layout]
@@ -102,14 +132,39 @@ def prepare_for_decoding(model: Transformer) -> Transformer:
 
 # --8<-- [start:step]
 @torch.inference_mode()
-def _next_logits(model: Transformer, tokens: torch.Tensor, input_pos: torch.Tensor,
+def _next_logits(model: Transformer, caches: list, tokens: torch.Tensor, input_pos: torch.Tensor,
                  pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits for the position after ``tokens`` (``[b, vocab]``), reading and filling the KV cache.
+    """Logits for the position after ``tokens`` (``[b, vocab]``), reading and filling ``caches``.
 
     ``inference_mode`` records no autograd graph, and ``last_only`` skips the output head for
     every prompt position but the last: only the last one predicts a token we will use.
+
+    Each generation owns its caches, installed on the model for this one forward and then
+    replaced by whatever was there before: two streams on one model, or a ``generate`` between
+    the steps of a stream, never read or overwrite each other's keys and values.
     """
-    return model(tokens, input_pos=input_pos, pad_mask=pad_mask, last_only=True)[:, -1]
+    before = [layer.attention.cache for layer in model.layers]
+    model.use_cache(caches)
+    try:
+        return model(tokens, input_pos=input_pos, pad_mask=pad_mask, last_only=True)[:, -1]
+    finally:
+        model.use_cache(before)
+
+
+def _new_caches(model: Transformer, batch_size: int, max_seq_len: int) -> list:
+    """KV caches for one generation, made but not left on the model (whatever was installed stays)."""
+    before = [layer.attention.cache for layer in model.layers]
+    caches = model.setup_cache(batch_size=batch_size, max_seq_len=max_seq_len)
+    model.use_cache(before)
+    return caches
+
+
+def _choose(sampling: Sampling, logits: torch.Tensor, generator: torch.Generator | None, step: int) -> torch.Tensor:
+    """``sampling.next_ids``, with the step named when the model's logits are not finite."""
+    try:
+        return sampling.next_ids(logits, generator)
+    except ValueError as err:  # only non-finite logits: the settings were checked when made
+        raise ValueError(f"at new token {step}: {err}") from None
 # --8<-- [end:step]
 
 
@@ -123,41 +178,42 @@ def generate_stream(
     """Yield new token ids one at a time, as soon as each is chosen.
 
     The prompt goes through the model once (*prefill*), filling the KV cache; each later step
-    feeds only the token just chosen (*decode*). The cache is installed on ``model`` for the
-    duration of the loop and removed when it ends (or when the iterator is closed).
+    feeds only the token just chosen (*decode*). The cache belongs to this stream: it is on
+    ``model`` only while a step computes, so other generations may run between its steps.
 
     Args:
         model: the language model (put it in ``eval()`` mode).
-        prompt_ids: the prompt, at least one id (usually starting with BOS).
+        prompt_ids: the prompt, at least one integer id (usually starting with BOS).
         max_new_tokens: the most tokens to produce.
         sampling: how to choose each token (default: greedy), the ids that end the loop (not
             yielded themselves) and the seed (the same seed gives the same tokens).
 
     Raises:
-        ValueError: an empty prompt, or a prompt (plus new tokens) longer than ``max_seq_len``.
-            Bad sampling settings never get this far: ``Sampling`` rejects them when it is made.
+        ValueError: at the call, before any computation: an empty prompt, a prompt (plus new
+            tokens) longer than ``max_seq_len``, an id that is not an integer, or a prompt or
+            stop id outside the vocabulary. Bad sampling settings never get this far:
+            ``Sampling`` rejects them when it is made. While iterating: the model produced NaN
+            or infinite logits.
     """
-    prompt_ids = list(prompt_ids)
-    _check_lengths(model, len(prompt_ids), max_new_tokens)
-    _check_ids(model, prompt_ids)
-    _check_settings(sampling)
+    prompt_ids = _checked(model, prompt_ids, max_new_tokens, sampling)
+    return _decode(model, prompt_ids, max_new_tokens, sampling)
+
+
+def _decode(model: Transformer, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling) -> Iterator[int]:
     device = model.output.weight.device
     generator = sampling.generator(device)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    model.setup_cache(batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
-    try:
-        input_pos = torch.arange(len(prompt_ids), device=device)  # the prompt: positions 0 .. n-1
-        for _ in range(max_new_tokens):
-            logits = _next_logits(model, tokens, input_pos)
-            input_pos = input_pos[-1:] + 1  # then one position at a time
-            next_id = sampling.next_ids(logits, generator)
-            token = int(next_id)
-            if token in sampling.stop_ids:
-                return
-            yield token
-            tokens = next_id.view(1, 1)
-    finally:
-        model.clear_cache()
+    caches = _new_caches(model, batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
+    input_pos = torch.arange(len(prompt_ids), device=device)  # the prompt: positions 0 .. n-1
+    for step in range(1, max_new_tokens + 1):
+        logits = _next_logits(model, caches, tokens, input_pos)
+        input_pos = input_pos[-1:] + 1  # then one position at a time
+        next_id = _choose(sampling, logits, generator, step)
+        token = int(next_id)
+        if token in sampling.stop_ids:
+            return
+        yield token
+        tokens = next_id.view(1, 1)
 # --8<-- [end:stream]
 
 
@@ -196,13 +252,9 @@ def generate_batch(
     :func:`generate` on each prompt alone; sampled ones draw from one random stream for the
     whole batch, so they differ from unbatched sampling with the same seed.
     """
-    prompts = [list(p) for p in prompts]
     if not prompts:
         raise ValueError("prompts is empty: pass a list of prompts, each a list of token ids")
-    for p in prompts:
-        _check_lengths(model, len(p), max_new_tokens)
-        _check_ids(model, p)
-    _check_settings(sampling)
+    prompts = [_checked(model, p, max_new_tokens, sampling) for p in prompts]
     device = model.output.weight.device
     generator = sampling.generator(device)
     b, width = len(prompts), max(len(p) for p in prompts)
@@ -216,27 +268,49 @@ def generate_batch(
         pad_mask[i, : width - len(p)] = False
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * b
-    model.setup_cache(batch_size=b, max_seq_len=cache_len)
-    try:
-        input_pos = torch.arange(width, device=device)
-        for _ in range(max_new_tokens):
-            logits = _next_logits(model, tokens, input_pos, pad_mask=pad_mask)
-            input_pos = input_pos[-1:] + 1
-            next_ids = sampling.next_ids(logits, generator)
-            for i, token in enumerate(next_ids.tolist()):
-                if finished[i]:
-                    continue
-                if token in sampling.stop_ids:
-                    finished[i] = True
-                else:
-                    outputs[i].append(token)
-            if all(finished):
-                break
-            tokens = next_ids.view(b, 1)
-    finally:
-        model.clear_cache()
+    caches = _new_caches(model, batch_size=b, max_seq_len=cache_len)
+    input_pos = torch.arange(width, device=device)
+    for step in range(1, max_new_tokens + 1):
+        logits = _next_logits(model, caches, tokens, input_pos, pad_mask=pad_mask)
+        input_pos = input_pos[-1:] + 1
+        next_ids = _choose(sampling, logits, generator, step)
+        for i, token in enumerate(next_ids.tolist()):
+            if finished[i]:
+                continue
+            if token in sampling.stop_ids:
+                finished[i] = True
+            else:
+                outputs[i].append(token)
+        if all(finished):
+            break
+        tokens = next_ids.view(b, 1)
     return outputs
 # --8<-- [end:batch]
+
+
+def missing_cxx_compiler() -> str | None:
+    """``None`` when ``torch.compile`` finds a C++ compiler on this machine, else what is missing and the fix.
+
+    On a CPU, Inductor writes C++ and builds it; without a compiler the failure comes only at the
+    first compiled step, as a long traceback. This looks first, the way Inductor does (``$CXX``,
+    else ``g++``).
+    """
+    cxx = os.environ.get("CXX")
+    wanted = f"CXX={cxx} is not a working compiler" if cxx else "no g++ on PATH"
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # Inductor's internals moved: look for what it has looked for so far
+        if shutil.which(cxx or "g++"):
+            return None
+    else:
+        try:
+            get_cpp_compiler()
+            return None
+        except exc.InvalidCxxCompiler:
+            pass
+    return (f"torch.compile needs a C++ compiler and found none ({wanted}): install one "
+            "(e.g. apt-get install g++) or set CXX to its path")
 
 
 # --8<-- [start:compiled]
@@ -274,46 +348,67 @@ class CompiledDecoder:
         self.max_seq_len = max_seq_len or model.config.max_seq_len
         if self.max_seq_len > model.config.max_seq_len:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the model's {model.config.max_seq_len}")
+        missing = missing_cxx_compiler()
+        if missing:
+            raise RuntimeError(f"{missing}; or decode without compiling (llama.generate)")
         self.options = {"cpp_wrapper": True} if options is None else options
         # The same cache objects at every call: the compiled step reads them where it found
         # them when it was traced. Positions not yet written are masked, so they need no reset.
-        self.caches = model.setup_cache(batch_size=1, max_seq_len=self.max_seq_len)
-        model.clear_cache()
+        self.caches = _new_caches(model, batch_size=1, max_seq_len=self.max_seq_len)
         self.step = torch.compile(model, fullgraph=True, dynamic=False, options=self.options)
         self.compiled = False
+        self.streaming = False  # one cache, so one stream at a time
 
     def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        if not self.compiled:  # the first call traces and compiles
-            logits = self.step(token, input_pos, last_only=True)
-            self.compiled = True
-            return logits[:, -1]
-        # Every later call has the same shapes, dtypes, model and caches, so the guards that
-        # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
-        # can only pass: skip them.
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return self.step(token, input_pos, last_only=True)[:, -1]
+        before = [layer.attention.cache for layer in self.model.layers]
+        self.model.use_cache(self.caches)  # as for eager steps: on the model only while this step runs
+        try:
+            if not self.compiled:  # the first call traces and compiles
+                logits = self.step(token, input_pos, last_only=True)
+                self.compiled = True
+                return logits[:, -1]
+            # Every later call has the same shapes, dtypes, model and caches, so the guards that
+            # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
+            # can only pass: skip them.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self.step(token, input_pos, last_only=True)[:, -1]
+        finally:
+            self.model.use_cache(before)
 
-    @torch.no_grad()
+    def _check_free(self) -> None:
+        if self.streaming:
+            raise RuntimeError("this CompiledDecoder is already generating: a stream from it is still open and "
+                               "its one KV cache is in use; finish or close() that stream first, or make "
+                               "another CompiledDecoder (or use llama.generate_stream) for a second one")
+
     def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         sampling: Sampling = Sampling()) -> Iterator[int]:
-        """Same arguments and tokens as :func:`generate_stream` (without ``model``)."""
+        """Same arguments and tokens as :func:`generate_stream` (without ``model``).
+
+        One stream at a time per decoder (it has one cache): starting a second while the first
+        is still open raises ``RuntimeError``. Other, eager, generations may run between its steps.
+        """
         model = self.model
-        prompt_ids = list(prompt_ids)
-        _check_lengths(model, len(prompt_ids), max_new_tokens)
-        _check_ids(model, prompt_ids)
+        prompt_ids = _checked(model, prompt_ids, max_new_tokens, sampling)
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens exceed this "
                              f"decoder's max_seq_len={self.max_seq_len}")
-        _check_settings(sampling)
-        device = model.output.weight.device
-        generator = sampling.generator(device)
-        model.use_cache(self.caches)
+        self._check_free()
+        return self._decode(prompt_ids, max_new_tokens, sampling)
+
+    @torch.no_grad()
+    def _decode(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling) -> Iterator[int]:
+        self._check_free()  # again: two streams made before either started
+        self.streaming = True
         try:
+            device = self.model.output.weight.device
+            generator = sampling.generator(device)
             prompt = torch.tensor([prompt_ids], device=device)
-            logits = _next_logits(model, prompt, torch.arange(len(prompt_ids), device=device))  # prefill, eager
+            positions = torch.arange(len(prompt_ids), device=device)
+            logits = _next_logits(self.model, self.caches, prompt, positions)  # prefill, eager
             input_pos = torch.tensor([len(prompt_ids)], device=device)
             for i in range(max_new_tokens):
-                next_id = sampling.next_ids(logits, generator)
+                next_id = _choose(sampling, logits, generator, i + 1)
                 token = int(next_id)
                 if token in sampling.stop_ids:
                     return
@@ -322,7 +417,7 @@ class CompiledDecoder:
                     logits = self._step(next_id.view(1, 1), input_pos)
                     input_pos += 1
         finally:
-            model.clear_cache()
+            self.streaming = False
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  sampling: Sampling = Sampling()) -> list[int]:

@@ -201,9 +201,22 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     Returns:
         ``[b]`` token ids (``long``).
 
+    Raises:
+        ValueError: a row of ``logits`` has a NaN or ``+inf``, or is all ``-inf`` (``-inf`` alone,
+            a banned token, is fine). Greedy decoding would otherwise pick the NaN silently, and
+            sampling would fail inside ``torch.multinomial``.
+
     >>> sample_next(torch.tensor([[0.0, 9.0, 1.0]]), Sampling(temperature=0.5, top_k=1))
     tensor([1])
     """
+    # The row maxima carry every problem (max propagates NaN) in one small reduction. Reading it
+    # is a host sync on a GPU; the decode loops sync at each token anyway (``int(next_id)``), so
+    # this only moves that wait one kernel earlier, and on a CPU it is a pass over ``vocab`` floats.
+    if not torch.isfinite(logits.amax(dim=-1)).all():
+        kind = "NaN" if logits.isnan().any() else "infinite"
+        overflow = "" if logits.dtype == torch.float32 else f", or overflow in {logits.dtype} (load it in float32)"
+        raise ValueError(f"the model produced {kind} logits: its weights may be non-finite{overflow}; "
+                         "check the checkpoint (torch.isfinite on each weight)")
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     logits = apply_temperature(logits.float(), sampling.temperature)

@@ -129,3 +129,104 @@ def test_console_script_help_reads_well():
         assert all(w in proc.stdout for w in words), proc.stdout
     top = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "generate" in top and "convert" in top
+
+
+def test_generate_checks_flags_before_loading_and_prints_nothing_on_error(tmp_path, capsys):
+    missing = str(tmp_path / "missing.bin")  # every error below comes before the checkpoint is looked for
+    for flags, message in ((["-n", "-1"], "--max-new-tokens must be 0 or more, got -1"),
+                           (["--ids", "1", "-3"], "--ids takes token ids, which are 0 or more; got -3"),
+                           (["--stop-id", "-1"], "--stop-id takes token ids, which are 0 or more; got -1"),
+                           (["--max-seq-len", "0"], "--max-seq-len must be positive, got 0"),
+                           (["--temperature", "nan"], "temperature must be >= 0 and finite, got nan"),
+                           (["--temperature", "1", "--min-p", "nan"], "min_p must be in [0, 1], got nan")):
+        assert main(["generate", missing, *flags]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"llama generate: error: {message}") and err.count("\n") == 1
+
+
+def test_generate_refuses_stop_ids_outside_the_vocabulary(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path)  # vocab 64
+    assert main(["generate", str(path), "--stop-id", "64", "-n", "5"]) == 2
+    assert capsys.readouterr() == ("", "llama generate: error: stop id 64 is outside the model's vocabulary "
+                                   "[0, 64), so it can never be produced; use an id of this model's tokenizer "
+                                   "(e.g. its EOS)\n")
+
+
+def test_the_prompt_is_not_echoed_when_generation_cannot_start(tmp_path, capsys):
+    from llama.tokenizer import train_sentencepiece
+
+    tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280, model_path=tmp_path / "tok.model")
+    path = tiny_checkpoint(tmp_path, vocab_size=tok.vocab_size)
+    assert main(["generate", str(path), "-t", str(tmp_path / "tok.model"), "--prompt", "the cat", "-n", "64"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "new tokens exceed max_seq_len=64" in err
+
+
+def test_an_unknown_flag_is_reported_with_the_subcommand_usage(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["generate", "model.bin", "--temprature", "0.8"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: llama generate [-h]")
+    assert err.endswith("llama generate: error: unrecognized arguments: --temprature 0.8\n")
+
+
+def run_llama(*args: str, **kwargs) -> subprocess.Popen:
+    """``python -m llama.cli``: this checkout's code, whatever is installed."""
+    return subprocess.Popen([sys.executable, "-m", "llama.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def generating(tmp_path) -> subprocess.Popen:
+    """A ``llama generate`` caught in the middle: it has printed, and cannot have finished.
+
+    2000 sampled ids of a 1000-token vocabulary print about 8 KB; with the pipe shrunk to 4 KB
+    and nobody reading, the writer blocks before its last token, however fast it runs.
+    """
+    import fcntl
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=2048)).eval()
+    model.save_pretrained(tmp_path / "model")
+    proc = run_llama("generate", str(tmp_path / "model"), "-n", "2000", "--temperature", "1", "--seed", "0")
+    fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+    assert proc.stdout.read(1)  # generating: the first token is out
+    return proc
+
+
+def test_ctrl_c_during_generate_exits_130_without_a_traceback(tmp_path):
+    import signal
+
+    proc = generating(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)  # reading on, as a terminal does
+    assert (proc.returncode, err) == (130, b"")
+
+
+def test_a_reader_that_stops_early_ends_generate_quietly(tmp_path):
+    proc = generating(tmp_path)
+    proc.stdout.close()  # as `| head -c 1` does
+    assert (proc.wait(timeout=120), proc.stderr.read()) == (141, b"")
+
+
+def test_compile_without_a_cxx_compiler_says_what_is_missing_before_generating(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_INDUCTOR_INSTALL_GXX"}
+    env["CXX"] = str(tmp_path / "no-such-g++")
+    proc = run_llama("generate", str(tiny_checkpoint(tmp_path)), "-n", "5", "--compile", env=env)
+    out, err = proc.communicate(timeout=300)
+    assert (proc.returncode, out) == (2, b"")
+    assert err.decode() == (f"llama generate: error: torch.compile needs a C++ compiler and found none "
+                            f"(CXX={tmp_path / 'no-such-g++'} is not a working compiler): install one "
+                            "(e.g. apt-get install g++) or set CXX to its path; or run without --compile\n")
+
+
+def test_the_cli_starts_without_importing_torch():
+    code = ("import sys, llama.cli\n"
+            "try:\n    llama.cli.main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
+            "llama.cli.build_parser()\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.endswith("[]\n")  # --help answers at once: torch takes seconds to import

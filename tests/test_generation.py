@@ -96,15 +96,35 @@ def test_batched_generation_stops_each_sequence_at_its_own_stop_id():
         assert cut == expected
 
 
-def test_stream_yields_what_generate_returns_and_removes_the_cache():
+def test_stream_yields_what_generate_returns_and_leaves_no_cache_on_the_model():
     model = random_model(MHA)
     stream = generate_stream(model, [1, 2, 3], 10)
     first = [next(stream) for _ in range(4)]
-    assert model.layers[0].attention.cache is not None  # in use while the stream is open
+    assert model.layers[0].attention.cache is None  # the stream keeps its cache to itself between steps
     stream.close()  # a consumer that stops early
-    assert model.layers[0].attention.cache is None
     assert first == generate(model, [1, 2, 3], 10)[:4]
     assert model.layers[0].attention.cache is None
+
+
+def test_interleaved_generations_on_one_model_each_get_their_own_tokens():
+    model = random_model(GQA, seed=4)
+    warm = Sampling(temperature=1.0, seed=5)
+    alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12, warm)
+    assert alone_a != alone_b
+    a, b = generate_stream(model, [1, 5, 9], 12), generate_stream(model, [2, 60], 12, warm)
+    got_a, got_b = [], []
+    for _ in range(12):  # one step of each in turn, and a whole generation between them
+        got_a.append(next(a))
+        got_b.append(next(b))
+        assert generate(model, [7, 7, 7], 3) == generate(model, [7, 7, 7], 3)
+        generate_batch(model, [[3], [4, 4]], 2)
+    assert (got_a, got_b) == (alone_a, alone_b)
+
+
+def test_a_stream_checks_its_arguments_when_called_not_at_the_first_token():
+    model = random_model(MHA)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate_stream(model, [], 5)  # no next(): the error comes before anything is printed
 
 
 def test_stop_ids_end_generation_without_emitting_the_stop_id():
@@ -203,6 +223,8 @@ def test_min_p_threshold(z, min_p):
     ({"top_p": float("nan")}, r"top_p must be in \(0, 1\], got nan"),
     ({"min_p": -0.1}, r"min_p must be in \[0, 1\], got -0.1; use None to disable it"),
     ({"min_p": 1.01}, r"min_p must be in \[0, 1\], got 1.01; use None to disable it"),
+    ({"min_p": float("nan")}, r"min_p must be in \[0, 1\], got nan"),
+    ({"top_p": float("inf")}, r"top_p must be in \(0, 1\], got inf"),
     ({"seed": 1.5}, r"seed must be an integer or None, got 1.5"),
     ({"stop_ids": 2}, r"stop_ids must be a collection of token ids, got 2; for a single id write stop_ids=\{2\}"),
     ({"stop_ids": "2"}, r"stop_ids must be a collection of token ids, got '2'"),
@@ -249,6 +271,63 @@ def test_errors_name_the_problem():
     assert model.layers[0].attention.cache is None  # no error leaves a cache behind
 
 
+@pytest.mark.parametrize("ids, shown", [([1.0, 40.7], r"got 1.0 \(float\) at position 0"),
+                                        ([1, 40.7], r"got 40.7 \(float\) at position 1"),
+                                        ([True, 3], r"got True \(bool\) at position 0"),
+                                        (["1"], r"got '1' \(str\) at position 0")])
+def test_ids_that_are_not_integers_are_refused_not_truncated(ids, shown):
+    model = random_model(MHA)
+    with pytest.raises(ValueError, match=f"^token ids must be integers, {shown}; pass the ids a tokenizer gave"):
+        generate(model, ids, 3)
+    with pytest.raises(ValueError, match="token ids must be integers"):
+        generate_batch(model, [[1, 2], ids], 3)
+
+
+def test_integer_ids_of_any_integer_type_are_accepted():
+    np = pytest.importorskip("numpy")
+    model = random_model(MHA)
+    expected = generate(model, [1, 5, 9], 4)
+    assert generate(model, torch.tensor([1, 5, 9]), 4) == expected  # 0-d integer tensors
+    assert generate(model, np.array([1, 5, 9]), 4) == expected
+
+
+def test_stop_ids_outside_the_vocabulary_are_refused():
+    model = random_model(MHA)  # vocab 97
+    message = r"^stop id 97 is outside the model's vocabulary \[0, 97\), so it can never be produced"
+    with pytest.raises(ValueError, match=message):
+        generate(model, [1], 3, Sampling(stop_ids=[2, 97]))
+    with pytest.raises(ValueError, match=message):
+        generate_batch(model, [[1]], 3, Sampling(stop_ids={97}))
+    assert generate(model, [1], 3, Sampling(stop_ids={96})) is not None  # the last id is a valid one
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0, top_p=0.9, seed=0)],
+                         ids=["greedy", "sampled"])
+def test_non_finite_weights_give_a_clear_error_not_tokens(sampling):
+    model = random_model(MHA)
+    with torch.no_grad():
+        model.norm.weight[3] = float("nan")  # every logit becomes NaN
+    expected = (r"^at new token 1: the model produced NaN logits: its weights may be non-finite; "
+                r"check the checkpoint")
+    with pytest.raises(ValueError, match=expected):
+        generate(model, [1, 2], 5, sampling)  # not [0, 0, 0, 0, 0] (the argmax of NaN), nor multinomial's error
+    with pytest.raises(ValueError, match=expected):
+        generate_batch(model, [[1, 2], [3]], 5, sampling)
+
+
+def test_sample_next_refuses_rows_with_no_finite_choice_but_allows_banned_tokens():
+    inf = float("inf")
+    for sampling in (Sampling(), Sampling(temperature=1.0)):
+        banned = torch.tensor([[-inf, 1.0, 0.5], [0.0, -inf, -inf]])  # -inf: a token someone banned
+        assert sample_next(banned, sampling, torch.Generator().manual_seed(0)).tolist()[1] == 0
+        for row, kind in (([0.0, inf, 1.0], "infinite"), ([-inf, -inf, -inf], "infinite"),
+                          ([0.0, float("nan"), 1.0], "NaN")):
+            with pytest.raises(ValueError, match=f"^the model produced {kind} logits"):
+                sample_next(torch.tensor([[0.0, 1.0, 2.0], row]), sampling)
+        with pytest.raises(ValueError, match=r"overflow in torch.float16 \(load it in float32\)"):
+            sample_next(torch.tensor([[0.0, inf]], dtype=torch.float16), sampling)
+
+
 # The compiled decoder runs torch.compile (Inductor and a C++ compiler): several seconds per
 # model with a cold cache, which the suite pays because this is code the book shows.
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
@@ -262,6 +341,29 @@ def test_compiled_decoder_gives_the_eager_greedy_ids(config):
         assert decoder.generate(prompt, n) == generate(model, prompt, n)
     assert decoder.generate([1, 17], 0) == []
     assert model.layers[0].attention.cache is None  # the cache is removed, as generate does
+
+
+def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
+    from llama.generation import CompiledDecoder
+
+    model = random_model(GQA, seed=4)
+    alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12)
+    decoder = CompiledDecoder(model, max_seq_len=16)
+    a, b = decoder.generate_stream([1, 5, 9], 12), generate_stream(model, [2, 60], 12)
+    got_a, got_b = [], []
+    for _ in range(12):
+        got_a.append(next(a))
+        got_b.append(next(b))
+        generate(model, [7, 7, 7], 3)
+    assert (got_a, got_b) == (alone_a, alone_b)
+    assert next(a, None) is None  # the stream ends, and gives the decoder back
+    first = decoder.generate_stream([1], 5)
+    next(first)
+    with pytest.raises(RuntimeError, match="this CompiledDecoder is already generating: a stream from it is still open"):
+        decoder.generate([2], 5)
+    first.close()
+    assert decoder.generate([1, 5, 9], 12) == alone_a  # free again once the first stream is closed
+    assert model.layers[0].attention.cache is None
 
 
 def test_compiled_decoder_checks_lengths_before_compiling():

@@ -45,7 +45,10 @@ NOT_SHOWN = {
     # The __init__ that @dataclass generates is compiled from a string ("<string>"), not from a
     # file of llama/, so the trace never attributes it to the package: nothing to exempt.
 }
-NOT_SHOWN_MODULES = {"_files.py": "atomic file writing, plumbing shared by the writers of checkpoints"}
+NOT_SHOWN_MODULES = {
+    "_files.py": "atomic file writing, plumbing shared by the writers of checkpoints",
+    "__init__.py": "the package's lazy imports of its public names (so the CLI starts without torch)",
+}
 
 # (b) Shown by a model chapter, yet need not run in the model.
 NOT_RUN_MODULES = {"reference.py": "the written-out versions the chapters teach next to what the model calls"}

@@ -11,6 +11,10 @@ pages, and kept in ``.cache/figures/<key>/``, where the key hashes everything a 
 on here: its module, ``figures/_*.py`` helpers, ``llama/**/*.py``, this hook and matplotlib's
 version. (Data files read by a figure are not in the key: delete ``.cache/figures`` after changing
 one.) ``mkdocs serve`` therefore redraws only after a code change.
+
+Phones: a figure scaled down to a 390 px screen has text about 5 px high. Each ``<img>`` of a
+figure gets ``--readable-width``, the width at which its smallest text is ``READABLE_TEXT_PX``
+high; on narrow screens the stylesheet keeps the image at least that wide, in a box that scrolls.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import ast
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,9 +40,18 @@ log = logging.getLogger("mkdocs.hooks.figures")
 FIGURES_DIR = "figures"  # both the source folder at the root and the URL folder in the site
 CACHE_DIR = ".cache/figures"
 WORKERS = max(1, min(2, os.cpu_count() or 1))
+READABLE_TEXT_PX = 9
 
 _running: list[tuple[subprocess.Popen, list[str]]] = []
 _used_keys: set[str] = set()
+_svg_paths: dict[str, Path] = {}  # figure file name -> the cached SVG
+_readable_widths: dict[Path, int] = {}
+
+# Matplotlib draws text as glyph outlines scaled by fontsize / 100 (`scale(0.0833 -0.0833)` is
+# 8.33 pt), in user units of points that the viewBox counts too.
+_GLYPH_SCALE = re.compile(r"scale\((0\.\d+) -\1\)")
+_VIEWBOX_WIDTH = re.compile(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+) ')
+_FIGURE_IMG = re.compile(r'<img\b(?![^>]*\bstyle=)[^>]*\bsrc="(?:\.\./)*figures/([^"/]+\.svg)"')
 
 
 def figure_names(path: Path) -> list[str]:
@@ -67,6 +82,8 @@ def on_files(files, config):
     jobs: list[dict] = []
     seen: dict[str, str] = {}
     _used_keys.clear()
+    _svg_paths.clear()
+    _readable_widths.clear()
     for module in sorted((root / FIGURES_DIR).glob("*.py")):
         if module.name.startswith("_"):
             continue  # helpers shared by figure modules
@@ -82,6 +99,7 @@ def on_files(files, config):
             if files.get_file_from_path(uri) is not None:
                 raise PluginError(f"book/{uri} exists: figures are drawn at build time, delete the file")
             svg = root / CACHE_DIR / key / name
+            _svg_paths[name] = svg
             if not svg.is_file():
                 jobs.append({"module": str(module), "name": name, "out": str(svg)})
             # The file is written by a worker before on_env; MkDocs copies it after that.
@@ -112,6 +130,30 @@ def on_env(env, config, files):
         if old.name not in _used_keys:
             shutil.rmtree(old, ignore_errors=True)  # drawn from code that no longer exists
     return env
+
+
+def readable_width(svg: Path) -> int | None:
+    """CSS px at which the figure's smallest text is READABLE_TEXT_PX high (None: it has no text)."""
+    text = svg.read_text("utf-8")
+    sizes = [100 * float(scale) for scale in _GLYPH_SCALE.findall(text)]
+    view = _VIEWBOX_WIDTH.search(text)
+    if not sizes or view is None:
+        return None
+    return math.ceil(READABLE_TEXT_PX * float(view.group(1)) / min(sizes))
+
+
+def on_post_page(output, page, config):
+    # After on_env, so every figure has been drawn.
+    def add_width(match):
+        svg = _svg_paths.get(match.group(1))
+        if svg is None:
+            return match.group(0)
+        if svg not in _readable_widths:
+            _readable_widths[svg] = readable_width(svg)
+        width = _readable_widths[svg]
+        return match.group(0) if width is None else f'{match.group(0)} style="--readable-width: {width}px"'
+
+    return _FIGURE_IMG.sub(add_width, output)
 
 
 def on_shutdown():

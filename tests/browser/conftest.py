@@ -79,7 +79,11 @@ def browser():
     except ImportError:
         _unavailable("the playwright package is not installed")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        # Playwright hides scrollbars in headless Chromium by default; a reader's browser shows
+        # them, and the layout tests check that content wider than its box scrolls visibly.
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, ignore_default_args=["--hide-scrollbars"],
+        )
         yield browser
         browser.close()
 

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llama._files import default_mode
+
 __all__ = ["cache_dir", "sha256_file", "cached_download", "DownloadError"]
 
 CACHE_ENV = "LLAMA_CACHE_DIR"
@@ -77,6 +79,7 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
         return target
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
+    os.fchmod(fd, default_mode())  # mkstemp's 0600 would stay on the cached file
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

@@ -8,7 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "default_mode", "make_temp_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "default_mode", "make_temp_dir",
+           "refuse_to_overwrite"]
 
 
 def default_mode(folder: bool = False) -> int:
@@ -91,6 +92,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def refuse_to_overwrite(path: str | os.PathLike, read: Callable[[Path], object], what: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is absent or already ``what`` (``read(path)`` succeeds).
+
+    For outputs that replace a file of the same name: a name given by mistake (the input text, a
+    folder, an unrelated file) must fail before the work, not lose the user's file after it.
+    """
+    path = Path(path)
+    target, _ = _target(path)
+    if not target.exists():
+        return
+    try:
+        read(target)
+    except Exception:  # whatever the reader refuses is not a file we wrote
+        raise ValueError(
+            f"{path} exists and is not {what}: it was left as it is; choose another output file, or "
+            "delete this one first if you mean to replace it"
+        ) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

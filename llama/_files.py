@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "default_mode", "make_temp_dir",
-           "refuse_to_overwrite"]
+           "open_for_reading", "refuse_to_overwrite"]
 
 
 def default_mode(folder: bool = False) -> int:
@@ -79,9 +79,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
       and nothing is written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path, mode = _target(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path, mode = _target(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise ValueError(f"cannot write {path}: permission denied in {path.parent}; choose a folder "
+                         "your user may write to") from None
     os.close(fd)
     try:
         write(tmp)
@@ -111,6 +115,22 @@ def refuse_to_overwrite(path: str | os.PathLike, read: Callable[[Path], object],
             f"{path} exists and is not {what}: it was left as it is; choose another output file, or "
             "delete this one first if you mean to replace it"
         ) from None
+
+
+def open_for_reading(path: str | os.PathLike):
+    """``open(path, "rb")``, with a refusal by the file system turned into a one-line ``ValueError``.
+
+    A file the user may not read is the user's to fix, and must not surface as a traceback or be
+    reported by a parser as damaged.
+    """
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise ValueError(
+            f"cannot read {path}: permission denied; give your user read access (chmod +r) or copy the file"
+        ) from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder where a file was expected") from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from llama._files import atomic_write, atomic_write_text
+from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _field
 from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.llama2c import read_llama2c
@@ -70,7 +70,7 @@ def detect_format(path: str | os.PathLike) -> str:
             f"{path} is a folder with neither config.json (Hugging Face) nor params.json (Meta): "
             "unknown checkpoint format"
         )
-    with _open_for_reading(path) as f:
+    with open_for_reading(path) as f:
         magic = f.read(4)
     if magic.startswith(b"PK"):
         raise ValueError(
@@ -87,26 +87,12 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- pickles, safely
-def _open_for_reading(path: Path):
-    """``open(path, "rb")``, with a refusal by the file system turned into a one-line ``ValueError``.
-
-    Readers below report a file they cannot parse as truncated; a file they may not open must
-    not be reported as damaged (nor, as safetensors does, as missing).
-    """
-    try:
-        return open(path, "rb")
-    except PermissionError:
-        raise ValueError(
-            f"cannot read {path}: permission denied; give your user read access (chmod +r) or copy the file"
-        ) from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder where a file was expected") from None
-
-
 def _readable_file(path: Path) -> None:
+    # The readers below report a file they cannot parse as truncated (safetensors even as
+    # missing): one they may not open is found out first.
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file {path}")
-    _open_for_reading(path).close()
+    open_for_reading(path).close()
 
 
 def _check_floating(sd: StateDict, path: Path) -> StateDict:
@@ -166,7 +152,7 @@ def _read_safetensors(path: Path) -> StateDict:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"missing {path.name} in {path.parent}")
-    with _open_for_reading(path) as f:
+    with open_for_reading(path) as f:
         data = f.read()
     try:
         obj = json.loads(data.decode("utf-8"))

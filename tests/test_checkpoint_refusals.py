@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_model
+from helpers import as_nobody, random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer
@@ -202,19 +201,6 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
 
 
 # ------------------------------------------------------------------------------ permissions
-@contextlib.contextmanager
-def as_nobody():
-    """Root reads any file: act as user 65534 for the block (the real uid stays root, to come back)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-
-
 @pytest.mark.parametrize("kind,unreadable", [("hf", "config.json"), ("hf", "model.safetensors"),
                                              ("meta", "params.json"), ("meta", "consolidated.00.pth"),
                                              ("llama2c", "model.bin")])

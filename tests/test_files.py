@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
+from helpers import as_nobody
 
 from llama._files import atomic_write_text, make_temp_dir
 
@@ -96,3 +100,32 @@ def test_a_downloaded_file_gets_the_umask_mode_not_0600(tmp_path, umask):
     source.write_bytes(b"to be")
     path = cached_download(source.as_uri(), hashlib.sha256(b"to be").hexdigest(), directory=tmp_path / "cache")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+@pytest.fixture
+def public_dir():
+    """A folder everyone may enter but only its owner may write, outside pytest's private tmp_path."""
+    root = Path(tempfile.mkdtemp())
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_unwritable_folder_is_a_one_line_error(public_dir):
+    with as_nobody(), pytest.raises(ValueError) as info:
+        atomic_write_text(public_dir / "tok.json", "x")
+    assert str(info.value) == (f"cannot write {public_dir / 'tok.json'}: permission denied in {public_dir}; "
+                               "choose a folder your user may write to")
+    assert list(public_dir.iterdir()) == []
+
+
+def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir, capsys):
+    from llama.cli import main
+
+    path = public_dir / "tok.json"
+    path.write_text("{}")
+    os.chmod(path, 0)
+    with as_nobody():
+        assert main(["tokenize", "encode", "-t", str(path), "hello"]) == 2
+    assert capsys.readouterr().err == (f"llama tokenize: error: cannot read {path}: permission denied; give your "
+                                       "user read access (chmod +r) or copy the file\n")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
-from llama.config import ModelConfig, RopeScaling, _field
+from llama.config import ModelConfig, RopeScaling, _check_field
 from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.llama2c import read_llama2c
 
@@ -87,7 +87,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- pickles, safely
-def _readable_file(path: Path) -> None:
+def _check_readable(path: Path) -> None:
     # The readers below report a file they cannot parse as truncated (safetensors even as
     # missing): one they may not open is found out first.
     if not path.is_file():
@@ -116,7 +116,7 @@ def _pickle_refusal_reason(err: Exception) -> str:
 # --8<-- [start:files]
 def _torch_load_weights(path: Path) -> StateDict:
     """``torch.load`` that accepts only a flat ``{name: tensor}`` dict and never runs pickled code."""
-    _readable_file(path)
+    _check_readable(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -141,7 +141,7 @@ def _read_safetensors(path: Path) -> StateDict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    _readable_file(path)
+    _check_readable(path)
     try:
         sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as err:
@@ -296,7 +296,7 @@ def _meta_fields(params: dict, path: Path) -> dict:
                          "dim, n_layers and n_heads; add them or check that this is the right file")
     try:
         def get(key: str, kind: str, default=None):
-            return _field(params, key, kind, default, null=True)
+            return _check_field(params, key, kind, default, null=True)
 
         scaling = None
         if get("use_scaled_rope", "bool", False):

@@ -53,8 +53,8 @@ _KINDS = {
 }
 
 
-def _field(data: dict[str, Any], key: str, kind: str, default: Any = None, *, null: bool = False,
-           where: str = "") -> Any:
+def _check_field(data: dict[str, Any], key: str, kind: str, default: Any = None, *, null: bool = False,
+                 where: str = "") -> Any:
     """``data[key]`` (or ``default`` when absent), checked to be of ``kind`` (a key of ``_KINDS``).
 
     JSON files written by hand or by other tools carry ``"64"`` or ``"false"``: a string where a
@@ -99,7 +99,7 @@ class RopeScaling:
     def __post_init__(self) -> None:
         for name, kind in (("factor", "number"), ("low_freq_factor", "number"), ("high_freq_factor", "number"),
                            ("original_max_position_embeddings", "int")):
-            _field(vars(self), name, kind, where="rope_scaling.")
+            _check_field(vars(self), name, kind, where="rope_scaling.")
         if self.factor < 1.0:
             raise ValueError(f"rope_scaling.factor must be >= 1 (got {self.factor}); use None for no scaling")
         if not 0 < self.low_freq_factor < self.high_freq_factor:
@@ -161,9 +161,9 @@ class ModelConfig:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.hidden_dim is None:  # the rule does arithmetic: its inputs are checked first
-            _field(vars(self), "dim", "int")
-            _field(vars(self), "multiple_of", "int")
-            _field(vars(self), "ffn_dim_multiplier", "number", null=True)
+            _check_field(vars(self), "dim", "int")
+            _check_field(vars(self), "multiple_of", "int")
+            _check_field(vars(self), "ffn_dim_multiplier", "number", null=True)
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
         self.validate()
 
@@ -196,8 +196,8 @@ class ModelConfig:
                 "choose dim and n_heads so that dim / n_heads is even"
             )
         for name in ("rope_theta", "norm_eps", "ffn_dim_multiplier"):
-            _field(vars(self), name, "number", null=True)
-        _field(vars(self), "tie_embeddings", "bool")
+            _check_field(vars(self), name, "number", null=True)
+        _check_field(vars(self), "tie_embeddings", "bool")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:
@@ -255,7 +255,7 @@ class ModelConfig:
             raise ValueError(f"a config.json must hold a JSON object of fields, not a {type(hf).__name__}")
 
         def get(key: str, kind: str, default: Any = None, null: bool = False) -> Any:
-            return _field(hf, key, kind, default, null=null)
+            return _check_field(hf, key, kind, default, null=null)
 
         if get("hidden_act", "str", "silu") != "silu":
             raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported: this model uses SwiGLU (silu)")
@@ -277,8 +277,8 @@ class ModelConfig:
         )
         rope = dict(get("rope_parameters", "object", {}, null=True))
         legacy = get("rope_scaling", "object", {}, null=True)
-        rope_theta = _field(rope, "rope_theta", "number", get("rope_theta", "number", 10000.0),
-                            where="rope_parameters.")
+        rope_theta = _check_field(rope, "rope_theta", "number", get("rope_theta", "number", 10000.0),
+                                  where="rope_parameters.")
         rope.pop("rope_theta", None)
         where = "rope_parameters." if rope else "rope_scaling."
         scaling_fields = rope or dict(legacy)
@@ -288,7 +288,7 @@ class ModelConfig:
         elif rope_type == "llama3":
             kinds = {"factor": "number", "low_freq_factor": "number", "high_freq_factor": "number",
                      "original_max_position_embeddings": "int"}
-            rope_scaling = RopeScaling(**{k: _field(scaling_fields, k, kind, where=where)
+            rope_scaling = RopeScaling(**{k: _check_field(scaling_fields, k, kind, where=where)
                                           for k, kind in kinds.items() if k in scaling_fields})
         else:
             raise ValueError(f"rope type {rope_type!r} is not supported; use 'default' or 'llama3'")

@@ -323,8 +323,8 @@ def _merge_meta_shards(shards: list[StateDict], full_shapes: dict[str, tuple[int
     for shard, path in zip(shards[1:], paths[1:]):
         if set(shard) != names:
             differ = sorted(set(shard) ^ names)
-            raise ValueError(f"{path.name} and {paths[0].name} hold different tensors ({differ[:5]}): "
-                             "every consolidated.NN.pth of one model holds the same names; is a file from another model?")
+            raise ValueError(f"{path.name} and {paths[0].name} hold different tensors ({differ[:5]}): every "
+                             "consolidated.NN.pth of one model holds the same names; is one from another model?")
     merged = {}
     for name, shape in full_shapes.items():
         parts = [shard[name] for shard in shards]

@@ -117,7 +117,8 @@ def test_a_weight_map_value_that_is_not_a_file_name(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------- config.json
 @pytest.mark.parametrize("fields,message", [
-    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false': write false without quotes"),
+    ({"tie_word_embeddings": "false"},
+     "tie_word_embeddings must be true or false, got 'false': write false without quotes"),
     ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a number, got '1e-5': write 1e-5 without quotes"),
     ({"hidden_size": "64"}, "hidden_size must be an integer, got '64': write 64 without quotes"),
     ({"num_hidden_layers": 2.5}, "num_hidden_layers must be an integer, got 2.5"),

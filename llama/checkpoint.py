@@ -62,10 +62,14 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return "hf"
-        if (path / "params.json").is_file():
-            return "meta"
+        try:
+            if (path / "config.json").is_file():
+                return "hf"
+            if (path / "params.json").is_file():
+                return "meta"
+        except PermissionError:
+            raise ValueError(f"cannot read the folder {path}: permission denied; give your user read "
+                             "access (chmod +rx) or copy it") from None
         raise ValueError(
             f"{path} is a folder with neither config.json (Hugging Face) nor params.json (Meta): "
             "unknown checkpoint format"
@@ -415,7 +419,11 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise ValueError(f"cannot make the folder {directory}: permission denied; choose a place your user "
+                         "may write to") from None
     hf_sd = llama_to_hf_state_dict(state_dict, config)
     # safetensors stores each tensor once, contiguous, and refuses tensors that share memory.
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}

@@ -202,9 +202,22 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
 
 
 # ------------------------------------------------------------------------------ permissions
+def test_an_output_folder_the_user_may_not_make(capsys):
+    closed = Path(tempfile.mkdtemp())  # root's, 0755: nobody may enter but not write
+    try:
+        os.chmod(closed, 0o755)
+        source = hf_folder(closed / "model")
+        with as_nobody():
+            err = one_line_cli_error(capsys, ["convert", str(source), str(closed / "out"), "--to", "hf"])
+        assert err == f"llama convert: error: cannot make the folder {closed / 'out'}: permission denied; choose " \
+                      "a place your user may write to\n"
+    finally:
+        shutil.rmtree(closed)
+
+
 @pytest.mark.parametrize("kind,unreadable", [("hf", "config.json"), ("hf", "model.safetensors"),
                                              ("meta", "params.json"), ("meta", "consolidated.00.pth"),
-                                             ("llama2c", "model.bin")])
+                                             ("llama2c", "model.bin"), ("hf", ".")])
 def test_unreadable_files_are_named_as_unreadable(capsys, kind, unreadable):
     """A file the user may not read is reported as such, not as truncated, missing, or with a traceback."""
     # Outside pytest's tmp_path, whose parent only root may enter: here only the file is closed.
@@ -227,7 +240,11 @@ def test_unreadable_files_are_named_as_unreadable(capsys, kind, unreadable):
         checkpoint = folder / "model.bin" if kind == "llama2c" else folder
         with as_nobody():
             err = one_line_cli_error(capsys, ["generate", str(checkpoint), "-n", "1"])
-        assert err == f"llama generate: error: cannot read {folder / unreadable}: permission denied; give your " \
-                      "user read access (chmod +r) or copy the file\n"
+        if unreadable == ".":
+            assert err == f"llama generate: error: cannot read the folder {folder}: permission denied; give your " \
+                          "user read access (chmod +rx) or copy it\n"
+        else:
+            assert err == f"llama generate: error: cannot read {folder / unreadable}: permission denied; give your " \
+                          "user read access (chmod +r) or copy the file\n"
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from llama._files import atomic_write, atomic_write_text
-from llama.config import ModelConfig, RopeScaling
+from llama._files import atomic_write, atomic_write_text, open_for_reading
+from llama.config import ModelConfig, RopeScaling, _check_field
 from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.llama2c import read_llama2c
 
@@ -62,15 +62,19 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return "hf"
-        if (path / "params.json").is_file():
-            return "meta"
+        try:
+            if (path / "config.json").is_file():
+                return "hf"
+            if (path / "params.json").is_file():
+                return "meta"
+        except PermissionError:
+            raise ValueError(f"cannot read the folder {path}: permission denied; give your user read "
+                             "access (chmod +rx) or copy it") from None
         raise ValueError(
             f"{path} is a folder with neither config.json (Hugging Face) nor params.json (Meta): "
             "unknown checkpoint format"
         )
-    with open(path, "rb") as f:
+    with open_for_reading(path) as f:
         magic = f.read(4)
     if magic.startswith(b"PK"):
         raise ValueError(
@@ -87,19 +91,45 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- pickles, safely
+def _check_readable(path: Path) -> None:
+    # The readers below report a file they cannot parse as truncated (safetensors even as
+    # missing): one they may not open is found out first.
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint file {path}")
+    open_for_reading(path).close()
+
+
+def _check_floating(sd: StateDict, path: Path) -> StateDict:
+    """Refuse integer and boolean tensors: loading would cast them to float without a word."""
+    for name, t in sd.items():
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{path}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, not floating point: "
+                "weights must be float32, float16 or bfloat16 (a quantized or non-weight file?)"
+            )
+    return sd
+
+
+def _pickle_refusal_reason(err: Exception) -> str:
+    """What torch's refusal says about the file, without its advice to load with ``weights_only=False``."""
+    paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
+    reasons = [p for p in paragraphs if "weights_only" not in p and "Weights only load failed" not in p]
+    return f" Details: {reasons[0]}" if reasons else ""
+
+
 # --8<-- [start:files]
 def _torch_load_weights(path: Path) -> StateDict:
     """``torch.load`` that accepts only a flat ``{name: tensor}`` dict and never runs pickled code."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing checkpoint file {path}")
+    _check_readable(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only=True stops at the first object that is not plain data (a class, a
-        # function such as os.system): the payload is never called.
+        # function such as os.system): the payload is never called. torch's message suggests
+        # weights_only=False, which would run it: only the reason is passed on.
         raise ValueError(
             f"{path} is not plain weights: it pickles objects that loading would have to execute, so it "
-            f"was refused. Only tensors and containers of them are read. Details: {str(err).splitlines()[0]}"
+            f"was refused. Only tensors and containers of them are read.{_pickle_refusal_reason(err)}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"could not read {path}: it is truncated or not a PyTorch checkpoint ({err})") from None
@@ -108,28 +138,34 @@ def _torch_load_weights(path: Path) -> StateDict:
         raise ValueError(
             f"{path} holds {what}, not a dict of weight names to tensors; save model.state_dict() instead"
         )
-    return obj
+    return _check_floating(obj, path)
 
 
 def _read_safetensors(path: Path) -> StateDict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise FileNotFoundError(f"missing checkpoint file {path}")
+    _check_readable(path)
     try:
-        return load_file(path, device="cpu")
+        sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as err:
         raise ValueError(f"could not read {path}: it is truncated or not a safetensors file ({err})") from None
+    return _check_floating(sd, path)
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"missing {path.name} in {path.parent}")
+    with open_for_reading(path) as f:
+        data = f.read()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        obj = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON (truncated?): {err}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not an object of fields ({{...}}): "
+                         "is it the right file?")
+    return obj
 # --8<-- [end:files]
 
 
@@ -147,7 +183,11 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
         interleaved order (:func:`llama.convert.hf_to_llama_state_dict`).
     """
     directory = Path(directory)
-    config = ModelConfig.from_hf(_read_json(directory / "config.json"))
+    hf_config = _read_json(directory / "config.json")
+    try:
+        config = ModelConfig.from_hf(hf_config)
+    except ValueError as err:
+        raise ValueError(f"{directory / 'config.json'}: {err}") from None
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.is_file():
         hf_sd = _read_safetensors(single)
@@ -156,8 +196,8 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index} has no 'weight_map' telling which shard holds each tensor")
         hf_sd = {}
-        for shard in sorted(set(weight_map.values())):
-            hf_sd.update(_read_safetensors(directory / shard))
+        for shard in sorted(set(_shard_paths(weight_map, index))):
+            hf_sd.update(_read_safetensors(shard))
     elif (directory / "pytorch_model.bin").is_file():
         hf_sd = _torch_load_weights(directory / "pytorch_model.bin")
     else:
@@ -167,6 +207,33 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
         )
     return config, hf_to_llama_state_dict(hf_sd, config)
 # --8<-- [end:read_hf]
+
+
+def _shard_paths(weight_map: dict, index: Path) -> list[Path]:
+    """The files ``weight_map`` names, each checked to lie inside the checkpoint's folder.
+
+    The index is data from whoever made the checkpoint: an absolute path, ``..`` or a link out of
+    the folder would make us read any file (``/etc/passwd``, another model) as weights. The one
+    link allowed out is the Hugging Face cache's, from ``snapshots/REV/`` into the same
+    repository's ``blobs/``, where it stores every file.
+    """
+    folder = index.parent.resolve()
+    allowed = [folder]
+    if folder.parent.name == "snapshots":
+        allowed.append(folder.parent.parent / "blobs")
+    paths = []
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise ValueError(f"{index}: weight_map[{tensor!r}] is {shard!r}, not a file name; "
+                             "each value must name a .safetensors file in the folder")
+        lexical = Path(shard)
+        resolved = (index.parent / lexical).resolve()
+        named_inside = not lexical.is_absolute() and ".." not in lexical.parts
+        if not named_inside or not any(resolved.is_relative_to(root) for root in allowed):
+            raise ValueError(f"{index}: weight_map[{tensor!r}] names {shard!r}, which is not a file in "
+                             f"{index.parent}; shards must sit next to the index, so it was not read")
+        paths.append(index.parent / lexical)
+    return paths
 
 
 # ---------------------------------------------------------------------------------------- Meta
@@ -195,6 +262,7 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
     unknown = sorted(set(params) - _META_KEYS)
     if unknown:
         raise ValueError(f"params.json has keys this model does not support: {unknown} (known: {sorted(_META_KEYS)})")
+    fields = _meta_fields(params, directory / "params.json")  # checked before gigabytes of weights are read
     shard_paths = sorted(directory.glob("consolidated.*.pth"))
     if not shard_paths:
         raise FileNotFoundError(f"{directory} has params.json but no consolidated.NN.pth weight files")
@@ -204,19 +272,14 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
     if "tok_embeddings.weight" not in shards[0]:
         raise ValueError(f"{shard_paths[0]} has no tok_embeddings.weight: not a Meta Llama checkpoint")
 
-    vocab_size = params.get("vocab_size", -1)
-    if vocab_size <= 0:
-        vocab_size = shards[0]["tok_embeddings.weight"].shape[0]
-    scaling = None
-    if params.get("use_scaled_rope", False):
-        scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", 8.0)))
-    config = ModelConfig(
-        dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
-        n_kv_heads=params.get("n_kv_heads"), vocab_size=vocab_size,
-        multiple_of=params.get("multiple_of", 256), ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
-        norm_eps=params.get("norm_eps", 1e-5), rope_theta=float(params.get("rope_theta", 10000.0)),
-        max_seq_len=max_seq_len or params.get("max_seq_len", 2048), rope_scaling=scaling,
-    )
+    if fields["vocab_size"] <= 0:
+        fields["vocab_size"] = shards[0]["tok_embeddings.weight"].shape[0]
+    if max_seq_len:
+        fields["max_seq_len"] = max_seq_len
+    try:
+        config = ModelConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"{directory / 'params.json'}: {err}") from None
     # A model whose head is not stored, or stored equal to the embedding, shares the two.
     if "output.weight" not in shards[0] or torch.equal(shards[0]["output.weight"], shards[0]["tok_embeddings.weight"]):
         config = dataclasses.replace(config, tie_embeddings=True)
@@ -229,6 +292,30 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
 # --8<-- [end:read_meta]
 
 
+def _meta_fields(params: dict, path: Path) -> dict:
+    """The ``ModelConfig`` arguments in a ``params.json``, each of the type it must have."""
+    missing = [key for key in ("dim", "n_layers", "n_heads") if key not in params]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: every Meta params.json gives the model's "
+                         "dim, n_layers and n_heads; add them or check that this is the right file")
+    try:
+        def get(key: str, kind: str, default=None):
+            return _check_field(params, key, kind, default, null=True)
+
+        scaling = None
+        if get("use_scaled_rope", "bool", False):
+            scaling = RopeScaling(factor=float(get("rope_scaling_factor", "number", 8.0)))
+        return dict(
+            dim=get("dim", "int"), n_layers=get("n_layers", "int"), n_heads=get("n_heads", "int"),
+            n_kv_heads=get("n_kv_heads", "int"), vocab_size=get("vocab_size", "int", -1),
+            multiple_of=get("multiple_of", "int", 256), ffn_dim_multiplier=get("ffn_dim_multiplier", "number"),
+            norm_eps=get("norm_eps", "number", 1e-5), rope_theta=float(get("rope_theta", "number", 10000.0)),
+            max_seq_len=get("max_seq_len", "int", 2048), rope_scaling=scaling,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def _merge_meta_shards(shards: list[StateDict], full_shapes: dict[str, tuple[int, ...]],
                        paths: list[Path]) -> StateDict:
     names = set(shards[0])
@@ -237,11 +324,24 @@ def _merge_meta_shards(shards: list[StateDict], full_shapes: dict[str, tuple[int
         raise ValueError(
             f"{paths[0]} does not match params.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    for shard, path in zip(shards[1:], paths[1:]):
+        if set(shard) != names:
+            differ = sorted(set(shard) ^ names)
+            raise ValueError(f"{path.name} and {paths[0].name} hold different tensors ({differ[:5]}): every "
+                             "consolidated.NN.pth of one model holds the same names; is one from another model?")
     merged = {}
     for name, shape in full_shapes.items():
         parts = [shard[name] for shard in shards]
         if tuple(parts[0].shape) == shape:
-            merged[name] = parts[0]  # repeated in every shard (or a single shard)
+            # Repeated in every shard (the norms), so every copy must be the same: a differing one
+            # means shards of different models (or a damaged file), and keeping the first would hide it.
+            for part, path in zip(parts[1:], paths[1:]):
+                if part.shape != parts[0].shape or not torch.equal(part, parts[0]):
+                    raise ValueError(
+                        f"tensor {name} should be repeated identically in every consolidated.NN.pth, but "
+                        f"{path.name} differs from {paths[0].name}: the files are not shards of one model"
+                    )
+            merged[name] = parts[0]
             continue
         # The one dimension along which the slices add up to the full size.
         dims = [d for d in range(len(shape))
@@ -271,7 +371,8 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     Raises:
         FileNotFoundError: the path or a file it needs is missing.
         ValueError: an unknown format, a truncated or unreadable file, a pickle that is not
-            plain weights, or tensors whose shapes contradict the config.
+            plain weights, a config field of the wrong type, tensors whose shapes contradict
+            the config, integer tensors, or weights holding NaN or infinity.
     """
     fmt = detect_format(path)
     if fmt == "hf":
@@ -285,7 +386,23 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     for name, shape in expected_shapes(config).items():
         if name in sd and tuple(sd[name].shape) != shape:
             raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}")
+    _check_finite(sd, path)
     return config, sd
+
+
+def _check_finite(sd: StateDict, path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity: such a model loads and runs, and prints nonsense.
+
+    One float64 sum per tensor, with no temporary as large as the tensor: a NaN or an infinity
+    anywhere makes the sum non-finite, and finite float32 weights cannot overflow a float64 sum.
+    """
+    for name, t in sd.items():
+        if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{path}: tensor {name} holds NaN or infinity in {bad} of its {t.numel()} values: the checkpoint "
+                "is damaged, or saved from a run that diverged; load an earlier checkpoint"
+            )
 # --8<-- [end:load]
 
 
@@ -302,7 +419,11 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise ValueError(f"cannot make the folder {directory}: permission denied; choose a place your user "
+                         "may write to") from None
     hf_sd = llama_to_hf_state_dict(state_dict, config)
     # safetensors stores each tensor once, contiguous, and refuses tensors that share memory.
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}

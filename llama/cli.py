@@ -97,12 +97,14 @@ def _add_tokenize(subparsers) -> None:
 def _run_tokenize(args) -> int:
     from pathlib import Path
 
+    from llama._files import refuse_to_overwrite
     from llama.tokenizer import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, load_tokenizer, train_sentencepiece
 
     if args.action == "train":
         source = Path(args.input)
         if not source.is_file():
             raise FileNotFoundError(f"no training text at {source}")
+        refuse_to_overwrite(args.output, load_tokenizer, "a tokenizer file")  # checked before training
         if args.method == "bpe":
             text = source.read_text(encoding="utf-8")
             pattern = GPT2_PATTERN if args.pattern == "gpt2" else LLAMA3_PATTERN

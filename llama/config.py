@@ -8,6 +8,7 @@ Every size in the model follows from :class:`ModelConfig`. The names follow Meta
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,39 @@ def llama_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float
 # --8<-- [end:hidden_dim]
 
 
+_KINDS = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "object": ("an object ({...})", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_field(data: dict[str, Any], key: str, kind: str, default: Any = None, *, null: bool = False,
+                 where: str = "") -> Any:
+    """``data[key]`` (or ``default`` when absent), checked to be of ``kind`` (a key of ``_KINDS``).
+
+    JSON files written by hand or by other tools carry ``"64"`` or ``"false"``: a string where a
+    number or a boolean belongs. Converting it would hide the mistake (``bool("false")`` is True),
+    so it is an error naming the field. ``null=True`` lets ``null`` mean the default.
+    """
+    if key not in data or (null and data[key] is None):
+        return default
+    value = data[key]
+    what, ok = _KINDS[kind]
+    if not ok(value):
+        hint = ""
+        if isinstance(value, str):
+            try:
+                if ok(json.loads(value)):
+                    hint = f": write {value} without quotes"
+            except ValueError:
+                pass
+        raise ValueError(f"{where}{key} must be {what}, got {value!r}{hint}")
+    return value
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """Llama 3.1's RoPE frequency scaling (``rope_type: "llama3"`` in Hugging Face configs).
@@ -63,6 +97,9 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
     def __post_init__(self) -> None:
+        for name, kind in (("factor", "number"), ("low_freq_factor", "number"), ("high_freq_factor", "number"),
+                           ("original_max_position_embeddings", "int")):
+            _check_field(vars(self), name, kind, where="rope_scaling.")
         if self.factor < 1.0:
             raise ValueError(f"rope_scaling.factor must be >= 1 (got {self.factor}); use None for no scaling")
         if not 0 < self.low_freq_factor < self.high_freq_factor:
@@ -123,7 +160,10 @@ class ModelConfig:
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.hidden_dim is None:
+        if self.hidden_dim is None:  # the rule does arithmetic: its inputs are checked first
+            _check_field(vars(self), "dim", "int")
+            _check_field(vars(self), "multiple_of", "int")
+            _check_field(vars(self), "ffn_dim_multiplier", "number", null=True)
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
         self.validate()
 
@@ -155,6 +195,9 @@ class ModelConfig:
                 f"head_dim = dim / n_heads = {self.head_dim} is odd, but RoPE rotates pairs of features: "
                 "choose dim and n_heads so that dim / n_heads is even"
             )
+        for name in ("rope_theta", "norm_eps", "ffn_dim_multiplier"):
+            _check_field(vars(self), name, "number", null=True)
+        _check_field(vars(self), "tie_embeddings", "bool")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:
@@ -198,54 +241,64 @@ class ModelConfig:
         transformers' defaults (note its ``rms_norm_eps`` default is 1e-6).
 
         Raises:
-            ValueError: for features this model does not have (biases, another activation,
-                a ``head_dim`` different from ``hidden_size / num_attention_heads``,
-                a RoPE type other than default or ``llama3``).
+            ValueError: for a field of the wrong type (``"64"`` for 64, ``"false"`` for false:
+                nothing is converted), and for features this model does not have (biases,
+                another activation, a ``head_dim`` different from
+                ``hidden_size / num_attention_heads``, a RoPE type other than default or ``llama3``).
 
         >>> cfg = ModelConfig.from_hf({"hidden_size": 64, "num_hidden_layers": 2,
         ...     "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 99})
         >>> cfg.dim, cfg.n_kv_heads, cfg.norm_eps, cfg.rope_theta
         (64, 4, 1e-06, 10000.0)
         """
-        get = hf.get
-        if get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {get('hidden_act')!r} is not supported: this model uses SwiGLU (silu)")
+        if not isinstance(hf, dict):
+            raise ValueError(f"a config.json must hold a JSON object of fields, not a {type(hf).__name__}")
+
+        def get(key: str, kind: str, default: Any = None, null: bool = False) -> Any:
+            return _check_field(hf, key, kind, default, null=null)
+
+        if get("hidden_act", "str", "silu") != "silu":
+            raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported: this model uses SwiGLU (silu)")
         for flag in ("attention_bias", "mlp_bias"):
-            if get(flag, False):
+            if get(flag, "bool", False):
                 raise ValueError(f"{flag}=True is not supported: Llama's projections have no bias")
-        dim = get("hidden_size", 4096)
-        n_heads = get("num_attention_heads", 32)
-        head_dim = get("head_dim")
-        if head_dim is not None and n_heads and head_dim * n_heads != dim:
-            raise ValueError(
-                f"head_dim={head_dim} differs from hidden_size/num_attention_heads={dim}/{n_heads}; "
-                "this model derives head_dim from dim and n_heads"
-            )
-        rope = dict(get("rope_parameters") or {})
-        legacy = get("rope_scaling") or {}
-        rope_theta = rope.pop("rope_theta", get("rope_theta", 10000.0))
+        # Every field's type is checked before any is compared, so a message names the real cause.
+        dim = get("hidden_size", "int", 4096)
+        n_heads = get("num_attention_heads", "int", 32)
+        head_dim = get("head_dim", "int", null=True)
+        fields = dict(
+            n_layers=get("num_hidden_layers", "int", 32),
+            n_kv_heads=get("num_key_value_heads", "int", n_heads, null=True),
+            vocab_size=get("vocab_size", "int", 32000),
+            hidden_dim=get("intermediate_size", "int", 11008),
+            max_seq_len=get("max_position_embeddings", "int", 2048),
+            norm_eps=get("rms_norm_eps", "number", 1e-6),
+            tie_embeddings=get("tie_word_embeddings", "bool", False),
+        )
+        rope = dict(get("rope_parameters", "object", {}, null=True))
+        legacy = get("rope_scaling", "object", {}, null=True)
+        rope_theta = _check_field(rope, "rope_theta", "number", get("rope_theta", "number", 10000.0),
+                                  where="rope_parameters.")
+        rope.pop("rope_theta", None)
+        where = "rope_parameters." if rope else "rope_scaling."
         scaling_fields = rope or dict(legacy)
         rope_type = scaling_fields.pop("rope_type", scaling_fields.pop("type", "default"))
         if rope_type == "default":
             rope_scaling = None
         elif rope_type == "llama3":
-            names = {f.name for f in dataclasses.fields(RopeScaling)}
-            rope_scaling = RopeScaling(**{k: v for k, v in scaling_fields.items() if k in names})
+            kinds = {"factor": "number", "low_freq_factor": "number", "high_freq_factor": "number",
+                     "original_max_position_embeddings": "int"}
+            rope_scaling = RopeScaling(**{k: _check_field(scaling_fields, k, kind, where=where)
+                                          for k, kind in kinds.items() if k in scaling_fields})
         else:
             raise ValueError(f"rope type {rope_type!r} is not supported; use 'default' or 'llama3'")
-        return cls(
-            dim=dim,
-            n_layers=get("num_hidden_layers", 32),
-            n_heads=n_heads,
-            n_kv_heads=get("num_key_value_heads") or n_heads,
-            vocab_size=get("vocab_size", 32000),
-            hidden_dim=get("intermediate_size", 11008),
-            max_seq_len=get("max_position_embeddings", 2048),
-            rope_theta=float(rope_theta),
-            norm_eps=get("rms_norm_eps", 1e-6),
-            tie_embeddings=get("tie_word_embeddings", False),
-            rope_scaling=rope_scaling,
-        )
+        config = cls(dim=dim, n_heads=n_heads, rope_theta=float(rope_theta), rope_scaling=rope_scaling, **fields)
+        if head_dim is not None and head_dim != config.head_dim:  # after the sizes are known to be valid
+            raise ValueError(
+                f"head_dim={head_dim} differs from hidden_size/num_attention_heads={dim}/{n_heads}; "
+                "this model derives head_dim from dim and n_heads"
+            )
+        return config
 
     def to_hf(self) -> dict[str, Any]:
         """The ``config.json`` fields of transformers' ``LlamaConfig`` for this model.

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama._files import default_mode
+
 __all__ = ["cache_dir", "sha256_file", "cached_download", "DownloadError", "Dataset", "DATASETS",
            "dataset", "data_dirs", "find_data", "download"]
 
@@ -81,6 +83,7 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
         return target
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
+    os.fchmod(fd, default_mode())  # mkstemp's 0600 would stay on the cached file
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

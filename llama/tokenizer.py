@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from llama._files import atomic_write_bytes
+from llama._files import atomic_write_bytes, open_for_reading
 from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from llama.spm import SentencePieceTokenizer
 
@@ -158,12 +158,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is neither kind of tokenizer.
+        ValueError: If the file is neither kind of tokenizer, or may not be read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {path}")
-    with path.open("rb") as f:
+    with open_for_reading(path) as f:
         head = f.read(1)
     if head == b"{":
         return BPETokenizer.load(path)

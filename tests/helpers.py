@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import importlib.util
+import os
 import re
 import shlex
 from pathlib import Path
@@ -88,3 +90,21 @@ def pb_field(number: int, value: int | bytes) -> bytes:
     if isinstance(value, int):
         return pb_varint(number << 3) + pb_varint(value)
     return pb_varint(number << 3 | 2) + pb_varint(len(value)) + value
+
+
+@contextlib.contextmanager
+def as_nobody():
+    """Run the block as user 65534 (nobody) when running as root, who may read and write any file.
+
+    Only the effective uid changes (the real one stays root, to come back), so files the block
+    opens are checked against nobody's rights. The paths involved must lie where nobody may go:
+    pytest's tmp_path is under a folder only its owner may enter.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)

@@ -109,3 +109,27 @@ def test_generate_prepends_bos_only_where_the_tokenizer_has_one(tmp_path, monkey
         assert prompts == [bos + tok.encode("the cat")]
         assert capsys.readouterr().out == "the cat\n"
     assert spm.bos_id == 1
+
+
+def test_train_output_never_replaces_a_file_that_is_not_a_tokenizer(corpus, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "260", "-o", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"llama tokenize: error: {folder} is a folder: it was left as it is; give the path of a file to write\n"
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    for victim in (corpus, tmp_path / "notes.json"):  # the training text itself, or any other file
+        if not victim.exists():
+            victim.write_text('{"my": "data"}')
+        before = victim.read_bytes()
+        for method in ("bpe", "sentencepiece"):
+            assert main(["tokenize", "train", str(corpus), "--vocab-size", "280", "-o", str(victim), "--method", method]) == 2
+            err = capsys.readouterr().err
+            assert err == f"llama tokenize: error: {victim} exists and is not a tokenizer file: it was left as it is; " \
+                          "choose another output file, or delete this one first if you mean to replace it\n"
+            assert victim.read_bytes() == before
+    out = tmp_path / "tok.model"  # a tokenizer is ours: training again replaces it
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "280", "-o", str(out), "--method", "sentencepiece"]) == 0
+    assert main(["tokenize", "train", str(corpus), "--vocab-size", "270", "-o", str(out)]) == 0
+    assert BPETokenizer.load(out).vocab_size == 270

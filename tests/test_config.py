@@ -62,3 +62,26 @@ def test_from_hf_reads_transformers5_rope_parameters():
     assert cfg.rope_theta == 500000.0 and cfg.rope_scaling == RopeScaling(factor=32.0)
     plain = ModelConfig.from_hf({**hf, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
     assert plain.rope_theta == 1e6 and plain.rope_scaling is None
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dim="64"), "dim must be an integer, got '64': write 64 without quotes"),
+    (dict(norm_eps="1e-5"), "norm_eps must be a number, got '1e-5'"),
+    (dict(rope_theta="10000"), "rope_theta must be a number, got '10000'"),
+    (dict(tie_embeddings="false"), "tie_embeddings must be true or false, got 'false'"),
+    (dict(rope_scaling=dict(factor="8")), "rope_scaling.factor must be a number, got '8'"),
+])
+def test_fields_of_the_wrong_type_are_refused_not_converted(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{"dim": 64, "n_heads": 8, **kwargs})
+
+
+def test_from_hf_checks_types_before_sizes():
+    """A string size would otherwise be compared with numbers and blamed on head_dim."""
+    hf = {"hidden_size": "64", "num_attention_heads": 4, "head_dim": 16, "num_hidden_layers": 2}
+    with pytest.raises(ValueError, match="^hidden_size must be an integer, got '64': write 64 without quotes$"):
+        ModelConfig.from_hf(hf)
+    with pytest.raises(ValueError, match="tie_word_embeddings must be true or false, got 'false'"):
+        ModelConfig.from_hf({"tie_word_embeddings": "false"})
+    with pytest.raises(ValueError, match="must hold a JSON object of fields, not a list"):
+        ModelConfig.from_hf([1, 2])

@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llama`` console script; returns the process exit code.
 
     Exit codes: 0 done; 2 a mistake in the command (argparse's usage errors, and the one-line
-    errors below); 130 interrupted by Ctrl-C, without a traceback (128 + SIGINT, what a shell
+    errors below); 1 the machine refused (an ``OSError``: permissions, a full disk), in one line; 130 interrupted by Ctrl-C, without a traceback (128 + SIGINT, what a shell
     reports for a program the signal ended); 141 the reader of stdout went away, as with
     ``llama generate ... | head`` (128 + SIGPIPE, what a C tool killed by the pipe reports), also
     without a traceback.
@@ -400,6 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, FileExistsError) as err:
             print(f"llama {args.command}: error: {err}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            raise  # handled below, not an error of the machine
+        except OSError as err:
+            # The machine refused (permissions, a full disk, a folder where a file was expected):
+            # one line naming the file and the reason, no traceback, exit 1 (not a usage error).
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"llama {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

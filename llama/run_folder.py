@@ -139,6 +139,7 @@ class RunLock:
 RUN_FILES = ("run.json", "tokenizer.json", "tokenizer.model", "data", "log.jsonl", "checkpoints", "model", "samples.txt")
 
 
+# --8<-- [start:remove_partial]
 def remove_partial(out: Path) -> None:
     """Remove what a process killed while writing leaves in a run folder (held under its lock).
 
@@ -156,6 +157,7 @@ def remove_partial(out: Path) -> None:
             if tmp.is_file() and tmp.name.split(".")[1] in {"run", "tokenizer", "log", "latest", "samples", "train",
                                                            "val", "meta", "config", "model"}:
                 tmp.unlink()
+# --8<-- [end:remove_partial]
 
 
 def remove_new_run(out: Path) -> None:

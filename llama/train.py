@@ -10,6 +10,7 @@ and how it resumes exactly, is :mod:`llama.train_state`; how processes train as 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -28,16 +29,9 @@ from llama._files import atomic_write_text
 from llama.data import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
 from llama.distributed import Dist, broadcast_from_rank0, on_rank0, setup, teardown, wrap_model
 from llama.model import Transformer
-from llama.train_config import TrainConfig, model_config
-from llama.train_state import (
-    check_out,
-    latest_checkpoint,
-    load_checkpoint,
-    merge_resume,
-    prepare_run,
-    save_checkpoint,
-    trim_log,
-)
+from llama.run_folder import RunLock, check_out, remove_new_run, remove_partial
+from llama.train_config import TrainConfig, check_memory, model_config
+from llama.train_state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
 
 __all__ = ["lr_at", "make_optimizer", "cross_entropy", "evaluate", "train_step", "train"]
 
@@ -198,16 +192,48 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
     """
     dist = setup()
     threads_before = torch.get_num_threads()
+    out = Path(cfg.out)
+    lock: RunLock | None = None
+    undo = False
+
+    def open_run() -> dict[str, Any] | None:
+        """Rank 0: check the folder and every setting before writing anything, then lock the folder."""
+        nonlocal lock
+        saved = check_out(out, resume)
+        run_cfg = cfg if saved is None else merge_resume(cfg, set(dataclasses.asdict(cfg)) if given is None else given,
+                                                         saved, dist.world_size)
+        preflight(run_cfg, dist.device)
+        lock = RunLock(out).acquire()
+        saved = check_out(out, resume)  # again, under the lock: another run may have started meanwhile
+        remove_partial(out)
+        return saved
+
     try:
         # Only rank 0 looks at --out (another rank could see rank 0's new run.json and refuse it);
         # the verdict, or the error, goes to every rank.
-        saved = on_rank0(dist, lambda: check_out(Path(cfg.out), resume))
+        saved = on_rank0(dist, open_run)
         if saved is not None:
             cfg = merge_resume(cfg, set(dataclasses.asdict(cfg)) if given is None else given, saved, dist.world_size)
         # The processes of one machine share its cores.
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
-        return _train_loop(cfg, resume, saved, dist, on_step)
+        try:
+            return _train_loop(cfg, resume, saved, dist, on_step)
+        except BaseException:
+            # A new run that stops before its first checkpoint leaves nothing, so the same command
+            # (with other flags, say) can run again; a later stop keeps the run for --resume.
+            undo = lock is not None and saved is None and not (out / "checkpoints" / "latest").exists()
+            if undo:
+                remove_new_run(out)
+            raise
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        again = "continue it with --resume" if (out / "run.json").exists() else "run the same command again"
+        raise ValueError(f"no space left on the device writing {err.filename or out}: the run stopped; free some "
+                         f"space, then {again}") from None
     finally:
+        if lock is not None:
+            lock.release(remove=undo)
         torch.set_num_threads(threads_before)
         teardown(dist)
 
@@ -230,14 +256,14 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
 
     torch.manual_seed(cfg.seed)  # the same weights on every rank
     mconf = model_config(cfg, tokenizer.vocab_size)
+    check_memory(cfg, mconf, dist.device)
     model = Transformer(mconf).to(dist.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     sampler = WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world)
     byte_lengths = token_byte_lengths(tokenizer)
     step, elapsed, log = 0, 0.0, out / "log.jsonl"
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, model, optimizer, sampler)
+    meta = resume_checkpoint(out, model, optimizer, sampler, tok_file) if resume else None
+    if meta is not None:
         step, elapsed = meta["step"], meta["elapsed"]
     if rank == 0:
         trim_log(log, step)
@@ -288,14 +314,18 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         loss = train_step(net, optimizer, sampler, lr, cfg.accum, cfg.grad_clip, autocast_dtype, world)
         losses.append(loss)
         step += 1
+        if not math.isfinite(loss):  # the same on every rank: the loss is averaged over them
+            raise _diverged(cfg, resume, step, f"the loss is {loss}")
         elapsed = clock()
         if step % cfg.eval_every == 0 or progress_of(step, elapsed) >= 1.0:
+            if not all(bool(p.isfinite().all()) for p in model.parameters()):  # never checkpoint them
+                raise _diverged(cfg, resume, step, f"the loss was {loss:.4g}, but the update made weights non-finite")
             record = log_eval(sum(losses) / len(losses))
             losses.clear()
             if rank == 0:
-                save_checkpoint(out, model, optimizer, sampler,
-                                {"step": step, "elapsed": time.perf_counter() - start,
-                                 "model_config": mconf.to_dict(), "train_config": dataclasses.asdict(cfg)}, tok_file)
+                _save(cfg, resume, step, model, optimizer, sampler,
+                      {"step": step, "elapsed": time.perf_counter() - start,
+                       "model_config": mconf.to_dict(), "train_config": dataclasses.asdict(cfg)}, tok_file)
             if bar is not None:
                 bar.set_postfix_str(f"val {record['val_loss']:.3f} ({record['val_bpb']:.3f} bpb)", refresh=False)
         if bar is not None:
@@ -316,12 +346,74 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
 
 
 def _progress_bar(cfg: TrainConfig, progress: float):
-    """A tqdm bar in steps for a run of ``--max-steps`` alone, else in thousandths of the run."""
+    """A tqdm bar in steps for a run of ``--max-steps`` alone, else in thousandths of the run; on a
+    terminal only: elsewhere (a log file, a pipe) its redraws would be kilobytes of ``\\r``, so a
+    plain line every :data:`PLAIN_PROGRESS_SECONDS` seconds says the same."""
     from tqdm import tqdm
 
     total = cfg.max_steps if cfg.max_steps and not cfg.max_time else 1000
+    if not sys.stderr.isatty():
+        return _PlainProgress(total, round(progress * total))
     return tqdm(total=total, initial=round(progress * total), unit="step" if total == cfg.max_steps else "‰",
                 dynamic_ncols=True, file=sys.stderr)
+
+
+#: Seconds between the progress lines of a run whose stderr is not a terminal.
+PLAIN_PROGRESS_SECONDS = 10.0
+
+
+class _PlainProgress:
+    """The part of tqdm's interface the loop uses, printing one line at a time."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self.total, self.n, self.desc, self.postfix = total, initial, "", ""
+        self.last = time.monotonic()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def set_postfix_str(self, postfix: str, refresh: bool = False) -> None:
+        self.postfix = postfix
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= PLAIN_PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            print(f"{self.desc} {self.postfix} ({100 * self.n / self.total:.0f}%)".strip(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _kept(cfg: TrainConfig, resume: bool) -> tuple[str, bool]:
+    """What a run that stops on an error keeps, and whether it can be continued with --resume
+    (:func:`train` removes a new run that has no checkpoint yet)."""
+    pointer = Path(cfg.out) / "checkpoints" / "latest"
+    if pointer.is_file():
+        return f"the last checkpoint, {pointer.read_text().strip()}, stays the latest", True
+    return ("there is no checkpoint yet", True) if resume else ("this new run, which had no checkpoint, was removed", False)
+
+
+def _diverged(cfg: TrainConfig, resume: bool, step: int, what: str) -> ValueError:
+    """The error of a run whose loss or weights stopped being finite: nothing after it is saved."""
+    kept, resumable = _kept(cfg, resume)
+    where = " in a new run (another --out)" if resumable else ""
+    return ValueError(f"training diverged at step {step}: {what}. It stopped without saving anything more; {kept}. "
+                      f"Lower --lr (it is {cfg.lr:g}){where}, or check the training text")
+
+
+def _save(cfg: TrainConfig, resume: bool, step: int, *args: Any) -> None:
+    """:func:`save_checkpoint`, with a write that fails (a full disk) reported in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        save_checkpoint(Path(cfg.out), *args)
+    except (OSError, SafetensorError) as err:
+        kept, resumable = _kept(cfg, resume)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"could not write the checkpoint of step {step} into {Path(cfg.out) / 'checkpoints'} "
+                         f"({reason}); the partial checkpoint was removed and {kept}. Free some space, then "
+                         f"{'continue with --resume' if resumable else 'run the command again'}") from None
 
 
 def _finish(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:

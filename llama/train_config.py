@@ -9,12 +9,14 @@ data is read or any process group is joined; :mod:`llama.train` runs them and
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from llama.config import PRESETS, ModelConfig
 
-__all__ = ["MODEL_SIZES", "TrainConfig", "model_config"]
+__all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "memory_needed", "check_memory"]
 
 # --8<-- [start:sizes]
 #: Model sizes for training from scratch; ``--model`` also accepts the names in :data:`llama.config.PRESETS`.
@@ -96,17 +98,30 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None:
             raise ValueError("give --max-steps, --max-time or both: the run needs an end")
-        for name in ("vocab_size", "block_size", "batch_size", "accum", "eval_every", "eval_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ValueError(f"--max-time must be positive, got {self.max_time}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("--lr must be positive and --min-lr-ratio in [0, 1]")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("--warmup-steps, --grad-clip and --weight-decay cannot be negative")
+        # Every number is checked here, once: a NaN, an infinity or a negative count would
+        # otherwise surface much later (a loop that never ends, an overflow, a traceback).
+        optional = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "max_steps", "threads")
+        for name in ("vocab_size", "block_size", "batch_size", "accum", "eval_every", "eval_tokens", *optional):
+            value = getattr(self, name)
+            if not (value is None and name in optional) and not (_is_int(value) and value > 0):
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "sample_tokens"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
+            raise ValueError(f"--seed must be an integer from 0 to {2**64 - 1} (what torch's generators take), "
+                             f"got {self.seed!r}")
+        ranges = {"lr": (0, math.inf, "a positive number"), "max_time": (0, math.inf, "a positive number of seconds"),
+                  "min_lr_ratio": (0, 1, "a number in [0, 1]"), "weight_decay": (0, math.inf, "a number >= 0"),
+                  "grad_clip": (0, math.inf, "a number >= 0 (0 = off)"), "beta1": (0, 1, "a number in [0, 1)"),
+                  "beta2": (0, 1, "a number in [0, 1)")}
+        for name, (low, high, what) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name == "max_time":
+                continue
+            inside = _is_number(value) and math.isfinite(value) and low <= value <= high
+            if not inside or (name in ("lr", "max_time") and value == 0) or (name.startswith("beta") and value == 1):
+                raise ValueError(f"--{_flag(name)} must be {what}, got {value!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:
@@ -148,3 +163,66 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
             overrides["n_kv_heads"] = overrides["n_heads"]
         return ModelConfig.from_preset(cfg.model, vocab_size=vocab_size, max_seq_len=max_seq_len, **overrides)
     raise ValueError(f"unknown --model {cfg.model!r}; choose one of: {', '.join([*MODEL_SIZES, *PRESETS])}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def memory_needed(cfg: TrainConfig, config: ModelConfig) -> dict[str, int]:
+    """A lower bound, in bytes, of the memory one training process needs, by what needs it.
+
+    ``weights``: the float32 weights with their gradients and AdamW's two moments (4 copies);
+    ``rope``: the cos and sin tables of ``max_seq_len`` positions; ``logits``: one micro-batch's
+    logits, their float32 copy in the loss and their gradient. Activations come on top.
+
+    >>> cfg = TrainConfig(out="run", model="tiny", max_steps=1, block_size=64, batch_size=2)
+    >>> need = memory_needed(cfg, model_config(cfg, 256))    # 64 positions x 4 frequencies, twice
+    >>> need["rope"], need["logits"]
+    (2048, 393216)
+    """
+    from llama.model import count_parameters
+
+    return {"weights": 4 * 4 * count_parameters(config),
+            "rope": 2 * config.max_seq_len * (config.head_dim // 2) * 4,
+            "logits": 3 * cfg.batch_size * cfg.block_size * config.vocab_size * 4}
+
+
+def check_memory(cfg: TrainConfig, config: ModelConfig, device: Any = "cpu") -> None:
+    """Refuse, before allocating anything, a run whose :func:`memory_needed` exceeds the memory of
+    ``device`` (a GPU's, or the machine's for the CPU).
+
+    Raises:
+        ValueError: the message says how much each part needs and which flags lower it.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        available, where = torch.cuda.get_device_properties(device).total_memory, str(device)
+    else:
+        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+    need = memory_needed(cfg, config)
+    if sum(need.values()) > available:
+        raise ValueError(
+            f"this run needs at least {_size(sum(need.values()))} of memory, more than the {_size(available)} of "
+            f"{where}: {_size(need['weights'])} for the weights of --model {cfg.model} with their gradients and "
+            f"AdamW state, {_size(need['rope'])} for the RoPE tables of --max-seq-len {config.max_seq_len}, "
+            f"{_size(need['logits'])} for one micro-batch's logits; lower --max-seq-len, the model size, "
+            "--batch-size or --block-size")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} bytes"

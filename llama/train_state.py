@@ -10,7 +10,9 @@ What one run writes into ``--out DIR`` (only rank 0 writes):
   (config, step, random-number-generator states) as JSON; ``checkpoints/latest`` names the
   newest complete one;
 * ``model/``: the final weights as a Hugging Face folder (:func:`llama.checkpoint.save_hf`),
-  and ``samples.txt``: text sampled from it.
+  and ``samples.txt``: text sampled from it;
+* ``.lock``: who holds the folder (:mod:`llama.run_folder`, which also checks the folder and
+  tidies what a killed process left in it).
 
 :mod:`llama.train` calls these functions; they know nothing of the training loop.
 """
@@ -29,18 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama._files import atomic_write_text
-from llama.data import TokenData, WindowSampler, prepare_tokens, read_text, split_bytes
+from llama._files import atomic_write_bytes, atomic_write_text
+from llama.data import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.download import sha256_file
 from llama.model import Transformer
-from llama.train_config import TrainConfig
+from llama.train_config import TrainConfig, check_memory, model_config
 
 __all__ = [
-    "check_out",
     "merge_resume",
+    "preflight",
     "prepare_run",
     "save_checkpoint",
     "latest_checkpoint",
+    "resume_checkpoint",
     "load_checkpoint",
     "read_log",
     "trim_log",
@@ -48,36 +51,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- starting or resuming
-def check_out(out: Path, resume: bool) -> dict[str, Any] | None:
-    """Check the output folder against ``--resume``.
-
-    Args:
-        out: the run's folder (``--out``).
-        resume: whether the user asked to continue the run in it.
-
-    Returns:
-        The saved settings (``run.json``) when resuming, else ``None``.
-
-    Raises:
-        ValueError: ``out`` is a file.
-        FileExistsError: a new run into a folder that holds one.
-        FileNotFoundError: ``resume`` with no run to resume.
-    """
-    run_file = out / "run.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    if not resume:
-        if run_file.exists() or (out / "checkpoints").exists() or (out / "log.jsonl").exists():
-            raise FileExistsError(
-                f"{out} already holds a training run; pass --resume to continue it, or choose another --out "
-                "(or delete the folder) to start a new one"
-            )
-        return None
-    if not run_file.is_file():
-        raise FileNotFoundError(f"nothing to resume in {out}: it has no run.json; drop --resume to start a new run")
-    return json.loads(run_file.read_text())
-
-
 def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world_size: int) -> TrainConfig:
     """Settings of a resumed run: the saved ones, except flags given now that
     :attr:`TrainConfig.RESUMABLE_CHANGES` allows to change (how long, how it reports).
@@ -85,7 +58,7 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
     Args:
         cfg: the settings of this invocation.
         given: names of the settings the user gave explicitly; the others come from ``saved``.
-        saved: the run's ``run.json`` (:func:`check_out`).
+        saved: the run's ``run.json`` (:func:`llama.run_folder.check_out`).
         world_size: number of processes now.
 
     Returns:
@@ -107,13 +80,31 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
     return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given else saved[k] for k in fields})
 
 
-def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path):
+def preflight(cfg: TrainConfig, device: torch.device) -> None:
+    """What can be checked of a run before anything is written: the text is there and not empty,
+    the model's sizes fit together, and its weights and RoPE tables fit in memory.
+
+    The tokenizer's size is known only once it is made: ``--vocab-size`` (256 for bytes) stands
+    for it here, and :func:`llama.train.train` checks the memory again with the real one.
+
+    Raises:
+        ValueError, FileNotFoundError: the message names the flag or file to change.
+    """
+    text = read_text(resolve_text_path(cfg.data))
+    if not split_bytes(text)[1]:
+        raise ValueError(f"{cfg.data} is too small ({len(text)} bytes) to keep 10% for validation; use a longer text")
+    check_memory(cfg, model_config(cfg, 256 if cfg.tokenizer == "bytes" else cfg.vocab_size), device)
+
+
+def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path, saved: dict[str, Any] | None):
     """Train or load the tokenizer into ``out``; returns (tokenizer, its file)."""
     from llama.tokenizer import BPETokenizer, load_tokenizer, train_sentencepiece
 
-    for existing in (out / "tokenizer.json", out / "tokenizer.model"):
-        if existing.is_file():
-            return load_tokenizer(existing), existing
+    found = [p for p in (out / "tokenizer.json", out / "tokenizer.model") if p.is_file()]
+    if found:
+        tok = load_tokenizer(found[0])
+        _check_tokenizer(cfg, tok, found, saved)
+        return tok, found[0]
     if cfg.tokenizer in ("bytes", "bpe", "sentencepiece"):
         train_text = split_bytes(read_text(text_path))[0].decode("utf-8")  # never the validation text
         if cfg.tokenizer == "sentencepiece":
@@ -128,8 +119,27 @@ def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path):
         raise FileNotFoundError(f"--tokenizer {source}: no such file; give bytes, bpe, sentencepiece or a saved tokenizer")
     tok = load_tokenizer(source)
     path = out / ("tokenizer.json" if source.read_bytes()[:1] == b"{" else "tokenizer.model")
-    shutil.copyfile(source, path)
+    atomic_write_bytes(path, source.read_bytes())
     return tok, path
+
+
+def _check_tokenizer(cfg: TrainConfig, tok: Any, found: list[Path], saved: dict[str, Any] | None) -> None:
+    """The tokenizer file in a run folder must be the one its settings made: a run trained with
+    another one would learn, and report, something other than what ``run.json`` says."""
+    path = found[0]
+    wanted = {"bytes": (".json", 256), "bpe": (".json", cfg.vocab_size),
+              "sentencepiece": (".model", cfg.vocab_size)}.get(cfg.tokenizer)
+    problem = None
+    if len(found) > 1:
+        problem = "the folder holds both tokenizer.json and tokenizer.model"
+    elif saved is not None and saved.get("tokenizer_sha256") not in (None, sha256_file(path)):
+        problem = "it is not the file the run was started with (its sha256 differs)"
+    elif wanted is not None and (path.suffix, tok.vocab_size) != wanted:
+        problem = f"that makes a {wanted[0]} file of {wanted[1]} tokens, but it is a {path.suffix} file of {tok.vocab_size}"
+    if problem:
+        raise ValueError(f"{path} does not belong to this run (--tokenizer {cfg.tokenizer}, --vocab-size "
+                         f"{cfg.vocab_size}): {problem}. Put back the run's tokenizer (every checkpoint folder "
+                         "holds a copy), or start a new run in another --out")
 
 
 def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
@@ -144,7 +154,7 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
     Args:
         cfg: the run's settings (``out``, ``tokenizer``, ``vocab_size``).
         text_path: the training text.
-        saved: the saved settings of a resumed run (:func:`check_out`), or ``None``.
+        saved: the saved settings of a resumed run (:func:`llama.run_folder.check_out`), or ``None``.
         world_size: number of processes, recorded because the data order depends on it.
         write: write ``run.json`` (or check the text against it) first.
 
@@ -152,7 +162,8 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         ``(tokenizer, its file, TokenData of the train and validation ids)``.
 
     Raises:
-        ValueError: a resumed run given another text.
+        ValueError: a resumed run given another text, or whose tokenizer file is not the one its
+            settings made (``tokenizer_sha256`` in ``run.json``, kind and size).
         FileNotFoundError: ``cfg.tokenizer`` names a file that does not exist.
     """
     out = Path(cfg.out)
@@ -165,8 +176,12 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
-    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out)
-    data = prepare_tokens(text_path, tokenizer, sha256_file(tok_file), out / "data")
+    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out, saved)
+    tok_sha = sha256_file(tok_file)
+    if write and (saved or {}).get("tokenizer_sha256") != tok_sha:  # recorded once it exists; checked on resume
+        run = json.loads((out / "run.json").read_text())
+        atomic_write_text(out / "run.json", json.dumps({**run, "tokenizer_sha256": tok_sha}, indent=1))
+    data = prepare_tokens(text_path, tokenizer, tok_sha, out / "data")
     return tokenizer, tok_file, data
 
 
@@ -195,7 +210,8 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
     ``state.json`` (step, time, configs, Python and NumPy generator states, optimizer
     hyper-parameters) and a copy of the tokenizer. Everything goes into a temporary folder
     that is renamed into place, and ``latest`` is replaced afterwards: a crash at any
-    moment leaves the previous checkpoint intact and ``latest`` pointing at a complete one.
+    moment leaves the previous checkpoint intact and ``latest`` pointing at a complete one. An
+    error while writing (a full disk) removes the new, partial folder before it propagates.
     """
     from safetensors.torch import save_file
 
@@ -203,29 +219,37 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    weights = {k: v for k, v in model.state_dict().items()
-               if not (model.config.tie_embeddings and k == "output.weight")}
-    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors, groups = {}, []
-    for group in optimizer.param_groups:
-        groups.append({k: v for k, v in group.items() if k != "params"} | {"params": [names[id(p)] for p in group["params"]]})
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"state.{names[id(p)]}.{key}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.sampler"] = sampler.state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, tmp / "optimizer.safetensors")
-    meta = {**state, "param_groups": groups, "rng": _rng_json()}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)  # atomic: the folder appears complete or not at all
-    atomic_write_text(root / "latest", name + "\n")
+    try:
+        weights = {k: v for k, v in model.state_dict().items()
+                   if not (model.config.tie_embeddings and k == "output.weight")}
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+        names = {id(p): n for n, p in model.named_parameters()}
+        tensors, groups = {}, []
+        for group in optimizer.param_groups:
+            groups.append({k: v for k, v in group.items() if k != "params"} | {"params": [names[id(p)] for p in group["params"]]})
+            for p in group["params"]:
+                for key, value in optimizer.state.get(p, {}).items():
+                    tensors[f"state.{names[id(p)]}.{key}"] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.sampler"] = sampler.state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, tmp / "optimizer.safetensors")
+        meta = {**state, "param_groups": groups, "rng": _rng_json()}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # atomic: the folder appears complete or not at all
+    except BaseException:  # a full disk, Ctrl-C: no partial folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        atomic_write_text(root / "latest", name + "\n")
+    except BaseException:  # complete, but never named by latest: it would only be an orphan
+        shutil.rmtree(final, ignore_errors=True)
+        raise
     for old in root.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -242,6 +266,45 @@ def latest_checkpoint(out: Path) -> Path | None:
     if not (path / "state.json").is_file():
         raise ValueError(f"{pointer} names {path.name}, which is missing or incomplete; delete {pointer} to restart")
     return path
+
+
+def resume_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimizer, sampler: WindowSampler,
+                      tokenizer_file: Path) -> dict[str, Any] | None:
+    """Load the latest checkpoint of the run in ``out`` (:func:`load_checkpoint`) after checking
+    that it belongs to the run: the model it holds is the one ``run.json`` describes, and its copy
+    of the tokenizer is the run's. Returns its ``state.json``, or ``None`` when there is none yet.
+
+    Raises:
+        ValueError: the checkpoint disagrees with the run, or a file of it cannot be read (a
+            truncated copy); the message names the file and what to do.
+    """
+    from safetensors import SafetensorError
+
+    path = latest_checkpoint(out)
+    if path is None:
+        return None
+    restart = (f"put back a good copy of {path}, or delete {out / 'checkpoints'} to train the run again "
+               "from step 0 with --resume")
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        saved = meta["model_config"]
+    except (ValueError, KeyError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'state.json'} is damaged ({err!r}); {restart}") from None
+    differ = {k: (v, saved.get(k)) for k, v in model.config.to_dict().items() if saved.get(k) != v}
+    if differ:
+        diffs = ", ".join(f"{k} {b!r} (run.json makes {a!r})" for k, (a, b) in differ.items())
+        raise ValueError(f"{path} holds another model than {out / 'run.json'} describes: {diffs}. run.json was "
+                         "changed after the checkpoint was written: put it back, or start a new run in another --out")
+    copy = path / tokenizer_file.name
+    if not copy.is_file() or sha256_file(copy) != sha256_file(tokenizer_file):
+        raise ValueError(f"{tokenizer_file} is not the tokenizer {path} was trained with ({copy}); "
+                         f"copy that one back to {tokenizer_file}")
+    try:
+        return load_checkpoint(path, model, optimizer, sampler)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"the checkpoint {path} cannot be loaded ({reason}): it is damaged or truncated; "
+                         f"{restart}") from None
 
 
 # --8<-- [start:load_checkpoint]
@@ -295,7 +358,19 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def trim_log(path: Path, step: int) -> None:
     """Forget the records of ``log.jsonl`` made after ``step`` (and the final one): a run resumed
-    from the checkpoint of ``step`` makes them again, and the log must read as one run's."""
-    if path.exists():
-        kept = [r for r in read_log(path) if r["step"] <= step and not r.get("final")]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    from the checkpoint of ``step`` makes them again, and the log must read as one run's.
+
+    A last line cut short (a process killed, or a disk filled, while appending it) is dropped.
+    """
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON; repair or delete that line, then --resume") from None
+    kept = [r for r in records if r["step"] <= step and not r.get("final")]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -24,14 +24,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from llama._files import atomic_write_bytes, atomic_write_text
+from llama._files import atomic_write_bytes, atomic_write_text, default_mode, make_temp_dir
 from llama.data import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.download import sha256_file
 from llama.model import Transformer
@@ -218,7 +217,7 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    tmp = make_temp_dir(root, f".{name}.")  # the permissions a plain mkdir gives, not mkdtemp's 0700
     final = root / name
     try:
         weights = {k: v for k, v in model.state_dict().items()
@@ -239,6 +238,8 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
         meta = {**state, "param_groups": groups, "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
+        for f in tmp.iterdir():  # safetensors creates its files 0600: give them a normal write's mode
+            os.chmod(f, default_mode())
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)  # atomic: the folder appears complete or not at all

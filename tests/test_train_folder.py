@@ -9,6 +9,7 @@ import json
 import os
 import random
 import subprocess
+import stat
 import sys
 from pathlib import Path
 
@@ -307,3 +308,18 @@ def test_progress_goes_to_a_terminal_only(tmp_path, text):
                           cwd=REPO, capture_output=True, timeout=120)  # bytes: text mode would turn \r into \n
     assert proc.returncode == 0, proc.stderr
     assert b"\r" not in proc.stderr and len(proc.stderr) < 1000
+
+
+# ------------------------------------------------------------------------------- permissions
+def test_checkpoints_get_the_permissions_of_a_normal_write(tmp_path, text):
+    """mkdtemp makes 0700 folders and mkstemp 0600 files; a run's files must look like any other."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        train(tiny_config(out, text))
+    finally:
+        os.umask(old)
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert stat.S_IMODE(latest.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in latest.iterdir()} == {0o644}
+    assert stat.S_IMODE((out / "run.json").stat().st_mode) == 0o644

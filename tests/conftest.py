@@ -1,4 +1,5 @@
-"""Shared fixtures: where the reference artifacts live, the book's configuration and its built site."""
+"""Shared fixtures: where the reference artifacts live, the book's configuration and its built site;
+and the tiers that `make check` leaves out, given to the tests by the fixtures they use."""
 
 from __future__ import annotations
 
@@ -6,32 +7,47 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import COMPILES, REQUIRE_ALL, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def shared_data_dir() -> Path:
-    """The folder with the reference artifacts (``LLAMA_DATA_DIR``, default ``../shared/data``)."""
-    return Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data"))
+def pytest_configure(config):
+    # One switch for CI: LLAMA_REQUIRE_ALL=1 requires the browser too (tests/browser/conftest.py
+    # reads LLAMA_REQUIRE_BROWSER, which also still works on its own).
+    if os.environ.get(REQUIRE_ALL) == "1":
+        os.environ["LLAMA_REQUIRE_BROWSER"] = "1"
+
+
+# A test that uses one of these fixtures is in that tier, wherever it lives (tests/browser/ included).
+TIER_OF_FIXTURE = {"built_site": "site", "browser": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, tier in TIER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(tier)
 
 
 @pytest.fixture
 def shared_file():
-    """Return a function ``shared_file(name) -> Path`` that skips the test when the file is absent."""
+    """Return a function ``shared_file(name) -> Path`` that skips the test when the file is absent
+    (fails it under ``LLAMA_REQUIRE_ALL=1``)."""
+    return require_shared_file
 
-    def find(name: str) -> Path:
-        path = shared_data_dir() / name
-        if not path.is_file():
-            pytest.skip(f"{name} not found in {shared_data_dir()} (set LLAMA_DATA_DIR to the folder that has it)")
-        return path
 
-    return find
+@pytest.fixture
+def transformers():
+    """Hugging Face transformers, the reference the parity tests compare with; without it, only the
+    tests that ask for this fixture are skipped (failed under ``LLAMA_REQUIRE_ALL=1``)."""
+    return require_module("transformers")
 
 
 # --- The book's site, built once per test session -------------------------------------------
@@ -47,7 +63,6 @@ class SiteBuild:
     command: list[str]
     returncode: int
     output: str
-    seconds: float
     site_dir: Path
 
 
@@ -58,10 +73,8 @@ def built_site() -> SiteBuild:
     if make is None:
         pytest.fail("`make` is not installed: the site is built with `make site`")
     command = [make, "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
-    start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    seconds = time.perf_counter() - start
-    return SiteBuild(command, proc.returncode, proc.stdout + proc.stderr, seconds, SITE_DIR)
+    return SiteBuild(command, proc.returncode, proc.stdout + proc.stderr, SITE_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +178,14 @@ def pytest_generate_tests(metafunc):
     for name, keep in kinds.items():
         if name in metafunc.fixturenames:
             pages = [p for p in nav_pages() if keep(p)]
-            metafunc.parametrize(name, pages, ids=[p.slug for p in pages])
+            metafunc.parametrize(name, [page_param(name, p) for p in pages], ids=[p.slug for p in pages])
+
+
+def page_param(fixture: str, page: NavPage):
+    # A reader's copy of a page runs all of its code: where that compiles, so does the test.
+    if fixture == "reader_page" and page.source.is_file() and COMPILES.search(page.source.read_text("utf-8")):
+        return pytest.param(page, marks=pytest.mark.compile)
+    return page
 
 
 @pytest.fixture(scope="session")

@@ -41,8 +41,7 @@ def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
-def test_greedy_equals_transformers_generate(config):
-    transformers = pytest.importorskip("transformers")
+def test_greedy_equals_transformers_generate(config, transformers):
     from llama.convert import llama_to_hf_state_dict
 
     model = random_model(config)
@@ -251,6 +250,7 @@ def test_errors_name_the_problem():
 
 # The compiled decoder runs torch.compile (Inductor and a C++ compiler): several seconds per
 # model with a cold cache, which the suite pays because this is code the book shows.
+@pytest.mark.compile
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
 def test_compiled_decoder_gives_the_eager_greedy_ids(config):
     from llama.generation import CompiledDecoder

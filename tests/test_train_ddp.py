@@ -17,8 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
         "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch has no gloo backend")
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="this PyTorch has no gloo backend"),
+]
 
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,10 @@ def pytest_configure(config):
 TIER_OF_FIXTURE = {"built_site": "site", "browser": "browser"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
-def pytest_collection_modifyitems(items):
-    for item in items:
-        for fixture, tier in TIER_OF_FIXTURE.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(tier)
+def pytest_itemcollected(item):  # before `-m` deselects by these markers
+    for fixture, tier in TIER_OF_FIXTURE.items():
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(tier)
 
 
 @pytest.fixture
@@ -51,6 +50,10 @@ def transformers():
 
 
 # --- The book's site, built once per test session -------------------------------------------
+#
+# The build (seconds warm, a minute cold: it executes the labs and draws the figures) starts in the
+# background as soon as the tests are collected, if any selected test needs it, and the tests that
+# need it run last: the rest of the suite runs meanwhile, on the other core.
 
 SITE_DIR = REPO / "site"
 # The same command as `make site` in CI and in .github/workflows/pages.yml (tests/test_site_build.py
@@ -66,15 +69,64 @@ class SiteBuild:
     site_dir: Path
 
 
+class BackgroundBuild:
+    """``make site`` running in a subprocess, its output going to a file (a pipe could fill up)."""
+
+    def __init__(self) -> None:
+        make = shutil.which("make")
+        self.command = [make or "make", "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
+        self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self.proc = None
+        if make is not None:
+            self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+    def result(self) -> SiteBuild:
+        if self.proc is None:
+            pytest.fail("`make` is not installed: the site is built with `make site`")
+        returncode = self.proc.wait()  # no timeout: a hung lab is stopped by nbclient's own (hooks/notebooks.py)
+        self.log.seek(0)
+        return SiteBuild(self.command, returncode, self.log.read(), SITE_DIR)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the run was interrupted: leave no build behind
+            self.proc.wait()
+        self.log.close()
+
+
+def needs_site(item) -> bool:
+    return "built_site" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected: only the tests that will run count
+def pytest_collection_modifyitems(config, items):
+    # A stable partition: each group keeps its order (the examples of a page depend on theirs).
+    items[:] = [item for item in items if not needs_site(item)] + [item for item in items if needs_site(item)]
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    if not config.option.collectonly and any(needs_site(item) for item in session.items):
+        config.stash[BUILD] = BackgroundBuild()
+
+
+def pytest_unconfigure(config):
+    build = config.stash.get(BUILD, None)
+    if build is not None:
+        build.stop()
+
+
+BUILD = pytest.StashKey[BackgroundBuild]()
+
+
 @pytest.fixture(scope="session")
-def built_site() -> SiteBuild:
-    """Build the book into ``site/`` with ``make site`` (strict), once for the whole session."""
-    make = shutil.which("make")
-    if make is None:
-        pytest.fail("`make` is not installed: the site is built with `make site`")
-    command = [make, "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    return SiteBuild(command, proc.returncode, proc.stdout + proc.stderr, SITE_DIR)
+def built_site(pytestconfig) -> SiteBuild:
+    """The book built into ``site/`` by ``make site`` (strict), once for the whole session."""
+    build = pytestconfig.stash.get(BUILD, None)
+    if build is None:  # e.g. a test that asks for the site only through another fixture
+        build = pytestconfig.stash[BUILD] = BackgroundBuild()
+    return build.result()
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ def test_make_check_leaves_out_every_declared_tier_and_nothing_else():
     assert arguments == ["-m", expression]  # no -k, no paths: every test file, examples included
 
 
+@pytest.mark.slow  # a fresh interpreter collects the suite
 def test_tiers_reach_the_tests_that_need_them():
     """Collected as `make check` selects: nothing that builds the site, drives a browser or compiles is left."""
     [arguments] = pytest_arguments("check")

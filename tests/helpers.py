@@ -19,6 +19,9 @@ from llama import ModelConfig, Transformer
 from llama.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+# The timeout of a test's subprocess only stops one that hangs: a run of seconds can take minutes on
+# a loaded 2-core machine, and must not fail there.
+HANG_SECONDS = 600
 
 
 def random_model(config: ModelConfig, seed: int = 0) -> Transformer:

@@ -29,10 +29,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import load_listings, shared_data_dir
+from helpers import HANG_SECONDS, load_listings, shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
-SECONDS_MAX = 600  # the slowest chapter takes a few seconds; this only stops a hung example
 
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -107,7 +106,7 @@ def run_like_a_reader(blocks: list[dict], folder: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir().resolve()), "MPLBACKEND": "Agg"}
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=SECONDS_MAX,
+        cwd=work, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
     )
     assert proc.returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(report.read_text("utf-8"))

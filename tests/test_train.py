@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
 from llama.bpe import BPETokenizer
@@ -44,7 +45,7 @@ def text(tmp_path):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``llama train ARGS`` in a subprocess (the console script's module, run from this checkout)."""
     cmd = [sys.executable, "-m", "llama.cli", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=HANG_SECONDS)
 
 
 # ``llama train FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
@@ -149,7 +150,7 @@ def test_exact_resume_after_sigkill(tmp_path, text):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, command in commands.items()
     ]
-    (_, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
     assert procs[0].returncode == 0, err_w
     assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
     killed = tmp_path / "killed"
@@ -233,7 +234,7 @@ def test_console_script_reports_and_fails_in_one_line(tmp_path, text):
 def test_the_module_points_to_the_command():
     """``python -m llama.train`` has no flags of its own: it says what to run instead of silently doing nothing."""
     proc = subprocess.run([sys.executable, "-m", "llama.train", "--out", "x"], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+                          cwd=REPO, timeout=HANG_SECONDS)
     assert proc.returncode == 1 and "llama train --out" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -78,7 +78,7 @@ class BackgroundBuild:
         self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
         self.proc = None
         if make is not None:
-            self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+            self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
 
     def result(self) -> SiteBuild:
@@ -124,7 +124,7 @@ BUILD = pytest.StashKey[BackgroundBuild]()
 def built_site(pytestconfig) -> SiteBuild:
     """The book built into ``site/`` by ``make site`` (strict), once for the whole session."""
     build = pytestconfig.stash.get(BUILD, None)
-    if build is None:  # e.g. a test that asks for the site only through another fixture
+    if build is None:  # not started at collection: no test selected then seemed to need it
         build = pytestconfig.stash[BUILD] = BackgroundBuild()
     return build.result()
 

@@ -108,10 +108,12 @@ def test_no_compiler_skips_the_compile_tests(reader, monkeypatch):
     from torch._inductor import config
 
     # Inductor's own search list decides: with only a compiler that does not exist, there is none.
-    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-c++-compiler"))
-    assert helpers.cpp_compiler() is None
-    with pytest.raises(pytest.skip.Exception, match="no C\\+\\+ compiler found for torch.compile"):
-        helpers.require_cpp_compiler()
-    monkeypatch.setenv(helpers.REQUIRE_ALL, "1")
-    with pytest.raises(pytest.fail.Exception, match="no C\\+\\+ compiler"):
-        helpers.require_cpp_compiler()
+    # (config.patch, not monkeypatch: undoing a setattr on torch's config class deletes the option.)
+    with config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):
+        assert helpers.cpp_compiler() is None
+        with pytest.raises(pytest.skip.Exception, match="no C\\+\\+ compiler found for torch.compile"):
+            helpers.require_cpp_compiler()
+        monkeypatch.setenv(helpers.REQUIRE_ALL, "1")
+        with pytest.raises(pytest.fail.Exception, match="no C\\+\\+ compiler"):
+            helpers.require_cpp_compiler()
+    assert helpers.cpp_compiler() == helpers.cpp_compiler()  # the option is still there afterwards

@@ -1,5 +1,6 @@
-# Two commands cover everything (see README.md): `make serve` and `make test`.
-# Both install what they need first, once: the install is redone only when a requirements file changes.
+# Two commands cover everything (see README.md): `make serve` and `make test`; `make check` is the
+# quick subset to run while editing. All install what they need first, once: the install is redone
+# only when a requirements file changes.
 
 SHELL := bash
 .DEFAULT_GOAL := help
@@ -14,11 +15,12 @@ NPM_STAMP := node_modules/.package-lock.json
 # Material prints an end-of-life banner on every run that is not a warning of ours.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help install serve test site screenshot clean
+.PHONY: help install serve test check site screenshot clean
 
 help:
 	@echo "make serve       install if needed, then serve the book at http://127.0.0.1:8000/llama-from-scratch/"
 	@echo "make test        install if needed, then run the whole test suite (includes the strict build)"
+	@echo "make check       the unit tests and the book's examples, without the slow tiers (under a minute)"
 	@echo "make site        build the book into site/ with --strict (what the tests and CI publish)"
 	@echo "make screenshot  refresh .github/book-screenshot.png (the README picture) from the browser tests"
 
@@ -42,13 +44,21 @@ serve: install
 	$(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:8000
 
 # The one definition of the site build. tests/conftest.py runs `make site SKIP_INSTALL=1` and
-# .github/workflows/pages.yml runs `make site`, and a test checks that both still do.
+# .github/workflows/pages.yml runs `make site`; tests/test_site_build.py checks both.
 site: $(if $(SKIP_INSTALL),,install)
 	$(PYTHON) -m mkdocs build --strict
 
 # pytest's own exit status is kept, including 5 ("no tests ran"), which fails the target.
 test: install
 	$(PYTHON) -m pytest
+
+# The slow tiers, the markers declared in pyproject.toml (tests/test_tiers.py checks that every
+# declared tier is left out here): what remains runs in well under a minute.
+SLOW_TIERS := site browser labs compile ddp slow
+empty :=
+space := $(empty) $(empty)
+check: install
+	$(PYTHON) -m pytest -m "not ($(subst $(space), or ,$(SLOW_TIERS)))"
 
 screenshot: install
 	$(PYTHON) -m pytest tests/browser -k "test_page and index"

@@ -22,13 +22,20 @@ All examples of one page share one namespace, in page order. ``>>>`` examples in
 
 ``tests/test_book.py`` checks that every fence in the book is either collected here or accounted
 for, so nothing that looks like an example is silently left out.
+
+The examples of a fence that runs ``torch.compile`` (directly or through ``CompiledDecoder``) are
+marked ``compile``, like the tests that do. Every test so marked is skipped, with the reason, where
+torch.compile has no C++ compiler, or fails there under ``LLAMA_REQUIRE_ALL=1`` (tests/helpers.py).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
+from pathlib import Path
 
+import pytest
 from sybil import Sybil
 from sybil.evaluators.doctest import DocTestEvaluator
 from sybil.evaluators.python import PythonEvaluator
@@ -37,12 +44,22 @@ from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 from sybil.parsers.markdown.skip import SkipParser
 from sybil.parsers.rest import DocTestParser
 
+# tests/helpers.py, the one home of the skip-or-fail rule for optional tools; pytest puts tests/ on
+# sys.path too, when it imports the test modules, so both find the same module.
+TESTS = str(Path(__file__).resolve().parent / "tests")
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+import helpers  # noqa: E402
+
 FLAGS = ELLIPSIS | NORMALIZE_WHITESPACE
 
 # The whole info string: language, then optional attributes such as title="...".
 INFO = re.compile(r"[ \t]*(?P<language>[^\s{]*)[ \t]*(?P<attributes>[^\n]*)$\n", re.MULTILINE)
 PYTHON = {"python", "py", "pycon"}
 SNIPPET = re.compile(r"^\s*-{1,2}8<-{1,2}\s", re.MULTILINE)
+
+# (document path, start) of every example that belongs to a fence which compiles.
+compiling_examples: set[tuple[str, int]] = set()
 
 
 def all_fences(document):
@@ -67,6 +84,7 @@ class BookCodeParser:
             source = region.lexemes["source"]
             if language not in PYTHON or is_snippet_include(source):
                 continue
+            compiles = bool(helpers.COMPILES.search(source))
             if language == "pycon" or source.lstrip().startswith(">>>"):
                 examples = list(self.doctest(source, document.path))
                 if not examples:
@@ -76,10 +94,14 @@ class BookCodeParser:
                     )
                 for example in examples:
                     example.adjust(region, source)
+                    if compiles:
+                        compiling_examples.add((document.path, example.start))
                     yield example
             else:
                 region.parsed = source
                 region.evaluator = self.python
+                if compiles:
+                    compiling_examples.add((document.path, region.start))
                 yield region
 
 
@@ -87,3 +109,16 @@ book = Sybil(parsers=[BookCodeParser(), SkipParser()], patterns=["*.md"], path="
 package = Sybil(parsers=[DocTestParser(optionflags=FLAGS)], patterns=["*.py"], path="llama", name="docstrings")
 
 pytest_collect_file = (book + package).pytest()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        example = getattr(item, "example", None)  # a Sybil item
+        if example is not None and (example.path, example.start) in compiling_examples:
+            item.add_marker(pytest.mark.compile)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("compile"):
+        helpers.require_cpp_compiler()

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the reference artifacts live, the book's configuration and its built site."""
+"""Shared fixtures: where the reference artifacts live, the book's configuration and its built site;
+and the tiers that `make check` leaves out, given to the tests by the fixtures they use."""
 
 from __future__ import annotations
 
@@ -6,35 +7,53 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import COMPILES, REQUIRE_ALL, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def shared_data_dir() -> Path:
-    """The folder with the reference artifacts (``LLAMA_DATA_DIR``, default ``../shared/data``)."""
-    return Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data"))
+def pytest_configure(config):
+    # One switch for CI: LLAMA_REQUIRE_ALL=1 requires the browser too (tests/browser/conftest.py
+    # reads LLAMA_REQUIRE_BROWSER, which also still works on its own).
+    if os.environ.get(REQUIRE_ALL) == "1":
+        os.environ["LLAMA_REQUIRE_BROWSER"] = "1"
+
+
+# A test that uses one of these fixtures is in that tier, wherever it lives (tests/browser/ included).
+TIER_OF_FIXTURE = {"built_site": "site", "browser": "browser"}
+
+
+def pytest_itemcollected(item):  # before `-m` deselects by these markers
+    for fixture, tier in TIER_OF_FIXTURE.items():
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(tier)
 
 
 @pytest.fixture
 def shared_file():
-    """Return a function ``shared_file(name) -> Path`` that skips the test when the file is absent."""
+    """Return a function ``shared_file(name) -> Path`` that skips the test when the file is absent
+    (fails it under ``LLAMA_REQUIRE_ALL=1``)."""
+    return require_shared_file
 
-    def find(name: str) -> Path:
-        path = shared_data_dir() / name
-        if not path.is_file():
-            pytest.skip(f"{name} not found in {shared_data_dir()} (set LLAMA_DATA_DIR to the folder that has it)")
-        return path
 
-    return find
+@pytest.fixture
+def transformers():
+    """Hugging Face transformers, the reference the parity tests compare with; without it, only the
+    tests that ask for this fixture are skipped (failed under ``LLAMA_REQUIRE_ALL=1``)."""
+    return require_module("transformers")
 
 
 # --- The book's site, built once per test session -------------------------------------------
+#
+# The build (seconds warm, a minute cold: it executes the labs and draws the figures) starts in the
+# background as soon as the tests are collected, if any selected test needs it, and the tests that
+# need it run last: the rest of the suite runs meanwhile, on the other core.
 
 SITE_DIR = REPO / "site"
 # The same command as `make site` in CI and in .github/workflows/pages.yml (tests/test_site_build.py
@@ -47,21 +66,67 @@ class SiteBuild:
     command: list[str]
     returncode: int
     output: str
-    seconds: float
     site_dir: Path
 
 
+class BackgroundBuild:
+    """``make site`` running in a subprocess, its output going to a file (a pipe could fill up)."""
+
+    def __init__(self) -> None:
+        make = shutil.which("make")
+        self.command = [make or "make", "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
+        self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self.proc = None
+        if make is not None:
+            self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+    def result(self) -> SiteBuild:
+        if self.proc is None:
+            pytest.fail("`make` is not installed: the site is built with `make site`")
+        returncode = self.proc.wait()  # no timeout: a hung lab is stopped by nbclient's own (hooks/notebooks.py)
+        self.log.seek(0)
+        return SiteBuild(self.command, returncode, self.log.read(), SITE_DIR)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the run was interrupted: leave no build behind
+            self.proc.wait()
+        self.log.close()
+
+
+def needs_site(item) -> bool:
+    return "built_site" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected: only the tests that will run count
+def pytest_collection_modifyitems(config, items):
+    # A stable partition: each group keeps its order (the examples of a page depend on theirs).
+    items[:] = [item for item in items if not needs_site(item)] + [item for item in items if needs_site(item)]
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    if not config.option.collectonly and any(needs_site(item) for item in session.items):
+        config.stash[BUILD] = BackgroundBuild()
+
+
+def pytest_unconfigure(config):
+    build = config.stash.get(BUILD, None)
+    if build is not None:
+        build.stop()
+
+
+BUILD = pytest.StashKey[BackgroundBuild]()
+
+
 @pytest.fixture(scope="session")
-def built_site() -> SiteBuild:
-    """Build the book into ``site/`` with ``make site`` (strict), once for the whole session."""
-    make = shutil.which("make")
-    if make is None:
-        pytest.fail("`make` is not installed: the site is built with `make site`")
-    command = [make, "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    seconds = time.perf_counter() - start
-    return SiteBuild(command, proc.returncode, proc.stdout + proc.stderr, seconds, SITE_DIR)
+def built_site(pytestconfig) -> SiteBuild:
+    """The book built into ``site/`` by ``make site`` (strict), once for the whole session."""
+    build = pytestconfig.stash.get(BUILD, None)
+    if build is None:  # not started at collection: no test selected then seemed to need it
+        build = pytestconfig.stash[BUILD] = BackgroundBuild()
+    return build.result()
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +230,14 @@ def pytest_generate_tests(metafunc):
     for name, keep in kinds.items():
         if name in metafunc.fixturenames:
             pages = [p for p in nav_pages() if keep(p)]
-            metafunc.parametrize(name, pages, ids=[p.slug for p in pages])
+            metafunc.parametrize(name, [page_param(name, p) for p in pages], ids=[p.slug for p in pages])
+
+
+def page_param(fixture: str, page: NavPage):
+    # A reader's copy of a page runs all of its code: where that compiles, so does the test.
+    if fixture == "reader_page" and page.source.is_file() and COMPILES.search(page.source.read_text("utf-8")):
+        return pytest.param(page, marks=pytest.mark.compile)
+    return page
 
 
 @pytest.fixture(scope="session")

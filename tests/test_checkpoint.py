@@ -9,15 +9,13 @@ import struct
 import numpy as np
 import pytest
 import torch
-from helpers import random_model
+from helpers import random_model, require_program
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer, generate
 from llama.checkpoint import detect_format
 from llama.llama2c import read_llama2c
 from llama.convert import llama_to_hf_state_dict
-
-transformers = pytest.importorskip("transformers")
 
 #: Greedy ids of stories260K from BOS (id 1), recorded from this package and checked below against
 #: an independent NumPy re-implementation of llama2.c's run.c; book/checkpoints.md quotes them.
@@ -73,7 +71,7 @@ def write_meta(model: Transformer, directory, params: dict, shards: int = 1) -> 
 
 
 # ------------------------------------------------------------------------------ the real model
-def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path):
+def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path, transformers):
     path = shared_file("stories260K.bin")
     model = Transformer.from_pretrained(path)
     assert model.config == ModelConfig.from_preset("stories260K")
@@ -145,7 +143,7 @@ def test_stories260k_greedy_ids_agree_with_an_independent_implementation(shared_
 
 # -------------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("tied", [False, True])
-def test_hf_to_ours_to_hf_gives_identical_tensors(tmp_path, tied):
+def test_hf_to_ours_to_hf_gives_identical_tensors(tmp_path, tied, transformers):
     hf_config = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
                                          max_position_embeddings=64, tie_word_embeddings=tied)
@@ -162,7 +160,7 @@ def test_hf_to_ours_to_hf_gives_identical_tensors(tmp_path, tied):
         assert (ours(x) - hf(x).logits).abs().max() <= 1e-5
 
 
-def test_sharded_hf_checkpoint_loads(tmp_path):
+def test_sharded_hf_checkpoint_loads(tmp_path, transformers):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101)).eval()
@@ -176,7 +174,7 @@ def test_sharded_hf_checkpoint_loads(tmp_path):
 
 
 @pytest.mark.parametrize("shards", [1, 2])
-def test_meta_to_ours_to_hf_gives_identical_tensors(tmp_path, shards):
+def test_meta_to_ours_to_hf_gives_identical_tensors(tmp_path, shards, transformers):
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, multiple_of=32)
     model = random_model(config)
     write_meta(model, tmp_path / "meta", META_PARAMS, shards=shards)
@@ -415,9 +413,7 @@ def test_run_c_decodes_a_saved_model_as_we_do(tmp_path, shared_file, tie):
     from llama.llama2c import save_llama2c
 
     run_c = shared_file("llama2c/run.c")
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc not found: run.c cannot be compiled")
+    gcc = require_program("gcc", "install gcc to compile run.c")
     # -O2 without -ffast-math: the sums stay in IEEE order, so argmax cannot flip on a near tie.
     subprocess.run([gcc, "-O2", str(run_c), "-lm", "-o", str(tmp_path / "run")], check=True, capture_output=True)
     config = ModelConfig(**GQA_TINY, tie_embeddings=tie)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_console_blocks
+from helpers import run_console_blocks, unavailable
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
@@ -67,6 +67,7 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
     assert capsys.readouterr().out == "\n"
 
 
+@pytest.mark.compile
 def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path)
     assert main(["generate", str(path), "--ids", "1", "7", "-n", "12"]) == 0
@@ -89,8 +90,7 @@ def test_generate_with_a_tokenizer_prints_text(tmp_path, capsys):
     assert out.startswith("the cat")
 
 
-def test_convert_writes_a_folder_transformers_loads(tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
+def test_convert_writes_a_folder_transformers_loads(tmp_path, capsys, transformers):
     path = tiny_checkpoint(tmp_path)
     assert main(["convert", str(path), str(tmp_path / "out"), "--to", "hf", "--dtype", "bfloat16"]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -118,10 +118,11 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "unknown checkpoint format" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_console_script_help_reads_well():
     exe = shutil.which("llama", path=str(Path(sys.executable).parent))
     if exe is None:
-        pytest.skip("the llama console script is not installed next to this interpreter")
+        unavailable("the llama console script is not installed next to this interpreter", "`pip install -e .` installs it")
     for sub, words in (("generate", ["--tokenizer", "--ids", "--temperature", "--top-p", "--min-p", "--seed",
                                       "examples:"]),
                        ("convert", ["--to", "Hugging Face", "example:"])):

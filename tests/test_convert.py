@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_model
 
-transformers = pytest.importorskip("transformers")
-
-from helpers import random_model  # noqa: E402
-
-from llama import ModelConfig, RopeScaling, Transformer  # noqa: E402
-from llama.convert import HF_NAMES, hf_to_llama_state_dict, llama_to_hf_state_dict  # noqa: E402
+from llama import ModelConfig, RopeScaling, Transformer
+from llama.convert import HF_NAMES, hf_to_llama_state_dict, llama_to_hf_state_dict
 
 BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, hidden_dim=96, max_seq_len=64)
 CONFIGS = {
@@ -26,7 +23,7 @@ CONFIGS = {
 }
 
 
-def hf_twin(model: Transformer) -> torch.nn.Module:
+def hf_twin(transformers, model: Transformer) -> torch.nn.Module:
     """transformers' LlamaForCausalLM carrying the same weights as ``model``."""
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf())).eval()
     missing, unexpected = hf.load_state_dict(llama_to_hf_state_dict(model.state_dict(), model.config), strict=False)
@@ -36,9 +33,9 @@ def hf_twin(model: Transformer) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_transformers(name):
+def test_logits_match_transformers(name, transformers):
     model = random_model(CONFIGS[name])
-    hf = hf_twin(model)
+    hf = hf_twin(transformers, model)
     tokens = torch.randint(0, model.config.vocab_size, (4, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, theirs = model(tokens), hf(tokens).logits
@@ -58,7 +55,7 @@ def test_rope_scaling_changes_logits():
         assert (scaled(tokens) - plain(tokens)).abs().max() > 1e-3
 
 
-def test_unpermuted_weights_break_parity():
+def test_unpermuted_weights_break_parity(transformers):
     """The wq/wk permutation is needed: loading our rows unchanged into HF gives other logits."""
     model = random_model(CONFIGS["gqa"])
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf())).eval()
@@ -76,9 +73,9 @@ def test_unpermuted_weights_break_parity():
 
 
 @pytest.mark.parametrize("name", ["gqa", "tied"])
-def test_state_dict_round_trip_is_exact(name):
+def test_state_dict_round_trip_is_exact(name, transformers):
     model = random_model(CONFIGS[name])
-    hf = hf_twin(model)
+    hf = hf_twin(transformers, model)
     hf_sd = {k: v for k, v in hf.state_dict().items() if not (name == "tied" and k == "lm_head.weight")}
     back = llama_to_hf_state_dict(hf_to_llama_state_dict(hf_sd, model.config), model.config)
     assert back.keys() == hf_sd.keys()
@@ -89,7 +86,7 @@ def test_state_dict_round_trip_is_exact(name):
         assert torch.equal(ours[k], v), k
 
 
-def test_load_into_our_model_from_hf_weights():
+def test_load_into_our_model_from_hf_weights(transformers):
     torch.manual_seed(5)
     config = CONFIGS["odd-layers"]
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf())).eval()
@@ -115,14 +112,14 @@ def test_conversion_errors_name_the_problem():
         hf_to_llama_state_dict(hf_sd, config)
 
 
-def test_config_round_trips_through_transformers():
+def test_config_round_trips_through_transformers(transformers):
     for config in CONFIGS.values():
         hf_config = transformers.LlamaConfig(**config.to_hf())
         # transformers 5 stores rope settings as `rope_parameters`; read its own serialisation back.
         assert ModelConfig.from_hf(hf_config.to_dict()) == config
 
 
-def test_from_hf_defaults_are_transformers_defaults():
+def test_from_hf_defaults_are_transformers_defaults(transformers):
     defaults = transformers.LlamaConfig().to_dict()
     ours = ModelConfig.from_hf({})
     assert ours.dim == defaults["hidden_size"]

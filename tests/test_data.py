@@ -143,7 +143,6 @@ def test_bpe_byte_lengths_sum_to_the_text_length():
 
 
 def test_sentencepiece_byte_lengths(tmp_path):
-    pytest.importorskip("sentencepiece")
     from llama.tokenizer import train_sentencepiece
 
     text = "\n".join(f"line {i}: the cat sat on the mat, naïvely" for i in range(200)) + "\n"

@@ -19,8 +19,7 @@ def test_matches_the_formula():
     assert not torch.allclose(ff(x), ff.w2(F.relu(ff.w1(x)) * ff.w3(x)))  # the gate is SiLU, not ReLU
 
 
-def test_matches_transformers_llama_mlp():
-    transformers = pytest.importorskip("transformers")
+def test_matches_transformers_llama_mlp(transformers):
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     torch.manual_seed(1)

@@ -41,8 +41,7 @@ def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
-def test_greedy_equals_transformers_generate(config):
-    transformers = pytest.importorskip("transformers")
+def test_greedy_equals_transformers_generate(config, transformers):
     from llama.convert import llama_to_hf_state_dict
 
     model = random_model(config)
@@ -330,6 +329,7 @@ def test_sample_next_refuses_rows_with_no_finite_choice_but_allows_banned_tokens
 
 # The compiled decoder runs torch.compile (Inductor and a C++ compiler): several seconds per
 # model with a cold cache, which the suite pays because this is code the book shows.
+@pytest.mark.compile
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
 def test_compiled_decoder_gives_the_eager_greedy_ids(config):
     from llama.generation import CompiledDecoder

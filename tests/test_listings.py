@@ -29,10 +29,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import load_listings
+from helpers import HANG_SECONDS, load_listings, shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
-SECONDS_MAX = 600  # the slowest chapter takes a few seconds; this only stops a hung example
 
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -42,11 +41,6 @@ TRACEBACK = "Traceback (most recent call last):"
 
 
 listings = load_listings()
-
-
-def shared_data_dir() -> Path:
-    # The same default as tests/conftest.py, made absolute: the copy runs in another folder.
-    return Path(os.environ.get("LLAMA_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 
 
 def reader_blocks(markdown: str, page: str) -> list[dict]:
@@ -109,10 +103,10 @@ def run_like_a_reader(blocks: list[dict], folder: Path) -> dict:
     work.mkdir()  # empty: nothing in it can shadow a module the examples import
     (folder / "blocks.json").write_text(json.dumps(blocks), "utf-8")
     report = folder / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir()), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir().resolve()), "MPLBACKEND": "Agg"}
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=SECONDS_MAX,
+        cwd=work, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
     )
     assert proc.returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(report.read_text("utf-8"))
@@ -122,6 +116,7 @@ def describe(failure: dict) -> str:
     return f"{failure['where']} ({failure['what']}, line {failure['line']}): {failure['error']}"
 
 
+@pytest.mark.slow  # a fresh interpreter per page
 def test_copied_chapter_runs(reader_page, tmp_path):
     assert not tmp_path.resolve().is_relative_to(REPO), "the copy must run outside the repository"
     blocks = reader_blocks(reader_page.source.read_text("utf-8"), reader_page.path)
@@ -178,6 +173,7 @@ def test_reader_blocks_follow_the_page():
     assert solution["statements"][0]["source"] == "assert undefined_name\n"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_runner_reports_exactly_the_failing_block(tmp_path):
     report = run_like_a_reader(reader_blocks(SAMPLE, "sample.md"), tmp_path)
     assert [(f["where"], f["line"], f["error"]) for f in report["failures"]] == [

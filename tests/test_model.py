@@ -103,8 +103,7 @@ def test_parameter_count_of_real_models_on_the_meta_device(preset, published):
     assert m.num_parameters() == count_parameters(cfg) == published
 
 
-def test_parameter_count_matches_transformers():
-    transformers = pytest.importorskip("transformers")
+def test_parameter_count_matches_transformers(transformers):
     for cfg in (SMALL, ModelConfig.from_preset("stories260K")):
         with torch.device("meta"):
             hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg.to_hf()))

@@ -121,8 +121,7 @@ def test_llama3_scaling_matches_the_reference_rule(preset):
     assert ours[0] == plain[0] and torch.isclose(ours[-1], plain[-1] / s.factor)
 
 
-def test_llama3_scaling_matches_transformers():
-    transformers = pytest.importorskip("transformers")
+def test_llama3_scaling_matches_transformers(transformers):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     for preset in ("llama3.1-8b", "llama3.2-1b"):

@@ -172,6 +172,7 @@ def test_llama2_whole_tinyshakespeare_at_once(llama2, shared_file):
     assert ours.encode(text, bos=True, eos=True) == [1] + ids + [2]
 
 
+@pytest.mark.slow  # 10,000 strings through two tokenizers
 def test_llama2_10000_generated_strings(llama2):
     assert compare_on_strings(*llama2, n_strings=10_000) >= 10_000
 
@@ -184,6 +185,7 @@ def test_llama2_examples_from_the_chapter(llama2):
 
 
 # ---------------------------------------------------------------- a model we train ourselves
+@pytest.mark.slow  # 10,000 strings through two tokenizers
 def test_trained_model_10000_generated_strings(ours_trained):
     assert compare_on_strings(*ours_trained, n_strings=10_000) >= 10_000
 
@@ -295,6 +297,7 @@ def test_bad_files(tmp_path):
         SentencePieceTokenizer.from_bytes(b"")
 
 
+@pytest.mark.slow  # trains two SentencePiece models
 def test_unsupported_models_are_refused():
     with pytest.raises(ValueError, match="unigram model"):
         SentencePieceTokenizer.from_bytes(trained_model(model_type="unigram", vocab_size=600))

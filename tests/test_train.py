@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
 from llama.bpe import BPETokenizer
@@ -44,7 +45,7 @@ def text(tmp_path):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``llama train ARGS`` in a subprocess (the console script's module, run from this checkout)."""
     cmd = [sys.executable, "-m", "llama.cli", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=HANG_SECONDS)
 
 
 # ``llama train FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
@@ -86,6 +87,7 @@ def test_weight_decay_skips_norm_gains_and_covers_every_parameter_once():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.slow  # trains a BPE tokenizer in pure Python
 def test_bits_per_byte_counts_the_bytes_of_the_predicted_tokens():
     torch.manual_seed(0)
     text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 30
@@ -137,6 +139,7 @@ def test_run_writes_log_checkpoint_model_and_samples(tmp_path, text):
     assert (out / "samples.txt").is_file()
 
 
+@pytest.mark.slow  # three training processes
 def test_exact_resume_after_sigkill(tmp_path, text):
     """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
     and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
@@ -147,7 +150,7 @@ def test_exact_resume_after_sigkill(tmp_path, text):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, command in commands.items()
     ]
-    (_, err_w), (_, err_k) = procs[0].communicate(timeout=120), procs[1].communicate(timeout=120)
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
     assert procs[0].returncode == 0, err_w
     assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
     killed = tmp_path / "killed"
@@ -217,6 +220,7 @@ def test_error_overwriting_a_run_and_resuming_with_other_settings(tmp_path, caps
     assert "nothing to resume" in err
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_console_script_reports_and_fails_in_one_line(tmp_path, text):
     """``llama train`` as a process: the final evaluation on stdout; a user error is one line, exit 2."""
     proc = run_cli("--data", str(text), "--out", str(tmp_path / "m"), *TINY, "--max-steps", "1", "--eval-every", "1")
@@ -226,10 +230,11 @@ def test_console_script_reports_and_fails_in_one_line(tmp_path, text):
     assert bad.returncode == 2 and "already holds a training run" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_module_points_to_the_command():
     """``python -m llama.train`` has no flags of its own: it says what to run instead of silently doing nothing."""
     proc = subprocess.run([sys.executable, "-m", "llama.train", "--out", "x"], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+                          cwd=REPO, timeout=HANG_SECONDS)
     assert proc.returncode == 1 and "llama train --out" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -266,6 +271,7 @@ def test_chapter_shows_the_benchmarks_recipe_command():
     assert blocks == [f"$ {command}\n"]
 
 
+@pytest.mark.slow  # trains a BPE tokenizer, then a model
 def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch):
     """The recipe's exact flags (Tiny Shakespeare found through LLAMA_DATA_DIR, the default BPE and
     model), with --max-steps 2, a tiny model and a 300-token BPE added so that it ends in seconds."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
 from llama.train_state import read_log
@@ -17,8 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
         "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch has no gloo backend")
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="this PyTorch has no gloo backend"),
+]
 
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
@@ -34,7 +38,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, **LOOPBACK}
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in (ddp, single)]
-    outputs = [p.communicate(timeout=180) for p in procs]
+    outputs = [p.communicate(timeout=HANG_SECONDS) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert outputs[0][0].count("final:") == 1  # only rank 0 reports
@@ -61,6 +65,6 @@ def test_a_user_error_stops_every_rank(tmp_path):
     (out / "run.json").write_text("{}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "llama.cli", "train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **LOOPBACK}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **LOOPBACK}, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert proc.returncode != 0
     assert proc.stderr.count("already holds a training run") == 2  # printed by both ranks

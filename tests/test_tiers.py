@@ -1,0 +1,119 @@
+"""The test tiers and the optional tools: `make check` leaves out exactly the slow tiers, `make test`
+and CI run everything, and a missing tool is a skip for a reader but a failure in CI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import helpers
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def declared_tiers() -> set[str]:
+    import tomllib  # Python 3.11+; the markers are plain "name: description" strings
+
+    markers = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["pytest"]["ini_options"]["markers"]
+    return {marker.split(":", 1)[0].strip() for marker in markers}
+
+
+def pytest_arguments(target: str) -> list[list[str]]:
+    """The arguments of each pytest that ``make -n TARGET`` would run (a made-up PYTHON: nothing is installed)."""
+    proc = subprocess.run(["make", "--no-print-directory", "-n", target, "PYTHON=/some/python", "SKIP_INSTALL=1"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    return [c[3:] for c in commands if c[:3] == ["/some/python", "-m", "pytest"]]
+
+
+def test_make_test_runs_every_tier():
+    assert pytest_arguments("test") == [[]]
+
+
+def test_make_check_leaves_out_every_declared_tier_and_nothing_else():
+    [arguments] = pytest_arguments("check")
+    expression = arguments[arguments.index("-m") + 1]
+    match = re.fullmatch(r"not \((\w+(?: or \w+)*)\)", expression)
+    assert match, expression
+    assert set(match[1].split(" or ")) == declared_tiers()
+    assert arguments == ["-m", expression]  # no -k, no paths: every test file, examples included
+
+
+@pytest.mark.slow  # a fresh interpreter collects the suite
+def test_tiers_reach_the_tests_that_need_them():
+    """Collected as `make check` selects: nothing that builds the site, drives a browser or compiles is left."""
+    [arguments] = pytest_arguments("check")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *arguments,
+         "tests/test_site_build.py", "tests/test_generation.py", "tests/browser", "book/generation.md"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kept = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert kept, "the quick tier kept no test at all"
+    assert not [t for t in kept if "tests/browser" in t], "browser tests are in the browser tier"
+    assert not [t for t in kept if "compiled_decoder_gives" in t], "torch.compile tests are in the compile tier"
+    assert not [t for t in kept if re.search(r"test_site_build.py::test_(strict_build|lab_|figure_hook)", t)]
+    # the book's compiling example (generation.md, CompiledDecoder) is out, the page's other examples in
+    generation = (REPO / "book/generation.md").read_text("utf-8")
+    line = generation[: generation.index("CompiledDecoder(small")].count("\n") + 1
+    examples = [int(m[1]) for t in kept if (m := re.search(r"generation\.md::sybil:book,line:(\d+)", t))]
+    assert examples and line not in examples
+
+
+def test_ci_requires_every_optional_tool_and_runs_make_test(tmp_path):
+    # .ci/run with stand-ins for make and chromium on PATH: what would it run, with which settings?
+    record = tmp_path / "make-was-called-with"
+    (tmp_path / "make").write_text(f'#!/bin/sh\necho "$* LLAMA_REQUIRE_ALL=$LLAMA_REQUIRE_ALL" > {shlex.quote(str(record))}\n')
+    (tmp_path / "chromium").write_text("#!/bin/sh\n")
+    for tool in ("make", "chromium"):
+        (tmp_path / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    env.pop(helpers.REQUIRE_ALL, None)
+    proc = subprocess.run(["bash", str(REPO / ".ci/run")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert record.read_text().split() == ["test", f"{helpers.REQUIRE_ALL}=1"]
+
+
+@pytest.fixture
+def reader(monkeypatch):
+    monkeypatch.delenv(helpers.REQUIRE_ALL, raising=False)
+
+
+@pytest.fixture
+def ci(monkeypatch):
+    monkeypatch.setenv(helpers.REQUIRE_ALL, "1")
+
+
+def test_a_missing_tool_is_a_skip_with_its_reason_for_a_reader(reader):
+    with pytest.raises(pytest.skip.Exception, match=r"frobnicate is not installed \(.*make install"):
+        helpers.require_module("frobnicate")
+    with pytest.raises(pytest.skip.Exception, match="nothing.bin not found in"):
+        helpers.require_shared_file("nothing.bin")
+
+
+def test_a_missing_tool_is_a_failure_in_ci(ci):
+    with pytest.raises(pytest.fail.Exception, match=f"frobnicate is not installed, and {helpers.REQUIRE_ALL}=1"):
+        helpers.require_module("frobnicate")
+    with pytest.raises(pytest.fail.Exception, match="nothing.bin not found"):
+        helpers.require_shared_file("nothing.bin")
+
+
+def test_no_compiler_skips_the_compile_tests(reader, monkeypatch):
+    from torch._inductor import config
+
+    # Inductor's own search list decides: with only a compiler that does not exist, there is none.
+    # (config.patch, not monkeypatch: undoing a setattr on torch's config class deletes the option.)
+    with config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):
+        assert helpers.cpp_compiler() is None
+        with pytest.raises(pytest.skip.Exception, match="no C\\+\\+ compiler found for torch.compile"):
+            helpers.require_cpp_compiler()
+        monkeypatch.setenv(helpers.REQUIRE_ALL, "1")
+        with pytest.raises(pytest.fail.Exception, match="no C\\+\\+ compiler"):
+            helpers.require_cpp_compiler()
+    assert helpers.cpp_compiler() == helpers.cpp_compiler()  # the option is still there afterwards

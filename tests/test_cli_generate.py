@@ -196,6 +196,7 @@ def generating(tmp_path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_generate_exits_130_without_a_traceback(tmp_path):
     import signal
 
@@ -205,12 +206,14 @@ def test_ctrl_c_during_generate_exits_130_without_a_traceback(tmp_path):
     assert (proc.returncode, err) == (130, b"")
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_generate_quietly(tmp_path):
     proc = generating(tmp_path)
     proc.stdout.close()  # as `| head -c 1` does
     assert (proc.wait(timeout=120), proc.stderr.read()) == (141, b"")
 
 
+@pytest.mark.slow
 def test_compile_without_a_cxx_compiler_says_what_is_missing_before_generating(tmp_path):
     import os
 

@@ -343,6 +343,7 @@ def test_compiled_decoder_gives_the_eager_greedy_ids(config):
     assert model.layers[0].attention.cache is None  # the cache is removed, as generate does
 
 
+@pytest.mark.compile
 def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
     from llama.generation import CompiledDecoder
 

@@ -301,6 +301,7 @@ def test_ctrl_c_releases_the_lock_and_leaves_no_partial_folder(tmp_path, text, m
 
 
 # ------------------------------------------------------------------------------- not a terminal
+@pytest.mark.slow
 def test_progress_goes_to_a_terminal_only(tmp_path, text):
     flags = [f for f in TINY if f != "--no-progress"]
     proc = subprocess.run([sys.executable, "-m", "llama.cli", "train", "--data", str(text), "--out",

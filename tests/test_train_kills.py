@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from llama.run_folder import RunLock, remove_partial
 from llama.train_state import latest_checkpoint, read_log
+
+pytestmark = pytest.mark.slow  # a dozen killed and resumed training runs
 
 REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",

@@ -1,8 +1,9 @@
 """Every page of the book, looked at in a real browser (Chromium, headless).
 
 Each page must load with no console error, no failed or outside request and no broken link or
-anchor, with its math typeset, in both colour palettes; screenshots of every page at desktop and
-phone widths go to test-artifacts/screenshots/ (see README.md).
+anchor, with its math typeset, in both colour palettes, and fit the screen at desktop and phone
+widths (layout.py); screenshots of every page at both widths go to test-artifacts/screenshots/
+(see README.md).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from urllib.error import HTTPError
 from urllib.parse import unquote, urldefrag
 from urllib.request import urlopen
 
+from layout import PHONE, layout_problems
 
-PHONE = {"width": 390, "height": 844}
+
 
 # Typeset math leaves no TeX delimiters in the text a reader sees.
 RAW_MATH = re.compile(r"\$\$|\\\(|\\\[|(?<![\w$\\])\$[^$\s][^$\n]*?\$")
@@ -92,10 +94,13 @@ def check_links(page, watch, site_url: str):
 # --- every page ----------------------------------------------------------------------------------
 
 
-def test_page(nav_page, new_page, site_url, screenshots):
+def test_page(nav_page, new_page, site_url, site_dir, screenshots):
     page, watch = open_page(new_page, site_url, nav_page.url, color_scheme="light")
     wait_for_math(page, watch)
     check_links(page, watch, site_url)
+    # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;
+    # before the full-page screenshot, which resizes the viewport and with it the scrollbars.
+    watch.problems += layout_problems(page, f"/{nav_page.url}", page.viewport_size, site_url, site_dir)
     page.screenshot(path=screenshots / f"{nav_page.slug}-desktop.png", full_page=True)
 
     # Dark palette, through the toggle a reader uses.
@@ -116,6 +121,7 @@ def test_page(nav_page, new_page, site_url, screenshots):
         watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
     # First screen only: a full-page phone capture of a long chapter is ~15,000 px and slow to take.
     page.screenshot(path=screenshots / f"{nav_page.slug}-phone.png")
+    watch.problems += layout_problems(page, f"/{nav_page.url}", PHONE, site_url, site_dir)
 
     assert not watch.problems, "\n".join(watch.problems)
 

@@ -1,4 +1,5 @@
-"""Every page fits the screen, on a desktop (1280 px) and on a phone (390 px).
+"""What "the page fits the screen" means, checked by ``test_pages.py::test_page`` on every page, on
+a desktop (1280 px) and on a phone (390 px), during the one visit it makes to each page.
 
 A display equation, a code block or a table wider than the text column must scroll in its own
 box with a scrollbar the reader can see; content cut off behind a hidden scrollbar, or spilling
@@ -14,9 +15,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from test_pages import PHONE, open_page, wait_for_math
-
 DESKTOP = {"width": 1280, "height": 800}  # the new_page fixture's default viewport
+PHONE = {"width": 390, "height": 844}
 MIN_FIGURE_TEXT_PX = 9
 
 # JavaScript shared by both checks: does this element's box scroll sideways with a scrollbar
@@ -131,19 +131,16 @@ def figure_problems(page, site_url: str, site_dir: Path) -> list[str]:
     return problems
 
 
-def test_page_fits_the_screen(nav_page, new_page, site_url, site_dir):
-    page, watch = open_page(new_page, site_url, nav_page.url)
-    wait_for_math(page, watch)
-    problems = []
-    for viewport in (DESKTOP, PHONE):
-        page.set_viewport_size(viewport)
-        for o in page.evaluate(OVERFLOWS_JS):
-            problems.append(
-                f"/{nav_page.url} at {viewport['width']}px: {o['kind']} {o['text']!r} "
-                f"is {o['overflow']}px wider than its box and {o['why']}"
-            )
-    where = f"/{nav_page.url} at {PHONE['width']}px"
-    problems += [f"{where}: the copy button covers code text in {t!r}" for t in page.evaluate(COPY_BUTTON_OVERLAPS_JS)]
-    problems += [f"{where}: {p}" for p in figure_problems(page, site_url, site_dir)]
-    assert not problems, "\n".join(problems)
-    assert not watch.problems, "\n".join(watch.problems)
+def layout_problems(page, where: str, viewport: dict, site_url: str, site_dir: Path) -> list[str]:
+    """Everything that does not fit ``page`` as shown now, at ``viewport`` (already set); at phone
+    width also the copy buttons and the figures' text. ``where`` names the page in the messages."""
+    problems = [
+        f"{where} at {viewport['width']}px: {o['kind']} {o['text']!r} is {o['overflow']}px wider than "
+        f"its box and {o['why']}"
+        for o in page.evaluate(OVERFLOWS_JS)
+    ]
+    if viewport["width"] == PHONE["width"]:
+        at = f"{where} at {PHONE['width']}px"
+        problems += [f"{at}: the copy button covers code text in {t!r}" for t in page.evaluate(COPY_BUTTON_OVERLAPS_JS)]
+        problems += [f"{at}: {p}" for p in figure_problems(page, site_url, site_dir)]
+    return problems

@@ -99,22 +99,76 @@ def needs_site(item) -> bool:
     return "built_site" in getattr(item, "fixturenames", ())
 
 
+def copies_a_page(item) -> bool:
+    return "reader_run" in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected: only the tests that will run count
 def pytest_collection_modifyitems(config, items):
     # A stable partition: each group keeps its order (the examples of a page depend on theirs).
-    items[:] = [item for item in items if not needs_site(item)] + [item for item in items if needs_site(item)]
+    # The tests that wait for work started in the background (the reader's copies of the pages,
+    # the site) run last, so the rest of the suite runs meanwhile.
+    first = [item for item in items if not needs_site(item) and not copies_a_page(item)]
+    items[:] = first + [item for item in items if copies_a_page(item)] + [item for item in items if needs_site(item)]
 
 
 def pytest_collection_finish(session):
     config = session.config
-    if not config.option.collectonly and any(needs_site(item) for item in session.items):
+    if config.option.collectonly:
+        return
+    pages = [item.callspec.params["reader_page"] for item in session.items if copies_a_page(item)]
+    if pages:
+        config.stash[READER_RUNS] = BackgroundReaderRuns(pages)
+    if any(needs_site(item) for item in session.items):
         config.stash[BUILD] = BackgroundBuild()
 
 
 def pytest_unconfigure(config):
-    build = config.stash.get(BUILD, None)
-    if build is not None:
-        build.stop()
+    for key in (BUILD, READER_RUNS):
+        work = config.stash.get(key, None)
+        if work is not None:
+            work.stop()
+
+
+class BackgroundReaderRuns:
+    """Each page copied the way a reader would, into a fresh interpreter (tests/test_listings.py),
+    one page at a time on a thread of its own: a copy mostly waits for its interpreter, and the
+    machine's other core is free while the rest of the suite runs."""
+
+    def __init__(self, pages) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from test_listings import copy_page_like_a_reader
+
+        self.folder = Path(tempfile.mkdtemp(prefix="reader-copies-"))  # outside the repository
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.runs = {page.path: self.pool.submit(copy_page_like_a_reader, page, self.folder / page.slug)
+                     for page in pages}
+
+    def result(self, page):
+        return self.runs[page.path].result()
+
+    def stop(self) -> None:
+        for run in self.runs.values():
+            run.cancel()
+        self.pool.shutdown(wait=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+READER_RUNS = pytest.StashKey[BackgroundReaderRuns]()
+
+
+@pytest.fixture
+def reader_run(pytestconfig, reader_page):
+    """``(blocks, report)`` of ``reader_page`` copied into a fresh interpreter, started at collection."""
+    runs = pytestconfig.stash.get(READER_RUNS, None)
+    if runs is None:  # not started at collection (a test called directly): run it now
+        runs = pytestconfig.stash[READER_RUNS] = BackgroundReaderRuns([reader_page])
+    if reader_page.path not in runs.runs:
+        from test_listings import copy_page_like_a_reader
+
+        runs.runs[reader_page.path] = runs.pool.submit(copy_page_like_a_reader, reader_page, runs.folder / reader_page.slug)
+    return runs.result(reader_page)
 
 
 BUILD = pytest.StashKey[BackgroundBuild]()

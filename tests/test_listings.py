@@ -116,11 +116,20 @@ def describe(failure: dict) -> str:
     return f"{failure['where']} ({failure['what']}, line {failure['line']}): {failure['error']}"
 
 
+def copy_page_like_a_reader(page, folder: Path) -> tuple[list[dict], dict]:
+    """``(blocks, report)``: ``page``'s blocks, and what running them in a fresh interpreter gave.
+
+    tests/conftest.py starts these runs in the background when the tests are collected.
+    """
+    folder.mkdir(parents=True)
+    assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
+    blocks = reader_blocks(page.source.read_text("utf-8"), page.path)
+    return blocks, run_like_a_reader(blocks, folder)
+
+
 @pytest.mark.slow  # a fresh interpreter per page
-def test_copied_chapter_runs(reader_page, tmp_path):
-    assert not tmp_path.resolve().is_relative_to(REPO), "the copy must run outside the repository"
-    blocks = reader_blocks(reader_page.source.read_text("utf-8"), reader_page.path)
-    report = run_like_a_reader(blocks, tmp_path)
+def test_copied_chapter_runs(reader_page, reader_run):
+    blocks, report = reader_run
     assert report["blocks"] == len(blocks)
     assert report["failures"] == [], (
         f"{len(report['failures'])} of {len(blocks)} blocks of {reader_page.path} fail when copied in page order "

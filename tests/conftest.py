@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import COMPILES, REQUIRE_ALL, require_module, require_shared_file
+from helpers import COMPILES, EUID_LOCK, REQUIRE_ALL, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,12 +138,15 @@ class BackgroundReaderRuns:
     def __init__(self, pages) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from test_listings import copy_page_like_a_reader
-
         self.folder = Path(tempfile.mkdtemp(prefix="reader-copies-"))  # outside the repository
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.runs = {page.path: self.pool.submit(copy_page_like_a_reader, page, self.folder / page.slug)
-                     for page in pages}
+        self.runs = {page.path: self.pool.submit(self._copy, page) for page in pages}
+
+    def _copy(self, page):
+        from test_listings import copy_page_like_a_reader
+
+        with EUID_LOCK:  # never while a test runs as another user (helpers.as_nobody)
+            return copy_page_like_a_reader(page, self.folder / page.slug)
 
     def result(self, page):
         return self.runs[page.path].result()
@@ -165,9 +168,7 @@ def reader_run(pytestconfig, reader_page):
     if runs is None:  # not started at collection (a test called directly): run it now
         runs = pytestconfig.stash[READER_RUNS] = BackgroundReaderRuns([reader_page])
     if reader_page.path not in runs.runs:
-        from test_listings import copy_page_like_a_reader
-
-        runs.runs[reader_page.path] = runs.pool.submit(copy_page_like_a_reader, reader_page, runs.folder / reader_page.slug)
+        runs.runs[reader_page.path] = runs.pool.submit(runs._copy, reader_page)
     return runs.result(reader_page)
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,12 @@ def pb_field(number: int, value: int | bytes) -> bytes:
     return pb_varint(number << 3 | 2) + pb_varint(len(value)) + value
 
 
+# The effective uid belongs to the whole process, every thread of it: work running on a background
+# thread (tests/conftest.py) holds this lock, and as_nobody waits for it, so that work never runs
+# as nobody and nobody's block never runs beside it.
+EUID_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def as_nobody():
     """Run the block as user 65534 (nobody) when running as root, who may read and write any file.
@@ -110,11 +117,12 @@ def as_nobody():
     if os.geteuid() != 0:
         yield
         return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
+    with EUID_LOCK:
+        os.seteuid(65534)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
 
 
 # --- optional tools: skipped where a reader lacks them, required where CI says so ------------------

@@ -155,7 +155,9 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     >>> top_p_filter(torch.tensor([0.5, 0.3, 0.2]).log(), 0.7).exp()   # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
     tensor([0.5000, 0.3000, 0.0000])
     """
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    # stable: equal logits keep their vocabulary order, so ties are cut the same way on every run
+    # and the first of the most likely tokens (argmax's choice) is always in the nucleus.
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
     remove_sorted = mass_before >= p

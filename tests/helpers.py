@@ -187,3 +187,31 @@ def require_shared_file(name: str) -> Path:
     if not path.is_file():
         unavailable(f"{name} not found in {shared_data_dir()}", "set LLAMA_DATA_DIR to the folder that has it")
     return path
+
+
+@contextlib.contextmanager
+def local_http_server(folder: Path):
+    """An HTTP server on 127.0.0.1 serving ``folder``; yields its base URL and the paths requested.
+
+    Download code is tested against it (and ``file://`` URLs): no test reaches the network.
+    """
+    import functools
+    import http.server
+
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output readable
+            pass
+
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

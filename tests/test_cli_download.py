@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
-import threading
-from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import run_console_blocks
+from helpers import local_http_server, run_console_blocks
 
 import llama.download as dl
 from llama.cli import main
@@ -73,27 +70,11 @@ def test_list_says_what_there_is_and_where(sources, tmp_path, capsys):
 
 
 def test_http_download_from_a_local_server(sources, tmp_path, monkeypatch, capsys):
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(sources)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with local_http_server(sources) as (base, hits):
         d = dl.DATASETS["stories260K"]
-        monkeypatch.setitem(dl.DATASETS, "stories260K",
-                            dataclasses.replace(d, url=f"http://127.0.0.1:{httpd.server_address[1]}/{d.filename}"))
+        monkeypatch.setitem(dl.DATASETS, "stories260K", dataclasses.replace(d, url=f"{base}/{d.filename}"))
         assert main(["download", "stories260K"]) == 0
         assert main(["download", "stories260K"]) == 0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert hits == ["/stories260K.bin"]  # the second call made no request
     assert capsys.readouterr().out.splitlines()[0] == f"downloaded {tmp_path / 'cache' / 'stories260K.bin'}"
 

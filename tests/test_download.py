@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-from functools import partial
 
 import pytest
+from helpers import local_http_server
 
 from llama.download import DownloadError, cache_dir, cached_download, sha256_file
 
@@ -26,22 +24,8 @@ def source(tmp_path):
 @pytest.fixture
 def server(source):
     """An HTTP server on 127.0.0.1 serving the source folder; yields its base URL and a request counter."""
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(source.parent)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(source.parent) as served:
+        yield served
 
 
 def test_file_url_is_downloaded_once_and_then_read_from_the_cache(tmp_path, source):

@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 # The timeout of a test's subprocess only stops one that hangs: a run of seconds can take minutes on
 # a loaded 2-core machine, and must not fail there.
 HANG_SECONDS = 600
+# The browser's waits (page loads, typesetting, search), likewise a hang guard only: a page that is
+# slow on a loaded 2-core machine must still pass.
+HANG_MS = 120_000
 
 
 def random_model(config: ModelConfig, seed: int = 0) -> Transformer:

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import HANG_MS
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -123,7 +124,7 @@ def new_page(browser, site_url):
     def make(**options):
         options.setdefault("viewport", DESKTOP)
         context = browser.new_context(**options)
-        context.set_default_timeout(15_000)
+        context.set_default_timeout(HANG_MS)
         # Nothing may leave the machine: a request to elsewhere is recorded (PageWatch), then refused.
         context.route(lambda url: not url.startswith((origin + "/", "data:", "blob:")), lambda route: route.abort())
         contexts.append(context)
@@ -167,7 +168,7 @@ def production_page(browser, site_dir, mkdocs_yml):
             route.fulfill(status=404, body="not found")
 
     context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(HANG_MS)
     context.route("**/*", answer)
     page = context.new_page()
     origin = "/".join(base.split("/", 3)[:3])

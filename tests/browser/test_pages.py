@@ -17,6 +17,7 @@ from urllib.error import HTTPError
 from urllib.parse import unquote, urldefrag
 from urllib.request import urlopen
 
+from helpers import HANG_MS
 from layout import PHONE, layout_problems
 
 
@@ -48,7 +49,7 @@ def open_page(new_page, site_url, url, **options):
     return page, watch
 
 
-def wait_for_math(page, watch, timeout=15_000):
+def wait_for_math(page, watch, timeout=HANG_MS):
     """Wait until MathJax has typeset the page; record a problem if raw TeX is still visible."""
     try:
         page.wait_for_function(MATH_DONE_JS, arg=RAW_MATH.pattern, timeout=timeout)
@@ -64,7 +65,7 @@ def wait_for_math(page, watch, timeout=15_000):
 def fetch(url: str) -> tuple[int, frozenset[str]]:
     """HTTP status of a page of the served site, and the ids its HTML defines."""
     try:
-        with urlopen(url, timeout=10) as response:
+        with urlopen(url, timeout=HANG_MS / 1000) as response:
             html = response.read().decode("utf-8", "replace")
             return response.status, frozenset(re.findall(r'\b(?:id|name)="([^"]+)"', html))
     except HTTPError as err:
@@ -202,7 +203,7 @@ def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, sit
                 "(target) => [...document.querySelectorAll('.md-search-result__link')]"
                 ".some((a) => a.href.split(/[?#]/)[0] === target)",
                 arg=site_url + url,
-                timeout=5_000,
+                timeout=30_000,  # per word; only a word that is really missing waits it out
             )
         except Exception:
             missing.append(f"{word!r} does not find {url}")

@@ -139,24 +139,12 @@ def _next_logits(model: Transformer, caches: list, tokens: torch.Tensor, input_p
     ``inference_mode`` records no autograd graph, and ``last_only`` skips the output head for
     every prompt position but the last: only the last one predicts a token we will use.
 
-    Each generation owns its caches, installed on the model for this one forward and then
-    replaced by whatever was there before: two streams on one model, or a ``generate`` between
-    the steps of a stream, never read or overwrite each other's keys and values.
+    Each generation owns its caches, installed on the model for this one forward only: two
+    streams on one model, or a ``generate`` between the steps of a stream, never read or
+    overwrite each other's keys and values.
     """
-    before = [layer.attention.cache for layer in model.layers]
-    model.use_cache(caches)
-    try:
+    with model.using_cache(caches):
         return model(tokens, input_pos=input_pos, pad_mask=pad_mask, last_only=True)[:, -1]
-    finally:
-        model.use_cache(before)
-
-
-def _new_caches(model: Transformer, batch_size: int, max_seq_len: int) -> list:
-    """KV caches for one generation, made but not left on the model (whatever was installed stays)."""
-    before = [layer.attention.cache for layer in model.layers]
-    caches = model.setup_cache(batch_size=batch_size, max_seq_len=max_seq_len)
-    model.use_cache(before)
-    return caches
 
 
 def _choose(sampling: Sampling, logits: torch.Tensor, generator: torch.Generator | None, step: int) -> torch.Tensor:
@@ -203,7 +191,7 @@ def _decode(model: Transformer, prompt_ids: list[int], max_new_tokens: int, samp
     device = model.output.weight.device
     generator = sampling.generator(device)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    caches = _new_caches(model, batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
+    caches = model.new_caches(batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
     input_pos = torch.arange(len(prompt_ids), device=device)  # the prompt: positions 0 .. n-1
     for step in range(1, max_new_tokens + 1):
         logits = _next_logits(model, caches, tokens, input_pos)
@@ -268,7 +256,7 @@ def generate_batch(
         pad_mask[i, : width - len(p)] = False
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * b
-    caches = _new_caches(model, batch_size=b, max_seq_len=cache_len)
+    caches = model.new_caches(batch_size=b, max_seq_len=cache_len)
     input_pos = torch.arange(width, device=device)
     for step in range(1, max_new_tokens + 1):
         logits = _next_logits(model, caches, tokens, input_pos, pad_mask=pad_mask)
@@ -354,15 +342,13 @@ class CompiledDecoder:
         self.options = {"cpp_wrapper": True} if options is None else options
         # The same cache objects at every call: the compiled step reads them where it found
         # them when it was traced. Positions not yet written are masked, so they need no reset.
-        self.caches = _new_caches(model, batch_size=1, max_seq_len=self.max_seq_len)
+        self.caches = model.new_caches(batch_size=1, max_seq_len=self.max_seq_len)
         self.step = torch.compile(model, fullgraph=True, dynamic=False, options=self.options)
         self.compiled = False
         self.streaming = False  # one cache, so one stream at a time
 
     def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        before = [layer.attention.cache for layer in self.model.layers]
-        self.model.use_cache(self.caches)  # as for eager steps: on the model only while this step runs
-        try:
+        with self.model.using_cache(self.caches):  # as for eager steps: installed only while it runs
             if not self.compiled:  # the first call traces and compiles
                 logits = self.step(token, input_pos, last_only=True)
                 self.compiled = True
@@ -372,8 +358,6 @@ class CompiledDecoder:
             # can only pass: skip them.
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self.step(token, input_pos, last_only=True)[:, -1]
-        finally:
-            self.model.use_cache(before)
 
     def _check_free(self) -> None:
         if self.streaming:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -155,28 +157,43 @@ class Transformer(nn.Module):
     # --8<-- [end:padding]
 
     # --8<-- [start:cache]
-    def setup_cache(self, batch_size: int, max_seq_len: int | None = None,
-                    dtype: torch.dtype | None = None) -> list[KVCache]:
-        """Give every attention layer a :class:`~llama.attention.KVCache` (replacing any old one).
-
-        Returns:
-            The caches, one per layer, to install again later with :meth:`use_cache`.
-        """
+    def new_caches(self, batch_size: int, max_seq_len: int | None = None,
+                   dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One :class:`~llama.attention.KVCache` per layer, made but not installed (see :meth:`using_cache`)."""
         max_seq_len = max_seq_len or self.config.max_seq_len
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's {self.config.max_seq_len}")
         dtype = dtype or self.output.weight.dtype
         device = self.output.weight.device
         mask = causal_mask(max_seq_len, device=device)  # one table, shared by every layer
-        caches = [KVCache(batch_size, max_seq_len, self.config.n_kv_heads, self.config.head_dim, dtype, device, mask)
-                  for _ in self.layers]
+        return [KVCache(batch_size, max_seq_len, self.config.n_kv_heads, self.config.head_dim, dtype, device, mask)
+                for _ in self.layers]
+
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None,
+                    dtype: torch.dtype | None = None) -> list[KVCache]:
+        """Give every attention layer a new KV cache (replacing any old one); returns the caches."""
+        caches = self.new_caches(batch_size, max_seq_len, dtype)
         self.use_cache(caches)
         return caches
 
     def use_cache(self, caches: list[KVCache] | None) -> None:
-        """Install ``caches`` (one per layer, from :meth:`setup_cache`); ``None`` removes them."""
+        """Install ``caches`` (one per layer, from :meth:`new_caches`); ``None`` removes them."""
         for i, layer in enumerate(self.layers):
             layer.attention.cache = None if caches is None else caches[i]
+
+    @contextlib.contextmanager
+    def using_cache(self, caches: list[KVCache]) -> Iterator[None]:
+        """Install ``caches`` for the block only, then put back whatever was installed before.
+
+        A generation keeps its own caches and installs them for each of its forward passes, so
+        two generations on one model never read or overwrite each other's keys and values.
+        """
+        before = [layer.attention.cache for layer in self.layers]
+        self.use_cache(caches)
+        try:
+            yield
+        finally:
+            self.use_cache(before)
 
     def clear_cache(self) -> None:
         """Drop the KV caches: the model goes back to attending only over its input."""

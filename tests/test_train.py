@@ -52,7 +52,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 # SIGKILL runs no cleanup (no finally, no atexit), like a crash or the out-of-memory killer.
 KILLED_RUN = """
 import os, signal, sys
-from llama.cli import build_parser, train_config_from_args
+from llama.cli import build_parser
+from llama.cli_train import train_config_from_args
 from llama.train import train
 
 def kill_at(step):

@@ -36,7 +36,8 @@ SERVER = r"""
 import json, os, shutil, signal, sys, threading, time
 import safetensors.torch
 import llama.train_state as state
-from llama.cli import build_parser, train_config_from_args
+from llama.cli import build_parser
+from llama.cli_train import train_config_from_args
 from llama.train import train
 
 def die():

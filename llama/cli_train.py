@@ -62,6 +62,7 @@ def add_train(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
+# --8<-- [start:config_from_args]
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
     """The settings of ``llama train`` from its parsed flags.
 
@@ -85,6 +86,7 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
         values["max_steps"] = 1  # placeholder; the saved run's length is used
         given.discard("max_steps")
     return TrainConfig(**values), args.resume, given
+# --8<-- [end:config_from_args]
 
 
 def run_train(args) -> int:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,8 @@ class BackgroundBuild:
         self.command = [make or "make", "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
         self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
         self.proc = None
+        self._lock = threading.Lock()  # the page visits (tests/browser/visits.py) wait on another thread
+        self._result: SiteBuild | None = None
         if make is not None:
             self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
@@ -84,9 +87,12 @@ class BackgroundBuild:
     def result(self) -> SiteBuild:
         if self.proc is None:
             pytest.fail("`make` is not installed: the site is built with `make site`")
-        returncode = self.proc.wait()  # no timeout: a hung lab is stopped by nbclient's own (hooks/notebooks.py)
-        self.log.seek(0)
-        return SiteBuild(self.command, returncode, self.log.read(), SITE_DIR)
+        with self._lock:
+            if self._result is None:
+                returncode = self.proc.wait()  # no timeout: a hung lab is stopped by nbclient's own (hooks/notebooks.py)
+                self.log.seek(0)
+                self._result = SiteBuild(self.command, returncode, self.log.read(), SITE_DIR)
+            return self._result
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -97,6 +103,11 @@ class BackgroundBuild:
 
 def needs_site(item) -> bool:
     return "built_site" in getattr(item, "fixturenames", ())
+
+
+def visits_a_page(item) -> bool:
+    """``tests/browser/test_pages.py::test_page``, whose visit starts in the background once the site is built."""
+    return getattr(item, "originalname", None) == "test_page" and "nav_page" in getattr(item, "fixturenames", ())
 
 
 def copies_a_page(item) -> bool:
@@ -120,11 +131,37 @@ def pytest_collection_finish(session):
     if pages:
         config.stash[READER_RUNS] = BackgroundReaderRuns(pages)
     if any(needs_site(item) for item in session.items):
-        config.stash[BUILD] = BackgroundBuild()
+        build = config.stash[BUILD] = BackgroundBuild()
+        visited = [item.callspec.params["nav_page"] for item in session.items if visits_a_page(item)]
+        if visited:
+            start_page_visits(config, build, visited)
+
+
+def start_page_visits(config, build: BackgroundBuild, pages) -> None:
+    """Visit ``pages`` in Chromium as soon as ``build`` is done, while the other tests run
+    (tests/browser/visits.py); nothing starts without Chromium and Playwright (the browser
+    fixture then skips the tests with its reason, or fails them in CI)."""
+    import importlib.util
+    from urllib.parse import urlsplit
+
+    from visits import PAGE_VISITS, SCREENSHOTS, PageVisits, chromium  # tests/browser/, collected
+
+    if build.proc is None or chromium() is None or importlib.util.find_spec("playwright") is None:
+        return
+
+    def site_ready():
+        built = build.result()
+        return built.site_dir if built.returncode == 0 else None
+
+    prefix = urlsplit(read_mkdocs_yml()["site_url"]).path or "/"
+    config.stash[PAGE_VISITS] = PageVisits(pages, site_ready, prefix, SCREENSHOTS)
 
 
 def pytest_unconfigure(config):
-    for key in (BUILD, READER_RUNS):
+    keys = [READER_RUNS, BUILD]
+    if "visits" in sys.modules:
+        keys.append(sys.modules["visits"].PAGE_VISITS)  # after the build they may be waiting for
+    for key in keys:
         work = config.stash.get(key, None)
         if work is not None:
             work.stop()

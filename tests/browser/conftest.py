@@ -11,57 +11,22 @@ through ``executable_path``. Without it these tests are skipped, unless ``LLAMA_
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from helpers import HANG_MS
-
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-DESKTOP = {"width": 1280, "height": 800}
-
-
-class _SiteHandler(SimpleHTTPRequestHandler):
-    prefix = "/"
-
-    def translate_path(self, path):
-        # Only URLs under the site's prefix exist, as on the hosted site.
-        path = urlsplit(path).path
-        if not path.startswith(self.prefix):
-            return str(Path(self.directory) / "__outside_the_site__")
-        return super().translate_path("/" + path[len(self.prefix):])
-
-    def log_message(self, format, *args):  # keep the test output readable
-        pass
+from layout import DESKTOP
+from visits import SCREENSHOTS, PageWatch, SiteServer, chromium, launch, open_context
 
 
 @pytest.fixture(scope="session")
 def site_url(site_dir, mkdocs_yml):
     """Base URL of the built site, served by a thread of this process; e.g. http://127.0.0.1:PORT/llama-from-scratch/."""
-    prefix = urlsplit(mkdocs_yml["site_url"]).path or "/"
-    handler = functools.partial(type("Handler", (_SiteHandler,), {"prefix": prefix}), directory=str(site_dir))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}{prefix}"
-    server.shutdown()
-    server.server_close()
-
-
-def _chromium() -> str | None:
-    # CHROMIUM may name another Chromium-based browser (e.g. google-chrome on a CI image).
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    return path if path and Path(path).is_file() else None
+    server = SiteServer(site_dir, urlsplit(mkdocs_yml["site_url"]).path or "/")
+    yield server.url
+    server.close()
 
 
 def _unavailable(reason: str):
@@ -72,64 +37,27 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def browser():
-    executable = _chromium()
-    if executable is None:
+    if chromium() is None:
         _unavailable("Chromium is not installed")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed")
     with sync_playwright() as playwright:
-        # Playwright hides scrollbars in headless Chromium by default; a reader's browser shows
-        # them, and the layout tests check that content wider than its box scrolls visibly.
-        browser = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, ignore_default_args=["--hide-scrollbars"],
-        )
+        browser = launch(playwright)
         yield browser
         browser.close()
-
-
-class PageWatch:
-    """Everything a page did that a reader should never see: errors and requests leaving 127.0.0.1."""
-
-    def __init__(self, page, origin: str):
-        self.problems: list[str] = []
-        self.origin = origin
-        page.on("console", self._console)
-        page.on("pageerror", lambda err: self.problems.append(f"page error: {err}"))
-        page.on("request", self._request)
-        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
-        page.on("response", self._response)
-
-    def _console(self, msg):
-        if msg.type == "error":
-            self.problems.append(f"console error: {msg.text}")
-
-    def _request(self, request):
-        if not request.url.startswith((self.origin + "/", "data:", "blob:", "about:")):
-            self.problems.append(f"request leaving 127.0.0.1: {request.url}")
-
-    def _response(self, response):
-        if response.status >= 400:
-            self.problems.append(f"HTTP {response.status}: {response.url}")
 
 
 @pytest.fixture
 def new_page(browser, site_url):
     """``new_page(**context_options) -> (page, watch)``: a fresh browser context each time."""
     contexts = []
-    origin = site_url.split("/", 3)
-    origin = "/".join(origin[:3])
 
     def make(**options):
-        options.setdefault("viewport", DESKTOP)
-        context = browser.new_context(**options)
-        context.set_default_timeout(HANG_MS)
-        # Nothing may leave the machine: a request to elsewhere is recorded (PageWatch), then refused.
-        context.route(lambda url: not url.startswith((origin + "/", "data:", "blob:")), lambda route: route.abort())
+        context, page, watch = open_context(browser, site_url, **options)
         contexts.append(context)
-        page = context.new_page()
-        return page, PageWatch(page, origin)
+        return page, watch
 
     yield make
     for context in contexts:

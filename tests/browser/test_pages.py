@@ -11,36 +11,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from functools import cache
 from pathlib import Path
-from urllib.error import HTTPError
-from urllib.parse import unquote, urldefrag
-from urllib.request import urlopen
 
-from helpers import HANG_MS
-from layout import PHONE, layout_problems
-
-
-
-# Typeset math leaves no TeX delimiters in the text a reader sees.
-RAW_MATH = re.compile(r"\$\$|\\\(|\\\[|(?<![\w$\\])\$[^$\s][^$\n]*?\$")
-
-VISIBLE_TEXT_JS = """() => {
-  const content = document.querySelector('.md-content').cloneNode(true);
-  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
-    .forEach((el) => el.remove());
-  return content.textContent;
-}"""
-
-MATH_DONE_JS = """(rawMath) => {
-  if (!window.MathJax || !MathJax.startup || !MathJax.startup.document) return false;
-  const all = [...document.querySelectorAll('.arithmatex')];
-  if (!all.every((el) => el.querySelector('mjx-container'))) return false;
-  const content = document.querySelector('.md-content').cloneNode(true);
-  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
-    .forEach((el) => el.remove());
-  return !new RegExp(rawMath).test(content.textContent);
-}"""
+from visits import PAGE_VISITS, visit, wait_for_math
 
 
 def open_page(new_page, site_url, url, **options):
@@ -49,82 +22,16 @@ def open_page(new_page, site_url, url, **options):
     return page, watch
 
 
-def wait_for_math(page, watch, timeout=HANG_MS):
-    """Wait until MathJax has typeset the page; record a problem if raw TeX is still visible."""
-    try:
-        page.wait_for_function(MATH_DONE_JS, arg=RAW_MATH.pattern, timeout=timeout)
-    except Exception:  # Playwright's TimeoutError: report what is still raw instead
-        raw = RAW_MATH.findall(page.evaluate(VISIBLE_TEXT_JS))
-        watch.problems.append(f"math not typeset: {raw[:5]} ({page.locator('.arithmatex').count()} formulas)")
-
-
-# --- links ---------------------------------------------------------------------------------------
-
-
-@cache
-def fetch(url: str) -> tuple[int, frozenset[str]]:
-    """HTTP status of a page of the served site, and the ids its HTML defines."""
-    try:
-        with urlopen(url, timeout=HANG_MS / 1000) as response:
-            html = response.read().decode("utf-8", "replace")
-            return response.status, frozenset(re.findall(r'\b(?:id|name)="([^"]+)"', html))
-    except HTTPError as err:
-        return err.code, frozenset()
-
-
-def check_links(page, watch, site_url: str):
-    origin = "/".join(site_url.split("/", 3)[:3])
-    here = urldefrag(page.url).url
-    for href in sorted(set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map((a) => a.href)"))):
-        if not href.startswith(origin + "/"):
-            continue  # outside links are not followed: the tests make no outside request
-        if not href.startswith(site_url):
-            watch.problems.append(f"link outside the site's path: {href}")
-            continue
-        target, fragment = urldefrag(href)
-        status, ids = fetch(target)
-        if status != 200:
-            watch.problems.append(f"broken link ({status}): {href}")
-        elif fragment:
-            anchor = unquote(fragment)
-            exists = page.evaluate("(id) => !!document.getElementById(id)", anchor) if target == here else anchor in ids
-            if not exists:
-                watch.problems.append(f"broken anchor: {href}")
-
-
 # --- every page ----------------------------------------------------------------------------------
 
 
-def test_page(nav_page, new_page, site_url, site_dir, screenshots):
-    page, watch = open_page(new_page, site_url, nav_page.url, color_scheme="light")
-    wait_for_math(page, watch)
-    check_links(page, watch, site_url)
-    # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;
-    # before the full-page screenshot, which resizes the viewport and with it the scrollbars.
-    watch.problems += layout_problems(page, f"/{nav_page.url}", page.viewport_size, site_url, site_dir)
-    page.screenshot(path=screenshots / f"{nav_page.slug}-desktop.png", full_page=True)
-
-    # Dark palette, through the toggle a reader uses.
-    assert page.evaluate("document.body.dataset.mdColorScheme") == "default"
-    light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
-    page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
-    page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
-    dark_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
-    assert dark_background != light_background
-    wait_for_math(page, watch)
-    page.screenshot(path=screenshots / f"{nav_page.slug}-desktop-dark.png")
-
-    page.set_viewport_size(PHONE)
-    page.locator('[data-md-component="palette"] label[title="Switch to light mode"]').click()
-    page.wait_for_function("document.body.dataset.mdColorScheme === 'default'")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    if width > PHONE["width"]:
-        watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
-    # First screen only: a full-page phone capture of a long chapter is ~15,000 px and slow to take.
-    page.screenshot(path=screenshots / f"{nav_page.slug}-phone.png")
-    watch.problems += layout_problems(page, f"/{nav_page.url}", PHONE, site_url, site_dir)
-
-    assert not watch.problems, "\n".join(watch.problems)
+def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
+    # Visited in the background as soon as the site was built (visits.py), or now when run alone.
+    visits = pytestconfig.stash.get(PAGE_VISITS, None)
+    problems = visits.result(nav_page) if visits is not None else None
+    if problems is None:
+        problems = visit(browser, site_url, site_dir, nav_page, screenshots)
+    assert not problems, "\n".join(problems)
 
 
 # --- the RoPE chapter (the first chapter with the full set of features) -----------------------------
@@ -218,6 +125,7 @@ def test_instant_navigation_typesets_math(production_page, book_chapters):
     page, watch, base = production_page
     page.goto(base, wait_until="networkidle")  # idle: Material has read sitemap.xml
     wait_for_math(page, watch)
+    home_title = page.title()
     page.evaluate("window.__stillTheSamePage = true")
     first = book_chapters[0]
     # Material rewrites the nav's links to absolute URLs once its JavaScript runs.
@@ -226,6 +134,9 @@ def test_instant_navigation_typesets_math(production_page, book_chapters):
     assert page.evaluate("window.__stillTheSamePage === true"), "instant navigation fell back to a full load"
     page.go_back()
     page.wait_for_url(base)
+    # The URL changes before the content is swapped back: wait for Home's content, then its math.
+    page.wait_for_function("(title) => document.title === title && !!document.querySelector('.md-content .arithmatex')",
+                           arg=home_title)
     wait_for_math(page, watch)
     assert page.locator(".md-content mjx-container").count() > 0
     assert page.evaluate("window.__stillTheSamePage === true")

@@ -1,0 +1,320 @@
+"""The visit ``test_pages.py::test_page`` makes to every page of the book, and the background run
+that makes those visits while the rest of the suite is still running.
+
+A visit mostly waits (for MathJax, for Material's palette switch, for a screenshot), so the visits
+run on two threads, each with its own Playwright and Chromium (Playwright's sync API belongs to
+the thread that started it), as soon as the site is built. Each ``test_page[...]`` then only
+reports its page's problems. Run directly (one test, ``-k``) it makes the visit itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import re
+import shutil
+import threading
+from concurrent.futures import Future
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import unquote, urldefrag, urlsplit
+from urllib.request import urlopen
+
+import pytest
+from helpers import EUID_LOCK, HANG_MS
+from layout import DESKTOP, PHONE, layout_problems
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VISITING_THREADS = 2
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+
+
+def chromium() -> str | None:
+    """The Chromium to drive: $CHROMIUM (e.g. google-chrome on a CI image) or the distribution's."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    return path if path and Path(path).is_file() else None
+
+
+def launch(playwright):
+    # Playwright hides scrollbars in headless Chromium by default; a reader's browser shows
+    # them, and the layout tests check that content wider than its box scrolls visibly.
+    return playwright.chromium.launch(
+        executable_path=chromium(), args=CHROMIUM_ARGS, ignore_default_args=["--hide-scrollbars"],
+    )
+
+
+# --- the site, served as it is hosted ------------------------------------------------------------
+
+
+class _SiteHandler(SimpleHTTPRequestHandler):
+    prefix = "/"
+
+    def translate_path(self, path):
+        # Only URLs under the site's prefix exist, as on the hosted site.
+        path = urlsplit(path).path
+        if not path.startswith(self.prefix):
+            return str(Path(self.directory) / "__outside_the_site__")
+        return super().translate_path("/" + path[len(self.prefix):])
+
+    def handle(self):
+        # The files are read as this process's user: never while a test runs as nobody (helpers.as_nobody).
+        with EUID_LOCK:
+            super().handle()
+
+    def log_message(self, format, *args):  # keep the test output readable
+        pass
+
+
+class SiteServer:
+    """``site_dir`` served on 127.0.0.1 under ``site_url``'s path (``url`` is the base to visit)."""
+
+    def __init__(self, site_dir: Path, prefix: str) -> None:
+        handler = functools.partial(type("Handler", (_SiteHandler,), {"prefix": prefix}), directory=str(site_dir))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{prefix}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- what a page may not do ----------------------------------------------------------------------
+
+
+class PageWatch:
+    """Everything a page did that a reader should never see: errors and requests leaving 127.0.0.1."""
+
+    def __init__(self, page, origin: str):
+        self.problems: list[str] = []
+        self.origin = origin
+        page.on("console", self._console)
+        page.on("pageerror", lambda err: self.problems.append(f"page error: {err}"))
+        page.on("request", self._request)
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        page.on("response", self._response)
+
+    def _console(self, msg):
+        if msg.type == "error":
+            self.problems.append(f"console error: {msg.text}")
+
+    def _request(self, request):
+        if not request.url.startswith((self.origin + "/", "data:", "blob:", "about:")):
+            self.problems.append(f"request leaving 127.0.0.1: {request.url}")
+
+    def _response(self, response):
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+
+def origin_of(url: str) -> str:
+    return "/".join(url.split("/", 3)[:3])
+
+
+def open_context(browser, site_url: str, **options):
+    """A fresh browser context and a page in it, watched: ``(context, page, watch)``."""
+    origin = origin_of(site_url)
+    options.setdefault("viewport", DESKTOP)
+    context = browser.new_context(**options)
+    context.set_default_timeout(HANG_MS)
+    # Nothing may leave the machine: a request to elsewhere is recorded (PageWatch), then refused.
+    context.route(lambda url: not url.startswith((origin + "/", "data:", "blob:")), lambda route: route.abort())
+    page = context.new_page()
+    return context, page, PageWatch(page, origin)
+
+
+# --- math ----------------------------------------------------------------------------------------
+
+# Typeset math leaves no TeX delimiters in the text a reader sees.
+RAW_MATH = re.compile(r"\$\$|\\\(|\\\[|(?<![\w$\\])\$[^$\s][^$\n]*?\$")
+
+VISIBLE_TEXT_JS = """() => {
+  const content = document.querySelector('.md-content').cloneNode(true);
+  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
+    .forEach((el) => el.remove());
+  return content.textContent;
+}"""
+
+MATH_DONE_JS = """(rawMath) => {
+  if (!window.MathJax || !MathJax.startup || !MathJax.startup.document) return false;
+  const all = [...document.querySelectorAll('.arithmatex')];
+  if (!all.every((el) => el.querySelector('mjx-container'))) return false;
+  const content = document.querySelector('.md-content').cloneNode(true);
+  content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')
+    .forEach((el) => el.remove());
+  return !new RegExp(rawMath).test(content.textContent);
+}"""
+
+
+def wait_for_math(page, watch, timeout=HANG_MS):
+    """Wait until MathJax has typeset the page; record a problem if raw TeX is still visible."""
+    try:
+        page.wait_for_function(MATH_DONE_JS, arg=RAW_MATH.pattern, timeout=timeout)
+    except Exception:  # Playwright's TimeoutError: report what is still raw instead
+        raw = RAW_MATH.findall(page.evaluate(VISIBLE_TEXT_JS))
+        watch.problems.append(f"math not typeset: {raw[:5]} ({page.locator('.arithmatex').count()} formulas)")
+
+
+# --- links ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def fetch(url: str) -> tuple[int, frozenset[str]]:
+    """HTTP status of a page of the served site, and the ids its HTML defines."""
+    try:
+        with urlopen(url, timeout=HANG_MS / 1000) as response:
+            html = response.read().decode("utf-8", "replace")
+            return response.status, frozenset(re.findall(r'\b(?:id|name)="([^"]+)"', html))
+    except HTTPError as err:
+        return err.code, frozenset()
+
+
+def check_links(page, watch, site_url: str):
+    origin = origin_of(site_url)
+    here = urldefrag(page.url).url
+    for href in sorted(set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map((a) => a.href)"))):
+        if not href.startswith(origin + "/"):
+            continue  # outside links are not followed: the tests make no outside request
+        if not href.startswith(site_url):
+            watch.problems.append(f"link outside the site's path: {href}")
+            continue
+        target, fragment = urldefrag(href)
+        status, ids = fetch(target)
+        if status != 200:
+            watch.problems.append(f"broken link ({status}): {href}")
+        elif fragment:
+            anchor = unquote(fragment)
+            exists = page.evaluate("(id) => !!document.getElementById(id)", anchor) if target == here else anchor in ids
+            if not exists:
+                watch.problems.append(f"broken anchor: {href}")
+
+
+# --- one page, as test_page checks it ------------------------------------------------------------
+
+
+def save_screenshot(page, path: Path, **options) -> None:
+    data = page.screenshot(**options)
+    with EUID_LOCK:  # written as this process's user, never as nobody
+        path.write_bytes(data)
+
+
+def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -> list[str]:
+    """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
+    broken links, content that does not fit at desktop and phone widths, a palette toggle that does
+    nothing. Screenshots at both widths go to ``screenshots``."""
+    context, page, watch = open_context(browser, site_url, color_scheme="light")
+    try:
+        page.goto(site_url + nav_page.url, wait_until="load")
+        wait_for_math(page, watch)
+        check_links(page, watch, site_url)
+        # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;
+        # before the full-page screenshot, which resizes the viewport and with it the scrollbars.
+        watch.problems += layout_problems(page, f"/{nav_page.url}", page.viewport_size, site_url, site_dir)
+        save_screenshot(page, screenshots / f"{nav_page.slug}-desktop.png", full_page=True)
+
+        # Dark palette, through the toggle a reader uses.
+        scheme = page.evaluate("document.body.dataset.mdColorScheme")
+        if scheme != "default":
+            watch.problems.append(f"the page opened in the {scheme!r} palette, not the light one asked for")
+        light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
+        page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
+        if page.evaluate("getComputedStyle(document.body).backgroundColor") == light_background:
+            watch.problems.append("the dark palette has the light palette's background")
+        wait_for_math(page, watch)
+        save_screenshot(page, screenshots / f"{nav_page.slug}-desktop-dark.png")
+
+        page.set_viewport_size(PHONE)
+        page.locator('[data-md-component="palette"] label[title="Switch to light mode"]').click()
+        page.wait_for_function("document.body.dataset.mdColorScheme === 'default'")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > PHONE["width"]:
+            watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
+        # First screen only: a full-page phone capture of a long chapter is ~15,000 px and slow to take.
+        save_screenshot(page, screenshots / f"{nav_page.slug}-phone.png")
+        watch.problems += layout_problems(page, f"/{nav_page.url}", PHONE, site_url, site_dir)
+    finally:
+        context.close()
+    return watch.problems
+
+
+# --- all pages, in the background ----------------------------------------------------------------
+
+
+class PageVisits:
+    """The visits of ``pages``, started when ``site_ready()`` returns the built site's folder (or
+    ``None``: the build failed, and ``test_page`` reports that through its fixtures instead)."""
+
+    def __init__(self, pages, site_ready, prefix: str, screenshots: Path) -> None:
+        self.results: dict[str, Future] = {page.path: Future() for page in pages}
+        self._todo: queue.Queue = queue.Queue()
+        for page in pages:
+            self._todo.put(page)
+        self._stopping = threading.Event()
+        self._server: SiteServer | None = None
+        self._thread = threading.Thread(target=self._run, args=(site_ready, prefix, screenshots), daemon=True)
+        self._thread.start()
+
+    def _run(self, site_ready, prefix: str, screenshots: Path) -> None:
+        try:
+            site_dir = site_ready()
+            if site_dir is None or self._stopping.is_set():
+                raise RuntimeError("the site was not built")
+            screenshots.mkdir(parents=True, exist_ok=True)
+            self._server = SiteServer(site_dir, prefix)
+            workers = [threading.Thread(target=self._work, args=(site_dir, screenshots), daemon=True)
+                       for _ in range(VISITING_THREADS)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        except BaseException as err:  # every page learns why it was not visited
+            self._fail_the_rest(err)
+
+    def _work(self, site_dir: Path, screenshots: Path) -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            with sync_playwright() as playwright:
+                browser = launch(playwright)
+                try:
+                    while not self._stopping.is_set():
+                        try:
+                            page = self._todo.get_nowait()
+                        except queue.Empty:
+                            return
+                        try:
+                            self.results[page.path].set_result(visit(browser, self._server.url, site_dir, page, screenshots))
+                        except BaseException as err:
+                            self.results[page.path].set_exception(err)
+                finally:
+                    browser.close()
+        except BaseException as err:
+            self._fail_the_rest(err)
+
+    def _fail_the_rest(self, err: BaseException) -> None:
+        for future in self.results.values():
+            if not future.done():
+                try:
+                    future.set_exception(RuntimeError(f"the page was not visited: {err!r}"))
+                except Exception:  # another thread set it meanwhile
+                    pass
+
+    def result(self, nav_page) -> list[str] | None:
+        """The problems of ``nav_page``'s visit (waiting for it), or ``None`` if it is not among these visits."""
+        future = self.results.get(nav_page.path)
+        return None if future is None else future.result()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=HANG_MS / 1000)
+        if self._server is not None:
+            self._server.close()
+
+
+PAGE_VISITS = pytest.StashKey[PageVisits]()

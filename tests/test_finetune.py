@@ -1,0 +1,155 @@
+"""Fine-tuning (``llama finetune``, llama.finetune): the training loop on a base checkpoint, with
+LoRA adapters or every weight; only adapters change, the run resumes exactly after a kill, and the
+adapter it leaves is used by ``llama generate --adapter``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import HANG_SECONDS, random_model
+from safetensors.torch import load_file
+
+from llama import ModelConfig
+from llama.bpe import BPETokenizer
+from llama.cli import main as cli_main
+from llama.lora import load_adapter, lora_state_dict
+from llama.model import Transformer
+from llama.train_config import TrainConfig
+from llama.train_state import read_log
+
+REPO = Path(__file__).resolve().parent.parent
+FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-tokens", "256",
+         "--sample-tokens", "8", "--no-progress", "--lora-rank", "2", "--warmup-steps", "2"]
+
+# ``llama finetune FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
+KILLED_RUN = """
+import os, signal, sys
+from llama.cli import build_parser
+from llama.cli_finetune import finetune_config_from_args
+from llama.train import train
+
+def kill_at(step):
+    if step == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg, resume, given = finetune_config_from_args(build_parser().parse_args(["finetune", *sys.argv[2:]]))
+train(cfg, resume=resume, given=given, on_step=kill_at)
+"""
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    """A small byte-level model saved as ``llama train`` leaves one: model/ with its tokenizer."""
+    folder = tmp_path / "base"
+    random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)).save_pretrained(folder)
+    BPETokenizer([]).save(folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text("ROMEO. But soft, what light through yonder window breaks?\n" * 120, encoding="utf-8")
+    return path
+
+
+def finetune(*argv: str) -> int:
+    return cli_main(["finetune", *argv])
+
+
+def test_lora_run_changes_only_adapters_and_leaves_an_adapter(tmp_path, base, text, capsys):
+    out = tmp_path / "run"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--max-steps", "6",
+                    "--eval-every", "3") == 0
+    assert "bits per byte" in capsys.readouterr().out
+    before = load_file(base / "model.safetensors")
+    model = Transformer.from_pretrained(base)
+    saved = load_file(out / "checkpoints" / "step-0000006" / "model.safetensors")
+    for name, tensor in model.state_dict().items():  # the base, in our names and layout
+        if name in saved:
+            assert saved[name].numpy().tobytes() == tensor.numpy().tobytes(), f"{name} changed"
+    assert len(before) == 2 + 2 * 9 + 1  # every base tensor was compared above (tied head: none)
+    adapters = {k: v for k, v in saved.items() if ".lora_" in k}
+    assert len(adapters) == 2 * 7 * 2 and any(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_B"))
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                                  "tokenizer.json"]
+    tuned = load_adapter(Transformer.from_pretrained(base), out / "adapter")
+    for k, v in lora_state_dict(tuned).items():
+        assert torch.equal(v, adapters[k]), k
+    log = read_log(out / "log.jsonl")
+    assert [r["step"] for r in log] == [3, 6, 6] and log[-1]["val_bpb"] < read_log(out / "log.jsonl")[0]["val_bpb"] + 1
+    assert (out / "samples.txt").is_file()
+
+
+def test_generate_uses_the_adapter(tmp_path, base, text, capsys):
+    out = tmp_path / "run"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--max-steps", "3",
+                    "--lr", "0.05") == 0
+    capsys.readouterr()
+    argv = ["generate", str(base), "--tokenizer", str(base / "tokenizer.json"), "--prompt", "ROMEO", "-n", "20"]
+    assert cli_main(argv) == 0
+    plain = capsys.readouterr().out
+    assert cli_main([*argv, "--adapter", str(out / "adapter")]) == 0
+    adapted = capsys.readouterr().out
+    assert adapted.startswith("ROMEO") and adapted != plain
+
+
+def test_rank_zero_fine_tunes_every_weight(tmp_path, base, text):
+    out = tmp_path / "full"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--lora-rank", "0",
+                    "--max-steps", "2") == 0
+    assert not (out / "adapter").exists()
+    tuned, before = load_file(out / "model" / "model.safetensors"), load_file(base / "model.safetensors")
+    assert tuned.keys() == before.keys() and all(not torch.equal(tuned[k], before[k]) for k in before)
+
+
+@pytest.mark.slow  # two fine-tuning processes
+def test_exact_resume_after_sigkill(tmp_path, base, text):
+    """Kill a LoRA run after step 5 (its last checkpoint: step 4); resume it; at step 8 its weights
+    and optimizer state are bit-identical to an uninterrupted run's (dropout on: its random
+    numbers must come back too)."""
+    flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4",
+             "--lora-dropout", "0.1"]
+    commands = {"whole": ["-m", "llama.cli", "finetune"], "killed": ["-c", KILLED_RUN, "5"]}
+    procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, command in commands.items()]
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
+    assert procs[0].returncode == 0, err_w
+    assert procs[1].returncode == -9, err_k
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000004"
+    assert finetune("--base", str(base), "--out", str(killed), "--resume") == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000008" / name)
+        b = load_file(killed / "checkpoints" / "step-0000008" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert [r["val_loss"] for r in read_log(killed / "log.jsonl")] == [r["val_loss"] for r in read_log(tmp_path / "whole" / "log.jsonl")]
+
+
+def test_errors(tmp_path, base, text, capsys):
+    def error(*argv: str) -> str:
+        assert finetune(*argv) == 2
+        return capsys.readouterr().err
+
+    run = ["--data", str(text), *FLAGS, "--max-steps", "1"]
+    assert "no checkpoint at" in error("--base", str(tmp_path / "nothing"), "--out", str(tmp_path / "a"), *run)
+    bare = tmp_path / "bare"
+    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)).save_pretrained(bare)
+    assert "--tokenizer FILE" in error("--base", str(bare), "--out", str(tmp_path / "b"), *run)
+    big = tmp_path / "big.json"
+    BPETokenizer.train("abababab cdcdcd " * 50, 260).save(big)
+    assert "only 256" in error("--base", str(base), "--tokenizer", str(big), "--out", str(tmp_path / "c"), *run)
+    assert "--lora-targets" in error("--base", str(base), "--out", str(tmp_path / "d"), *run, "--lora-targets", "q_proj")
+    assert "--lora-rank must be" in error("--base", str(base), "--out", str(tmp_path / "e"), *run, "--lora-rank", "-1")
+    assert finetune("--base", str(base), "--out", str(tmp_path / "f"), *run) == 0
+    err = error("--base", str(base), "--out", str(tmp_path / "f"), "--resume", "--lora-rank", "4")
+    assert "--lora-rank 4 (the run used 2)" in err
+    with pytest.raises(ValueError, match="give its checkpoint with --base"):
+        TrainConfig(out="x", max_steps=1, lora_rank=4)

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama._files import atomic_write, atomic_write_text, refuse_to_overwrite
-from llama.convert import HF_NAMES
+from llama.convert import HF_NAMES, expected_shapes
 from llama.linear import Linear
 from llama.rope import half_split_to_interleaved, interleaved_to_half_split
 
 __all__ = ["TARGETS", "LoRAConfig", "LoRALinear", "add_lora", "lora_modules", "lora_state_dict", "merge",
-           "unmerge", "trainable_parameters", "save_adapter", "load_adapter", "read_adapter"]
+           "unmerge", "trainable_parameters", "count_lora_parameters", "save_adapter", "load_adapter", "read_adapter"]
 
 #: The projections an adapter can wrap, by our name, with the module that holds them.
 TARGETS = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
@@ -162,6 +162,21 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 # --8<-- [end:add_lora]
+
+
+# --8<-- [start:count]
+def count_lora_parameters(config, lora: LoRAConfig) -> int:
+    """Parameters of the adapters :func:`add_lora` gives a model of ``config`` (a
+    :class:`~llama.config.ModelConfig`), from the sizes alone: ``r (in + out)`` per adapted
+    projection, against ``in x out`` for the projection itself.
+
+    >>> from llama import ModelConfig
+    >>> count_lora_parameters(ModelConfig.from_preset("llama2-7b"), LoRAConfig(rank=8))
+    19988480
+    """
+    matrices = {n: shape for n, shape in expected_shapes(config).items() if n.startswith("layers.") and len(shape) == 2}
+    return sum(lora.rank * sum(shape) for n, shape in matrices.items() if n.split(".")[-2] in lora.targets)
+# --8<-- [end:count]
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:

@@ -153,3 +153,25 @@ def test_errors(tmp_path, base, text, capsys):
     assert "--lora-rank 4 (the run used 2)" in err
     with pytest.raises(ValueError, match="give its checkpoint with --base"):
         TrainConfig(out="x", max_steps=1, lora_rank=4)
+
+
+def test_chapter_shows_the_benchmark_s_commands():
+    """The worked example's commands are the ones benchmarks/finetune.py runs, and they parse."""
+    import importlib.util
+    import re
+    import shlex
+
+    from llama.cli import build_parser
+
+    spec = importlib.util.spec_from_file_location("_bench_finetune", REPO / "benchmarks" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    chapter = (REPO / "book" / "finetuning.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"<!-- tested-by: tests/test_finetune.py -->\n```console\n(.*?)```", chapter, re.S)
+    train, finetune_, generate = [shlex.split(line[2:]) for line in block.splitlines()]
+    assert train == ["llama", "train", *bench.PRETRAIN_ARGS]
+    flags = dict(bench.RUNS)["LoRA r=4"]
+    assert finetune_ == ["llama", "finetune", *bench.FINETUNE_ARGS, "--out", "runs/finetune/LoRA-r4", *flags]
+    for argv in (train, finetune_, generate):
+        build_parser().parse_args(argv[1:])
+    assert generate[generate.index("--adapter") + 1] == "runs/finetune/LoRA-r4/adapter"

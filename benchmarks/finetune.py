@@ -42,8 +42,10 @@ PRETRAIN_ARGS = ["--data", "runs/finetune/rest.txt", "--out", "runs/finetune/bas
                  "--threads", "1"]
 STEPS = 50
 #: (name, flags of `llama finetune`): the same data, steps and learning rate for every run.
+#: The learning rate is FINETUNE_DEFAULTS' except on the line that says otherwise.
 RUNS = [("LoRA r=1", ["--lora-rank", "1"]), ("LoRA r=4", ["--lora-rank", "4"]),
-        ("LoRA r=16", ["--lora-rank", "16"]), ("full fine-tune", ["--lora-rank", "0"])]
+        ("LoRA r=16", ["--lora-rank", "16"]), ("LoRA r=4, lr 5e-3", ["--lora-rank", "4", "--lr", "5e-3"]),
+        ("full fine-tune", ["--lora-rank", "0"])]
 FINETUNE_ARGS = ["--base", "runs/finetune/base/model", "--data", "runs/finetune/lovers.txt", "--max-steps", str(STEPS),
                  "--eval-every", "10", "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 PROMPT = "ROMEO:\n"
@@ -137,14 +139,15 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(base_dir / "tokenizer.json")
     rows, samples = [], {}
     for name, flags in RUNS:
-        out = RUN / name.replace(" ", "-").replace("=", "")
+        out = RUN / name.replace(", ", "-").replace(" ", "-").replace("=", "")
         argv = ["finetune", *FINETUNE_ARGS, "--out", str(out.relative_to(REPO)), *flags, *(["--max-steps", "2"] if args.quick else [])]
         print("$ llama", shlex.join(argv), flush=True)
         wall, peak, _ = llama(*argv)
         final = read_log(out / "log.jsonl")[-1]
         model = Transformer.from_pretrained(base_dir)
-        model = load_adapter(model, out / "adapter") if flags[-1] != "0" else Transformer.from_pretrained(out / "model")
-        trainable = sum(p.numel() for p in model.parameters()) if flags[-1] == "0" else trainable_parameters(model)[0]
+        full = flags[1] == "0"
+        model = Transformer.from_pretrained(out / "model") if full else load_adapter(model, out / "adapter")
+        trainable = sum(p.numel() for p in model.parameters()) if full else trainable_parameters(model)[0]
         total = sum(p.numel() for n, p in model.named_parameters() if ".lora_" not in n)
         rows.append({"run": name, "val_bpb": round(final["val_bpb"], 4), "trainable": trainable,
                      "share": trainable / total, "optimizer_bytes": 12 * trainable,  # gradient + AdamW's 2 moments, float32

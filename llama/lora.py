@@ -96,7 +96,7 @@ class LoRALinear(Linear):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
         self.weight.requires_grad_(False)
-        self.scaling = config.scaling
+        self.config, self.scaling = config, config.scaling
         like = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(config.rank, self.in_features, **like))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank, **like))
@@ -250,17 +250,16 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base: str | Non
         raise ValueError("the model has no LoRA adapters to save; add them with add_lora (or --lora-rank)")
     if any(m.merged for m in layers.values()):
         raise ValueError("the adapters are merged into the weights; unmerge(model) before saving them")
-    first = next(iter(layers.values()))
-    rank, targets = first.lora_A.size(0), sorted({name.rsplit(".", 1)[-1] for name in layers})
+    lora = next(iter(layers.values())).config
+    targets = sorted({name.rsplit(".", 1)[-1] for name in layers})
     names = _peft_names(len(model.layers))
     tensors = {}
     for name, m in layers.items():
         b, heads = m.lora_B.detach(), _rope_heads(name, model.config)
         tensors[f"{names[name]}.lora_A.weight"] = m.lora_A.detach().contiguous().clone()
         tensors[f"{names[name]}.lora_B.weight"] = (b if heads is None else interleaved_to_half_split(b, heads)).contiguous().clone()
-    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": rank,
-              "lora_alpha": first.scaling * rank, "lora_dropout": dropout, "bias": "none", "fan_in_fan_out": False,
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": lora.rank,
+              "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": "none", "fan_in_fan_out": False,
               "target_modules": [names[f"layers.0.{TARGETS[t]}.{t}"].rsplit(".", 1)[-1] for t in targets],
               "use_rslora": False, "use_dora": False, "inference_mode": True}
     directory = Path(directory)

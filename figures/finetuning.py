@@ -43,8 +43,8 @@ def lora_update():
     layer = LoRALinear(Linear(24, 16, bias=False), LoRAConfig(rank=2, alpha=2.0))
     with torch.no_grad():
         layer.lora_B.normal_()
-    panels = [("B  [16 × 2]", layer.lora_B), ("A  [2 × 24]", layer.lora_A), ("(α/r) B A  [16 × 24], rank 2", layer.delta())]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8), gridspec_kw={"width_ratios": [2, 24, 24]})
+    panels = [("B\n16 × 2", layer.lora_B), ("A\n2 × 24", layer.lora_A), ("(α/r) B A\n16 × 24, rank 2", layer.delta())]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8), gridspec_kw={"width_ratios": [4, 24, 24]})
     for ax, (title, m) in zip(axes, panels):
         ax.imshow(m.detach(), cmap="RdBu", vmin=-m.abs().max().item(), vmax=m.abs().max().item())
         ax.set_title(title, fontsize="small")

@@ -12,9 +12,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama.config import PRESETS, ModelConfig
+
+if TYPE_CHECKING:
+    from llama.lora import LoRAConfig
 
 __all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "memory_needed", "check_memory"]
 
@@ -139,14 +142,13 @@ class TrainConfig:
                 f"--block-size {self.block_size} is larger than --max-seq-len {self.max_seq_len}: the "
                 "model cannot see windows longer than its maximum sequence; lower --block-size or raise --max-seq-len"
             )
-
         if not (_is_int(self.lora_rank) and self.lora_rank >= 0):
             raise ValueError(f"--lora-rank must be an integer >= 0 (0: train every weight), got {self.lora_rank!r}")
         if self.lora_rank and self.base is None:
             raise ValueError("LoRA adapters fine-tune a trained model: give its checkpoint with --base")
         self.lora_config()  # its own checks, with the flags' names
 
-    def lora_config(self):
+    def lora_config(self) -> LoRAConfig | None:
         """The :class:`llama.lora.LoRAConfig` of a LoRA fine-tuning run, or ``None``."""
         if not self.lora_rank:
             return None

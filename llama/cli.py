@@ -223,9 +223,9 @@ def _run_generate(args) -> int:
         raise ValueError("the prompt is empty (no text and this tokenizer has no <s>): give --prompt text or --ids")
     model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.adapter is not None:  # merged: decoding then costs what the base model's does
-        from llama.lora import load_adapter, merge
+        from llama.lora import load_adapter, merge_into_base
 
-        merge(load_adapter(model, args.adapter))
+        merge_into_base(load_adapter(model, args.adapter))
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
@@ -273,6 +273,7 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the written weights (default float32)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
+    p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
     p.set_defaults(func=_run_convert)
 
 
@@ -281,7 +282,12 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
-    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.source), max_seq_len=args.max_seq_len)
+    if args.merge_adapter is not None:  # merged in float32, then cast with the rest
+        from llama.lora import load_adapter, merge_into_base
+
+        merge_into_base(load_adapter(model, args.merge_adapter))
+    model = model.to(getattr(torch, args.dtype))
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

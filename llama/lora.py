@@ -26,7 +26,7 @@ from llama.linear import Linear
 from llama.rope import half_split_to_interleaved, interleaved_to_half_split
 
 __all__ = ["TARGETS", "LoRAConfig", "LoRALinear", "add_lora", "lora_modules", "lora_state_dict", "merge",
-           "unmerge", "trainable_parameters", "count_lora_parameters", "save_adapter", "load_adapter", "read_adapter"]
+           "unmerge", "merge_into_base", "trainable_parameters", "count_lora_parameters", "save_adapter", "load_adapter", "read_adapter"]
 
 #: The projections an adapter can wrap, by our name, with the module that holds them.
 TARGETS = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
@@ -202,6 +202,22 @@ def unmerge(model: nn.Module) -> nn.Module:
     """Undo :func:`merge`: every weight is the base weight again, bit for bit; returns ``model``."""
     for m in lora_modules(model).values():
         m.unmerge()
+    return model
+
+
+def merge_into_base(model: nn.Module) -> nn.Module:
+    """Merge every adapter for good: each :class:`LoRALinear` becomes a plain
+    :class:`~llama.linear.Linear` holding ``W + (alpha / r) B A``, and no copy of ``W`` is kept.
+
+    The model is then an ordinary :class:`~llama.model.Transformer` again (its state dict has the
+    base model's keys only), to save, convert or compile like any other. Returns ``model``.
+    """
+    for name, m in lora_modules(model).items():
+        parent, _, child = name.rpartition(".")
+        m.merge()
+        plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        setattr(model.get_submodule(parent), child, plain)
     return model
 # --8<-- [end:merge]
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig
 from llama.convert import llama_to_hf_state_dict
-from llama.lora import (TARGETS, LoRAConfig, add_lora, load_adapter, lora_modules, lora_state_dict, merge,
-                        save_adapter, trainable_parameters, unmerge)
+from llama.lora import (TARGETS, LoRAConfig, LoRALinear, add_lora, load_adapter, lora_modules, lora_state_dict, merge,
+                        merge_into_base, save_adapter, trainable_parameters, unmerge)
 
 BASE = dict(dim=32, n_layers=2, n_heads=4, vocab_size=61, hidden_dim=48, max_seq_len=32)
 CONFIGS = {"mha": ModelConfig(**BASE), "gqa": ModelConfig(**{**BASE, "n_kv_heads": 2})}
@@ -77,6 +77,16 @@ def test_merge_then_unmerge_restores_the_base_bit_for_bit():
             assert v.numpy().tobytes() == base[k].numpy().tobytes(), k
     with torch.no_grad():
         assert torch.equal(model(TOKENS), separate)
+
+
+def test_merge_into_base_leaves_a_plain_model_computing_the_same():
+    model = adapted("gqa")
+    keys = {k for k in model.state_dict() if ".lora_" not in k}
+    with torch.no_grad():
+        separate = model(TOKENS)
+        merge_into_base(model)
+        assert max_diff(model(TOKENS), separate) <= 1e-5
+    assert set(model.state_dict()) == keys and not any(isinstance(m, LoRALinear) for m in model.modules())
 
 
 def test_subtracting_the_update_would_not_restore_the_base():

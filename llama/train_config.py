@@ -226,7 +226,8 @@ def _is_number(value: Any) -> bool:
 def memory_needed(cfg: TrainConfig, config: ModelConfig) -> dict[str, int]:
     """A lower bound, in bytes, of the memory one training process needs, by what needs it.
 
-    ``weights``: the float32 weights with their gradients and AdamW's two moments (4 copies);
+    ``weights``: the float32 weights with their gradients and AdamW's two moments (4 copies; with
+    LoRA adapters, the weights once and only the adapters 4 times);
     ``rope``: the cos and sin tables of ``max_seq_len`` positions; ``logits``: one micro-batch's
     logits, their float32 copy in the loss and their gradient. Activations come on top.
 
@@ -237,7 +238,14 @@ def memory_needed(cfg: TrainConfig, config: ModelConfig) -> dict[str, int]:
     """
     from llama.model import count_parameters
 
-    return {"weights": 4 * 4 * count_parameters(config),
+    lora = cfg.lora_config()
+    if lora is None:
+        weights = 4 * 4 * count_parameters(config)
+    else:  # frozen weights have no gradient and no AdamW moments
+        from llama.lora import count_lora_parameters
+
+        weights = 4 * count_parameters(config) + 4 * 4 * count_lora_parameters(config, lora)
+    return {"weights": weights,
             "rope": 2 * config.max_seq_len * (config.head_dim // 2) * 4,
             "logits": 3 * cfg.batch_size * cfg.block_size * config.vocab_size * 4}
 

@@ -183,3 +183,16 @@ def test_chapter_shows_the_benchmark_s_commands():
     for argv in (train, finetune_, generate):
         build_parser().parse_args(argv[1:])
     assert generate[generate.index("--adapter") + 1] == "runs/finetune/LoRA-r4/adapter"
+
+
+def test_memory_check_counts_gradients_and_moments_of_adapters_only():
+    from llama.lora import LoRAConfig, count_lora_parameters
+    from llama.model import count_parameters
+    from llama.train_config import memory_needed
+
+    config = ModelConfig.from_preset("llama2-7b")
+    full = TrainConfig(out="x", max_steps=1, base="somewhere")
+    lora = TrainConfig(out="x", max_steps=1, base="somewhere", lora_rank=8)
+    n, adapters = count_parameters(config), count_lora_parameters(config, LoRAConfig(rank=8))
+    assert memory_needed(full, config)["weights"] == 16 * n
+    assert memory_needed(lora, config)["weights"] == 4 * n + 16 * adapters  # 27 GB, not 108 GB

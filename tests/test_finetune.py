@@ -196,3 +196,19 @@ def test_memory_check_counts_gradients_and_moments_of_adapters_only():
     n, adapters = count_parameters(config), count_lora_parameters(config, LoRAConfig(rank=8))
     assert memory_needed(full, config)["weights"] == 16 * n
     assert memory_needed(lora, config)["weights"] == 4 * n + 16 * adapters  # 27 GB, not 108 GB
+
+
+def test_a_run_saved_before_fine_tuning_existed_still_resumes(tmp_path, text):
+    """run.json files written before the fine-tuning settings existed lack them; --resume takes the defaults."""
+    import json
+
+    flags = ["--data", str(text), "--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "2",
+             "--threads", "1", "--eval-tokens", "64", "--sample-tokens", "0", "--no-progress"]
+    out = tmp_path / "old"
+    assert cli_main(["train", "--out", str(out), *flags, "--max-steps", "2", "--eval-every", "1"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    for key in ("base", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"):
+        del run[key]
+    (out / "run.json").write_text(json.dumps(run))
+    assert cli_main(["train", "--out", str(out), "--resume", "--max-steps", "3"]) == 0
+    assert read_log(out / "log.jsonl")[-1]["step"] == 3

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llama.cli_finetune import add_finetune
     from llama.cli_train import add_train
 
     parser = argparse.ArgumentParser(
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(subparsers)
     _add_convert(subparsers)
     add_train(subparsers)
+    add_finetune(subparsers)
     return parser
 
 
@@ -159,6 +161,7 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--stop-id", type=int, action="append", default=[], metavar="ID",
                    help="stop when this id is produced (repeatable); e.g. the tokenizer's EOS")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length, for checkpoints that do not store it")
+    p.add_argument("--adapter", metavar="DIR", help="LoRA adapter folder to apply (from `llama finetune`, or PEFT's)")
     p.add_argument("--compile", action="store_true",
                    help="decode with the torch.compile'd step (faster per token; needs a C++ compiler, "
                    "and the first call compiles for seconds)")
@@ -219,6 +222,10 @@ def _run_generate(args) -> int:
     if not prompt:
         raise ValueError("the prompt is empty (no text and this tokenizer has no <s>): give --prompt text or --ids")
     model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
+    if args.adapter is not None:  # merged: decoding then costs what the base model's does
+        from llama.lora import load_adapter, merge_into_base
+
+        merge_into_base(load_adapter(model, args.adapter))
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
@@ -266,6 +273,7 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the written weights (default float32)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
+    p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
     p.set_defaults(func=_run_convert)
 
 
@@ -274,7 +282,12 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
-    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
+    model = Transformer.from_pretrained(checkpoint_path(args.source), max_seq_len=args.max_seq_len)
+    if args.merge_adapter is not None:  # merged in float32, then cast with the rest
+        from llama.lora import load_adapter, merge_into_base
+
+        merge_into_base(load_adapter(model, args.merge_adapter))
+    model = model.to(getattr(torch, args.dtype))
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

@@ -136,7 +136,8 @@ class RunLock:
 
 
 #: What a run writes into its folder, and nothing else: the names :func:`remove_new_run` may remove.
-RUN_FILES = ("run.json", "tokenizer.json", "tokenizer.model", "data", "log.jsonl", "checkpoints", "model", "samples.txt")
+RUN_FILES = ("run.json", "tokenizer.json", "tokenizer.model", "data", "log.jsonl", "checkpoints", "model", "adapter",
+             "samples.txt")
 
 
 # --8<-- [start:remove_partial]
@@ -152,10 +153,11 @@ def remove_partial(out: Path) -> None:
     latest = pointer.read_text().strip() if pointer.is_file() else None
     for folder in (*root.glob(".step-*"), *(p for p in root.glob("step-*") if p.name != latest)):
         shutil.rmtree(folder, ignore_errors=True)
-    for folder in (out, root, out / "data", out / "model"):
+    for folder in (out, root, out / "data", out / "model", out / "adapter"):
         for tmp in folder.glob(".*.tmp"):  # the names of llama._files.atomic_write's temporary files
             if tmp.is_file() and tmp.name.split(".")[1] in {"run", "tokenizer", "log", "latest", "samples", "train",
-                                                           "val", "meta", "config", "model"}:
+                                                           "val", "meta", "config", "model", "adapter_model",
+                                                           "adapter_config"}:
                 tmp.unlink()
 # --8<-- [end:remove_partial]
 

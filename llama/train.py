@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from llama._files import atomic_write_text
 from llama.data import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
 from llama.distributed import Dist, broadcast_from_rank0, on_rank0, setup, teardown, wrap_model
+from llama.finetune import build_model, save_final
 from llama.model import Transformer
 from llama.run_folder import RunLock, check_out, remove_new_run, remove_partial
 from llama.train_config import TrainConfig, check_memory, model_config
@@ -257,7 +258,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     torch.manual_seed(cfg.seed)  # the same weights on every rank
     mconf = model_config(cfg, tokenizer.vocab_size)
     check_memory(cfg, mconf, dist.device)
-    model = Transformer(mconf).to(dist.device)
+    model = build_model(cfg, mconf).to(dist.device)  # a new model, or a base to fine-tune
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     sampler = WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world)
     byte_lengths = token_byte_lengths(tokenizer)
@@ -417,14 +418,13 @@ def _save(cfg: TrainConfig, resume: bool, step: int, *args: Any) -> None:
 
 
 def _finish(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:
-    """Write the final model as a Hugging Face folder (with its tokenizer) and a text sample from it."""
+    """Write the final model (Hugging Face folder, or adapter folder after LoRA) with its tokenizer, and a sample."""
     import shutil
 
     from llama.generation import generate
     from llama.sampling import Sampling
 
-    model.save_pretrained(out / "model")
-    shutil.copyfile(tok_file, out / "model" / tok_file.name)
+    shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
     if cfg.sample_tokens > 0:
         model.eval()
         prompt = tokenizer.encode("\n")

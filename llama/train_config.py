@@ -12,9 +12,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama.config import PRESETS, ModelConfig
+
+if TYPE_CHECKING:
+    from llama.lora import LoRAConfig
 
 __all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "memory_needed", "check_memory"]
 
@@ -58,6 +61,11 @@ class TrainConfig:
         threads: CPU threads per process (default: all cores, divided among local ranks).
         sample_tokens: tokens to sample from the final model into ``samples.txt``.
         progress: show a progress bar.
+        base: fine-tune this checkpoint (:mod:`llama.finetune`) instead of training a new model;
+            its sizes replace ``model`` and the size overrides.
+        lora_rank: with ``base``, train LoRA adapters of this rank on ``lora_targets`` (a comma-separated
+            subset of ``wq,wk,wv,wo,w1,w2,w3``) with ``lora_alpha`` and ``lora_dropout``
+            (:class:`llama.lora.LoRAConfig`); 0 trains every weight.
     """
 
     out: str
@@ -90,6 +98,11 @@ class TrainConfig:
     threads: int | None = None
     sample_tokens: int = 300
     progress: bool = True
+    base: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "wq,wk,wv,wo,w1,w2,w3"
 
     #: Fields that may change when a run is resumed: how long it goes on and how it reports.
     RESUMABLE_CHANGES = ("max_steps", "max_time", "eval_every", "eval_tokens", "threads",
@@ -129,6 +142,20 @@ class TrainConfig:
                 f"--block-size {self.block_size} is larger than --max-seq-len {self.max_seq_len}: the "
                 "model cannot see windows longer than its maximum sequence; lower --block-size or raise --max-seq-len"
             )
+        if not (_is_int(self.lora_rank) and self.lora_rank >= 0):
+            raise ValueError(f"--lora-rank must be an integer >= 0 (0: train every weight), got {self.lora_rank!r}")
+        if self.lora_rank and self.base is None:
+            raise ValueError("LoRA adapters fine-tune a trained model: give its checkpoint with --base")
+        self.lora_config()  # its own checks, with the flags' names
+
+    def lora_config(self) -> LoRAConfig | None:
+        """The :class:`llama.lora.LoRAConfig` of a LoRA fine-tuning run, or ``None``."""
+        if not self.lora_rank:
+            return None
+        from llama.lora import LoRAConfig  # imports torch: `llama --help` must not wait for it
+
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=targets)
 
     def run_settings(self) -> dict[str, Any]:
         """The fields that define the run (all but :attr:`RESUMABLE_CHANGES`)."""
@@ -153,6 +180,8 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     """
     overrides = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads") if getattr(cfg, k)}
     max_seq_len = cfg.max_seq_len or cfg.block_size
+    if cfg.base is not None:
+        return _base_config(cfg.base, vocab_size, max_seq_len)
     if cfg.model in MODEL_SIZES:
         fields = {**MODEL_SIZES[cfg.model], **overrides}
         if "n_kv_heads" not in overrides:
@@ -163,6 +192,23 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
             overrides["n_kv_heads"] = overrides["n_heads"]
         return ModelConfig.from_preset(cfg.model, vocab_size=vocab_size, max_seq_len=max_seq_len, **overrides)
     raise ValueError(f"unknown --model {cfg.model!r}; choose one of: {', '.join([*MODEL_SIZES, *PRESETS])}")
+
+
+def _base_config(base: str, vocab_size: int, max_seq_len: int) -> ModelConfig:
+    """The config of the checkpoint a run fine-tunes, with the run's context length."""
+    import json
+    from pathlib import Path
+
+    from llama.checkpoint import detect_format, read_checkpoint
+
+    if detect_format(base) == "hf":  # the sizes alone, without reading the weights
+        config = ModelConfig.from_hf(json.loads((Path(base) / "config.json").read_text(encoding="utf-8")))
+    else:
+        config = read_checkpoint(base)[0]
+    if vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but the base model {base} only {config.vocab_size}; "
+                         "fine-tune with the tokenizer the base was trained with (--tokenizer)")
+    return dataclasses.replace(config, max_seq_len=max_seq_len)
 
 
 def _flag(name: str) -> str:
@@ -180,7 +226,8 @@ def _is_number(value: Any) -> bool:
 def memory_needed(cfg: TrainConfig, config: ModelConfig) -> dict[str, int]:
     """A lower bound, in bytes, of the memory one training process needs, by what needs it.
 
-    ``weights``: the float32 weights with their gradients and AdamW's two moments (4 copies);
+    ``weights``: the float32 weights with their gradients and AdamW's two moments (4 copies; with
+    LoRA adapters, the weights once and only the adapters 4 times);
     ``rope``: the cos and sin tables of ``max_seq_len`` positions; ``logits``: one micro-batch's
     logits, their float32 copy in the loss and their gradient. Activations come on top.
 
@@ -191,7 +238,14 @@ def memory_needed(cfg: TrainConfig, config: ModelConfig) -> dict[str, int]:
     """
     from llama.model import count_parameters
 
-    return {"weights": 4 * 4 * count_parameters(config),
+    lora = cfg.lora_config()
+    if lora is None:
+        weights = 4 * 4 * count_parameters(config)
+    else:  # frozen weights have no gradient and no AdamW moments
+        from llama.lora import count_lora_parameters
+
+        weights = 4 * count_parameters(config) + 4 * 4 * count_lora_parameters(config, lora)
+    return {"weights": weights,
             "rope": 2 * config.max_seq_len * (config.head_dim // 2) * 4,
             "logits": 3 * cfg.batch_size * cfg.block_size * config.vocab_size * 4}
 

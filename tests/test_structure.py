@@ -18,10 +18,10 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 LAYERS = [
     {"_files", "config", "norm", "rope", "linear", "attention", "feed_forward", "reference", "convert"},
-    {"checkpoint", "llama2c", "model"},
+    {"checkpoint", "llama2c", "model", "lora"},
     {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "sampling", "generation", "download", "data",
-     "distributed", "train_config", "run_folder", "train_state", "train"},
-    {"cli", "cli_train"},
+     "distributed", "train_config", "run_folder", "train_state", "finetune", "train"},
+    {"cli", "cli_train", "cli_finetune"},
 ]
 MAX_LINES = 450  # "about 400": a module past this does more than one job
 

@@ -1,0 +1,109 @@
+"""The ``llama finetune`` subcommand: fine-tune a trained model, with LoRA adapters or every weight.
+
+It runs :func:`llama.train.train` (the same loop, log, checkpoints and exact ``--resume`` as
+``llama train``) on a :class:`~llama.train_config.TrainConfig` that names the base checkpoint;
+:mod:`llama.finetune` builds the model and saves the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llama.train_config import TrainConfig
+
+# --8<-- [start:defaults]
+#: Where fine-tuning's defaults differ from ``llama train``'s: adapters of rank 8, a learning rate
+#: for a model that already works (no long warm-up), and no weight decay (it would pull the
+#: adapters towards zero, that is towards the base model).
+FINETUNE_DEFAULTS = {"lora_rank": 8, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0}
+# --8<-- [end:defaults]
+
+
+def add_finetune(subparsers) -> None:
+    from llama.train_config import TrainConfig
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a trained model on a text file (LoRA adapters, or every weight)",
+        description="Fine-tune a checkpoint on a text file with LoRA adapters (--lora-rank R) or every "
+        "weight (--lora-rank 0), with the training loop of `llama train`: evaluation in bits per byte, "
+        "checkpoints, exact --resume. A LoRA run leaves OUT/adapter (PEFT's layout); a full one OUT/model.",
+    )
+    d = TrainConfig(out="", max_steps=1)
+    S = argparse.SUPPRESS  # as in `llama train`: a flag not given is absent, so --resume takes the saved value
+    p.add_argument("--base", required=True, help="the checkpoint to fine-tune (e.g. a run's OUT/model folder)")
+    p.add_argument("--data", default=S, help="UTF-8 text file to fine-tune on")
+    p.add_argument("--out", required=True, help="folder for the log, checkpoints and adapter")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
+    p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora-rank", type=int, default=S,
+                   help=f"rank of the adapters; 0 trains every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")
+    g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
+    g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
+    g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--block-size", type=int, default=S, help=f"tokens per training window (default {d.block_size})")
+    g.add_argument("--batch-size", type=int, default=S, help=f"windows per micro-step (default {d.batch_size})")
+    g.add_argument("--accum", type=int, default=S, help=f"gradient-accumulation micro-steps (default {d.accum})")
+    g.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {FINETUNE_DEFAULTS['lr']:g})")
+    g.add_argument("--min-lr-ratio", type=float, default=S, help=f"final lr / peak lr (default {d.min_lr_ratio})")
+    g.add_argument("--warmup-steps", type=int, default=S, help=f"warm-up steps (default {FINETUNE_DEFAULTS['warmup_steps']})")
+    g.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default 0)")
+    g.add_argument("--grad-clip", type=float, default=S, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
+    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
+    g = p.add_argument_group("length and reporting")
+    g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
+    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
+    g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
+    g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per evaluation (default {d.eval_tokens})")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads")
+    g.add_argument("--sample-tokens", type=int, default=S, help=f"tokens to sample at the end (default {d.sample_tokens})")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
+    p.set_defaults(func=run_finetune)
+
+
+# --8<-- [start:config_from_args]
+def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
+    """The settings of ``llama finetune``: ``llama train``'s, with the base checkpoint, its
+    tokenizer and vocabulary, and :data:`FINETUNE_DEFAULTS` for the flags not given.
+
+    Returns:
+        ``(TrainConfig, resume, names of the settings given)``, for :func:`llama.train.train`.
+
+    Raises:
+        FileNotFoundError: no base checkpoint, or no tokenizer beside it and no ``--tokenizer``.
+        ValueError: the flags make no valid run.
+    """
+    import dataclasses
+
+    from llama.checkpoint import detect_format
+    from llama.finetune import base_tokenizer
+    from llama.tokenizer import load_tokenizer
+    from llama.train_config import TrainConfig
+
+    detect_format(args.base)  # a missing or unknown base fails here, before the tokenizer is looked for
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    given = set(values) - {"out"}
+    values["tokenizer"] = str(values.get("tokenizer") or base_tokenizer(args.base))
+    values["vocab_size"] = load_tokenizer(values["tokenizer"]).vocab_size
+    given |= {"tokenizer", "vocab_size"}  # they follow from --base, which is given
+    values = {**FINETUNE_DEFAULTS, **values}
+    if args.resume and "max_steps" not in values and "max_time" not in values:
+        values["max_steps"] = 1  # placeholder; the saved run's length is used
+    return TrainConfig(**values), args.resume, given
+# --8<-- [end:config_from_args]
+
+
+def run_finetune(args) -> int:
+    from llama.train import train
+
+    cfg, resume, given = finetune_config_from_args(args)
+    result = train(cfg, resume=resume, given=given)
+    print(f"final: step {result['step']}, {result['elapsed']:.1f} s, val loss {result['val_loss']:.4f} nats/token, "
+          f"{result['val_bpb']:.4f} bits per byte; wrote {cfg.out}/{'adapter' if cfg.lora_rank else 'model'}")
+    return 0

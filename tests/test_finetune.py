@@ -1,0 +1,214 @@
+"""Fine-tuning (``llama finetune``, llama.finetune): the training loop on a base checkpoint, with
+LoRA adapters or every weight; only adapters change, the run resumes exactly after a kill, and the
+adapter it leaves is used by ``llama generate --adapter``."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import HANG_SECONDS, random_model
+from safetensors.torch import load_file
+
+from llama import ModelConfig
+from llama.bpe import BPETokenizer
+from llama.cli import main as cli_main
+from llama.lora import load_adapter, lora_state_dict
+from llama.model import Transformer
+from llama.train_config import TrainConfig
+from llama.train_state import read_log
+
+REPO = Path(__file__).resolve().parent.parent
+FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-tokens", "256",
+         "--sample-tokens", "8", "--no-progress", "--lora-rank", "2", "--warmup-steps", "2"]
+
+# ``llama finetune FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
+KILLED_RUN = """
+import os, signal, sys
+from llama.cli import build_parser
+from llama.cli_finetune import finetune_config_from_args
+from llama.train import train
+
+def kill_at(step):
+    if step == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg, resume, given = finetune_config_from_args(build_parser().parse_args(["finetune", *sys.argv[2:]]))
+train(cfg, resume=resume, given=given, on_step=kill_at)
+"""
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    """A small byte-level model saved as ``llama train`` leaves one: model/ with its tokenizer."""
+    folder = tmp_path / "base"
+    random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)).save_pretrained(folder)
+    BPETokenizer([]).save(folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text("ROMEO. But soft, what light through yonder window breaks?\n" * 120, encoding="utf-8")
+    return path
+
+
+def finetune(*argv: str) -> int:
+    return cli_main(["finetune", *argv])
+
+
+def test_lora_run_changes_only_adapters_and_leaves_an_adapter(tmp_path, base, text, capsys):
+    out = tmp_path / "run"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--max-steps", "6",
+                    "--eval-every", "3") == 0
+    assert "bits per byte" in capsys.readouterr().out
+    before = load_file(base / "model.safetensors")
+    model = Transformer.from_pretrained(base)
+    saved = load_file(out / "checkpoints" / "step-0000006" / "model.safetensors")
+    for name, tensor in model.state_dict().items():  # the base, in our names and layout
+        if name in saved:
+            assert saved[name].numpy().tobytes() == tensor.numpy().tobytes(), f"{name} changed"
+    assert len(before) == 2 + 2 * 9 + 1  # every base tensor was compared above (tied head: none)
+    adapters = {k: v for k, v in saved.items() if ".lora_" in k}
+    assert len(adapters) == 2 * 7 * 2 and any(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_B"))
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                                  "tokenizer.json"]
+    tuned = load_adapter(Transformer.from_pretrained(base), out / "adapter")
+    for k, v in lora_state_dict(tuned).items():
+        assert torch.equal(v, adapters[k]), k
+    log = read_log(out / "log.jsonl")
+    assert [r["step"] for r in log] == [3, 6, 6] and all(math.isfinite(r["val_bpb"]) for r in log)
+    assert (out / "samples.txt").is_file()
+    # llama convert --merge-adapter: a plain checkpoint computing what base + adapter compute
+    assert cli_main(["convert", str(base), str(tmp_path / "merged"), "--to", "hf", "--merge-adapter", str(out / "adapter")]) == 0
+    merged = Transformer.from_pretrained(tmp_path / "merged")
+    tokens = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (merged(tokens) - tuned.eval()(tokens)).abs().max() <= 1e-5
+        assert (merged(tokens) - Transformer.from_pretrained(base)(tokens)).abs().max() > 1e-4
+
+
+def test_generate_uses_the_adapter(tmp_path, base, text, capsys):
+    out = tmp_path / "run"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--max-steps", "3",
+                    "--lr", "0.05") == 0
+    capsys.readouterr()
+    argv = ["generate", str(base), "--tokenizer", str(base / "tokenizer.json"), "--prompt", "ROMEO", "-n", "20"]
+    assert cli_main(argv) == 0
+    plain = capsys.readouterr().out
+    assert cli_main([*argv, "--adapter", str(out / "adapter")]) == 0
+    adapted = capsys.readouterr().out
+    assert adapted.startswith("ROMEO") and adapted != plain
+
+
+def test_rank_zero_fine_tunes_every_weight(tmp_path, base, text):
+    out = tmp_path / "full"
+    assert finetune("--base", str(base), "--data", str(text), "--out", str(out), *FLAGS, "--lora-rank", "0",
+                    "--max-steps", "2") == 0
+    assert not (out / "adapter").exists()
+    tuned, before = load_file(out / "model" / "model.safetensors"), load_file(base / "model.safetensors")
+    assert tuned.keys() == before.keys() and all(not torch.equal(tuned[k], before[k]) for k in before)
+
+
+@pytest.mark.slow  # two fine-tuning processes
+def test_exact_resume_after_sigkill(tmp_path, base, text):
+    """Kill a LoRA run after step 5 (its last checkpoint: step 4); resume it; at step 8 its weights
+    and optimizer state are bit-identical to an uninterrupted run's (dropout on: its random
+    numbers must come back too)."""
+    flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4",
+             "--lora-dropout", "0.1"]
+    commands = {"whole": ["-m", "llama.cli", "finetune"], "killed": ["-c", KILLED_RUN, "5"]}
+    procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, command in commands.items()]
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
+    assert procs[0].returncode == 0, err_w
+    assert procs[1].returncode == -9, err_k
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000004"
+    assert finetune("--base", str(base), "--out", str(killed), "--resume") == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000008" / name)
+        b = load_file(killed / "checkpoints" / "step-0000008" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert [r["val_loss"] for r in read_log(killed / "log.jsonl")] == [r["val_loss"] for r in read_log(tmp_path / "whole" / "log.jsonl")]
+
+
+def test_errors(tmp_path, base, text, capsys):
+    def error(*argv: str) -> str:
+        assert finetune(*argv) == 2
+        return capsys.readouterr().err
+
+    run = ["--data", str(text), *FLAGS, "--max-steps", "1"]
+    assert "no checkpoint at" in error("--base", str(tmp_path / "nothing"), "--out", str(tmp_path / "a"), *run)
+    bare = tmp_path / "bare"
+    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)).save_pretrained(bare)
+    assert "--tokenizer FILE" in error("--base", str(bare), "--out", str(tmp_path / "b"), *run)
+    big = tmp_path / "big.json"
+    BPETokenizer.train("abababab cdcdcd " * 50, 260).save(big)
+    assert "only 256" in error("--base", str(base), "--tokenizer", str(big), "--out", str(tmp_path / "c"), *run)
+    assert "--lora-targets" in error("--base", str(base), "--out", str(tmp_path / "d"), *run, "--lora-targets", "q_proj")
+    assert "--lora-rank must be" in error("--base", str(base), "--out", str(tmp_path / "e"), *run, "--lora-rank", "-1")
+    assert finetune("--base", str(base), "--out", str(tmp_path / "f"), *run) == 0
+    err = error("--base", str(base), "--out", str(tmp_path / "f"), "--resume", "--lora-rank", "4")
+    assert "--lora-rank 4 (the run used 2)" in err
+    with pytest.raises(ValueError, match="give its checkpoint with --base"):
+        TrainConfig(out="x", max_steps=1, lora_rank=4)
+
+
+def test_chapter_shows_the_benchmark_s_commands():
+    """The worked example's commands are the ones benchmarks/finetune.py runs, and they parse."""
+    import importlib.util
+    import re
+    import shlex
+
+    from llama.cli import build_parser
+
+    spec = importlib.util.spec_from_file_location("_bench_finetune", REPO / "benchmarks" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    chapter = (REPO / "book" / "finetuning.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"<!-- tested-by: tests/test_finetune.py -->\n```console\n(.*?)```", chapter, re.S)
+    train, finetune_, generate = [shlex.split(line[2:]) for line in block.splitlines()]
+    assert train == ["llama", "train", *bench.PRETRAIN_ARGS]
+    flags = dict(bench.RUNS)["LoRA r=4"]
+    assert finetune_ == ["llama", "finetune", *bench.FINETUNE_ARGS, "--out", "runs/finetune/LoRA-r4", *flags]
+    for argv in (train, finetune_, generate):
+        build_parser().parse_args(argv[1:])
+    assert generate[generate.index("--adapter") + 1] == "runs/finetune/LoRA-r4/adapter"
+
+
+def test_memory_check_counts_gradients_and_moments_of_adapters_only():
+    from llama.lora import LoRAConfig, count_lora_parameters
+    from llama.model import count_parameters
+    from llama.train_config import memory_needed
+
+    config = ModelConfig.from_preset("llama2-7b")
+    full = TrainConfig(out="x", max_steps=1, base="somewhere")
+    lora = TrainConfig(out="x", max_steps=1, base="somewhere", lora_rank=8)
+    n, adapters = count_parameters(config), count_lora_parameters(config, LoRAConfig(rank=8))
+    assert memory_needed(full, config)["weights"] == 16 * n
+    assert memory_needed(lora, config)["weights"] == 4 * n + 16 * adapters  # 27 GB, not 108 GB
+
+
+def test_a_run_saved_before_fine_tuning_existed_still_resumes(tmp_path, text):
+    """run.json files written before the fine-tuning settings existed lack them; --resume takes the defaults."""
+    import json
+
+    flags = ["--data", str(text), "--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "2",
+             "--threads", "1", "--eval-tokens", "64", "--sample-tokens", "0", "--no-progress"]
+    out = tmp_path / "old"
+    assert cli_main(["train", "--out", str(out), *flags, "--max-steps", "2", "--eval-every", "1"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    for key in ("base", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"):
+        del run[key]
+    (out / "run.json").write_text(json.dumps(run))
+    assert cli_main(["train", "--out", str(out), "--resume", "--max-steps", "3"]) == 0
+    assert read_log(out / "log.jsonl")[-1]["step"] == 3

@@ -18,9 +18,12 @@ from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
 from llama.bpe import BPETokenizer
+from llama.cli import build_parser
 from llama.cli import main as cli_main
+from llama.cli_train import train_config_from_args
 from llama.model import Transformer
-from llama.train import evaluate, lr_at, make_optimizer, train
+from llama.optim import lr_at, make_optimizer
+from llama.train import evaluate, train
 from llama.train_config import TrainConfig, model_config
 from llama.train_state import read_log
 
@@ -178,6 +181,32 @@ def test_resume_is_not_a_no_op(tmp_path, text):
     assert cli_main(["train", *flags, "--max-steps", "4", "--resume"]) == 0
     w4 = load_file(tmp_path / "r" / "checkpoints" / "step-0000004" / "model.safetensors")
     assert not torch.equal(w2["output.weight"], w4["output.weight"])
+
+
+def test_muon_run_resumes_bit_identical(tmp_path, text):
+    """Muon's momentum buffers (and the AdamW state of the other groups) go through the checkpoint:
+    a 4-step run stopped after its step-2 checkpoint and resumed ends where one run in one go ends."""
+    flags = ["--data", str(text), *TINY, "--optimizer", "muon", "--eval-every", "2", "--sample-tokens", "0",
+             "--max-steps", "4"]
+    assert cli_main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg, _, given = train_config_from_args(build_parser().parse_args(["train", *flags, "--out", str(tmp_path / "parts")]))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, given=given, on_step=stop)
+    assert cli_main(["train", "--out", str(tmp_path / "parts"), "--resume"]) == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000004" / name)
+        b = load_file(tmp_path / "parts" / "checkpoints" / "step-0000004" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert any(k.endswith(".momentum_buffer") for k in a) and any(k.endswith(".exp_avg") for k in a)
+    saved = json.loads((tmp_path / "parts" / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert [g["muon"] for g in saved["param_groups"]] == [True, False, False]
 
 
 # ---------------------------------------------------------------------------------- clear errors

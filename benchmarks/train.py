@@ -116,6 +116,7 @@ SWEEP = {
     "vocab 512": ["--vocab-size", "512"],
     "16 x 128": ["--batch-size", "16", "--block-size", "128"],
     "muon, lr 8e-3": ["--optimizer", "muon", "--lr", "0.008"],
+    "muon, vocab 2048": ["--optimizer", "muon", "--vocab-size", "2048"],
 }
 
 

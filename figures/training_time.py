@@ -47,7 +47,7 @@ def sweep():
     records.sort(key=lambda r: r["val_bpb"])
     base = next(r for r in records if r["name"] == "base")
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(records) + 1.2))
-    names = [r["name"] for r in records][::-1]
+    names = [r["name"] if r["steps"] == base["steps"] else f"{r['name']}, {r['steps']} steps" for r in records][::-1]
     values = [r["val_bpb"] for r in records][::-1]
     colors = ["C1" if r["name"] == "base" else ("C0" if r["val_bpb"] < base["val_bpb"] else "C7") for r in records][::-1]
     ax.barh(names, values, color=colors)
@@ -56,8 +56,8 @@ def sweep():
     low = min(values)
     ax.set_xlim(low - 0.15, max(values) + 0.12)
     ax.axvline(base["val_bpb"], color="C1", lw=0.8, ls=":")
-    ax.set(xlabel=f"validation bits per byte after {base['steps']} steps (whole split; lower is better)",
-           title=f"variants of the recipe, {base['steps']} steps each, {base['threads']} thread(s); "
+    ax.set(xlabel="validation bits per byte, whole split (lower is better)",
+           title=f"variants of the recipe, {base['steps']} steps unless named, {base['threads']} thread(s); "
                  "in brackets: the loop's seconds on a busy machine")
     fig.tight_layout()
     return fig

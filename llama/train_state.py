@@ -76,7 +76,9 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
         raise ValueError(f"--resume: the flags disagree with the run in {cfg.out}: " + "; ".join(conflicts)
                          + ". Drop those flags to continue the run as it was, or start a new run in another --out")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
-    return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given else saved[k] for k in fields})
+    # A setting newer than the saved run (--optimizer in a run from before it) keeps its default,
+    # which is what that run used.
+    return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given or k not in saved else saved[k] for k in fields})
 
 
 def preflight(cfg: TrainConfig, device: torch.device) -> None:

@@ -232,6 +232,16 @@ def test_error_block_size_beyond_max_seq_len(tmp_path, capsys, text):
     assert "--block-size 32 is larger than --max-seq-len 16" in err
 
 
+def test_error_unknown_optimizer_and_bad_muon_lr(tmp_path, capsys, text):
+    for flags, message in ((["--muon-lr", "0"], "--muon-lr must be a positive number"),
+                           (["--muon-lr", "nan"], "--muon-lr must be a positive number")):
+        err = train_error(capsys, "--data", str(text), "--out", str(tmp_path / "r"), *TINY, "--max-steps", "1", *flags)
+        assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="--optimizer must be adamw or muon"):
+        TrainConfig(out="r", max_steps=1, optimizer="sgd")
+    assert not (tmp_path / "r").exists()
+
+
 def test_error_no_length(tmp_path, capsys, text):
     assert "--max-steps, --max-time" in train_error(capsys, "--data", str(text), "--out", str(tmp_path / "a"), *TINY)
 

@@ -36,7 +36,7 @@ def flops_and_memory():
     ax_m.barh(names[::-1], [parts[n] / 1e6 for n in names[::-1]], color="C2")
     for i, n in enumerate(names[::-1]):
         ax_m.text(parts[n] / 1e6, i, f" {parts[n] / 1e6:.1f}", va="center", fontsize="small")
-    ax_m.set(xlabel="MB", title=f"memory of one step, {cfg.batch_size} × {cfg.block_size} tokens, bf16 autocast")
+    ax_m.set(xlabel="MB", title=f"memory of a step ({cfg.batch_size} × {cfg.block_size} tokens, bf16)")
     ax_m.set_xlim(0, max(parts.values()) / 1e6 * 1.25)
     fig.tight_layout()
     return fig
@@ -57,8 +57,8 @@ def sweep():
     ax.set_xlim(low - 0.15, max(values) + 0.12)
     ax.axvline(base["val_bpb"], color="C1", lw=0.8, ls=":")
     ax.set(xlabel="validation bits per byte, whole split (lower is better)",
-           title=f"variants of the recipe, {base['steps']} steps unless named, {base['threads']} thread(s); "
-                 "in brackets: the loop's seconds on a busy machine")
+           title=f"variants of the recipe: {base['steps']} steps unless named, {base['threads']} thread(s)\n"
+                 "(in brackets: the training loop's seconds on a busy machine)")
     fig.tight_layout()
     return fig
 

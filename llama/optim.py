@@ -47,8 +47,10 @@ class AdamW(torch.optim.Optimizer):
 
     Args:
         params: parameters, or groups of them (dicts with ``"params"`` and their own settings).
-        lr: learning rate; betas: decay rates of the two moments; eps: added to the root of the
-            second moment; weight_decay: decoupled decay, multiplied by ``lr``.
+        lr: learning rate.
+        betas: decay rates of the two moments.
+        eps: added to the root of the second moment.
+        weight_decay: decoupled decay, multiplied by ``lr``.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -118,9 +120,13 @@ class Muon(AdamW):
     decay is decoupled as in AdamW. This is ``torch.optim.Muon``'s update.
 
     Args:
-        params, lr, betas, eps, weight_decay: as :class:`AdamW` (a group's ``lr`` and
-            ``weight_decay`` serve both kinds).
-        momentum: decay of Muon's momentum; nesterov: step along the gradient mixed with it.
+        params: parameters, or groups of them; a group with ``muon=False`` gets AdamW.
+        lr: learning rate (a group's own serves whichever update it gets).
+        betas: AdamW's moment decays, for the AdamW groups.
+        eps: AdamW's epsilon.
+        weight_decay: decoupled decay, multiplied by ``lr``, for both kinds.
+        momentum: decay of Muon's momentum.
+        nesterov: step along the gradient mixed with the momentum (a look ahead).
         ns_steps: Newton-Schulz iterations.
     """
 

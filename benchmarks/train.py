@@ -16,8 +16,8 @@ FLOPs per token are :func:`llama.flops.flops_per_token` (6 x the weights that mu
 causal attention, 6 L d (T + 1)); achieved FLOP/s is that times tokens/s; the peak is measured
 here, the best of several ``torch.mm`` of two 2048 x 2048 matrices at the same thread count, in
 float32 and in bfloat16; utilisation (MFU) is achieved over peak at the step's dtype. Peak memory
-is the largest resident set (``getrusage`` ``ru_maxrss``) of a fresh process that builds the
-model and trains a few steps, minus that of the same process before it built the model.
+is the high-water mark of the resident set (Linux's ``VmHWM``, reset first) of a fresh process
+while it builds the model and trains three steps, minus what it held just before.
 
 ``quality`` runs exactly :data:`RECIPE_COMMAND` (the chapter shows it, and a test checks the
 two are the same), with Tiny Shakespeare found as ``llama train`` finds it. It prints the final
@@ -117,6 +117,7 @@ SWEEP = {
     "16 x 128": ["--batch-size", "16", "--block-size", "128"],
     "muon, lr 8e-3": ["--optimizer", "muon", "--lr", "0.008"],
     "muon, vocab 2048": ["--optimizer", "muon", "--vocab-size", "2048"],
+    "muon, vocab 4096": ["--optimizer", "muon", "--vocab-size", "4096"],
 }
 
 
@@ -232,30 +233,36 @@ def _timed(fn) -> float:
 
 
 MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 torch.set_num_threads(int(sys.argv[2]))
 sys.path.insert(0, sys.argv[1])
 import train as bench
 from llama import Transformer
+
+def status(field):  # kB, from the kernel's account of this process
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+
 config, b, t = bench.throughput_config(sys.argv[3] == "1")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = torch.randint(config.vocab_size, (b, t + 1))
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from here
 torch.manual_seed(0)
 model = Transformer(config)
-data = torch.randint(config.vocab_size, (b, t + 1))
 step = bench._step_fn(model, model, (data[:, :-1], data[:, 1:]), sys.argv[4])
 for _ in range(3):
     step()
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, status("VmHWM"))
 """
 
 
 def peak_memory(quick: bool, dtype: str) -> dict:
-    """Peak resident memory (KiB on Linux) of a fresh process training our model a few steps."""
+    """Peak resident memory of a fresh process (Linux) while it builds our model and trains 3 steps:
+    the kernel's high-water mark (VmHWM, reset just before the model is built) minus the resident
+    set at that moment (VmRSS: Python, torch and the data)."""
     out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(REPO / "benchmarks"), str(torch.get_num_threads()),
                           "1" if quick else "0", dtype], cwd=REPO, capture_output=True, text=True, check=True)
-    before, after = map(int, out.stdout.split())
-    return {"maxrss_before_model_mb": before / 1024, "maxrss_after_steps_mb": after / 1024,
-            "training_mb": (after - before) / 1024}
+    before, peak = map(int, out.stdout.split())
+    return {"rss_before_model_mb": before / 1024, "peak_rss_mb": peak / 1024, "training_mb": (peak - before) / 1024}
 
 
 def report_flops(config, t: int, tok_s: dict, dtype: str) -> dict:
@@ -299,8 +306,8 @@ def run_throughput(quick: bool, compile_: bool, warmup: int, steps: int, rounds:
           f"{', torch.compile' if compile_ else ''})")
     report.update(report_flops(config, t, {n: r["median_tok_s"] for n, r in res.items()}, "float32"))
     mem = peak_memory(quick, "float32")
-    print(f"peak memory, ours (getrusage maxrss of a fresh process, float32): {mem['maxrss_after_steps_mb']:.0f} MB, "
-          f"{mem['training_mb']:.0f} MB more than before the model was built")
+    print(f"peak memory of our training step (float32; VmHWM of a fresh process): {mem['training_mb']:.0f} MB above "
+          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
     report["peak_memory"] = mem
     return report
 
@@ -321,8 +328,8 @@ def run_precision(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
     print(f"bfloat16 / float32: {res['bfloat16']['median_tok_s'] / res['float32']['median_tok_s']:.2f}x")
     report_flops(config, t, {"bfloat16 autocast": res["bfloat16"]["median_tok_s"]}, "bfloat16")
     mem = peak_memory(quick, "bfloat16")
-    print(f"peak memory, bfloat16 autocast (getrusage maxrss): {mem['maxrss_after_steps_mb']:.0f} MB, "
-          f"{mem['training_mb']:.0f} MB more than before the model was built")
+    print(f"peak memory of our training step (bfloat16 autocast; VmHWM): {mem['training_mb']:.0f} MB above "
+          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
     return res
 
 

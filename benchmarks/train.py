@@ -118,6 +118,7 @@ SWEEP = {
     "muon, lr 8e-3": ["--optimizer", "muon", "--lr", "0.008"],
     "muon, vocab 2048": ["--optimizer", "muon", "--vocab-size", "2048"],
     "muon, vocab 4096": ["--optimizer", "muon", "--vocab-size", "4096"],
+    "muon, vocab 2048, lr 8e-3": ["--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008"],
 }
 
 

@@ -9,6 +9,7 @@ the recipe's variants, committed as ``benchmarks/results/train-sweep.jsonl`` by
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -45,11 +46,12 @@ def flops_and_memory():
 def sweep():
     records = [json.loads(line) for line in SWEEP.read_text().splitlines() if line.strip()]
     records.sort(key=lambda r: r["val_bpb"])
-    base = next(r for r in records if r["name"] == "base")
+    steps = Counter(r["steps"] for r in records).most_common(1)[0][0]  # the sweep's; others are checks
+    base = next(r for r in records if r["name"] == "base" and r["steps"] == steps)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(records) + 1.2))
     names = [r["name"] if r["steps"] == base["steps"] else f"{r['name']}, {r['steps']} steps" for r in records][::-1]
     values = [r["val_bpb"] for r in records][::-1]
-    colors = ["C1" if r["name"] == "base" else ("C0" if r["val_bpb"] < base["val_bpb"] else "C7") for r in records][::-1]
+    colors = ["C1" if r is base else ("C0" if r["val_bpb"] < base["val_bpb"] else "C7") for r in records][::-1]
     ax.barh(names, values, color=colors)
     for i, r in enumerate(records[::-1]):
         ax.text(r["val_bpb"], i, f" {r['val_bpb']:.3f}  ({r['loop_s']:.0f} s)", va="center", fontsize="small")

@@ -121,6 +121,8 @@ SWEEP = {
     "muon, vocab 2048": ["--optimizer", "muon", "--vocab-size", "2048"],
     "muon, vocab 4096": ["--optimizer", "muon", "--vocab-size", "4096"],
     "muon, vocab 2048, lr 8e-3": ["--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008"],
+    "muon, vocab 2048, lr 8e-3, 16 x 128": ["--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008",
+                                            "--batch-size", "16", "--block-size", "128"],
 }
 
 

@@ -48,10 +48,11 @@ def sweep():
     records.sort(key=lambda r: r["val_bpb"])
     steps = Counter(r["steps"] for r in records).most_common(1)[0][0]  # the sweep's; others are checks
     base = next(r for r in records if r["name"] == "base" and r["steps"] == steps)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(records) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(records) + 1.2))
     names = [r["name"] if r["steps"] == base["steps"] else f"{r['name']}, {r['steps']} steps" for r in records][::-1]
     values = [r["val_bpb"] for r in records][::-1]
-    colors = ["C1" if r is base else ("C0" if r["val_bpb"] < base["val_bpb"] else "C7") for r in records][::-1]
+    colors = ["C1" if r is base else "C2" if r["steps"] > steps else "C0" if r["val_bpb"] < base["val_bpb"] else "C7"
+              for r in records][::-1]
     ax.barh(names, values, color=colors)
     for i, r in enumerate(records[::-1]):
         ax.text(r["val_bpb"], i, f" {r['val_bpb']:.3f}  ({r['loop_s']:.0f} s)", va="center", fontsize="small")
@@ -59,8 +60,8 @@ def sweep():
     ax.set_xlim(low - 0.15, max(values) + 0.12)
     ax.axvline(base["val_bpb"], color="C1", lw=0.8, ls=":")
     ax.set(xlabel="validation bits per byte, whole split (lower is better)",
-           title=f"variants of the recipe: {base['steps']} steps unless named, {base['threads']} thread(s)\n"
-                 "(in brackets: the training loop's seconds on a busy machine)")
+           title=f"variants of the recipe, {steps} steps unless named (green: longer checks)\n"
+                 "in brackets: the training loop's seconds on a busy machine")
     fig.tight_layout()
     return fig
 

@@ -1,11 +1,23 @@
-"""The training chapter's numbers: the 120-second recipe, training throughput against transformers, bf16 vs float32.
+"""The training chapters' numbers: the 120-second recipe, training throughput against transformers
+with its FLOP/s, utilisation and memory, bf16 vs float32, and the book's loss and optimizers
+against PyTorch's.
 
 Run from the repository root::
 
-    python benchmarks/train.py quality      # the book's recipe: RECIPE_COMMAND, then its figures
-    python benchmarks/train.py throughput   # tokens/s of a training step: ours vs LlamaForCausalLM
+    python benchmarks/train.py quality --repeats 3   # the book's recipe, N times: median and spread
+    python benchmarks/train.py throughput   # tokens/s of a training step: ours vs LlamaForCausalLM,
+                                            # FLOPs per token, FLOP/s, matmul peak, MFU, peak memory
     python benchmarks/train.py precision    # float32 vs bfloat16 autocast, our model
-    python benchmarks/train.py --quick throughput precision   # tiny sizes, to check the script runs
+    python benchmarks/train.py parts        # the book's loss, AdamW, clipping vs PyTorch's; Muon vs AdamW
+    python benchmarks/train.py sweep --sweep-steps 300   # the recipe's variants at a fixed number of steps
+    python benchmarks/train.py --quick throughput precision parts   # tiny sizes, to check the script runs
+
+FLOPs per token are :func:`llama.flops.flops_per_token` (6 x the weights that multiply, plus
+causal attention, 6 L d (T + 1)); achieved FLOP/s is that times tokens/s; the peak is measured
+here, the best of several ``torch.mm`` of two 2048 x 2048 matrices at the same thread count, in
+float32 and in bfloat16; utilisation (MFU) is achieved over peak at the step's dtype. Peak memory
+is the high-water mark of the resident set (Linux's ``VmHWM``, reset first) of a fresh process
+while it builds the model and trains three steps, minus what it held just before.
 
 ``quality`` runs exactly :data:`RECIPE_COMMAND` (the chapter shows it, and a test checks the
 two are the same), with Tiny Shakespeare found as ``llama train`` finds it. It prints the final
@@ -40,11 +52,27 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.train_config.TrainConfig).
-RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120", "--dtype", "bfloat16"]
+#: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
+#: sweep (``sweep``).
+RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120", "--dtype", "bfloat16",
+               "--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008", "--batch-size", "16", "--block-size", "128"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
 
-def run_quality() -> dict:
+def run_quality(repeats: int = 1) -> dict:
+    """Run the recipe ``repeats`` times; the last run's log and sample are kept for the figures."""
+    runs = [_quality_once() for _ in range(repeats)]
+    bpbs = [r["val_bpb"] for r in runs]
+    summary = {**runs[-1], "repeats": repeats, "val_bpb_runs": bpbs, "val_bpb_median": statistics.median(bpbs),
+               "val_bpb_spread": max(bpbs) - min(bpbs), "steps_runs": [r["steps"] for r in runs]}
+    (RESULTS / "train-quality.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"val bits per byte over {repeats} run(s): median {summary['val_bpb_median']:.4f}, "
+          f"spread {summary['val_bpb_spread']:.4f} ({', '.join(f'{b:.4f}' for b in bpbs)}); "
+          f"load average {os.getloadavg()[0]:.2f} at the end")
+    return summary
+
+
+def _quality_once() -> dict:
     out = REPO / "runs" / "shakespeare"
     if out.exists():
         shutil.rmtree(out)
@@ -72,13 +100,56 @@ def run_quality() -> dict:
         "training_loop_s": last_periodic["elapsed"],
         "command_wall_s": round(wall, 1),
         "threads": torch.get_num_threads(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "log.jsonl", RESULTS / "train-log.jsonl")
     shutil.copyfile(out / "samples.txt", RESULTS / "train-samples.txt")
-    (RESULTS / "train-quality.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
     return figures
+
+
+#: The sweep's variants of the recipe: name -> the ``llama train`` flags that differ from the defaults.
+SWEEP = {
+    "base": [],
+    "muon": ["--optimizer", "muon"],
+    "lr 8e-3": ["--lr", "0.008"],
+    "muon lr 0.05": ["--optimizer", "muon", "--muon-lr", "0.05"],
+    "vocab 2048": ["--vocab-size", "2048"],
+    "vocab 512": ["--vocab-size", "512"],
+    "16 x 128": ["--batch-size", "16", "--block-size", "128"],
+    "muon, lr 8e-3": ["--optimizer", "muon", "--lr", "0.008"],
+    "muon, vocab 2048": ["--optimizer", "muon", "--vocab-size", "2048"],
+    "muon, vocab 4096": ["--optimizer", "muon", "--vocab-size", "4096"],
+    "muon, vocab 2048, lr 8e-3": ["--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008"],
+    "muon, vocab 2048, lr 8e-3, 16 x 128": ["--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008",
+                                            "--batch-size", "16", "--block-size", "128"],
+}
+
+
+def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
+    """Train each variant of :data:`SWEEP` for ``steps`` optimizer steps (so a busy machine changes
+    the time they take, not their result), bfloat16, and append its final whole-validation bits
+    per byte, with its training-loop time and the load, to ``results/train-sweep.jsonl``."""
+    from llama.train_state import read_log
+
+    for name in names or list(SWEEP):
+        out = REPO / "runs" / "sweep" / name.replace(" ", "_").replace(",", "")
+        if out.exists():
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "llama.cli", "train", "--out", str(out), "--dtype", "bfloat16", "--max-steps",
+               str(steps), "--eval-every", str(steps), "--sample-tokens", "0", "--no-progress", "--threads",
+               str(threads), *SWEEP[name]]
+        load = os.getloadavg()[0]
+        subprocess.run(cmd, cwd=REPO, check=True)
+        final = read_log(out / "log.jsonl")[-1]
+        record = {"name": name, "flags": SWEEP[name], "steps": steps, "val_bpb": final["val_bpb"],
+                  "loop_s": final["elapsed"], "threads": threads, "load_start": round(load, 2),
+                  "load_end": round(os.getloadavg()[0], 2)}
+        print(json.dumps(record), flush=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS / "train-sweep.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------------------- throughput
@@ -101,18 +172,30 @@ def _engines(config, compile_: bool):
     return {"llama (ours)": (ours, fwd_ours), "transformers LlamaForCausalLM": (hf, fwd_hf)}
 
 
-def _step_fn(model, forward, batch, dtype):
-    from llama.train import cross_entropy, make_optimizer
+def _step_fn(model, forward, batch, dtype, parts: str = "book"):
+    """One training step. ``parts``: ``"book"`` (llama.loss, llama.optim's AdamW and clipping:
+    what ``llama train`` runs), ``"muon"`` (the same with Muon), or ``"torch"`` (F.cross_entropy,
+    fused torch.optim.AdamW with the same groups, clip_grad_norm_)."""
+    import torch.nn.functional as F
 
-    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    from llama.loss import cross_entropy
+    from llama.optim import clip_grad_norm, make_optimizer
+
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="muon" if parts == "muon" else "adamw")
+    if parts == "torch":
+        opt = torch.optim.AdamW([{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in opt.param_groups],
+                                lr=1e-3, betas=(0.9, 0.95), fused=True)
     x, y = batch
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             logits = forward(x)
-        loss = cross_entropy(logits, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if parts == "torch":
+            F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        else:
+            cross_entropy(logits, y).backward()
+            clip_grad_norm(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -141,6 +224,77 @@ def throughput_config(quick: bool):
     return model_config(TrainConfig(out="-", max_steps=1), 1024), 8, 256  # the recipe's model, 8 x 256
 
 
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the fastest of ``repeats`` products of two ``n x n`` matrices (2 n^3 operations each)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+MEMORY_CHILD = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+sys.path.insert(0, sys.argv[1])
+import train as bench
+from llama import Transformer
+
+def status(field):  # kB, from the kernel's account of this process
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+
+config, b, t = bench.throughput_config(sys.argv[3] == "1")
+data = torch.randint(config.vocab_size, (b, t + 1))
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from here
+torch.manual_seed(0)
+model = Transformer(config)
+step = bench._step_fn(model, model, (data[:, :-1], data[:, 1:]), sys.argv[4])
+for _ in range(3):
+    step()
+print(before, status("VmHWM"))
+"""
+
+
+def peak_memory(quick: bool, dtype: str) -> dict:
+    """Peak resident memory of a fresh process (Linux) while it builds our model and trains 3 steps:
+    the kernel's high-water mark (VmHWM, reset just before the model is built) minus the resident
+    set at that moment (VmRSS: Python, torch and the data)."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(REPO / "benchmarks"), str(torch.get_num_threads()),
+                          "1" if quick else "0", dtype], cwd=REPO, capture_output=True, text=True, check=True)
+    before, peak = map(int, out.stdout.split())
+    return {"rss_before_model_mb": before / 1024, "peak_rss_mb": peak / 1024, "training_mb": (peak - before) / 1024}
+
+
+def report_flops(config, t: int, tok_s: dict, dtype: str) -> dict:
+    """Print FLOPs per token, achieved FLOP/s, the measured matmul peak and MFU for each engine."""
+    from llama.flops import flops_per_token, training_memory
+
+    per_token = flops_per_token(config, t)
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    print(f"FLOPs per token: {per_token['total'] / 1e6:.2f} M (6 x {per_token['weights'] / 6e6:.3f} M matmul "
+          f"weights + causal attention {per_token['attention'] / 1e6:.2f} M; forward 1/3, backward 2/3)")
+    print(f"matmul peak (torch.mm 2048 x 2048, {torch.get_num_threads()} threads): float32 "
+          f"{peaks['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
+    rows = {}
+    for name, rate in tok_s.items():
+        achieved = rate * per_token["total"]
+        rows[name] = {"gflop_s": achieved / 1e9, "mfu": achieved / peaks[dtype]}
+        print(f"{name:32s} {achieved / 1e9:7.1f} GFLOP/s achieved, MFU {100 * rows[name]['mfu']:.1f}% of the "
+              f"{dtype} matmul peak")
+    b = 8 if t == 256 else 2
+    counted = training_memory(config, b, t, autocast=dtype == "bfloat16")
+    print("memory counted (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in counted.items())
+          + f"; total {sum(counted.values()) / 1e6:.1f}")
+    return {"flops_per_token": per_token, "matmul_peak_flop_s": peaks, "engines": rows,
+            "memory_counted_bytes": counted}
+
+
 def run_throughput(quick: bool, compile_: bool, warmup: int, steps: int, rounds: int) -> dict:
     config, b, t = throughput_config(quick)
     g = torch.Generator().manual_seed(0)
@@ -156,6 +310,11 @@ def run_throughput(quick: bool, compile_: bool, warmup: int, steps: int, rounds:
         print(f"{name:32s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
     print(f"ours / transformers: {ratio:.2f}x  ({b} x {t} tokens per step, AdamW, {torch.get_num_threads()} threads"
           f"{', torch.compile' if compile_ else ''})")
+    report.update(report_flops(config, t, {n: r["median_tok_s"] for n, r in res.items()}, "float32"))
+    mem = peak_memory(quick, "float32")
+    print(f"peak memory of our training step (float32; VmHWM of a fresh process): {mem['training_mb']:.0f} MB above "
+          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
+    report["peak_memory"] = mem
     return report
 
 
@@ -173,12 +332,41 @@ def run_precision(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
     for name, r in res.items():
         print(f"{name:10s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
     print(f"bfloat16 / float32: {res['bfloat16']['median_tok_s'] / res['float32']['median_tok_s']:.2f}x")
+    report_flops(config, t, {"bfloat16 autocast": res["bfloat16"]["median_tok_s"]}, "bfloat16")
+    mem = peak_memory(quick, "bfloat16")
+    print(f"peak memory of our training step (bfloat16 autocast; VmHWM): {mem['training_mb']:.0f} MB above "
+          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
+    return res
+
+
+def run_parts(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
+    """The step ``llama train`` runs (the book's loss, AdamW and clipping) against the same step with
+    PyTorch's (F.cross_entropy, fused AdamW, clip_grad_norm_), and with Muon; bfloat16 autocast."""
+    from llama import Transformer
+
+    config, b, t = throughput_config(quick)
+    data = torch.randint(config.vocab_size, (b, t + 1), generator=torch.Generator().manual_seed(0))
+    fns = {}
+    for parts in ("book", "torch", "muon"):
+        torch.manual_seed(0)
+        model = Transformer(config)
+        fns[parts] = _step_fn(model, model, (data[:, :-1], data[:, 1:]), "bfloat16", parts)
+    res = _race(fns, b * t, warmup, steps, rounds)
+    labels = {"book": "book's loss + AdamW + clip", "torch": "F.cross_entropy + fused AdamW + clip_grad_norm_",
+              "muon": "book's loss + Muon + clip"}
+    for name, r in res.items():
+        print(f"{labels[name]:48s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
+    print(f"book / PyTorch: {res['book']['median_tok_s'] / res['torch']['median_tok_s']:.3f}x; "
+          f"Muon / AdamW: {res['muon']['median_tok_s'] / res['book']['median_tok_s']:.3f}x")
     return res
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision"])
+    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "parts", "sweep"])
+    parser.add_argument("--sweep-steps", type=int, default=300, help="optimizer steps of each sweep run")
+    parser.add_argument("--only", action="append", choices=list(SWEEP), help="sweep only these variants")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the recipe (quality): median and spread")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (throughput, precision)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (throughput)")
     parser.add_argument("--warmup", type=int, default=5)
@@ -191,7 +379,11 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     for what in args.what:
         if what == "quality":
-            run_quality()
+            run_quality(args.repeats)
+        elif what == "sweep":
+            run_sweep(args.sweep_steps, args.threads, args.only)
+        elif what == "parts":
+            run_parts(args.quick, args.warmup, args.steps, args.rounds)
         elif what == "throughput":
             run_throughput(args.quick, args.compile, args.warmup, args.steps, args.rounds)
         else:

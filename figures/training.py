@@ -14,7 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from llama.train import lr_at
+from llama.optim import lr_at
 from llama.train_config import TrainConfig
 from llama.train_state import read_log
 

@@ -48,6 +48,9 @@ def add_train(subparsers) -> None:
     g.add_argument("--beta1", type=float, default=S, help=f"AdamW beta1 (default {d.beta1})")
     g.add_argument("--beta2", type=float, default=S, help=f"AdamW beta2 (default {d.beta2})")
     g.add_argument("--grad-clip", type=float, default=S, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
+    g.add_argument("--optimizer", choices=["adamw", "muon"], default=S,
+                   help=f"adamw, or muon for the blocks' matrices (default {d.optimizer})")
+    g.add_argument("--muon-lr", type=float, default=S, help=f"Muon's peak learning rate (default {d.muon_lr})")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")

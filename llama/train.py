@@ -23,64 +23,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llama._files import atomic_write_text
 from llama.data import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
 from llama.distributed import Dist, broadcast_from_rank0, on_rank0, setup, teardown, wrap_model
 from llama.finetune import build_model, save_final
+from llama.loss import cross_entropy
 from llama.model import Transformer
+from llama.optim import clip_grad_norm, lr_at, make_optimizer
 from llama.run_folder import RunLock, check_out, remove_new_run, remove_partial
 from llama.train_config import TrainConfig, check_memory, model_config
 from llama.train_state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
 
-__all__ = ["lr_at", "make_optimizer", "cross_entropy", "evaluate", "train_step", "train"]
-
-
-# --8<-- [start:lr]
-def lr_at(step: int, progress: float, peak: float, warmup_steps: int, min_ratio: float) -> float:
-    r"""Learning rate of optimizer step ``step``: linear warm-up times cosine decay.
-
-    $$\eta = \eta_\text{peak}\,\min\!\Big(1, \tfrac{t+1}{T_\text{warm}}\Big)
-      \Big(r + (1-r)\,\tfrac{1 + \cos(\pi p)}{2}\Big)$$
-
-    where $p \in [0, 1]$ is the fraction of the run already done (``step / max_steps``, or
-    elapsed time over ``max_time`` for a run with a time budget) and $r$ is ``min_ratio``.
-
-    >>> [round(lr_at(s, s / 100, 1.0, 10, 0.1), 3) for s in (0, 9, 50, 100)]
-    [0.1, 0.982, 0.55, 0.1]
-    """
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    p = min(max(progress, 0.0), 1.0)
-    return peak * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
-# --8<-- [end:lr]
-
-
-# --8<-- [start:optimizer]
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW whose weight decay applies to matrices (projections, embedding) but not to the
-    RMSNorm gains, which are vectors: decaying a gain towards 0 would switch its feature off.
-
-    The fused implementation (one kernel for all parameters) is used where this PyTorch has it.
-    """
-    decay, no_decay = [], []
-    for p in model.parameters():  # a tied embedding/head appears once
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-# --8<-- [end:optimizer]
-
-
-# --8<-- [start:loss]
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in nats between ``[b, s, vocab]`` logits and ``[b, s]`` target ids.
-
-    Computed in float32 even when the logits are bfloat16: the log-sum-exp over the vocabulary
-    is where low precision hurts most.
-    """
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-# --8<-- [end:loss]
+__all__ = ["evaluate", "train_step", "train"]
 
 
 # --8<-- [start:evaluate]
@@ -125,14 +80,15 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: WindowSampler, lr: float,
                accum: int = 1, grad_clip: float = 0.0, autocast_dtype: torch.dtype | None = None,
                world_size: int = 1) -> float:
-    """One optimizer step: ``accum`` micro-batches of gradients, clipped, then one AdamW update.
+    """One optimizer step: ``accum`` micro-batches of gradients, clipped, then one update.
 
     Args:
         net: the model to train (under several processes, wrapped by
             :func:`llama.distributed.wrap_model`).
-        optimizer: its optimizer (:func:`make_optimizer`).
+        optimizer: its optimizer (:func:`llama.optim.make_optimizer`).
         sampler: where the ``[batch_size, block_size]`` inputs and targets come from.
-        lr: the learning rate of this step (:func:`lr_at`).
+        lr: the learning rate of this step (:func:`llama.optim.lr_at`); a group with an
+            ``lr_ratio`` (Muon's) gets ``lr`` times it.
         accum: micro-batches whose gradients add up before the update.
         grad_clip: largest global gradient norm; 0 does not clip.
         autocast_dtype: run the forward pass under ``torch.autocast`` in this dtype
@@ -143,7 +99,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
         The step's mean training loss in nats per token, averaged over all processes.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
     device = next(net.parameters()).device
     autocast = nullcontext() if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype)
     step_loss = torch.zeros((), device=device)
@@ -158,7 +114,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
             loss.backward()
         step_loss += loss.detach()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        clip_grad_norm(net.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if world_size > 1:  # for the log only: the mean loss over all ranks
@@ -259,7 +215,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     mconf = model_config(cfg, tokenizer.vocab_size)
     check_memory(cfg, mconf, dist.device)
     model = build_model(cfg, mconf).to(dist.device)  # a new model, or a base to fine-tune
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.optimizer, cfg.muon_lr)
     sampler = WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world)
     byte_lengths = token_byte_lengths(tokenizer)
     step, elapsed, log = 0, 0.0, out / "log.jsonl"

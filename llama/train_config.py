@@ -50,6 +50,9 @@ class TrainConfig:
         lr: peak learning rate; min_lr_ratio: final learning rate as a fraction of it.
         warmup_steps: steps of linear warm-up.
         weight_decay, beta1, beta2: AdamW's settings.
+        optimizer: ``"adamw"``, or ``"muon"`` (Muon for the blocks' matrices at ``muon_lr``, AdamW
+            for the rest: :func:`llama.optim.make_optimizer`).
+        muon_lr: Muon's peak learning rate (its schedule is ``lr``'s, scaled).
         grad_clip: largest global gradient norm (0 disables clipping).
         max_steps: stop after this many optimizer steps; max_time: stop after this many
             seconds of training loop. At least one is required; with both, whichever comes first.
@@ -88,6 +91,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
     max_steps: int | None = None
     max_time: float | None = None
     eval_every: int = 25
@@ -124,7 +129,8 @@ class TrainConfig:
         if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
             raise ValueError(f"--seed must be an integer from 0 to {2**64 - 1} (what torch's generators take), "
                              f"got {self.seed!r}")
-        ranges = {"lr": (0, math.inf, "a positive number"), "max_time": (0, math.inf, "a positive number of seconds"),
+        ranges = {"lr": (0, math.inf, "a positive number"), "muon_lr": (0, math.inf, "a positive number"),
+                  "max_time": (0, math.inf, "a positive number of seconds"),
                   "min_lr_ratio": (0, 1, "a number in [0, 1]"), "weight_decay": (0, math.inf, "a number >= 0"),
                   "grad_clip": (0, math.inf, "a number >= 0 (0 = off)"), "beta1": (0, 1, "a number in [0, 1)"),
                   "beta2": (0, 1, "a number in [0, 1)")}
@@ -133,8 +139,10 @@ class TrainConfig:
             if value is None and name == "max_time":
                 continue
             inside = _is_number(value) and math.isfinite(value) and low <= value <= high
-            if not inside or (name in ("lr", "max_time") and value == 0) or (name.startswith("beta") and value == 1):
+            if not inside or (name in ("lr", "muon_lr", "max_time") and value == 0) or (name.startswith("beta") and value == 1):
                 raise ValueError(f"--{_flag(name)} must be {what}, got {value!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:

@@ -76,7 +76,8 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
         raise ValueError(f"--resume: the flags disagree with the run in {cfg.out}: " + "; ".join(conflicts)
                          + ". Drop those flags to continue the run as it was, or start a new run in another --out")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
-    # A setting newer than the run (absent from its run.json) keeps its default: the run had none.
+    # A setting newer than the saved run (--optimizer in a run from before it) keeps its default,
+    # which is what that run used.
     return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given or k not in saved else saved[k] for k in fields})
 
 

@@ -18,9 +18,12 @@ from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
 from llama.bpe import BPETokenizer
+from llama.cli import build_parser
 from llama.cli import main as cli_main
+from llama.cli_train import train_config_from_args
 from llama.model import Transformer
-from llama.train import evaluate, lr_at, make_optimizer, train
+from llama.optim import lr_at, make_optimizer
+from llama.train import evaluate, train
 from llama.train_config import TrainConfig, model_config
 from llama.train_state import read_log
 
@@ -180,6 +183,32 @@ def test_resume_is_not_a_no_op(tmp_path, text):
     assert not torch.equal(w2["output.weight"], w4["output.weight"])
 
 
+def test_muon_run_resumes_bit_identical(tmp_path, text):
+    """Muon's momentum buffers (and the AdamW state of the other groups) go through the checkpoint:
+    a 4-step run stopped after its step-2 checkpoint and resumed ends where one run in one go ends."""
+    flags = ["--data", str(text), *TINY, "--optimizer", "muon", "--eval-every", "2", "--sample-tokens", "0",
+             "--max-steps", "4"]
+    assert cli_main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg, _, given = train_config_from_args(build_parser().parse_args(["train", *flags, "--out", str(tmp_path / "parts")]))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, given=given, on_step=stop)
+    assert cli_main(["train", "--out", str(tmp_path / "parts"), "--resume"]) == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000004" / name)
+        b = load_file(tmp_path / "parts" / "checkpoints" / "step-0000004" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert any(k.endswith(".momentum_buffer") for k in a) and any(k.endswith(".exp_avg") for k in a)
+    saved = json.loads((tmp_path / "parts" / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert [g["muon"] for g in saved["param_groups"]] == [True, False, False]
+
+
 # ---------------------------------------------------------------------------------- clear errors
 def train_error(capsys, *argv: str) -> str:
     assert cli_main(["train", *argv]) == 2
@@ -201,6 +230,16 @@ def test_error_block_size_beyond_max_seq_len(tmp_path, capsys, text):
     err = train_error(capsys, "--data", str(text), "--out", str(tmp_path / "a"), *TINY, "--max-steps", "1",
                       "--max-seq-len", "16")
     assert "--block-size 32 is larger than --max-seq-len 16" in err
+
+
+def test_error_unknown_optimizer_and_bad_muon_lr(tmp_path, capsys, text):
+    for flags, message in ((["--muon-lr", "0"], "--muon-lr must be a positive number"),
+                           (["--muon-lr", "nan"], "--muon-lr must be a positive number")):
+        err = train_error(capsys, "--data", str(text), "--out", str(tmp_path / "r"), *TINY, "--max-steps", "1", *flags)
+        assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="--optimizer must be adamw or muon"):
+        TrainConfig(out="r", max_steps=1, optimizer="sgd")
+    assert not (tmp_path / "r").exists()
 
 
 def test_error_no_length(tmp_path, capsys, text):

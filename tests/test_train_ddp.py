@@ -27,11 +27,12 @@ pytestmark = [
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 
-def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimizer):
     words = "the king and queen of denmark speak to thee my lord what news from rome".split()
     text = tmp_path / "text.txt"
     text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
-    common = ["--data", str(text), *TINY, "--max-steps", "6", "--eval-every", "1"]
+    common = ["--data", str(text), *TINY, "--max-steps", "6", "--eval-every", "1", "--optimizer", optimizer]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "llama.cli", "train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
     single = [sys.executable, "-m", "llama.cli", "train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
@@ -43,19 +44,28 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert outputs[0][0].count("final:") == 1  # only rank 0 reports
 
+    # Muon orthogonalises in bfloat16: a last-bit difference between the all-reduced and the
+    # one-process gradient can round a bfloat16 entry the other way (2^-8 of it), and the
+    # Newton-Schulz steps, steep near 0, amplify that in the gradient's weak directions. The
+    # losses still agree to 2e-4 (they fall by more than 0.05 over these steps), and each weight
+    # matrix to 5% of its norm (3% measured).
+    tol = 1e-5 if optimizer == "adamw" else 2e-4
     log_ddp, log_one = read_log(tmp_path / "ddp" / "log.jsonl"), read_log(tmp_path / "single" / "log.jsonl")
     assert [r["step"] for r in log_ddp] == [r["step"] for r in log_one] == [1, 2, 3, 4, 5, 6, 6]
     assert [r["tokens"] for r in log_ddp] == [r["tokens"] for r in log_one]  # same global batch
     for a, b in zip(log_ddp, log_one):
         for key in ("train_loss", "val_loss"):
             if a[key] is not None:
-                assert abs(a[key] - b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+                assert abs(a[key] - b[key]) <= tol, (a["step"], key, a[key], b[key])
     # the losses moved, so agreeing is not trivial
     assert log_one[0]["train_loss"] - log_one[5]["train_loss"] > 0.05
     w_ddp = load_file(tmp_path / "ddp" / "checkpoints" / "step-0000006" / "model.safetensors")
     w_one = load_file(tmp_path / "single" / "checkpoints" / "step-0000006" / "model.safetensors")
     for k in w_one:
-        torch.testing.assert_close(w_ddp[k], w_one[k], atol=1e-5, rtol=0)
+        if optimizer == "adamw":
+            torch.testing.assert_close(w_ddp[k], w_one[k], atol=1e-5, rtol=0)
+        else:
+            assert torch.linalg.norm(w_ddp[k] - w_one[k]) <= 0.05 * torch.linalg.norm(w_one[k]), k
 
 
 def test_a_user_error_stops_every_rank(tmp_path):

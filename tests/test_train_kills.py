@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow  # a dozen killed and resumed training runs
 REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",
          "--eval-tokens", "128", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3",
-         "--max-steps", "16", "--eval-every", "2"]
+         "--max-steps", "16", "--eval-every", "2",
+         "--optimizer", "muon"]  # the recipe's: Muon's momentum and the AdamW groups' moments both resume
 
 # One process imports torch once, then forks one child per run: a run starts in milliseconds
 # instead of seconds. It reads a job per line and answers with the child's exit status. The

@@ -33,14 +33,23 @@ True
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llama._files import atomic_write, atomic_write_text, open_for_reading
+from llama.config import ModelConfig
 from llama.linear import Linear
 
 __all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS",
-           "default_group_size"]
+           "default_group_size", "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
+
+#: The JSON file of a quantized checkpoint folder (beside ``model.safetensors``).
+SCHEME_FILE = "quantized.json"
 
 #: The projections :func:`quantize` replaces (the output head is ``output``, chosen separately).
 QUANTIZED_LAYERS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -168,6 +177,14 @@ class QuantizedLinear(nn.Module):
         layer.qweight, layer.scales = quantize_tensor(linear.weight, bits, group_size)
         return layer.to(linear.weight.device)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) casts every float buffer: the float16 scales would be rounded
+        # again. They follow the device only; their values stay exactly as stored.
+        scales = self.scales
+        super()._apply(fn, recurse)
+        self.scales = scales.to(self.scales.device)
+        return self
+
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float ``[out, in]`` weight this layer computes with."""
         return dequantize_tensor(self.qweight, self.scales, self.bits, self.group_size, dtype)
@@ -226,3 +243,95 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
     model.quantization = {"bits": bits, "group_size": group_size, "head": head}
     return model
 # --8<-- [end:quantize]
+
+
+# --8<-- [start:save]
+def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Write a quantized model as ``quantized.json`` (config and scheme) + ``model.safetensors``.
+
+    The tensors keep the model's own names: ``layers.0.attention.wq.qweight`` (int8 or packed
+    uint8), ``...wq.scales`` (float16), and float tensors for the embedding and the norms.
+    :meth:`llama.model.Transformer.from_pretrained` reads the folder back.
+
+    Raises:
+        ValueError: ``model`` is not quantized (use ``save_pretrained``), or ``directory`` is a file.
+        FileExistsError: the folder already holds a checkpoint (nothing is overwritten).
+    """
+    from safetensors.torch import save_file
+
+    scheme = getattr(model, "quantization", None)
+    if not scheme:
+        raise ValueError("the model is not quantized: call llama.quantize.quantize(model, bits) first, "
+                         "or save a float model with save_pretrained")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
+    for name in (SCHEME_FILE, "model.safetensors", "config.json"):
+        if (directory / name).exists():
+            raise FileExistsError(f"{directory / name} exists: it was left as it is; choose an empty or new folder")
+    sd = model.state_dict()
+    if model.config.tie_embeddings and "output.weight" in sd:  # a float head tied to the embedding: once
+        del sd["output.weight"]
+    sd = {name: t.detach().contiguous().clone() for name, t in sd.items()}
+    meta = {"format": "llama-from-scratch quantized", "version": 1, "config": model.config.to_dict(),
+            "quantization": scheme}
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    atomic_write_text(directory / SCHEME_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`save_quantized`."""
+    return Path(path).is_dir() and (Path(path) / SCHEME_FILE).is_file()
+
+
+def read_quantized(directory: str | os.PathLike) -> tuple[ModelConfig, dict, dict[str, torch.Tensor]]:
+    """Read a folder written by :func:`save_quantized`: ``(config, scheme, state_dict)``.
+
+    Raises:
+        FileNotFoundError: a file of the folder is missing.
+        ValueError: unreadable JSON or safetensors, or a scheme this version does not know.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    path = directory / SCHEME_FILE
+    with open_for_reading(path) as f:
+        try:
+            meta = json.loads(f.read().decode("utf-8"))
+            config, scheme = ModelConfig.from_dict(meta["config"]), meta["quantization"]
+            bits, group_size, head = scheme["bits"], scheme["group_size"], scheme["head"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a quantized checkpoint's description (truncated?): {err!r}") from None
+    if bits not in _QMAX or not (group_size is None or isinstance(group_size, int)) or not isinstance(head, bool):
+        raise ValueError(f"{path}: unknown quantization scheme {scheme}; expected bits 8 or 4, an integer "
+                         "group_size or null, and a true/false head")
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"missing model.safetensors in {directory}")
+    try:
+        sd = load_file(weights, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"could not read {weights}: it is truncated or not a safetensors file ({err})") from None
+    wanted = {"qweight": torch.int8 if bits == 8 else torch.uint8, "scales": torch.float16}
+    for name, t in sd.items():
+        dtype = wanted.get(name.rsplit(".", 1)[-1])
+        if (dtype is not None and t.dtype != dtype) or (dtype is None and not t.is_floating_point()):
+            raise ValueError(f"{weights}: tensor {name} is {t.dtype}, which the scheme {scheme} does not store there")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{weights}: tensor {name} holds NaN or infinity: the checkpoint is damaged")
+    return config, scheme, sd
+
+
+def quantized_layout(model: nn.Module, scheme: dict) -> nn.Module:
+    """Give a float model empty :class:`QuantizedLinear` layers of ``scheme``, ready for ``load_state_dict``."""
+    bits, group_size = scheme["bits"], scheme["group_size"]
+    names = QUANTIZED_LAYERS + (("output",) if scheme["head"] else ())
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if name in names and isinstance(child, Linear):
+                size = group_size or default_group_size(bits, child.in_features)
+                setattr(parent, name, QuantizedLinear(child.in_features, child.out_features, bits, size))
+    model.quantization = dict(scheme)
+    return model
+# --8<-- [end:save]

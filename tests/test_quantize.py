@@ -125,3 +125,62 @@ def test_compiled_one_row_product_equals_eager(bits, group_size):
     x = torch.randn(1, 1, 64)
     compiled = torch.compile(layer, fullgraph=True, dynamic=False)
     assert torch.allclose(compiled(x), layer(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,group_size,head", [(8, None, True), (4, 32, False)])
+def test_save_and_load_give_the_same_model(tmp_path, bits, group_size, head):
+    from llama.quantize import save_quantized
+
+    config = ModelConfig(**{**CONFIG.to_dict(), "tie_embeddings": True})
+    torch.manual_seed(0)
+    qmodel = quantize(Transformer(config).eval(), bits, group_size, head=head)
+    save_quantized(qmodel, tmp_path / "q")
+    loaded = Transformer.from_pretrained(tmp_path / "q", dtype=torch.bfloat16)
+    assert loaded.quantization == qmodel.quantization
+    for name, t in qmodel.state_dict().items():  # integers and float16 scales exactly as saved
+        if name.endswith(("qweight", "scales")):
+            assert torch.equal(loaded.state_dict()[name], t), name
+    loaded = Transformer.from_pretrained(tmp_path / "q")
+    tokens = torch.tensor([[1, 4, 9, 16]])
+    assert torch.equal(loaded(tokens), qmodel(tokens))
+    with pytest.raises(FileExistsError, match="left as it is"):
+        save_quantized(qmodel, tmp_path / "q")
+
+
+def test_save_refuses_a_float_model_and_load_refuses_wrong_dtypes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from llama.quantize import save_quantized
+
+    with pytest.raises(ValueError, match="not quantized"):
+        save_quantized(trained_like_model(), tmp_path / "f")
+    save_quantized(quantize(trained_like_model(), 8), tmp_path / "q")
+    sd = load_file(tmp_path / "q" / "model.safetensors")
+    sd["layers.0.attention.wq.qweight"] = sd["layers.0.attention.wq.qweight"].float()
+    save_file(sd, tmp_path / "q" / "model.safetensors")
+    with pytest.raises(ValueError, match="wq.qweight is torch.float32"):
+        Transformer.from_pretrained(tmp_path / "q")
+
+
+def test_cli_convert_then_generate(tmp_path, capsys):
+    from llama.cli import main
+    from llama.generation import generate
+
+    model = trained_like_model()
+    model.save_pretrained(tmp_path / "f")
+    assert main(["convert", str(tmp_path / "f"), str(tmp_path / "q"), "--to", "quantized", "--quantize", "int4"]) == 0
+    assert "int4 weights (group size 32)" in capsys.readouterr().out
+    assert main(["generate", str(tmp_path / "q"), "--ids", "1", "7", "-n", "8"]) == 0
+    printed = [int(x) for x in capsys.readouterr().out.split()]
+    assert printed == generate(quantize(model, 4, 32), [1, 7], 8)
+    # --quantize on generate quantizes the float checkpoint after loading: the same ids.
+    assert main(["generate", str(tmp_path / "f"), "--ids", "1", "7", "-n", "8", "--quantize", "int4"]) == 0
+    assert [int(x) for x in capsys.readouterr().out.split()] == printed
+    for argv, message in [
+        (["convert", str(tmp_path / "f"), str(tmp_path / "h"), "--to", "hf", "--quantize", "int8"], "go together"),
+        (["generate", str(tmp_path / "f"), "--group-size", "32"], "--group-size needs --quantize"),
+        (["generate", str(tmp_path / "f"), "--quantize", "int4", "--group-size", "48"], "divides the 64 inputs"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

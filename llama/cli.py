@@ -170,7 +170,7 @@ def _add_generate(subparsers) -> None:
 def _add_quantize_flags(p, help_text: str) -> None:
     p.add_argument("--quantize", choices=["int8", "int4"], help=help_text)
     p.add_argument("--group-size", type=int, metavar="N",
-                   help="inputs per scale with --quantize (default: one per row for int8, 32 for int4)")
+                   help="inputs per scale with --quantize (default: one scale per row; int4 wants 32)")
 
 
 def _quantize_flags(args) -> tuple[int, int | None] | None:
@@ -310,8 +310,8 @@ def _run_convert(args) -> int:
         from llama.quantize import quantize, save_quantized
 
         save_quantized(quantize(model, *scheme), args.destination)
-        print(f"wrote {args.destination}: quantized.json + model.safetensors, {args.quantize} weights "
-              f"(group size {args.group_size or 'one per row' if scheme[0] == 8 else args.group_size or 32})")
+        groups = f"groups of {args.group_size}" if args.group_size else "one scale per row"
+        print(f"wrote {args.destination}: quantized.json + model.safetensors, {args.quantize} weights, {groups}")
         return 0
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "

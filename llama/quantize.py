@@ -16,7 +16,9 @@ Layouts (``[out, in]`` weight of a :class:`~llama.linear.Linear`):
 
 * ``bits=8``: ``qweight`` int8 ``[out, in]``;
 * ``bits=4``: ``qweight`` uint8 ``[out, in // 2]``, two weights per byte stored as ``q + 8``
-  (0..15): column ``2j`` in the low nibble, column ``2j + 1`` in the high nibble;
+  (0..15). Within each group of ``group_size`` columns, byte ``j`` holds column ``j`` in its low
+  nibble and column ``j + group_size / 2`` in its high nibble (GGUF's ``Q4_0`` pairs the columns
+  of its 32-wide blocks the same way), so each half of a group multiplies a contiguous half of ``x``;
 * ``scales`` float16 ``[out, in // group_size]``; ``group_size == in`` is one scale per output
   row (per channel). With ``bits=8, group_size=32`` a row is a run of 32-wide blocks of int8
   with one float16 scale each, the layout of GGUF's ``Q8_0``.
@@ -46,7 +48,7 @@ from llama.config import ModelConfig
 from llama.linear import Linear
 
 __all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS",
-           "default_group_size", "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
+           "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
 
 #: The JSON file of a quantized checkpoint folder (beside ``model.safetensors``).
 SCHEME_FILE = "quantized.json"
@@ -54,11 +56,6 @@ SCHEME_FILE = "quantized.json"
 #: The projections :func:`quantize` replaces (the output head is ``output``, chosen separately).
 QUANTIZED_LAYERS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _QMAX = {8: 127, 4: 7}
-
-
-def default_group_size(bits: int, in_features: int) -> int:
-    """Per channel (``in_features``) for int8, 32 inputs for int4: the choices the chapter measures."""
-    return in_features if bits == 8 else 32
 
 
 def _check_scheme(bits: int, group_size: int, in_features: int) -> None:
@@ -106,17 +103,19 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.
     q = torch.round(groups / safe[..., None]).clamp_(-qmax, qmax).reshape(out_features, in_features)
     if bits == 8:
         return q.to(torch.int8), scales
-    nibbles = (q + 8).to(torch.uint8)  # 1..15: unsigned, so two fit a byte without sign bits
-    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scales
+    nibbles = (q + 8).to(torch.uint8).view(out_features, -1, 2, group_size // 2)  # 1..15: no sign bits
+    return (nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)).reshape(out_features, in_features // 2), scales
 # --8<-- [end:quantize_tensor]
 
 
 # --8<-- [start:dequantize_tensor]
-def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
+def unpack_int4(qweight: torch.Tensor, group_size: int) -> torch.Tensor:
     """``[out, in // 2]`` uint8 (two nibbles, ``q + 8``) → ``[out, in]`` signed values ``q`` as int8."""
-    low = (qweight & 15).to(torch.int8) - 8
-    high = (qweight >> 4).to(torch.int8) - 8
-    return torch.stack([low, high], dim=-1).flatten(-2)  # column 2j, then 2j + 1
+    out_features = qweight.size(0)
+    packed = qweight.view(out_features, -1, group_size // 2)
+    low = (packed & 15).to(torch.int8) - 8  # the first half of each group
+    high = (packed >> 4).to(torch.int8) - 8  # the second half
+    return torch.cat([low, high], dim=-1).view(out_features, -1)
 
 
 def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
@@ -133,7 +132,7 @@ def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
     Returns:
         ``[out, in]`` tensor of ``dtype``.
     """
-    q = unpack_int4(qweight) if bits == 4 else qweight
+    q = unpack_int4(qweight, group_size) if bits == 4 else qweight
     out_features, in_features = q.shape
     w = q.to(dtype).view(out_features, in_features // group_size, group_size) * scales.to(dtype)[..., None]
     return w.view(out_features, in_features)
@@ -195,12 +194,13 @@ class QuantizedLinear(nn.Module):
             if self.bits == 8:
                 q = self.qweight.view(self.out_features, groups, self.group_size).to(x.dtype)
                 partial = (q * x.reshape(1, groups, self.group_size)).sum(-1)
-            else:  # each byte holds columns 2j (low nibble) and 2j + 1 (high nibble)
-                packed = self.qweight.view(self.out_features, groups, self.group_size // 2)
-                pairs = x.reshape(1, groups, self.group_size // 2, 2)
+            else:  # byte j of a group: column j (low nibble) and column j + group_size / 2 (high)
+                half = self.group_size // 2
+                packed = self.qweight.view(self.out_features, groups, half)
+                xs = x.reshape(1, groups, 2, half)
                 low = (packed & 15).to(x.dtype) - 8
                 high = (packed >> 4).to(x.dtype) - 8
-                partial = (low * pairs[..., 0] + high * pairs[..., 1]).sum(-1)
+                partial = (low * xs[:, :, 0] + high * xs[:, :, 1]).sum(-1)
             out = (partial * self.scales.to(x.dtype)).sum(-1)
             return out.view(*x.shape[:-1], -1)
         return F.linear(x, self.dequantized(x.dtype))
@@ -220,7 +220,8 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
         model: a :class:`~llama.model.Transformer` (any module whose projections are
             :class:`~llama.linear.Linear` layers named as in :data:`QUANTIZED_LAYERS`).
         bits: 8 or 4.
-        group_size: inputs per scale; default per channel for int8, 32 for int4.
+        group_size: inputs per scale, the same for every layer; ``None`` (default): one scale
+            per output row (per channel). int4 needs groups (32) to keep its error small.
         head: quantize the output head too (``output``); the embedding always stays float.
 
     Returns:
@@ -236,9 +237,9 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if name in names and isinstance(child, Linear)]
     for parent, name, child in targets:  # check every layer before changing any
-        _check_scheme(bits, group_size or default_group_size(bits, child.in_features), child.in_features)
+        _check_scheme(bits, group_size or child.in_features, child.in_features)
     for parent, name, child in targets:
-        size = group_size or default_group_size(bits, child.in_features)
+        size = group_size or child.in_features
         setattr(parent, name, QuantizedLinear.from_linear(child, bits, size))
     model.quantization = {"bits": bits, "group_size": group_size, "head": head}
     return model
@@ -330,7 +331,7 @@ def quantized_layout(model: nn.Module, scheme: dict) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if name in names and isinstance(child, Linear):
-                size = group_size or default_group_size(bits, child.in_features)
+                size = group_size or child.in_features
                 setattr(parent, name, QuantizedLinear(child.in_features, child.out_features, bits, size))
     model.quantization = dict(scheme)
     return model

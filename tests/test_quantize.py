@@ -34,7 +34,7 @@ def test_error_is_at_most_half_a_step(bits, group_size):
     assert (err <= step / 2 + 1e-7 * w.abs()).all()
     qmax = 127 if bits == 8 else 7
     # The largest weight of each group lands on +-qmax: the scale is the group's absmax / qmax.
-    values = q.float() if bits == 8 else unpack_int4(q).float()
+    values = q.float() if bits == 8 else unpack_int4(q, group_size).float()
     per_group_max = values.abs().view(16, -1, group_size).amax(-1)
     assert (per_group_max == qmax).all()
 
@@ -48,12 +48,13 @@ def test_scale_is_rounded_to_float16_before_dividing():
 
 
 def test_int4_nibble_order():
-    w = torch.tensor([[1.0, -7.0, 3.0, 7.0]])  # scale 1: q = w
+    w = torch.tensor([[1.0, -7.0, 3.0, 7.0, 2.0, 0.0, -7.0, 5.0]])  # absmax 7: scale 1, q = w
     q, s = quantize_tensor(w, 4, 4)
-    assert s.item() == 1.0
-    # Column 2j in the low nibble, 2j + 1 in the high one, each stored as q + 8.
-    assert q.tolist() == [[(1 + 8) | ((-7 + 8) << 4), (3 + 8) | ((7 + 8) << 4)]]
-    assert unpack_int4(q).tolist() == [[1, -7, 3, 7]]
+    assert s.tolist() == [[1.0, 1.0]]
+    # In each group of 4: byte j holds column j (low nibble) and j + 2 (high), each as q + 8.
+    assert q.tolist() == [[(1 + 8) | ((3 + 8) << 4), (-7 + 8) | ((7 + 8) << 4),
+                           (2 + 8) | ((-7 + 8) << 4), (0 + 8) | ((5 + 8) << 4)]]
+    assert unpack_int4(q, 4).tolist() == [[1, -7, 3, 7, 2, 0, -7, 5]]
 
 
 def test_zero_group_and_bad_input():
@@ -168,13 +169,15 @@ def test_cli_convert_then_generate(tmp_path, capsys):
 
     model = trained_like_model()
     model.save_pretrained(tmp_path / "f")
-    assert main(["convert", str(tmp_path / "f"), str(tmp_path / "q"), "--to", "quantized", "--quantize", "int4"]) == 0
-    assert "int4 weights (group size 32)" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "f"), str(tmp_path / "q"), "--to", "quantized", "--quantize", "int4",
+                 "--group-size", "32"]) == 0
+    assert "int4 weights, groups of 32" in capsys.readouterr().out
     assert main(["generate", str(tmp_path / "q"), "--ids", "1", "7", "-n", "8"]) == 0
     printed = [int(x) for x in capsys.readouterr().out.split()]
     assert printed == generate(quantize(model, 4, 32), [1, 7], 8)
     # --quantize on generate quantizes the float checkpoint after loading: the same ids.
-    assert main(["generate", str(tmp_path / "f"), "--ids", "1", "7", "-n", "8", "--quantize", "int4"]) == 0
+    assert main(["generate", str(tmp_path / "f"), "--ids", "1", "7", "-n", "8", "--quantize", "int4",
+                 "--group-size", "32"]) == 0
     assert [int(x) for x in capsys.readouterr().out.split()] == printed
     for argv, message in [
         (["convert", str(tmp_path / "f"), str(tmp_path / "h"), "--to", "hf", "--quantize", "int8"], "go together"),

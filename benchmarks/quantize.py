@@ -9,8 +9,9 @@ Run from the repository root::
 
 Quality:
 
-- **bits per byte** of the book's Tiny Shakespeare model: the training chapter's recipe
-  (``llama train --max-time 120 --dtype bfloat16``, trained here into a temporary folder, or
+- **bits per byte** of the book's Tiny Shakespeare model: the training chapter's recipe, run for
+  the 893 steps it reaches in its 120 seconds on an idle machine
+  (``llama train --max-steps 893 --dtype bfloat16``, trained here into a temporary folder, or
   ``--run DIR`` to use a finished run), evaluated on the whole validation split
   (:func:`llama.train.evaluate`) in float32, then with int8 and int4 weights.
 - **greedy agreement** on ``stories260K`` (found by :func:`llama.download.find_data`): for each
@@ -48,6 +49,9 @@ from llama import ModelConfig, Transformer  # noqa: E402
 from llama.generation import CompiledDecoder, generate_batch  # noqa: E402
 from llama.quantize import QuantizedLinear, quantize  # noqa: E402
 
+#: The steps the training chapter's 120-second recipe reached on the book's idle machine
+#: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.
+RECIPE_STEPS = 893
 FORMATS = {"float32": None, "int8": (8, None), "int4": (4, 32)}
 
 
@@ -90,9 +94,10 @@ def shakespeare_bpb(run: Path | None, quick: bool) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as tmp:
         if run is None:
             run = Path(tmp) / "run"
-            cfg = TrainConfig(out=str(run), data=_text_path(find_data), max_time=5 if quick else 120, dtype="bfloat16", sample_tokens=0,
-                              progress=False, **({"model": "tiny", "block_size": 64} if quick else {}))
-            print(f"training: llama train --out RUN --max-time {cfg.max_time:g} --dtype bfloat16"
+            cfg = TrainConfig(out=str(run), data=_text_path(find_data), max_steps=20 if quick else RECIPE_STEPS,
+                              dtype="bfloat16", sample_tokens=0, progress=False,
+                              **({"model": "tiny", "block_size": 64} if quick else {}))
+            print(f"training: llama train --out RUN --max-steps {cfg.max_steps} --dtype bfloat16"
                   f"{' --model tiny --block-size 64' if quick else ''}", flush=True)
             train(cfg)
         model = Transformer.from_pretrained(run / "model")
@@ -123,16 +128,66 @@ def greedy_agreement(n_prompts: int, new_tokens: int) -> list[tuple[str, float, 
     prompts = [[1] + torch.randint(3, model.config.vocab_size, (3,), generator=g).tolist() for _ in range(n_prompts)]
     ref = generate_batch(model, prompts, new_tokens)
     rows = []
-    # stories260K's hidden width (172) is not a multiple of 32: one scale per row for both.
-    for fmt, bits in [("int8", 8), ("int4", 4)]:
-        out = generate_batch(quantize(copy.deepcopy(model), bits, None), prompts, new_tokens)
+    # For scale: the same weights rounded to bfloat16 (8 significant bits), computed in float32.
+    # stories260K's hidden width (172) is not a multiple of 32: one scale per row for int8 and int4.
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.bfloat16().float())
+    variants = {"weights rounded to bfloat16": rounded,
+                "int8, one scale per row": quantize(copy.deepcopy(model), 8, None),
+                "int4, one scale per row": quantize(copy.deepcopy(model), 4, None)}
+    for label, variant in variants.items():
+        out = generate_batch(variant, prompts, new_tokens)
         same = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new_tokens) for x, y in zip(ref, out)]
-        rows.append((f"{fmt}, one scale per row", statistics.median(same), statistics.mean(same),
+        rows.append((label, statistics.median(same), statistics.mean(same),
                      sum(s == new_tokens for s in same) / n_prompts))
     return rows
 
 
 # --------------------------------------------------------------------------------------- speed
+class _Products(torch.nn.Module):
+    """One-row products through many layers, summed: the matrix-vector work of a decode step alone."""
+
+    def __init__(self, layers: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(layer(x).sum() for layer in self.layers)
+
+
+def kernel_read_speeds(count: int = 40, rows: int = 2048, cols: int = 768, repeats: int = 10) -> dict[str, float]:
+    """Bytes/s at which the compiled one-row product reads each format's weights (count matrices, > the cache).
+
+    The profile of what limits the speed: if a format's kernel reads its bytes much slower than
+    float32's, the integer-to-float work, not memory, is what bounds it.
+    """
+    from llama.linear import Linear
+
+    torch.manual_seed(0)
+    base = [Linear(cols, rows, bias=False) for _ in range(count)]
+    stacks = {"float32": (_Products(base), 4.0),
+              "int8": (_Products([QuantizedLinear.from_linear(m, 8, cols) for m in base]), 1 + 2 / cols),
+              "int4": (_Products([QuantizedLinear.from_linear(m, 4, 32) for m in base]), 0.5 + 2 / 32)}
+    x = torch.randn(1, 1, cols)
+    out, times = {}, {}
+    with torch.inference_mode():
+        compiled = {k: torch.compile(m, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+                    for k, (m, _) in stacks.items()}
+        for fn in compiled.values():
+            fn(x)
+        times = {k: [] for k in compiled}
+        for _ in range(repeats):  # alternating, as everywhere here
+            for k, fn in compiled.items():
+                start = time.perf_counter()
+                fn(x)
+                times[k].append(time.perf_counter() - start)
+    for k, (_, per_weight) in stacks.items():
+        out[k] = count * rows * cols * per_weight / min(times[k])
+    return out
+
+
 def bench_speed(name: str, config: ModelConfig, repeats: int, run_c: RunC | str, bandwidth: float) -> list[str]:
     torch.manual_seed(0)
     model = Transformer(config).eval()
@@ -219,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in tables:
         bandwidth = copy_bandwidth()
         print(f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s")
+        count = 4 if args.quick else 40
+        reads = kernel_read_speeds(count=count)
+        print(f"compiled one-row products over {count} matrices of 2048 x 768 (best of 10), weights read at: "
+              + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in reads.items()))
         print(f"batch 1, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens, CompiledDecoder; int8: one "
               f"scale per row, int4: groups of 32; median (best) of {args.repeats}\n")
         with tempfile.TemporaryDirectory(prefix="quantize-bench-") as folder:

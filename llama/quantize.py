@@ -151,7 +151,8 @@ class QuantizedLinear(nn.Module):
     (the same one-row trick as :class:`~llama.linear.Linear`).
 
     Args:
-        in_features, out_features: the weight is ``[out_features, in_features]``.
+        in_features: inputs of the layer (the weight is ``[out_features, in_features]``).
+        out_features: outputs of the layer.
         bits: 8 or 4.
         group_size: inputs per scale; divides ``in_features``.
 

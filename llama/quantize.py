@@ -194,15 +194,19 @@ class QuantizedLinear(nn.Module):
             groups = self.in_features // self.group_size
             if self.bits == 8:
                 q = self.qweight.view(self.out_features, groups, self.group_size).to(x.dtype)
-                partial = (q * x.reshape(1, groups, self.group_size)).sum(-1)
+                products = q * x.reshape(1, groups, self.group_size)
             else:  # byte j of a group: column j (low nibble) and column j + group_size / 2 (high)
                 half = self.group_size // 2
                 packed = self.qweight.view(self.out_features, groups, half)
                 xs = x.reshape(1, groups, 2, half)
                 low = (packed & 15).to(x.dtype) - 8
                 high = (packed >> 4).to(x.dtype) - 8
-                partial = (low * xs[:, :, 0] + high * xs[:, :, 1]).sum(-1)
-            out = (partial * self.scales.to(x.dtype)).sum(-1)
+                products = low * xs[:, :, 0] + high * xs[:, :, 1]
+            scales = self.scales.to(x.dtype)
+            if groups == 1:  # one scale per row: scale the row's sum
+                out = products.sum((-2, -1)) * scales[:, 0]
+            else:  # scale inside the sum: the row stays one reduction loop, with no sum per group
+                out = (products * scales[..., None]).sum((-2, -1))
             return out.view(*x.shape[:-1], -1)
         return F.linear(x, self.dequantized(x.dtype))
 

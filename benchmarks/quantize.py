@@ -84,7 +84,7 @@ def _text_path(find_data) -> str | None:
     return None if path is None else str(path)
 
 
-def shakespeare_bpb(run: Path | None, quick: bool) -> list[tuple[str, float]]:
+def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[str, float]]:
     from llama.data import load_tokens, token_byte_lengths
     from llama.download import find_data
     from llama.tokenizer import load_tokenizer
@@ -95,7 +95,7 @@ def shakespeare_bpb(run: Path | None, quick: bool) -> list[tuple[str, float]]:
         if run is None:
             run = Path(tmp) / "run"
             cfg = TrainConfig(out=str(run), data=_text_path(find_data), max_steps=20 if quick else RECIPE_STEPS,
-                              dtype="bfloat16", sample_tokens=0, progress=False,
+                              dtype="bfloat16", sample_tokens=0, progress=False, threads=threads,
                               **({"model": "tiny", "block_size": 64} if quick else {}))
             print(f"training: llama train --out RUN --max-steps {cfg.max_steps} --dtype bfloat16"
                   f"{' --model tiny --block-size 64' if quick else ''}", flush=True)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     if "quality" in tables:
-        rows = shakespeare_bpb(args.run, args.quick)
+        rows = shakespeare_bpb(args.run, args.quick, args.threads)
         print("\n| Tiny Shakespeare model | validation bits per byte | vs float32 |\n| --- | --- | --- |")
         for label, bpb in rows:
             print(f"| {label} | {bpb:.4f} | {bpb - rows[0][1]:+.4f} |")

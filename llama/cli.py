@@ -313,6 +313,9 @@ def _run_convert(args) -> int:
         groups = f"groups of {args.group_size}" if args.group_size else "one scale per row"
         print(f"wrote {args.destination}: quantized.json + model.safetensors, {args.quantize} weights, {groups}")
         return 0
+    if getattr(model, "quantization", None):
+        raise ValueError(f"{args.source} holds integer weights, which Hugging Face's format cannot hold: convert "
+                         "the float checkpoint it was made from")
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

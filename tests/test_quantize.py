@@ -182,6 +182,7 @@ def test_cli_convert_then_generate(tmp_path, capsys):
     for argv, message in [
         (["convert", str(tmp_path / "f"), str(tmp_path / "h"), "--to", "hf", "--quantize", "int8"], "go together"),
         (["generate", str(tmp_path / "f"), "--group-size", "32"], "--group-size needs --quantize"),
+        (["convert", str(tmp_path / "q"), str(tmp_path / "h"), "--to", "hf"], "cannot hold"),
         (["generate", str(tmp_path / "f"), "--quantize", "int4", "--group-size", "48"], "divides the 64 inputs"),
     ]:
         assert main(argv) == 2

@@ -165,7 +165,26 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="decode with the torch.compile'd step (faster per token; needs a C++ compiler, "
                    "and the first call compiles for seconds)")
+    _add_quantize_flags(p, "quantize the weights after loading (faster only with --compile: eagerly each "
+                        "step dequantizes)")
     p.set_defaults(func=_run_generate)
+
+
+def _add_quantize_flags(p, help_text: str) -> None:
+    p.add_argument("--quantize", choices=["int8", "int4"], help=help_text)
+    p.add_argument("--group-size", type=int, metavar="N",
+                   help="inputs per scale with --quantize (default: one scale per row; int4 wants 32)")
+
+
+def _quantize_flags(args) -> tuple[int, int | None] | None:
+    """``(bits, group_size)`` from ``--quantize``/``--group-size``, or None; checked before any loading."""
+    if args.quantize is None:
+        if args.group_size is not None:
+            raise ValueError("--group-size needs --quantize int8 or int4")
+        return None
+    if args.group_size is not None and (args.group_size < 2 or args.group_size % 2):
+        raise ValueError(f"--group-size must be an even number of inputs, e.g. 32, got {args.group_size}")
+    return (8 if args.quantize == "int8" else 4), args.group_size
 
 
 def checkpoint_path(name: str) -> str:
@@ -208,6 +227,7 @@ def _run_generate(args) -> int:
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         stop_ids=args.stop_id, seed=args.seed)
+    scheme = _quantize_flags(args)
     if args.compile and (missing := missing_cxx_compiler()):
         raise ValueError(f"{missing}; or run without --compile")
     tok = None
@@ -223,9 +243,16 @@ def _run_generate(args) -> int:
         raise ValueError("the prompt is empty (no text and this tokenizer has no <s>): give --prompt text or --ids")
     model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.adapter is not None:  # merged: decoding then costs what the base model's does
+        if getattr(model, "quantization", None):
+            raise ValueError(f"{args.checkpoint} holds integer weights: an adapter merges into float weights; "
+                             "give the float checkpoint and --quantize")
         from llama.lora import load_adapter, merge_into_base
 
         merge_into_base(load_adapter(model, args.adapter))
+    if scheme is not None:  # after the adapter: its update is quantized with the weights it joined
+        from llama.quantize import quantize
+
+        quantize(model, *scheme)
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size}: "
                          "they do not belong together")
@@ -269,11 +296,14 @@ def _add_convert(subparsers) -> None:
     )
     p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
     p.add_argument("destination", help="folder to write (created if needed)")
-    p.add_argument("--to", choices=["hf"], required=True, help="output format: hf (Hugging Face)")
+    p.add_argument("--to", choices=["hf", "quantized"], required=True,
+                   help="output format: hf (Hugging Face), quantized (quantized.json + model.safetensors, "
+                   "with --quantize)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the written weights (default float32)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
     p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
+    _add_quantize_flags(p, "write integer weights (with --to quantized); the model's other tensors keep --dtype")
     p.set_defaults(func=_run_convert)
 
 
@@ -282,12 +312,32 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
-    model = Transformer.from_pretrained(checkpoint_path(args.source), max_seq_len=args.max_seq_len)
-    if args.merge_adapter is not None:  # merged in float32, then cast with the rest
+    scheme = _quantize_flags(args)
+    if (scheme is None) != (args.to != "quantized"):
+        raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
+                         "for these integer weights")
+    dtype = getattr(torch, args.dtype)
+    # An adapter is merged into float32 weights, and the merged model cast afterwards.
+    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=torch.float32 if args.merge_adapter else dtype,
+                                        max_seq_len=args.max_seq_len)
+    if args.merge_adapter is not None:
+        if getattr(model, "quantization", None):
+            raise ValueError(f"{args.source} holds integer weights: an adapter merges into float weights; "
+                             "give the float checkpoint it was made from")
         from llama.lora import load_adapter, merge_into_base
 
         merge_into_base(load_adapter(model, args.merge_adapter))
-    model = model.to(getattr(torch, args.dtype))
+        model = model.to(dtype)
+    if scheme is not None:
+        from llama.quantize import quantize, save_quantized
+
+        save_quantized(quantize(model, *scheme), args.destination)
+        groups = f"groups of {args.group_size}" if args.group_size else "one scale per row"
+        print(f"wrote {args.destination}: quantized.json + model.safetensors, {args.quantize} weights, {groups}")
+        return 0
+    if getattr(model, "quantization", None):
+        raise ValueError(f"{args.source} holds integer weights, which Hugging Face's format cannot hold: convert "
+                         "the float checkpoint it was made from")
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")

@@ -188,7 +188,7 @@ def generate_stream(
 
 
 def _decode(model: Transformer, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling) -> Iterator[int]:
-    device = model.output.weight.device
+    device = model.tok_embeddings.weight.device
     generator = sampling.generator(device)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     caches = model.new_caches(batch_size=1, max_seq_len=len(prompt_ids) + max_new_tokens)
@@ -243,7 +243,7 @@ def generate_batch(
     if not prompts:
         raise ValueError("prompts is empty: pass a list of prompts, each a list of token ids")
     prompts = [_checked(model, p, max_new_tokens, sampling) for p in prompts]
-    device = model.output.weight.device
+    device = model.tok_embeddings.weight.device
     generator = sampling.generator(device)
     b, width = len(prompts), max(len(p) for p in prompts)
     cache_len = width + max_new_tokens
@@ -385,7 +385,7 @@ class CompiledDecoder:
         self._check_free()  # again: two streams made before either started
         self.streaming = True
         try:
-            device = self.model.output.weight.device
+            device = self.model.tok_embeddings.weight.device
             generator = sampling.generator(device)
             prompt = torch.tensor([prompt_ids], device=device)
             positions = torch.arange(len(prompt_ids), device=device)

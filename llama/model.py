@@ -17,6 +17,7 @@ from llama.config import ModelConfig
 from llama.feed_forward import FeedForward
 from llama.linear import Linear
 from llama.norm import RMSNorm
+from llama.quantize import is_quantized_checkpoint, quantized_layout, read_quantized
 from llama.rope import rope_cache
 
 __all__ = ["TransformerBlock", "Transformer", "count_parameters"]
@@ -163,8 +164,9 @@ class Transformer(nn.Module):
         max_seq_len = max_seq_len or self.config.max_seq_len
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's {self.config.max_seq_len}")
-        dtype = dtype or self.output.weight.dtype
-        device = self.output.weight.device
+        # The embedding, not the head: a quantized head holds integers (llama.quantize).
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        device = self.tok_embeddings.weight.device
         mask = causal_mask(max_seq_len, device=device)  # one table, shared by every layer
         return [KVCache(batch_size, max_seq_len, self.config.n_kv_heads, self.config.head_dim, dtype, device, mask)
                 for _ in self.layers]
@@ -208,8 +210,8 @@ class Transformer(nn.Module):
 
         Args:
             path: a Hugging Face folder (``config.json`` + safetensors), a Meta folder
-                (``params.json`` + ``consolidated.NN.pth``) or a llama2.c ``.bin`` file; the
-                format is detected.
+                (``params.json`` + ``consolidated.NN.pth``), a llama2.c ``.bin`` file or a
+                quantized folder (:func:`llama.quantize.save_quantized`); the format is detected.
             dtype: the dtype of the returned model's weights.
             max_seq_len: override the context length (Meta checkpoints do not store one).
 
@@ -218,10 +220,16 @@ class Transformer(nn.Module):
             ValueError: an unknown format, a truncated or unreadable file, a pickle that is not
                 plain weights, or tensors whose shapes contradict the config.
         """
-        config, sd = read_checkpoint(path, max_seq_len)
+        if is_quantized_checkpoint(path):  # written by llama.quantize.save_quantized
+            config, scheme, sd = read_quantized(path)
+        else:
+            config, sd = read_checkpoint(path, max_seq_len)
+            scheme = None
         if max_seq_len is not None:
             config = dataclasses.replace(config, max_seq_len=max_seq_len)
         model = cls(config)
+        if scheme is not None:
+            quantized_layout(model, scheme)
         # strict=False only because a tied head is absent from sd; anything else missing is an error.
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]

@@ -253,18 +253,22 @@ def _run_generate(args) -> int:
 def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a checkpoint to Hugging Face's format",
+        help="convert a checkpoint to Hugging Face's format or to GGUF (llama.cpp)",
         description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
-        "params.json and consolidated.NN.pth, llama2.c .bin) and write it as a Hugging Face folder\n"
-        "(config.json + model.safetensors) that transformers' AutoModelForCausalLM loads.",
-        epilog="example:\n  llama convert stories260K.bin stories260K-hf --to hf",
+        "params.json and consolidated.NN.pth, GGUF file, llama2.c .bin) and write it as a Hugging Face\n"
+        "folder (config.json + model.safetensors) that transformers' AutoModelForCausalLM loads, or as\n"
+        "one GGUF file that llama.cpp runs, with its SentencePiece tokenizer if --tokenizer names one.",
+        epilog="examples:\n  llama convert stories260K.bin stories260K-hf --to hf\n"
+        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
-    p.add_argument("destination", help="folder to write (created if needed)")
-    p.add_argument("--to", choices=["hf"], required=True, help="output format: hf (Hugging Face)")
+    p.add_argument("destination", help="folder to write (created if needed), or the .gguf file for --to gguf")
+    p.add_argument("--to", choices=["hf", "gguf"], required=True, help="output format: hf (Hugging Face) or gguf")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="dtype of the written weights (default float32)")
+                   help="dtype of the written weights (default float32; gguf: float32 or float16)")
+    p.add_argument("--tokenizer", "-t", metavar="FILE",
+                   help="gguf only: a SentencePiece .model to store in the file, as llama.cpp needs")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
     p.set_defaults(func=_run_convert)
 
@@ -274,6 +278,23 @@ def _run_convert(args) -> int:
 
     from llama.model import Transformer
 
+    if args.to == "hf" and args.tokenizer is not None:
+        raise ValueError("--tokenizer is for --to gguf; a Hugging Face folder keeps its tokenizer files beside it")
+    if args.to == "gguf":
+        from llama._files import refuse_to_overwrite
+        from llama.gguf import check_gguf, save_gguf
+        from llama.gguf_vocab import vocab_from_sentencepiece
+
+        if args.dtype == "bfloat16":
+            raise ValueError("--to gguf writes float32 or float16 weights: pass --dtype float32 or --dtype float16")
+        refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
+        vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
+        model = Transformer.from_pretrained(checkpoint_path(args.source), max_seq_len=args.max_seq_len)
+        save_gguf(model.state_dict(), model.config, args.destination, getattr(torch, args.dtype), vocab,
+                  name=os.path.splitext(os.path.basename(args.destination))[0])
+        extra = f", tokenizer of {len(vocab.pieces):,} pieces" if vocab else ", no tokenizer"
+        print(f"wrote {args.destination}: GGUF (llama), {model.num_parameters():,} parameters, {args.dtype}{extra}")
+        return 0
     model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=getattr(torch, args.dtype), max_seq_len=args.max_seq_len)
     model.save_pretrained(args.destination)
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "

@@ -18,8 +18,8 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 LAYERS = [
     {"_files", "config", "norm", "rope", "linear", "attention", "feed_forward", "reference", "convert"},
-    {"checkpoint", "llama2c", "model"},
-    {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "sampling", "generation", "download", "data",
+    {"checkpoint", "gguf", "llama2c", "model"},
+    {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
      "distributed", "train_config", "run_folder", "train_state", "train"},
     {"cli", "cli_train"},
 ]

@@ -15,7 +15,7 @@ from llama import ModelConfig, Transformer, generate
 from llama.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-CHAPTERS = ["generation.md", "checkpoints.md"]
+CHAPTERS = ["generation.md", "checkpoints.md", "gguf.md"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -1,0 +1,228 @@
+r"""Weight-only quantization: int8 and int4 weights with float16 scales, and the layer that computes with them.
+
+Decoding one token reads every weight once, so its speed is the memory bandwidth divided by the
+bytes of the weights. Storing each weight as an 8-bit or 4-bit integer times a shared float
+scale cuts those bytes by 4 or nearly 8 against float32; activations, norms and the embedding
+stay in float.
+
+The scheme (symmetric absmax, one scale per row and group of ``group_size`` inputs):
+
+* ``scale = float16(max|w_group| / qmax)`` with ``qmax = 127`` (int8) or ``7`` (int4); the scale
+  is rounded to float16 *first* and the weights are divided by that rounded value, so the
+  stored pair (integers, float16 scales) is exactly what is used, with nothing kept on the side;
+* ``q = round(w / scale)``, in ``[-qmax, qmax]``; ``w ≈ q * scale``, off by at most ``scale / 2``.
+
+Layouts (``[out, in]`` weight of a :class:`~llama.linear.Linear`):
+
+* ``bits=8``: ``qweight`` int8 ``[out, in]``;
+* ``bits=4``: ``qweight`` uint8 ``[out, in // 2]``, two weights per byte stored as ``q + 8``
+  (0..15): column ``2j`` in the low nibble, column ``2j + 1`` in the high nibble;
+* ``scales`` float16 ``[out, in // group_size]``; ``group_size == in`` is one scale per output
+  row (per channel). With ``bits=8, group_size=32`` a row is a run of 32-wide blocks of int8
+  with one float16 scale each, the layout of GGUF's ``Q8_0``.
+
+>>> torch.manual_seed(0)
+<torch._C.Generator object at ...>
+>>> w = torch.randn(4, 64)
+>>> q, s = quantize_tensor(w, bits=8, group_size=32)
+>>> q.dtype, tuple(q.shape), s.dtype, tuple(s.shape)
+(torch.int8, (4, 64), torch.float16, (4, 2))
+>>> bool(((dequantize_tensor(q, s, 8, 32) - w).abs() <= s.float().repeat_interleave(32, 1) / 2).all())
+True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama.linear import Linear
+
+__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS",
+           "default_group_size"]
+
+#: The projections :func:`quantize` replaces (the output head is ``output``, chosen separately).
+QUANTIZED_LAYERS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+_QMAX = {8: 127, 4: 7}
+
+
+def default_group_size(bits: int, in_features: int) -> int:
+    """Per channel (``in_features``) for int8, 32 inputs for int4: the choices the chapter measures."""
+    return in_features if bits == 8 else 32
+
+
+def _check_scheme(bits: int, group_size: int, in_features: int) -> None:
+    if bits not in _QMAX:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    if not isinstance(group_size, int) or group_size < 2 or group_size % 2 or in_features % group_size:
+        raise ValueError(f"group_size={group_size!r} must be an even number that divides the {in_features} inputs "
+                         f"of every layer; use one of 32, 64, 128 that does, or {in_features} (one scale per row)")
+
+
+# --8<-- [start:quantize_tensor]
+@torch.no_grad()
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a ``[out, in]`` float weight to integers and float16 scales (symmetric absmax).
+
+    Args:
+        w: ``[out, in]`` floating-point weight, finite.
+        bits: 8 (int8 ``[out, in]``) or 4 (uint8 ``[out, in // 2]``, two per byte).
+        group_size: inputs sharing one scale; must divide ``in`` (``in``: one scale per row).
+
+    Returns:
+        ``(qweight, scales)``; ``scales`` is float16 ``[out, in // group_size]``.
+
+    Raises:
+        ValueError: ``w`` is not a finite 2-D float tensor, an unknown ``bits``, a ``group_size``
+            that does not divide ``in``, or a weight too large for a float16 scale.
+    """
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"expected a 2-D float weight [out, in], got {tuple(w.shape)} {w.dtype}")
+    out_features, in_features = w.shape
+    _check_scheme(bits, group_size, in_features)
+    qmax = _QMAX[bits]
+    groups = w.float().reshape(out_features, in_features // group_size, group_size)
+    absmax = groups.abs().amax(-1)
+    if not torch.isfinite(absmax).all():
+        raise ValueError("the weight holds NaN or infinity: quantize a trained, finite model")
+    scales = (absmax / qmax).half()  # rounded to float16 first: the stored scale is the one used
+    if torch.isinf(scales).any():
+        raise ValueError(f"a weight group's largest value {float(absmax.max()):.4g} is too large for a float16 "
+                         "scale (max 65504 * qmax): such weights are not a trained model's")
+    # An all-zero group (or one whose scale underflows float16) gets integers 0: divide by 1.
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales).float()
+    # Rounding the scale to float16 can make |w / scale| exceed qmax by a hair (< 0.5 / qmax):
+    # rounding to the nearest integer brings it back to qmax; clamping only guards that.
+    q = torch.round(groups / safe[..., None]).clamp_(-qmax, qmax).reshape(out_features, in_features)
+    if bits == 8:
+        return q.to(torch.int8), scales
+    nibbles = (q + 8).to(torch.uint8)  # 1..15: unsigned, so two fit a byte without sign bits
+    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scales
+# --8<-- [end:quantize_tensor]
+
+
+# --8<-- [start:dequantize_tensor]
+def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
+    """``[out, in // 2]`` uint8 (two nibbles, ``q + 8``) → ``[out, in]`` signed values ``q`` as int8."""
+    low = (qweight & 15).to(torch.int8) - 8
+    high = (qweight >> 4).to(torch.int8) - 8
+    return torch.stack([low, high], dim=-1).flatten(-2)  # column 2j, then 2j + 1
+
+
+def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The float weight ``q * scale`` (``[out, in]``) that a quantized pair stands for.
+
+    Args:
+        qweight: int8 ``[out, in]`` (``bits=8``) or uint8 ``[out, in // 2]`` (``bits=4``).
+        scales: float16 ``[out, in // group_size]``.
+        bits: 8 or 4.
+        group_size: inputs per scale.
+        dtype: the result's dtype.
+
+    Returns:
+        ``[out, in]`` tensor of ``dtype``.
+    """
+    q = unpack_int4(qweight) if bits == 4 else qweight
+    out_features, in_features = q.shape
+    w = q.to(dtype).view(out_features, in_features // group_size, group_size) * scales.to(dtype)[..., None]
+    return w.view(out_features, in_features)
+# --8<-- [end:dequantize_tensor]
+
+
+# --8<-- [start:layer]
+class QuantizedLinear(nn.Module):
+    """A bias-free linear layer whose weight is held as integers and float16 scales.
+
+    Eagerly, and for more than one row, it dequantizes the weight and calls ``F.linear``. For
+    one row under ``torch.compile`` (a decode step) it computes, per output ``o`` and group ``g``,
+    ``sum_i q[o, g, i] * x[g, i]``, then scales and sums the groups: Inductor turns the
+    integer-to-float conversion and the products into the reduction loop that streams ``qweight``,
+    so each weight is read as 1 byte (int8) or half a byte (int4) and no float copy is ever made
+    (the same one-row trick as :class:`~llama.linear.Linear`).
+
+    Args:
+        in_features, out_features: the weight is ``[out_features, in_features]``.
+        bits: 8 or 4.
+        group_size: inputs per scale; divides ``in_features``.
+
+    Shape:
+        ``x``: ``[..., in_features]`` → ``[..., out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int) -> None:
+        super().__init__()
+        _check_scheme(bits, group_size, in_features)
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        packed = in_features if bits == 8 else in_features // 2
+        self.register_buffer("qweight", torch.zeros(out_features, packed, dtype=torch.int8 if bits == 8 else torch.uint8))
+        self.register_buffer("scales", torch.zeros(out_features, in_features // group_size, dtype=torch.float16))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> QuantizedLinear:
+        """The quantized version of ``linear`` (which must have no bias)."""
+        if linear.bias is not None:
+            raise ValueError("QuantizedLinear has no bias; the model's projections have none")
+        layer = cls(linear.in_features, linear.out_features, bits, group_size)
+        layer.qweight, layer.scales = quantize_tensor(linear.weight, bits, group_size)
+        return layer.to(linear.weight.device)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float ``[out, in]`` weight this layer computes with."""
+        return dequantize_tensor(self.qweight, self.scales, self.bits, self.group_size, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and x.numel() == x.size(-1):  # one row: shapes are static here
+            groups = self.in_features // self.group_size
+            if self.bits == 8:
+                q = self.qweight.view(self.out_features, groups, self.group_size).to(x.dtype)
+                partial = (q * x.reshape(1, groups, self.group_size)).sum(-1)
+            else:  # each byte holds columns 2j (low nibble) and 2j + 1 (high nibble)
+                packed = self.qweight.view(self.out_features, groups, self.group_size // 2)
+                pairs = x.reshape(1, groups, self.group_size // 2, 2)
+                low = (packed & 15).to(x.dtype) - 8
+                high = (packed >> 4).to(x.dtype) - 8
+                partial = (low * pairs[..., 0] + high * pairs[..., 1]).sum(-1)
+            out = (partial * self.scales.to(x.dtype)).sum(-1)
+            return out.view(*x.shape[:-1], -1)
+        return F.linear(x, self.dequantized(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, " \
+               f"group_size={self.group_size}"
+# --8<-- [end:layer]
+
+
+# --8<-- [start:quantize]
+@torch.no_grad()
+def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, head: bool = True) -> nn.Module:
+    """Replace the model's projections by :class:`QuantizedLinear` layers, **in place**; returns ``model``.
+
+    Args:
+        model: a :class:`~llama.model.Transformer` (any module whose projections are
+            :class:`~llama.linear.Linear` layers named as in :data:`QUANTIZED_LAYERS`).
+        bits: 8 or 4.
+        group_size: inputs per scale; default per channel for int8, 32 for int4.
+        head: quantize the output head too (``output``); the embedding always stays float.
+
+    Returns:
+        ``model``, whose ``quantization`` attribute records the scheme
+        (``{"bits", "group_size", "head"}``; ``group_size`` ``None`` means per channel).
+
+    Raises:
+        ValueError: ``model`` is already quantized, or a bad ``bits`` / ``group_size``.
+    """
+    if getattr(model, "quantization", None):
+        raise ValueError("the model is already quantized; quantize the float model (load it again)")
+    names = QUANTIZED_LAYERS + (("output",) if head else ())
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if name in names and isinstance(child, Linear)]
+    for parent, name, child in targets:  # check every layer before changing any
+        _check_scheme(bits, group_size or default_group_size(bits, child.in_features), child.in_features)
+    for parent, name, child in targets:
+        size = group_size or default_group_size(bits, child.in_features)
+        setattr(parent, name, QuantizedLinear.from_linear(child, bits, size))
+    model.quantization = {"bits": bits, "group_size": group_size, "head": head}
+    return model
+# --8<-- [end:quantize]

@@ -1,0 +1,127 @@
+"""Weight-only quantization: the scheme's error bound, the int4 packing, Q8_0 bytes read by gguf, the model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llama import ModelConfig, Transformer
+from llama.quantize import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
+
+CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
+
+
+def trained_like_model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(CONFIG).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.08)
+    return model
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32), (4, 64)])
+def test_error_is_at_most_half_a_step(bits, group_size):
+    torch.manual_seed(1)
+    w = torch.randn(16, 128) * torch.logspace(-2, 1, 16)[:, None]  # rows of very different sizes
+    w[3, 7] = 40.0  # an outlier: only its own group pays for it
+    q, s = quantize_tensor(w, bits, group_size)
+    step = s.float().repeat_interleave(group_size, dim=1)
+    err = (dequantize_tensor(q, s, bits, group_size) - w).abs()
+    assert (err <= step / 2 + 1e-7 * w.abs()).all()
+    qmax = 127 if bits == 8 else 7
+    # The largest weight of each group lands on +-qmax: the scale is the group's absmax / qmax.
+    values = q.float() if bits == 8 else unpack_int4(q).float()
+    per_group_max = values.abs().view(16, -1, group_size).amax(-1)
+    assert (per_group_max == qmax).all()
+
+
+def test_scale_is_rounded_to_float16_before_dividing():
+    w = torch.tensor([[0.1234567, -0.05, 0.0771, 0.0]])
+    q, s = quantize_tensor(w, 8, 4)
+    # Dividing by the float16 scale, not by absmax / 127 in float32, gives these integers.
+    assert q.tolist() == [torch.round(w / s.float()).to(torch.int8).tolist()[0]]
+    assert s.dtype == torch.float16 and s.item() == torch.tensor(0.1234567 / 127).half().item()
+
+
+def test_int4_nibble_order():
+    w = torch.tensor([[1.0, -7.0, 3.0, 7.0]])  # scale 1: q = w
+    q, s = quantize_tensor(w, 4, 4)
+    assert s.item() == 1.0
+    # Column 2j in the low nibble, 2j + 1 in the high one, each stored as q + 8.
+    assert q.tolist() == [[(1 + 8) | ((-7 + 8) << 4), (3 + 8) | ((7 + 8) << 4)]]
+    assert unpack_int4(q).tolist() == [[1, -7, 3, 7]]
+
+
+def test_zero_group_and_bad_input():
+    q, s = quantize_tensor(torch.zeros(2, 32), 8, 32)
+    assert (q == 0).all() and (s == 0).all()
+    with pytest.raises(ValueError, match="divides the 48 inputs"):
+        quantize_tensor(torch.randn(2, 48), 4, 32)
+    with pytest.raises(ValueError, match="bits must be 8 or 4"):
+        quantize_tensor(torch.randn(2, 32), 3, 32)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        quantize_tensor(torch.tensor([[float("nan"), 1.0]]), 8, 2)
+    with pytest.raises(ValueError, match="too large for a float16 scale"):
+        quantize_tensor(torch.tensor([[1e8, 1.0]]), 8, 2)
+
+
+def test_int8_group_32_is_q8_0_for_gguf():
+    """Our int8 pairs, laid out as Q8_0 blocks, read back through gguf's own dequantizer; and its quantizer agrees."""
+    gguf_quants = pytest.importorskip("gguf.quants", reason="the gguf package (llama.cpp's Python reader) is needed")
+    from gguf import GGMLQuantizationType
+
+    torch.manual_seed(2)
+    w = torch.randn(8, 256) * 0.05
+    q, s = quantize_tensor(w, 8, 32)
+    blocks = torch.cat([s.reshape(-1, 1).view(torch.uint8), q.reshape(-1, 32).view(torch.uint8)], dim=1)
+    theirs = gguf_quants.dequantize(blocks.reshape(8, -1).numpy(), GGMLQuantizationType.Q8_0)
+    ours = dequantize_tensor(q, s, 8, 32)
+    assert torch.equal(torch.from_numpy(theirs), ours)
+    # ggml quantizes with the float32 scale and stores it rounded: at most one step apart from ours.
+    their_bytes = gguf_quants.quantize(w.numpy(), GGMLQuantizationType.Q8_0)
+    their_w = torch.from_numpy(gguf_quants.dequantize(their_bytes, GGMLQuantizationType.Q8_0))
+    step = s.float().repeat_interleave(32, dim=1)
+    assert ((their_w - ours).abs() <= step * 1.001).all()
+    assert (their_w == ours).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32)])
+def test_quantized_model_is_the_dequantized_float_model(bits, group_size):
+    model = trained_like_model()
+    qmodel = quantize(copy.deepcopy(model), bits, group_size)
+    layers = [m for m in qmodel.modules() if isinstance(m, QuantizedLinear)]
+    assert len(layers) == 7 * CONFIG.n_layers + 1  # every projection and the head
+    assert isinstance(qmodel.tok_embeddings, torch.nn.Embedding)
+    # The same float model with each weight replaced by its dequantized value gives the same logits.
+    with torch.no_grad():
+        for (name, m), (_, qm) in zip(model.named_modules(), qmodel.named_modules()):
+            if isinstance(qm, QuantizedLinear):
+                m.weight = torch.nn.Parameter(qm.dequantized())
+        tokens = torch.tensor([[1, 5, 9, 33, 2]])
+        assert torch.allclose(qmodel(tokens), model(tokens), atol=1e-5)
+
+
+def test_quantize_refuses_twice_and_bad_group():
+    model = quantize(trained_like_model(), 8)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(model, 8)
+    with pytest.raises(ValueError, match="divides the 64 inputs"):
+        quantize(trained_like_model(), 4, group_size=48)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32)])
+def test_compiled_one_row_product_equals_eager(bits, group_size):
+    from llama.generation import missing_cxx_compiler
+
+    if missing_cxx_compiler():
+        pytest.skip(missing_cxx_compiler())
+    torch.manual_seed(3)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), bits, group_size)
+    x = torch.randn(1, 1, 64)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+    assert torch.allclose(compiled(x), layer(x), atol=1e-5)

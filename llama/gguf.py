@@ -31,6 +31,8 @@ import torch
 from llama._files import atomic_write, open_for_reading
 from llama.config import ModelConfig
 from llama.convert import expected_shapes
+from llama.gguf_quant import from_ggml_blocks, to_ggml_blocks
+from llama.quantize import dequantize_tensor
 
 __all__ = ["GGUF_NAMES", "GGUFVocab", "save_gguf", "read_gguf", "read_gguf_vocab", "gguf_layout", "check_gguf"]
 
@@ -126,12 +128,15 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
     """Write a model as one GGUF file for llama.cpp's ``llama`` architecture.
 
     Matrices are written in ``dtype`` (float32 or float16); norm gains stay float32, as
-    llama.cpp's own converter keeps every 1-D tensor. A tied head is not written: llama.cpp
+    llama.cpp's own converter keeps every 1-D tensor. A quantized layer (``.qweight`` and
+    ``.scales`` of a :class:`~llama.quantize.QuantizedLinear`, int8 or int4 in groups of 32) is
+    written as ``Q8_0`` or ``Q4_0`` blocks, bit for bit (:mod:`llama.gguf_quant`). A tied head is not written: llama.cpp
     uses ``token_embd`` for the output when ``output.weight`` is absent. The file is written
     to a temporary name and moved into place when complete.
 
     Args:
-        state_dict: our weights, ``[out, in]`` matrices, interleaved RoPE rows.
+        state_dict: our weights, ``[out, in]`` matrices, interleaved RoPE rows; quantized ones as
+            ``qweight``/``scales`` pairs.
         config: the model's sizes.
         path: the ``.gguf`` file to write.
         dtype: ``torch.float32`` or ``torch.float16``.
@@ -140,7 +145,8 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
 
     Raises:
         ValueError: an unsupported dtype, RoPE scaling, a state dict that does not match the
-            config, or a vocabulary whose size differs from the model's.
+            config, a quantized layer with groups other than 32 inputs (per-channel int8), or a
+            vocabulary whose size differs from the model's.
     """
     import gguf
 
@@ -151,15 +157,17 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
         raise ValueError("this model uses Llama 3.1 RoPE scaling, which llama.cpp reads from a rope_freqs "
                          "tensor this exporter does not write: export a model without rope_scaling")
     names = _names(config.n_layers)
-    if config.tie_embeddings:
+    if config.tie_embeddings and "output.qweight" not in state_dict:  # a quantized head is its own tensor
         del names["output.weight"]
-    missing, unexpected = sorted(set(names) - set(state_dict)), sorted(set(state_dict) - set(names) - {"output.weight"})
+    given = {_base(k) + ".weight" for k in state_dict}
+    missing, unexpected = sorted(set(names) - given), sorted(given - set(names) - {"output.weight"})
     if missing or unexpected:
         raise ValueError(f"state dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     shapes = expected_shapes(config)
     for ours in names:
-        if tuple(state_dict[ours].shape) != shapes[ours]:
-            raise ValueError(f"tensor {ours} has shape {tuple(state_dict[ours].shape)} but the config implies {shapes[ours]}")
+        shape = _shape(state_dict, ours)
+        if shape != shapes[ours]:
+            raise ValueError(f"tensor {ours} has shape {shape} but the config implies {shapes[ours]}")
     if vocab is not None and len(vocab.pieces) != config.vocab_size:
         raise ValueError(f"the tokenizer has {len(vocab.pieces)} pieces but the model {config.vocab_size} token ids: "
                          "they do not belong together")
@@ -167,7 +175,13 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
     def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, arch="llama")  # writes general.architecture = "llama"
         writer.add_name(name)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16)
+        blocks = {ours: to_ggml_blocks(state_dict[f"{_base(ours)}.qweight"], state_dict[f"{_base(ours)}.scales"], ours)
+                  for ours in names if f"{_base(ours)}.qweight" in state_dict}
+        kinds = {kind for _, kind in blocks.values()}
+        file_type = f"MOSTLY_{kinds.pop()}" if kinds else "ALL_F32" if dtype == torch.float32 else "MOSTLY_F16"
+        writer.add_file_type(gguf.LlamaFileType[file_type])
+        if blocks:
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for key, value in _metadata(config).items():
             if isinstance(value, float):
                 writer.add_float32(key, value)
@@ -176,6 +190,10 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
         if vocab is not None:
             _add_vocab(writer, vocab)
         for ours, theirs in names.items():
+            if ours in blocks:  # ggml's block bytes; the writer derives the [in, out] dims from them
+                data, kind = blocks[ours]
+                writer.add_tensor(theirs, data, raw_dtype=gguf.GGMLQuantizationType[kind])
+                continue
             w = state_dict[ours].detach().to("cpu")
             w = w.float() if w.dim() == 1 else w.to(dtype)  # norms stay float32, as llama.cpp keeps them
             # numpy's [out, in] becomes GGUF's dims [in, out]: the writer lists the innermost first.
@@ -187,6 +205,19 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
 
     atomic_write(path, write)
 # --8<-- [end:save]
+
+
+def _base(name: str) -> str:
+    """``layers.0.attention.wq`` for its ``.weight``, ``.qweight`` or ``.scales``."""
+    return name.rsplit(".", 1)[0]
+
+
+def _shape(sd: StateDict, ours: str) -> tuple[int, ...]:
+    """The ``[out, in]`` shape of a weight, float or quantized (int4 packs two inputs per byte)."""
+    if ours in sd:
+        return tuple(sd[ours].shape)
+    q = sd[f"{_base(ours)}.qweight"]
+    return (q.shape[0], q.shape[1] * (1 if q.dtype == torch.int8 else 2))
 
 
 def _add_vocab(writer, vocab: GGUFVocab) -> None:
@@ -243,12 +274,14 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
 
     Returns:
         ``(config, state_dict)``: float32 or float16 tensors as stored (norms float32), a head
-        absent from the file meaning a head tied to the embedding.
+        absent from the file meaning a head tied to the embedding. A ``Q8_0``/``Q4_0`` projection
+        comes back as ``<name>.qweight`` and ``<name>.scales`` (:mod:`llama.gguf_quant`), an
+        embedding stored so as the float32 numbers it stands for.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: not a GGUF file, a truncated one, another architecture than ``llama``, a
-            missing size, a tensor type other than F32/F16, or tensors that do not match the sizes.
+            missing size, a tensor type other than F32/F16/Q8_0/Q4_0, or tensors that do not match the sizes.
     """
     path = Path(path)
     reader = _open(path)
@@ -287,25 +320,29 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     shapes = expected_shapes(config)
     sd = {}
     for theirs, ours in theirs_to_ours.items():
-        sd[ours] = _to_torch(tensors[theirs], path)
-        if tuple(sd[ours].shape) != shapes[ours]:
-            raise ValueError(f"{path}: tensor {theirs} has shape {tuple(sd[ours].shape)} but the metadata implies "
-                             f"{shapes[ours]}")
+        shape = tuple(reversed([int(d) for d in tensors[theirs].shape]))  # GGUF lists dims innermost first
+        if shape != shapes[ours]:
+            raise ValueError(f"{path}: tensor {theirs} has shape {shape} but the metadata implies {shapes[ours]}")
+        sd.update(_to_torch(tensors[theirs], ours, shape, path))
     return config, sd
 # --8<-- [end:read]
 
 
-def _to_torch(tensor, path: Path) -> torch.Tensor:
-    """One tensor of the reader as a torch tensor of our shape (a copy: the reader's view is read-only)."""
+def _to_torch(tensor, ours: str, shape: tuple[int, ...], path: Path) -> StateDict:
+    """One tensor of the reader as our tensors: ``{name: weight}``, or a projection's ``qweight`` and ``scales``."""
     import gguf
 
     kind = gguf.GGMLQuantizationType(tensor.tensor_type)
-    if kind not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+    if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return {ours: torch.from_numpy(np.array(tensor.data)).reshape(shape)}  # a copy: the reader's view is read-only
+    if kind.name not in ("Q8_0", "Q4_0") or len(shape) != 2:
         raise ValueError(f"{path}: tensor {tensor.name} is stored as {kind.name}, which this reader does not "
-                         "support: it reads F32 and F16 tensors (convert the file with llama.cpp's "
-                         "llama-quantize to F16 or F32 first)")
-    shape = tuple(reversed([int(d) for d in tensor.shape]))  # GGUF lists dims innermost first
-    return torch.from_numpy(np.array(tensor.data)).reshape(shape)
+                         "support: it reads F32, F16, Q8_0 and Q4_0 tensors (convert the file with llama.cpp's "
+                         "llama-quantize to one of them first)")
+    qweight, scales = from_ggml_blocks(tensor.data, kind.name, *shape)
+    if ours == "tok_embeddings.weight":  # our embedding is float: q * d, exactly the numbers llama.cpp uses
+        return {ours: dequantize_tensor(qweight, scales, 8 if kind.name == "Q8_0" else 4, 32)}
+    return {f"{_base(ours)}.qweight": qweight, f"{_base(ours)}.scales": scales}
 
 
 def read_gguf_vocab(path: str | os.PathLike) -> GGUFVocab | None:

@@ -15,8 +15,10 @@ from llama.attention import Attention, KVCache, causal_mask
 from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
 from llama.feed_forward import FeedForward
+from llama.gguf_quant import quantization_scheme
 from llama.linear import Linear
 from llama.norm import RMSNorm
+from llama.quantize import quantize
 from llama.rope import rope_cache
 
 __all__ = ["TransformerBlock", "Transformer", "count_parameters"]
@@ -221,13 +223,15 @@ class Transformer(nn.Module):
         config, sd = read_checkpoint(path, max_seq_len)
         if max_seq_len is not None:
             config = dataclasses.replace(config, max_seq_len=max_seq_len)
-        model = cls(config)
+        model = cls(config).to(dtype)
+        if (scheme := quantization_scheme(sd)) is not None:  # a GGUF file's Q8_0/Q4_0 layers
+            quantize(model, **scheme)  # the layers' buffers, filled from sd just below (scales stay float16)
         # strict=False only because a tied head is absent from sd; anything else missing is an error.
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]
         if missing or unexpected:
             raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-        return model.to(dtype).eval()
+        return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write this model in Hugging Face's layout (``config.json`` + ``model.safetensors``).

@@ -194,7 +194,7 @@ def test_truncated_file(exported, tmp_path):
         Transformer.from_pretrained(tmp_path / "cut.gguf")
 
 
-def _foreign(path, arch="llama", quantized=False):
+def _foreign(path, arch="llama", quantized=None):
     writer = gguf.GGUFWriter(path, arch=arch)
     model = random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=32, hidden_dim=96, max_seq_len=8,
                                      tie_embeddings=True))
@@ -207,8 +207,8 @@ def _foreign(path, arch="llama", quantized=False):
     for ours, theirs in names.items():
         w = model.state_dict()[ours].numpy()
         if quantized and w.ndim == 2:
-            writer.add_tensor(theirs, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+            kind = gguf.GGMLQuantizationType[quantized]
+            writer.add_tensor(theirs, gguf.quants.quantize(w, kind), raw_dtype=kind)
         else:
             writer.add_tensor(theirs, w)
     writer.write_header_to_file()
@@ -224,9 +224,9 @@ def test_foreign_file_written_by_the_gguf_package_reads(tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    with pytest.raises(ValueError, match=r"tensor token_embd.weight is stored as Q4_0, which this reader does not "
-                                         r"support: it reads F32 and F16"):
-        read_gguf(_foreign(tmp_path / "q.gguf", quantized=True))
+    with pytest.raises(ValueError, match=r"tensor token_embd.weight is stored as Q5_0, which this reader does not "
+                                         r"support: it reads F32, F16, Q8_0 and Q4_0"):
+        read_gguf(_foreign(tmp_path / "q.gguf", quantized="Q5_0"))
 
 
 def test_unsupported_architecture(tmp_path):
@@ -275,3 +275,62 @@ def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file):
         if len(theirs) == len(ours):
             break
     assert theirs == ours
+
+
+# ------------------------------------------------------------------------------ Q8_0 and Q4_0
+@pytest.mark.parametrize("bits, kind, file_type", [(8, "Q8_0", 7), (4, "Q4_0", 2)])
+def test_quantized_model_is_written_as_ggml_blocks_and_read_back_exactly(tmp_path, bits, kind, file_type):
+    from llama.quantize import quantize
+
+    model = quantize(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96,
+                                              hidden_dim=160, max_seq_len=16)), bits, 32)
+    save_gguf(model.state_dict(), model.config, tmp_path / "q.gguf")
+    reader = gguf.GGUFReader(tmp_path / "q.gguf")
+    assert reader.fields["general.file_type"].contents() == file_type
+    tensors = {t.name: t for t in reader.tensors}
+    for ours, theirs in ggml_names(2).items():
+        t = tensors[theirs]
+        if ours.endswith(("norm.weight",)) or ours == "tok_embeddings.weight":
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32
+            continue
+        layer = model.get_submodule(ours.removesuffix(".weight"))
+        assert t.tensor_type.name == kind
+        # gguf's own dequantizer (ggml's block layout, written by llama.cpp's project) gives our weights.
+        assert np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type), layer.dequantized().numpy()), ours
+    again = Transformer.from_pretrained(tmp_path / "q.gguf")
+    assert again.quantization == {"bits": bits, "group_size": 32, "head": True}
+    theirs_sd, ours_sd = again.state_dict(), model.state_dict()
+    assert set(theirs_sd) == set(ours_sd)
+    assert all(theirs_sd[k].dtype == v.dtype and torch.equal(theirs_sd[k], v) for k, v in ours_sd.items())
+    tokens = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again(tokens), model(tokens))
+
+
+def test_per_channel_int8_is_refused(tmp_path):
+    from llama.quantize import quantize
+
+    model = quantize(random_model(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=40, max_seq_len=8)), 8)
+    with pytest.raises(ValueError, match=r"layers.0.attention.wq.weight: int8 with one scale per row \(per channel\) "
+                                         r"has no GGUF block type: .* quantize with group_size=32"):
+        save_gguf(model.state_dict(), model.config, tmp_path / "pc.gguf")
+    assert not (tmp_path / "pc.gguf").exists()
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+def test_blocks_made_by_ggml_quantizer_load_and_compute_as_gguf_dequantizes_them(tmp_path, kind):
+    """A file quantized by the gguf package itself (ggml's rounding, Q4_0's -8 included): our model
+    computes with exactly the weights gguf's dequantizer gives, embedding included."""
+    path = _foreign(tmp_path / "f.gguf", quantized=kind)
+    model = Transformer.from_pretrained(path)
+    assert model.quantization["bits"] == (8 if kind == "Q8_0" else 4)
+    plain = {}
+    for t in gguf.GGUFReader(path).tensors:
+        plain[t.name] = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type)))
+    names = {k.format(i=0): v.format(i=0) for k, v in GGUF_NAMES.items() if k != "output.weight"}
+    reference = Transformer(model.config).eval()
+    reference.load_state_dict({ours: plain[theirs] for ours, theirs in names.items()}, strict=False)
+    assert torch.equal(model.tok_embeddings.weight, plain["token_embd.weight"])
+    tokens = torch.tensor([[1, 5, 9, 30, 2]])
+    with torch.no_grad():
+        assert torch.equal(model(tokens), reference(tokens))

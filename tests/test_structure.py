@@ -18,7 +18,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 LAYERS = [
     {"_files", "config", "norm", "rope", "linear", "quantize", "attention", "feed_forward", "reference", "convert"},
-    {"checkpoint", "gguf", "llama2c", "model"},
+    {"checkpoint", "gguf", "gguf_quant", "llama2c", "model"},
     {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
      "distributed", "train_config", "run_folder", "train_state", "train"},
     {"cli", "cli_train"},

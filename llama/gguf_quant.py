@@ -78,6 +78,7 @@ def from_ggml_blocks(data: np.ndarray, kind: str, out: int, in_features: int) ->
 # --8<-- [end:from_blocks]
 
 
+# --8<-- [start:scheme]
 def quantization_scheme(sd: dict[str, torch.Tensor]) -> dict | None:
     """The ``quantize(model, **scheme)`` arguments a state dict with ``.qweight``/``.scales`` pairs needs, or ``None``.
 
@@ -101,3 +102,4 @@ def quantization_scheme(sd: dict[str, torch.Tensor]) -> dict | None:
         raise ValueError(f"only some projections are quantized ({missing[:3]} are not): this model quantizes "
                          "all of wq wk wv wo w1 w2 w3 or none")
     return {"bits": bits.pop(), "group_size": groups.pop(), "head": "output" in layers}
+# --8<-- [end:scheme]

@@ -48,18 +48,18 @@ def gguf_file_layout():
     total = parts[-1][2]
     zoom = parts[4][1] + 512  # the metadata, the infos and the first tensor's start
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 3.2))
-    for ax, end, title in ((axes[0], total, f"the whole file, {total:,} bytes"),
-                           (axes[1], zoom, f"its first {zoom:,} bytes")):
+    for ax, end, title, unit in ((axes[0], total, f"the whole file, {total:,} bytes", 1000),
+                                 (axes[1], zoom, f"its first {zoom:,} bytes", 1)):
         for part, start, stop in parts:
             if start >= end:
                 break
             group = _group(part)
-            ax.barh(0, min(stop, end) - start, left=start, color=colors[group], edgecolor="white", linewidth=0.3,
-                    label=group)
-        ax.set_xlim(0, end)
+            ax.barh(0, (min(stop, end) - start) / unit, left=start / unit, color=colors[group], edgecolor="white",
+                    linewidth=0.3, label=group)
+        ax.set_xlim(0, end / unit)
+        ax.set_xlabel("kB from the start" if unit == 1000 else "bytes from the start", fontsize="small")
         ax.set_yticks([])
         ax.set_title(title, fontsize="small", loc="left")
-    axes[1].set_xlabel("byte offset in the file")
     handles, labels = axes[0].get_legend_handles_labels()
     by_label = dict(zip(labels, handles))
     by_label.update(dict(zip(*reversed(axes[1].get_legend_handles_labels()))))

@@ -12,11 +12,11 @@ from helpers import random_model
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
-from llama.gguf import GGUF_NAMES, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
+from llama.gguf import GGUF_NAMES, GGUFVocab, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
 from llama.gguf_vocab import tokenizer_from_gguf, vocab_from_sentencepiece
 from llama.tokenizer import train_sentencepiece
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (a dependency of the library: llama/gguf.py writes through it)
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, hidden_dim=80,
                      max_seq_len=32, rope_theta=500000.0, norm_eps=1e-6)
@@ -260,17 +260,30 @@ def test_library_refusals(tmp_path):
     assert not (tmp_path / "a.gguf").exists()
 
 
-def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file):
+def _id_vocab(size: int) -> GGUFVocab:
+    """A SentencePiece-shaped vocabulary of ``size`` made-up pieces: llama.cpp needs one to load a
+    model, and stories260K's own 512-piece tokenizer is not available (the test works with ids)."""
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [f"\u2581p{i}" for i in range(size - len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (size - 259)
+    return GGUFVocab(pieces, [0.0] * 259 + [-float(i) for i in range(size - 259)], types, bos_id=1, eos_id=2, unk_id=0)
+
+
+@pytest.mark.parametrize("quantized", [None, "Q8_0"])
+def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file, quantized):
     """llama.cpp itself (through llama-cpp-python, optional) runs the exported stories260K greedily."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
-    path = shared_file("stories260K.bin")
-    model = Transformer.from_pretrained(path)
-    ids = [1, 461, 401]
-    ours = generate(model, ids, 24)
-    save_gguf(model.state_dict(), model.config, tmp_path / "s.gguf")
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), n_ctx=64, n_threads=1, verbose=False, vocab_only=False)
+    from llama.quantize import quantize
+
+    model = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    if quantized:
+        model = quantize(model, 8, 32)
+    prompt = [1, 461, 401]
+    ours = generate(model, prompt, 32)
+    save_gguf(model.state_dict(), model.config, tmp_path / "s.gguf", vocab=_id_vocab(512))
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), n_ctx=64, n_threads=1, verbose=False)
     theirs = []
-    for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
         theirs.append(token)
         if len(theirs) == len(ours):
             break

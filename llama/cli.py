@@ -133,7 +133,7 @@ def _add_generate(subparsers) -> None:
     p = subparsers.add_parser(
         "generate",
         help="continue a prompt with a checkpoint",
-        description="Load a checkpoint (Hugging Face folder, Meta folder or llama2.c .bin) and continue\n"
+        description="Load a checkpoint (Hugging Face folder, Meta folder, GGUF file or llama2.c .bin) and continue\n"
         "a prompt, printing each token as soon as it is chosen.\n\n"
         "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
         "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
@@ -143,7 +143,7 @@ def _add_generate(subparsers) -> None:
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, llama2.c .bin file, "
+    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, GGUF file, llama2.c .bin file, "
                    "or stories260K once `llama download stories260K` has fetched it")
     p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
     prompt = p.add_mutually_exclusive_group()

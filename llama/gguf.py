@@ -130,8 +130,8 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
     Matrices are written in ``dtype`` (float32 or float16); norm gains stay float32, as
     llama.cpp's own converter keeps every 1-D tensor. A quantized layer (``.qweight`` and
     ``.scales`` of a :class:`~llama.quantize.QuantizedLinear`, int8 or int4 in groups of 32) is
-    written as ``Q8_0`` or ``Q4_0`` blocks, bit for bit (:mod:`llama.gguf_quant`). A tied head is not written: llama.cpp
-    uses ``token_embd`` for the output when ``output.weight`` is absent. The file is written
+    written as ``Q8_0`` or ``Q4_0`` blocks, bit for bit (:mod:`llama.gguf_quant`). A tied head
+    is not written: llama.cpp uses ``token_embd`` for the output when ``output.weight`` is absent. The file is written
     to a temporary name and moved into place when complete.
 
     Args:
@@ -171,13 +171,14 @@ def save_gguf(state_dict: StateDict, config: ModelConfig, path: str | os.PathLik
     if vocab is not None and len(vocab.pieces) != config.vocab_size:
         raise ValueError(f"the tokenizer has {len(vocab.pieces)} pieces but the model {config.vocab_size} token ids: "
                          "they do not belong together")
+    # Quantized layers become block bytes first: one that has no block type fails before any writing.
+    blocks = {ours: to_ggml_blocks(state_dict[f"{_base(ours)}.qweight"], state_dict[f"{_base(ours)}.scales"], ours)
+              for ours in names if f"{_base(ours)}.qweight" in state_dict}
+    kinds = {kind for _, kind in blocks.values()}
 
     def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, arch="llama")  # writes general.architecture = "llama"
         writer.add_name(name)
-        blocks = {ours: to_ggml_blocks(state_dict[f"{_base(ours)}.qweight"], state_dict[f"{_base(ours)}.scales"], ours)
-                  for ours in names if f"{_base(ours)}.qweight" in state_dict}
-        kinds = {kind for _, kind in blocks.values()}
         file_type = f"MOSTLY_{kinds.pop()}" if kinds else "ALL_F32" if dtype == torch.float32 else "MOSTLY_F16"
         writer.add_file_type(gguf.LlamaFileType[file_type])
         if blocks:

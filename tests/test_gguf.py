@@ -13,6 +13,7 @@ from helpers import random_model
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
 from llama.gguf import GGUF_NAMES, GGUFVocab, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
+from llama.gguf_quant import to_ggml_blocks
 from llama.gguf_vocab import tokenizer_from_gguf, vocab_from_sentencepiece
 from llama.tokenizer import train_sentencepiece
 
@@ -286,18 +287,11 @@ def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file):
     assert theirs == ours
 
 
-@pytest.mark.slow
-def test_llama_cpp_reads_our_q8_0_blocks(tmp_path, shared_file):
-    """llama.cpp on our Q8_0 file computes our int8 model's logits, up to its own rounding of the
-    activations to 8 bits (ggml's Q8_0 dot product quantizes both sides); a wrong block layout is far off."""
+def _widened(base: Transformer) -> Transformer:
+    """stories260K with its feed-forward width 172, no multiple of 32, widened to 192 by zero rows and
+    columns: the same function (SiLU(0) * 0 = 0), and a trained model that Q8_0 can hold."""
     import dataclasses
 
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
-    from llama.quantize import quantize
-
-    # stories260K's feed-forward width, 172, is no multiple of 32: zero rows and columns widen it to
-    # 192 without changing what it computes (SiLU(0) * 0 = 0), so a trained model can be Q8_0.
-    base = Transformer.from_pretrained(shared_file("stories260K.bin"))
     sd = dict(base.state_dict())
     for i in range(base.config.n_layers):
         for name, pad in (("w1", (0, 0, 0, 20)), ("w3", (0, 0, 0, 20)), ("w2", (0, 20))):
@@ -305,6 +299,38 @@ def test_llama_cpp_reads_our_q8_0_blocks(tmp_path, shared_file):
             sd[key] = torch.nn.functional.pad(sd[key], pad)
     wide = Transformer(dataclasses.replace(base.config, hidden_dim=192)).eval()
     wide.load_state_dict(sd, strict=False)
+    return wide
+
+
+def test_our_q8_0_bytes_beside_ggml_quantizer(shared_file):
+    """The chapter's count: our int8 (scale rounded to float16 before dividing) against ggml's
+    reference Q8_0 quantizer (dividing by the float32 scale) on the same float weights."""
+    from llama.quantize import quantize
+
+    wide = _widened(Transformer.from_pretrained(shared_file("stories260K.bin")))
+    floats = {k: v.clone() for k, v in wide.state_dict().items()}
+    model = quantize(wide, 8, 32, head=False)
+    differ = total = 0
+    for name, layer in model.named_modules():
+        if hasattr(layer, "qweight"):
+            ours, _ = to_ggml_blocks(layer.qweight, layer.scales, name)
+            theirs = gguf.quants.quantize(floats[f"{name}.weight"].numpy(), gguf.GGMLQuantizationType.Q8_0)
+            assert np.array_equal(ours.reshape(-1, 34)[:, :2], theirs.reshape(-1, 34)[:, :2])  # same scales
+            off = np.abs(ours.view(np.int8).astype(int) - theirs.view(np.int8).astype(int))
+            assert off.max() <= 1
+            differ, total = differ + int((off > 0).sum()), total + ours.size
+    assert (differ, total) == (1505, 261120)
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_our_q8_0_blocks(tmp_path, shared_file):
+    """llama.cpp on our Q8_0 file computes our int8 model's logits, up to its own rounding of the
+    activations to 8 bits (ggml's Q8_0 dot product quantizes both sides); a wrong block layout is far off."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
+    from llama.quantize import quantize
+
+    base = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    wide = _widened(base)
     model = quantize(wide, 8, 32, head=False)
     prompt = [1, 461, 401]
     tokens = torch.tensor([prompt + generate(base, prompt, 40)])

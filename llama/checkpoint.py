@@ -34,6 +34,8 @@ import torch
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _check_field
 from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.gguf import MAGIC as GGUF_MAGIC
+from llama.gguf import read_gguf
 from llama.llama2c import read_llama2c
 
 __all__ = [
@@ -49,10 +51,11 @@ StateDict = dict[str, torch.Tensor]
 
 # --8<-- [start:detect]
 def detect_format(path: str | os.PathLike) -> str:
-    """Which checkpoint format ``path`` holds: ``"hf"``, ``"meta"`` or ``"llama2c"``.
+    """Which checkpoint format ``path`` holds: ``"hf"``, ``"meta"``, ``"gguf"`` or ``"llama2c"``.
 
     A directory with ``config.json`` is Hugging Face, one with ``params.json`` is Meta's; a
-    file is a llama2.c export unless it is a zip archive (a PyTorch pickle: pass its folder).
+    file starting with ``GGUF`` is llama.cpp's; another file is a llama2.c export unless it is
+    a zip archive (a PyTorch pickle: pass its folder).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -76,6 +79,10 @@ def detect_format(path: str | os.PathLike) -> str:
         )
     with open_for_reading(path) as f:
         magic = f.read(4)
+    if magic == GGUF_MAGIC:
+        return "gguf"
+    if path.suffix == ".gguf":
+        raise ValueError(f"{path} is not a GGUF file: it does not start with the bytes 'GGUF' (truncated or renamed?)")
     if magic.startswith(b"PK"):
         raise ValueError(
             f"{path} is a PyTorch/zip archive, not a llama2.c .bin: pass the folder that holds it "
@@ -83,8 +90,8 @@ def detect_format(path: str | os.PathLike) -> str:
         )
     if path.suffix != ".bin":
         raise ValueError(
-            f"unknown checkpoint format for {path}: expected a Hugging Face folder, a Meta folder "
-            "or a llama2.c .bin file"
+            f"unknown checkpoint format for {path}: expected a Hugging Face folder, a Meta folder, "
+            "a GGUF file or a llama2.c .bin file"
         )
     return "llama2c"
 # --8<-- [end:detect]
@@ -362,7 +369,7 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     """Detect the format of ``path`` and read it into our config and our weight names.
 
     Args:
-        path: a Hugging Face folder, a Meta folder or a llama2.c ``.bin`` file.
+        path: a Hugging Face folder, a Meta folder, a GGUF file or a llama2.c ``.bin`` file.
         max_seq_len: the context length for Meta checkpoints, which do not store one.
 
     Returns:
@@ -379,6 +386,8 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
         config, sd = read_hf(path)
     elif fmt == "meta":
         config, sd = read_meta(path, max_seq_len)
+    elif fmt == "gguf":
+        config, sd = read_gguf(path)
     else:
         config, sd = read_llama2c(path)
     if config.tie_embeddings:

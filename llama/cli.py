@@ -135,7 +135,7 @@ def _add_generate(subparsers) -> None:
     p = subparsers.add_parser(
         "generate",
         help="continue a prompt with a checkpoint",
-        description="Load a checkpoint (Hugging Face folder, Meta folder or llama2.c .bin) and continue\n"
+        description="Load a checkpoint (Hugging Face folder, Meta folder, GGUF file or llama2.c .bin) and continue\n"
         "a prompt, printing each token as soon as it is chosen.\n\n"
         "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
         "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
@@ -145,7 +145,7 @@ def _add_generate(subparsers) -> None:
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, llama2.c .bin file, "
+    p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, GGUF file, llama2.c .bin file, "
                    "or stories260K once `llama download stories260K` has fetched it")
     p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
     prompt = p.add_mutually_exclusive_group()
@@ -287,20 +287,24 @@ def _run_generate(args) -> int:
 def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a checkpoint to Hugging Face's format",
+        help="convert a checkpoint to Hugging Face's format or to GGUF (llama.cpp)",
         description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
-        "params.json and consolidated.NN.pth, llama2.c .bin) and write it as a Hugging Face folder\n"
-        "(config.json + model.safetensors) that transformers' AutoModelForCausalLM loads.",
-        epilog="example:\n  llama convert stories260K.bin stories260K-hf --to hf",
+        "params.json and consolidated.NN.pth, GGUF file, llama2.c .bin) and write it as a Hugging Face\n"
+        "folder (config.json + model.safetensors) that transformers' AutoModelForCausalLM loads, or as\n"
+        "one GGUF file that llama.cpp runs, with its SentencePiece tokenizer if --tokenizer names one.",
+        epilog="examples:\n  llama convert stories260K.bin stories260K-hf --to hf\n"
+        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
-    p.add_argument("destination", help="folder to write (created if needed)")
-    p.add_argument("--to", choices=["hf", "quantized"], required=True,
+    p.add_argument("destination", help="folder to write (created if needed), or the .gguf file for --to gguf")
+    p.add_argument("--to", choices=["hf", "quantized", "gguf"], required=True,
                    help="output format: hf (Hugging Face), quantized (quantized.json + model.safetensors, "
-                   "with --quantize)")
+                   "with --quantize), gguf (one file for llama.cpp)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="dtype of the written weights (default float32)")
+                   help="dtype of the written weights (default float32; gguf: float32 or float16)")
+    p.add_argument("--tokenizer", "-t", metavar="FILE",
+                   help="gguf only: a SentencePiece .model to store in the file, as llama.cpp needs")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
     p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
     _add_quantize_flags(p, "write integer weights (with --to quantized); the model's other tensors keep --dtype")
@@ -316,9 +320,21 @@ def _run_convert(args) -> int:
     if (scheme is None) != (args.to != "quantized"):
         raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
                          "for these integer weights")
-    dtype = getattr(torch, args.dtype)
+    if args.to != "gguf" and args.tokenizer is not None:
+        raise ValueError("--tokenizer is for --to gguf; a Hugging Face folder keeps its tokenizer files beside it")
+    dtype, vocab = getattr(torch, args.dtype), None
+    if args.to == "gguf":
+        from llama._files import refuse_to_overwrite
+        from llama.gguf import check_gguf
+        from llama.gguf_vocab import vocab_from_sentencepiece
+
+        if args.dtype == "bfloat16":
+            raise ValueError("--to gguf writes float32 or float16 weights: pass --dtype float32 or --dtype float16")
+        refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
+        vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
-    model = Transformer.from_pretrained(checkpoint_path(args.source), dtype=torch.float32 if args.merge_adapter else dtype,
+    model = Transformer.from_pretrained(checkpoint_path(args.source),
+                                        dtype=torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
                                         max_seq_len=args.max_seq_len)
     if args.merge_adapter is not None:
         if getattr(model, "quantization", None):
@@ -328,6 +344,14 @@ def _run_convert(args) -> int:
 
         merge_into_base(load_adapter(model, args.merge_adapter))
         model = model.to(dtype)
+    if args.to == "gguf":
+        from llama.gguf import save_gguf
+
+        save_gguf(model.state_dict(), model.config, args.destination, dtype, vocab,
+                  name=os.path.splitext(os.path.basename(args.destination))[0])
+        extra = f", tokenizer of {len(vocab.pieces):,} pieces" if vocab else ", no tokenizer"
+        print(f"wrote {args.destination}: GGUF (llama), {model.num_parameters():,} parameters, {args.dtype}{extra}")
+        return 0
     if scheme is not None:
         from llama.quantize import quantize, save_quantized
 

@@ -15,6 +15,7 @@ from llama.attention import Attention, KVCache, causal_mask
 from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
 from llama.feed_forward import FeedForward
+from llama.gguf_quant import quantization_scheme
 from llama.linear import Linear
 from llama.norm import RMSNorm
 from llama.quantize import is_quantized_checkpoint, quantized_layout, read_quantized
@@ -224,18 +225,18 @@ class Transformer(nn.Module):
             config, scheme, sd = read_quantized(path)
         else:
             config, sd = read_checkpoint(path, max_seq_len)
-            scheme = None
+            scheme = quantization_scheme(sd)  # a GGUF file's Q8_0/Q4_0 layers, or None
         if max_seq_len is not None:
             config = dataclasses.replace(config, max_seq_len=max_seq_len)
-        model = cls(config)
+        model = cls(config).to(dtype)
         if scheme is not None:
-            quantized_layout(model, scheme)
+            quantized_layout(model, scheme)  # empty integer layers, filled from sd just below
         # strict=False only because a tied head is absent from sd; anything else missing is an error.
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [m for m in missing if not (config.tie_embeddings and m == "output.weight")]
         if missing or unexpected:
             raise ValueError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
-        return model.to(dtype).eval()
+        return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write this model in Hugging Face's layout (``config.json`` + ``model.safetensors``).

@@ -15,7 +15,7 @@ from llama import ModelConfig, Transformer, generate
 from llama.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-CHAPTERS = ["generation.md", "checkpoints.md", "quantization.md"]
+CHAPTERS = ["generation.md", "checkpoints.md", "quantization.md", "gguf.md"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -125,7 +125,7 @@ def test_console_script_help_reads_well():
         unavailable("the llama console script is not installed next to this interpreter", "`pip install -e .` installs it")
     for sub, words in (("generate", ["--tokenizer", "--ids", "--temperature", "--top-p", "--min-p", "--seed",
                                       "examples:"]),
-                       ("convert", ["--to", "Hugging Face", "example:"])):
+                       ("convert", ["--to", "Hugging Face", "GGUF", "--tokenizer", "examples:"])):
         proc = subprocess.run([exe, sub, "--help"], capture_output=True, text=True, check=True)
         assert all(w in proc.stdout for w in words), proc.stdout
     top = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout

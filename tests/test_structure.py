@@ -18,8 +18,8 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 LAYERS = [
     {"_files", "config", "norm", "rope", "linear", "quantize", "attention", "feed_forward", "reference", "convert"},
-    {"checkpoint", "llama2c", "model", "lora"},
-    {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "sampling", "generation", "download", "data",
+    {"checkpoint", "gguf", "gguf_quant", "llama2c", "model", "lora"},
+    {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
      "distributed", "train_config", "run_folder", "train_state", "loss", "optim", "flops", "finetune", "train"},
     {"cli", "cli_train", "cli_finetune"},
 ]

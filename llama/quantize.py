@@ -287,7 +287,10 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
 
 def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by :func:`save_quantized`."""
-    return Path(path).is_dir() and (Path(path) / SCHEME_FILE).is_file()
+    try:
+        return Path(path).is_dir() and (Path(path) / SCHEME_FILE).is_file()
+    except PermissionError:  # a folder the user may not read: the checkpoint reader names it as such
+        return False
 
 
 def read_quantized(directory: str | os.PathLike) -> tuple[ModelConfig, dict, dict[str, torch.Tensor]]:

@@ -29,7 +29,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import HANG_SECONDS, load_listings, shared_data_dir
+from helpers import EUID_LOCK, HANG_SECONDS, load_listings, shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,17 +99,28 @@ with open(sys.argv[2], "w", encoding="utf-8") as f:
 
 
 def run_like_a_reader(blocks: list[dict], folder: Path) -> dict:
-    work = folder / "reader"
-    work.mkdir()  # empty: nothing in it can shadow a module the examples import
-    (folder / "blocks.json").write_text(json.dumps(blocks), "utf-8")
-    report = folder / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir().resolve()), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
-    )
-    assert proc.returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(report.read_text("utf-8"))
+    # The files are written and read, and the interpreter started, under the euid lock (a copy runs
+    # on a background thread: tests/conftest.py); the interpreter's own user is fixed when it starts,
+    # so the wait for it needs no lock, and a test running as nobody meanwhile does not wait for it.
+    with EUID_LOCK:
+        work = folder / "reader"
+        work.mkdir()  # empty: nothing in it can shadow a module the examples import
+        (folder / "blocks.json").write_text(json.dumps(blocks), "utf-8")
+        report = folder / "report.json"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir().resolve()), "MPLBACKEND": "Agg"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
+            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+    try:
+        _, stderr = proc.communicate(timeout=HANG_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with EUID_LOCK:
+        assert proc.returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {proc.returncode}):\n{stderr[-4000:]}"
+        return json.loads(report.read_text("utf-8"))
 
 
 def describe(failure: dict) -> str:
@@ -121,9 +132,10 @@ def copy_page_like_a_reader(page, folder: Path) -> tuple[list[dict], dict]:
 
     tests/conftest.py starts these runs in the background when the tests are collected.
     """
-    folder.mkdir(parents=True)
-    assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
-    blocks = reader_blocks(page.source.read_text("utf-8"), page.path)
+    with EUID_LOCK:
+        folder.mkdir(parents=True)
+        assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
+        blocks = reader_blocks(page.source.read_text("utf-8"), page.path)
     return blocks, run_like_a_reader(blocks, folder)
 
 

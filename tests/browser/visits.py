@@ -206,7 +206,7 @@ def save_screenshot(page, path: Path, **options) -> None:
 def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -> list[str]:
     """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
     broken links, content that does not fit at desktop and phone widths, a palette toggle that does
-    nothing. Screenshots at both widths go to ``screenshots``."""
+    nothing (chapters, labs and Home). Screenshots at both widths go to ``screenshots``."""
     context, page, watch = open_context(browser, site_url, color_scheme="light")
     try:
         page.goto(site_url + nav_page.url, wait_until="load")
@@ -215,23 +215,17 @@ def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -
         # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;
         # before the full-page screenshot, which resizes the viewport and with it the scrollbars.
         watch.problems += layout_problems(page, f"/{nav_page.url}", page.viewport_size, site_url, site_dir)
-        save_screenshot(page, screenshots / f"{nav_page.slug}-desktop.png", full_page=True)
-
-        # Dark palette, through the toggle a reader uses.
-        scheme = page.evaluate("document.body.dataset.mdColorScheme")
-        if scheme != "default":
-            watch.problems.append(f"the page opened in the {scheme!r} palette, not the light one asked for")
-        light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
-        page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
-        page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
-        if page.evaluate("getComputedStyle(document.body).backgroundColor") == light_background:
-            watch.problems.append("the dark palette has the light palette's background")
-        wait_for_math(page, watch)
-        save_screenshot(page, screenshots / f"{nav_page.slug}-desktop-dark.png")
+        # The API reference's pages are generated alike (mkdocstrings): one first screen each is
+        # enough to look at, and the palette toggle, the same script on every page, is tried on the others.
+        written = nav_page.kind != "api"
+        save_screenshot(page, screenshots / f"{nav_page.slug}-desktop.png", full_page=written)
+        if written:
+            check_dark_palette(page, watch, screenshots / f"{nav_page.slug}-desktop-dark.png")
 
         page.set_viewport_size(PHONE)
-        page.locator('[data-md-component="palette"] label[title="Switch to light mode"]').click()
-        page.wait_for_function("document.body.dataset.mdColorScheme === 'default'")
+        if written:
+            page.locator('[data-md-component="palette"] label[title="Switch to light mode"]').click()
+            page.wait_for_function("document.body.dataset.mdColorScheme === 'default'")
         width = page.evaluate("document.documentElement.scrollWidth")
         if width > PHONE["width"]:
             watch.problems.append(f"page is {width}px wide on a {PHONE['width']}px phone (horizontal scrolling)")
@@ -241,6 +235,20 @@ def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -
     finally:
         context.close()
     return watch.problems
+
+
+def check_dark_palette(page, watch, screenshot: Path) -> None:
+    """Switch to the dark palette through the toggle a reader uses; its math must stay typeset."""
+    scheme = page.evaluate("document.body.dataset.mdColorScheme")
+    if scheme != "default":
+        watch.problems.append(f"the page opened in the {scheme!r} palette, not the light one asked for")
+    light_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
+    page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
+    if page.evaluate("getComputedStyle(document.body).backgroundColor") == light_background:
+        watch.problems.append("the dark palette has the light palette's background")
+    wait_for_math(page, watch)
+    save_screenshot(page, screenshot)
 
 
 # --- all pages, in the background ----------------------------------------------------------------

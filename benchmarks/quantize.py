@@ -243,7 +243,8 @@ def bench_speed(name: str, config: ModelConfig, repeats: int, run_c: RunC | str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tables", nargs="*", choices=["quality", "speed"], help="which tables (default both)")
+    # No `choices` here: argparse checks an empty list against them and refuses the default.
+    parser.add_argument("tables", nargs="*", metavar="{quality,speed}", help="which tables (default both)")
     parser.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per engine and config (default 5)")
     parser.add_argument("--configs", nargs="+", default=["15M", "110M"], choices=list(CONFIGS))
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats: a smoke test")
     args = parser.parse_args(argv)
     tables = args.tables or ["quality", "speed"]
+    if unknown := set(tables) - {"quality", "speed"}:
+        parser.error(f"unknown table(s) {', '.join(sorted(unknown))}: choose quality and/or speed")
     if args.quick:
         args.configs, args.repeats = ["tiny"], 2
     torch.set_num_threads(args.threads)

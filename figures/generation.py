@@ -18,18 +18,10 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from _models import load_stories260k as load_model
 from llama.llama2c import llama2c_layout
 from llama.config import PRESETS
-from llama.download import find_data
-from llama.model import Transformer
 from llama.sampling import min_p_filter, top_k_filter, top_p_filter
-
-def load_model() -> tuple[Transformer, str]:
-    path = find_data("stories260K.bin")
-    if path is not None:
-        return Transformer.from_pretrained(path), "stories260K"
-    torch.manual_seed(0)
-    return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"
 
 
 def _best_of(fn, repeats: int = 3) -> float:

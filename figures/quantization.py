@@ -14,18 +14,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from llama.config import PRESETS
-from llama.download import find_data
-from llama.model import Transformer
+from _models import load_stories260k as load_model
 from llama.quantize import QUANTIZED_LAYERS, dequantize_tensor, quantize_tensor
-
-
-def load_model() -> tuple[Transformer, str]:
-    path = find_data("stories260K.bin")
-    if path is not None:
-        return Transformer.from_pretrained(path), "stories260K"
-    torch.manual_seed(0)
-    return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"
 
 
 def relative_error(w: torch.Tensor, bits: int, group_size: int) -> float:

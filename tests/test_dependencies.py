@@ -21,7 +21,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 REPO = Path(__file__).resolve().parent.parent
-OWN = {"llama"}
+OWN = {"llama"} | {p.stem for p in (REPO / "figures").glob("_*.py")}  # the package, and the figures' helpers
 # Import names whose distribution is called something else.
 DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "google": "protobuf"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",

@@ -148,6 +148,7 @@ def start_page_visits(config, build: BackgroundBuild, pages) -> None:
 
     if build.proc is None or chromium() is None or importlib.util.find_spec("playwright") is None:
         return
+    import playwright.sync_api  # noqa: F401  imported here, not first on the visiting threads (see test_listings)
 
     def site_ready():
         built = build.result()
@@ -177,13 +178,21 @@ class BackgroundReaderRuns:
 
         self.folder = Path(tempfile.mkdtemp(prefix="reader-copies-"))  # outside the repository
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.runs = {page.path: self.pool.submit(self._copy, page) for page in pages}
+        self.runs = {}
+        for page in pages:
+            self.start(page)
 
-    def _copy(self, page):
+    def start(self, page) -> None:
+        from test_listings import page_blocks
+
+        # The blocks are made here, on the main thread (see test_listings.copy_page_like_a_reader).
+        self.runs[page.path] = self.pool.submit(self._copy, page, page_blocks(page))
+
+    def _copy(self, page, blocks):
         from test_listings import copy_page_like_a_reader
 
         # It takes helpers.EUID_LOCK for its own file work: never while a test runs as nobody.
-        return copy_page_like_a_reader(page, self.folder / page.slug)
+        return copy_page_like_a_reader(page, self.folder / page.slug, blocks)
 
     def result(self, page):
         return self.runs[page.path].result()
@@ -205,7 +214,7 @@ def reader_run(pytestconfig, reader_page):
     if runs is None:  # not started at collection (a test called directly): run it now
         runs = pytestconfig.stash[READER_RUNS] = BackgroundReaderRuns([reader_page])
     if reader_page.path not in runs.runs:
-        runs.runs[reader_page.path] = runs.pool.submit(runs._copy, reader_page)
+        runs.start(reader_page)
     return runs.result(reader_page)
 
 

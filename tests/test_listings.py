@@ -127,15 +127,23 @@ def describe(failure: dict) -> str:
     return f"{failure['where']} ({failure['what']}, line {failure['line']}): {failure['error']}"
 
 
-def copy_page_like_a_reader(page, folder: Path) -> tuple[list[dict], dict]:
+def page_blocks(page) -> list[dict]:
+    """``page``'s blocks as a reader copies them (its listings rendered by hooks/listings.py)."""
+    return reader_blocks(page.source.read_text("utf-8"), page.path)
+
+
+def copy_page_like_a_reader(page, folder: Path, blocks: list[dict] | None = None) -> tuple[list[dict], dict]:
     """``(blocks, report)``: ``page``'s blocks, and what running them in a fresh interpreter gave.
 
-    tests/conftest.py starts these runs in the background when the tests are collected.
+    tests/conftest.py starts these runs in the background when the tests are collected, with the
+    blocks made beforehand on the main thread: rendering a listing parses Python (``ast``), which
+    Python 3.11 cannot do on two threads at once (CPython gh-106905).
     """
     with EUID_LOCK:
         folder.mkdir(parents=True)
         assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
-        blocks = reader_blocks(page.source.read_text("utf-8"), page.path)
+    if blocks is None:
+        blocks = page_blocks(page)
     return blocks, run_like_a_reader(blocks, folder)
 
 

@@ -8,6 +8,7 @@ It runs :func:`llama.train.train` (the same loop, log, checkpoints and exact ``-
 from __future__ import annotations
 
 import argparse
+import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ FINETUNE_DEFAULTS = {"lora_rank": 8, "lr": 1e-3, "warmup_steps": 10, "weight_dec
 
 
 def add_finetune(subparsers) -> None:
+    from llama.cli_train import add_loop_flags
     from llama.train_config import TrainConfig
 
     p = subparsers.add_parser(
@@ -44,26 +46,7 @@ def add_finetune(subparsers) -> None:
     g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
     g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
     g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--block-size", type=int, default=S, help=f"tokens per training window (default {d.block_size})")
-    g.add_argument("--batch-size", type=int, default=S, help=f"windows per micro-step (default {d.batch_size})")
-    g.add_argument("--accum", type=int, default=S, help=f"gradient-accumulation micro-steps (default {d.accum})")
-    g.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {FINETUNE_DEFAULTS['lr']:g})")
-    g.add_argument("--min-lr-ratio", type=float, default=S, help=f"final lr / peak lr (default {d.min_lr_ratio})")
-    g.add_argument("--warmup-steps", type=int, default=S, help=f"warm-up steps (default {FINETUNE_DEFAULTS['warmup_steps']})")
-    g.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default 0)")
-    g.add_argument("--grad-clip", type=float, default=S, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
-    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
-    g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
-    g = p.add_argument_group("length and reporting")
-    g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
-    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
-    g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
-    g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per evaluation (default {d.eval_tokens})")
-    g.add_argument("--threads", type=int, default=S, help="CPU threads")
-    g.add_argument("--sample-tokens", type=int, default=S, help=f"tokens to sample at the end (default {d.sample_tokens})")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
+    add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **FINETUNE_DEFAULTS}))
     p.set_defaults(func=run_finetune)
 
 

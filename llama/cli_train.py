@@ -37,31 +37,7 @@ def add_train(subparsers) -> None:
     g.add_argument("--model", default=S, help=f"size: {', '.join(MODEL_SIZES)} or a preset of llama.config (default {d.model})")
     for name in ("dim", "n-layers", "n-heads", "n-kv-heads", "max-seq-len"):
         g.add_argument(f"--{name}", type=int, default=S, help="override the size's value")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--block-size", type=int, default=S, help=f"tokens per training window (default {d.block_size})")
-    g.add_argument("--batch-size", type=int, default=S, help=f"windows per micro-step per process (default {d.batch_size})")
-    g.add_argument("--accum", type=int, default=S, help=f"gradient-accumulation micro-steps per step (default {d.accum})")
-    g.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {d.lr})")
-    g.add_argument("--min-lr-ratio", type=float, default=S, help=f"final lr / peak lr (default {d.min_lr_ratio})")
-    g.add_argument("--warmup-steps", type=int, default=S, help=f"linear warm-up steps (default {d.warmup_steps})")
-    g.add_argument("--weight-decay", type=float, default=S, help=f"AdamW weight decay (default {d.weight_decay})")
-    g.add_argument("--beta1", type=float, default=S, help=f"AdamW beta1 (default {d.beta1})")
-    g.add_argument("--beta2", type=float, default=S, help=f"AdamW beta2 (default {d.beta2})")
-    g.add_argument("--grad-clip", type=float, default=S, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
-    g.add_argument("--optimizer", choices=["adamw", "muon"], default=S,
-                   help=f"adamw, or muon for the blocks' matrices (default {d.optimizer})")
-    g.add_argument("--muon-lr", type=float, default=S, help=f"Muon's peak learning rate (default {d.muon_lr})")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
-    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
-    g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
-    g = p.add_argument_group("length and reporting")
-    g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
-    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
-    g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
-    g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per periodic evaluation (default {d.eval_tokens})")
-    g.add_argument("--threads", type=int, default=S, help="CPU threads per process")
-    g.add_argument("--sample-tokens", type=int, default=S, help=f"tokens to sample at the end (default {d.sample_tokens})")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
+    add_loop_flags(p, d)
     p.set_defaults(func=run_train)
 
 
@@ -104,3 +80,35 @@ def run_train(args) -> int:
               f"perplexity {result['val_ppl']:.2f}, {result['val_bpb']:.4f} bits per byte "
               f"({result['val_tokens']} tokens, {result['val_bytes']} bytes)")
     return 0
+
+
+def add_loop_flags(p: argparse.ArgumentParser, d) -> None:
+    """The training loop's flags (optimization, length and reporting), shared by ``llama train`` and
+    ``llama finetune``; ``d`` holds the defaults the help shows (a ``TrainConfig``, or a namespace
+    with fine-tuning's own). Every default is ``SUPPRESS``: see :func:`add_train`."""
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("optimization")
+    g.add_argument("--block-size", type=int, default=S, help=f"tokens per training window (default {d.block_size})")
+    g.add_argument("--batch-size", type=int, default=S, help=f"windows per micro-step per process (default {d.batch_size})")
+    g.add_argument("--accum", type=int, default=S, help=f"gradient-accumulation micro-steps per step (default {d.accum})")
+    g.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {d.lr:g})")
+    g.add_argument("--min-lr-ratio", type=float, default=S, help=f"final lr / peak lr (default {d.min_lr_ratio})")
+    g.add_argument("--warmup-steps", type=int, default=S, help=f"linear warm-up steps (default {d.warmup_steps})")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"AdamW weight decay (default {d.weight_decay:g})")
+    g.add_argument("--beta1", type=float, default=S, help=f"AdamW beta1 (default {d.beta1})")
+    g.add_argument("--beta2", type=float, default=S, help=f"AdamW beta2 (default {d.beta2})")
+    g.add_argument("--grad-clip", type=float, default=S, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
+    g.add_argument("--optimizer", choices=["adamw", "muon"], default=S,
+                   help=f"adamw, or muon for the blocks' matrices (default {d.optimizer})")
+    g.add_argument("--muon-lr", type=float, default=S, help=f"Muon's peak learning rate (default {d.muon_lr})")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
+    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
+    g = p.add_argument_group("length and reporting")
+    g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
+    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
+    g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
+    g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per periodic evaluation (default {d.eval_tokens})")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads per process")
+    g.add_argument("--sample-tokens", type=int, default=S, help=f"tokens to sample at the end (default {d.sample_tokens})")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")

@@ -254,6 +254,21 @@ def run_c_prompt(tokenizer: Llama2cTokenizer, length: int) -> tuple[str, list[in
     raise ValueError(f"no run of the prompt words encodes to {length} tokens with this vocabulary")
 
 
+def engines_prompt(run_c: RunC | str, model) -> tuple[RunC | str, Llama2cTokenizer | None, str | None, list[int]]:
+    """``(run_c, tokenizer, text, prompt ids)`` every engine decodes from: run.c encodes a text, and
+    the others get the ids it makes of it; without run.c (or when no text fits), seeded random ids.
+    ``run_c`` comes back as the reason it is skipped when the model's vocabulary cannot make the prompt."""
+    if isinstance(run_c, RunC):
+        try:
+            tokenizer = run_c.load(model)
+            text, prompt = run_c_prompt(tokenizer, PROMPT_LEN)
+            return run_c, tokenizer, text, prompt
+        except ValueError as err:
+            run_c = f"skipped for this config: {err}"
+    generator = torch.Generator().manual_seed(1)
+    return run_c, None, None, torch.randint(1, model.config.vocab_size, (PROMPT_LEN,), generator=generator).tolist()
+
+
 def bench_config(name: str, config: ModelConfig, repeats: int, run_c: RunC | str) -> dict:
     """Time every engine on one config; ``run_c`` is the compiled peer, or the reason it is skipped."""
     torch.manual_seed(0)
@@ -267,15 +282,7 @@ def bench_config(name: str, config: ModelConfig, repeats: int, run_c: RunC | str
                 weight.mul_(10)
     hf = hf_twin(model)
     laid_out = prepare_for_decoding(copy.deepcopy(model))  # same values, column-major matrices
-    text = None
-    if isinstance(run_c, RunC):
-        try:  # run.c encodes a text: give every engine the ids it makes of it
-            tokenizer = run_c.load(model)
-            text, prompt = run_c_prompt(tokenizer, PROMPT_LEN)
-        except ValueError as err:
-            run_c = f"skipped for this config: {err}"
-    if text is None:
-        prompt = torch.randint(1, config.vocab_size, (PROMPT_LEN,), generator=torch.Generator().manual_seed(1)).tolist()
+    run_c, tokenizer, text, prompt = engines_prompt(run_c, model)
     input_ids = torch.tensor([prompt])
     attention_mask = torch.ones_like(input_ids)
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import CONFIGS, NEW_TOKENS, PROMPT_LEN, RunC, copy_bandwidth, find_run_c, run_c_prompt  # noqa: E402
+from decode import CONFIGS, NEW_TOKENS, PROMPT_LEN, RunC, copy_bandwidth, engines_prompt, find_run_c  # noqa: E402
 
 from llama import ModelConfig, Transformer  # noqa: E402
 from llama.generation import CompiledDecoder, generate_batch  # noqa: E402
@@ -195,15 +195,7 @@ def bench_speed(name: str, config: ModelConfig, repeats: int, run_c: RunC | str,
         for key, weight in model.named_parameters():
             if key.startswith("layers.") and weight.ndim == 2:
                 weight.mul_(10)
-    text = None
-    if isinstance(run_c, RunC):
-        try:
-            tokenizer = run_c.load(model)
-            text, prompt = run_c_prompt(tokenizer, PROMPT_LEN)
-        except ValueError as err:
-            run_c = f"skipped for this config: {err}"
-    if text is None:
-        prompt = torch.randint(1, config.vocab_size, (PROMPT_LEN,), generator=torch.Generator().manual_seed(1)).tolist()
+    run_c, _, text, prompt = engines_prompt(run_c, model)
     models = {fmt: quantized(model, fmt) for fmt in FORMATS}
     decoders = {fmt: CompiledDecoder(m, max_seq_len=PROMPT_LEN + NEW_TOKENS) for fmt, m in models.items()}
     compile_s, ids = {}, {}

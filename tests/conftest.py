@@ -169,14 +169,17 @@ def pytest_unconfigure(config):
 
 
 class BackgroundReaderRuns:
-    """Each page copied the way a reader would, into a fresh interpreter (tests/test_listings.py),
-    one page at a time on a thread of its own: a copy mostly waits for its interpreter, and the
+    """Each page copied the way a reader would, into a fresh interpreter (tests/test_listings.py,
+    forked from one that has imported torch and transformers), one page at a time on a thread of its own: a copy mostly waits for its interpreter, and the
     machine's other core is free while the rest of the suite runs."""
 
     def __init__(self, pages) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        from test_listings import ReaderServer
+
         self.folder = Path(tempfile.mkdtemp(prefix="reader-copies-"))  # outside the repository
+        self.server = ReaderServer(self.folder / "server")  # forks each page's interpreter
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.runs = {}
         for page in pages:
@@ -192,7 +195,7 @@ class BackgroundReaderRuns:
         from test_listings import copy_page_like_a_reader
 
         # It takes helpers.EUID_LOCK for its own file work: never while a test runs as nobody.
-        return copy_page_like_a_reader(page, self.folder / page.slug, blocks)
+        return copy_page_like_a_reader(page, self.folder / page.slug, blocks, self.server)
 
     def result(self, page):
         return self.runs[page.path].result()
@@ -201,6 +204,7 @@ class BackgroundReaderRuns:
         for run in self.runs.values():
             run.cancel()
         self.pool.shutdown(wait=True)
+        self.server.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -216,6 +220,15 @@ def reader_run(pytestconfig, reader_page):
     if reader_page.path not in runs.runs:
         runs.start(reader_page)
     return runs.result(reader_page)
+
+
+@pytest.fixture
+def reader_server(pytestconfig):
+    """The interpreter that the reader's copies are forked from (tests/test_listings.py)."""
+    runs = pytestconfig.stash.get(READER_RUNS, None)
+    if runs is None:
+        runs = pytestconfig.stash[READER_RUNS] = BackgroundReaderRuns([])
+    return runs.server
 
 
 BUILD = pytest.StashKey[BackgroundBuild]()
@@ -320,13 +333,11 @@ def nav_pages(nav=None, section: str | None = None) -> list[NavPage]:
 
 def pytest_generate_tests(metafunc):
     # A test that takes `nav_page` runs once per page of the book; `chapter_page`, once per chapter;
-    # `prompt_page`, once per Markdown page with a >>> example; `reader_page`, once per page a
-    # reader copies code from (Home and the chapters).
+    # `reader_page`, once per page a reader copies code from (Home and the chapters).
     kinds = {
         "nav_page": lambda p: True,
         "chapter_page": lambda p: p.kind == "chapter",
         "reader_page": lambda p: p.kind in ("home", "chapter"),
-        "prompt_page": lambda p: p.path.endswith(".md") and p.source.is_file() and ">>> " in p.source.read_text("utf-8"),
     }
     for name, keep in kinds.items():
         if name in metafunc.fixturenames:

@@ -218,3 +218,11 @@ def local_http_server(folder: Path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# The models the compiled-decoding tests use, shared so that Inductor compiles each graph once per
+# run (its cache is keyed by the graph and the shapes): tests/test_generation.py compiles both
+# with a 48-position cache, `llama generate --compile` in tests/test_cli_generate.py the MHA one,
+# and book/generation.md's example the GQA one.
+DECODER_BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
+DECODER_CACHE = 48

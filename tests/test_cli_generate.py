@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_console_blocks, unavailable
+from helpers import DECODER_BASE, DECODER_CACHE, run_console_blocks, unavailable
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
@@ -69,12 +69,15 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
 
 @pytest.mark.compile
 def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
-    path = tiny_checkpoint(tmp_path)
-    assert main(["generate", str(path), "--ids", "1", "7", "-n", "12"]) == 0
+    # The model and cache length of tests/test_generation.py's compiled MHA test: one compile for both.
+    torch.manual_seed(0)
+    Transformer(ModelConfig(**DECODER_BASE)).save_pretrained(tmp_path / "model")
+    path, n = str(tmp_path / "model"), str(DECODER_CACHE - 2)
+    assert main(["generate", path, "--ids", "1", "7", "-n", n]) == 0
     eager = capsys.readouterr().out
-    assert main(["generate", str(path), "--ids", "1", "7", "-n", "12", "--compile"]) == 0
+    assert main(["generate", path, "--ids", "1", "7", "-n", n, "--compile"]) == 0
     assert capsys.readouterr().out == eager
-    assert main(["generate", str(path), "--ids", "1", "-n", "64", "--compile"]) == 2  # 65 > max_seq_len 64
+    assert main(["generate", path, "--ids", "1", "-n", "96", "--compile"]) == 2  # 97 > max_seq_len 96
     assert "max_seq_len" in capsys.readouterr().err
 
 

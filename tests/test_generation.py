@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
+from helpers import DECODER_BASE, DECODER_CACHE
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llama import ModelConfig, Sampling, Transformer, generate, generate_batch, generate_stream, sample_next
 from llama.sampling import min_p_filter, top_k_filter, top_p_filter
 
-BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
+BASE = DECODER_BASE
 MHA = ModelConfig(**BASE)
 GQA = ModelConfig(**{**BASE, "n_kv_heads": 2, "tie_embeddings": True})
 
@@ -336,9 +337,9 @@ def test_compiled_decoder_gives_the_eager_greedy_ids(config):
     from llama.generation import CompiledDecoder
 
     model = random_model(config, seed=3)
-    decoder = CompiledDecoder(model, max_seq_len=48)
+    decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)
     for prompt in ([1, 17, 42, 5, 88], [2]):  # the second call reuses the compiled step
-        n = 48 - len(prompt)
+        n = DECODER_CACHE - len(prompt)
         assert decoder.generate(prompt, n) == generate(model, prompt, n)
     assert decoder.generate([1, 17], 0) == []
     assert model.layers[0].attention.cache is None  # the cache is removed, as generate does
@@ -350,7 +351,7 @@ def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
 
     model = random_model(GQA, seed=4)
     alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12)
-    decoder = CompiledDecoder(model, max_seq_len=48)  # the length the test above compiled: a cache hit
+    decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)  # the graph the test above compiled: a cache hit
     a, b = decoder.generate_stream([1, 5, 9], 12), generate_stream(model, [2, 60], 12)
     got_a, got_b = [], []
     for _ in range(12):

@@ -205,13 +205,18 @@ def save_screenshot(page, path: Path, **options) -> None:
 
 def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -> list[str]:
     """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
-    broken links, content that does not fit at desktop and phone widths, a palette toggle that does
+    broken links, a copy button that copies a ``>>>`` example's prompts, content that does not fit at desktop and phone widths, a palette toggle that does
     nothing (chapters, labs and Home). Screenshots at both widths go to ``screenshots``."""
-    context, page, watch = open_context(browser, site_url, color_scheme="light")
+    context, page, watch = open_context(browser, site_url, color_scheme="light",
+                                        permissions=["clipboard-read", "clipboard-write"])
     try:
         page.goto(site_url + nav_page.url, wait_until="load")
         wait_for_math(page, watch)
         check_links(page, watch, site_url)
+        with EUID_LOCK:
+            has_prompts = nav_page.path.endswith(".md") and ">>> " in nav_page.source.read_text("utf-8")
+        if has_prompts:
+            check_copy_button(page, watch)
         # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;
         # before the full-page screenshot, which resizes the viewport and with it the scrollbars.
         watch.problems += layout_problems(page, f"/{nav_page.url}", page.viewport_size, site_url, site_dir)
@@ -235,6 +240,23 @@ def visit(browser, site_url: str, site_dir: Path, nav_page, screenshots: Path) -
     finally:
         context.close()
     return watch.problems
+
+
+def check_copy_button(page, watch) -> None:
+    """The copy button of the page's first ``>>>`` example copies its code: no prompts, no outputs."""
+    blocks = page.locator(".md-content .highlight:has(.gp)")
+    if not blocks.count():
+        watch.problems.append("the page's >>> examples are not shown with their prompts (no .gp in any code block)")
+        return
+    block = blocks.first
+    shown = block.locator("code").text_content()
+    code = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... ")) or line in (">>>", "...")]
+    block.hover()
+    block.locator('button.md-code__button[data-md-type="copy"]').click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    # Hidden outputs leave their line breaks behind: blank lines, harmless when pasted.
+    if ">>>" in copied or [l for l in copied.splitlines() if l.strip()] != [l for l in code if l.strip()]:
+        watch.problems.append(f"the copy button of the first >>> example copied {copied[:200]!r}, not its code")
 
 
 def check_dark_palette(page, watch, screenshot: Path) -> None:

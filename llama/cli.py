@@ -187,6 +187,20 @@ def _quantize_flags(args) -> tuple[int, int | None] | None:
     return (8 if args.quantize == "int8" else 4), args.group_size
 
 
+def load_model(path: str, dtype=None, max_seq_len: int | None = None):
+    """:meth:`Transformer.from_pretrained` (float32 unless ``dtype``), or a sharded training
+    checkpoint read whole (:func:`llama.dcp_checkpoint.read_sharded`)."""
+    import torch
+
+    from llama.dcp_checkpoint import is_sharded_checkpoint, read_sharded
+    from llama.model import Transformer
+
+    dtype = dtype or torch.float32
+    if is_sharded_checkpoint(path):
+        return read_sharded(path, dtype, max_seq_len)
+    return Transformer.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len)
+
+
 def checkpoint_path(name: str) -> str:
     """A checkpoint argument: a path as given, or the name of a downloaded model (``stories260K``).
 
@@ -222,7 +236,6 @@ def _check_generate_flags(args) -> None:
 def _run_generate(args) -> int:
     _check_generate_flags(args)  # and the sampling settings just below: all before the model loads
     from llama.generation import CompiledDecoder, generate_stream, missing_cxx_compiler, prepare_for_decoding
-    from llama.model import Transformer
     from llama.sampling import Sampling
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -241,7 +254,7 @@ def _run_generate(args) -> int:
         prompt = args.ids if args.ids is not None else [1]
     if not prompt:
         raise ValueError("the prompt is empty (no text and this tokenizer has no <s>): give --prompt text or --ids")
-    model = Transformer.from_pretrained(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
+    model = load_model(checkpoint_path(args.checkpoint), max_seq_len=args.max_seq_len)
     if args.adapter is not None:  # merged: decoding then costs what the base model's does
         if getattr(model, "quantization", None):
             raise ValueError(f"{args.checkpoint} holds integer weights: an adapter merges into float weights; "
@@ -314,8 +327,6 @@ def _add_convert(subparsers) -> None:
 def _run_convert(args) -> int:
     import torch
 
-    from llama.model import Transformer
-
     scheme = _quantize_flags(args)
     if (scheme is None) != (args.to != "quantized"):
         raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
@@ -333,9 +344,8 @@ def _run_convert(args) -> int:
         refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
         vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
-    model = Transformer.from_pretrained(checkpoint_path(args.source),
-                                        dtype=torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
-                                        max_seq_len=args.max_seq_len)
+    model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
+                       args.max_seq_len)
     if args.merge_adapter is not None:
         if getattr(model, "quantization", None):
             raise ValueError(f"{args.source} holds integer weights: an adapter merges into float weights; "

@@ -103,6 +103,11 @@ def add_loop_flags(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--muon-lr", type=float, default=S, help=f"Muon's peak learning rate (default {d.muon_lr})")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    g.add_argument("--parallel", choices=["ddp", "fsdp"], default=S,
+                   help="under torchrun: ddp (a whole copy per process) or fsdp (each process holds 1/N of "
+                   f"the weights, gradients and optimizer state; checkpoints resume on any number) (default {d.parallel})")
+    g.add_argument("--checkpoint-activations", action="store_true", default=S,
+                   help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
     g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
     g = p.add_argument_group("length and reporting")
     g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Dist", "setup", "teardown", "wrap_model", "on_rank0", "broadcast_from_rank0"]
+__all__ = ["Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "all_finite", "on_rank0", "broadcast_from_rank0"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,39 @@ def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     ids = [dist.local_rank] if dist.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 # --8<-- [end:ddp]
+
+
+def no_grad_sync(net: torch.nn.Module, world_size: int) -> AbstractContextManager:
+    """A context in which backward only adds to this rank's gradients, without communicating:
+    for all but the last micro-batch of a step. DDP's ``no_sync()``, or FSDP's switch."""
+    if world_size == 1:
+        return nullcontext()
+    if hasattr(net, "no_sync"):
+        return net.no_sync()
+    return _SkipGradientSync(net)
+
+
+class _SkipGradientSync:
+    """FSDP2's ``set_requires_gradient_sync(False)`` for the duration of a ``with``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def __enter__(self) -> None:
+        self.net.set_requires_gradient_sync(False)
+
+    def __exit__(self, *exc) -> None:
+        self.net.set_requires_gradient_sync(True)
+
+
+def all_finite(model: torch.nn.Module, dist: Dist) -> bool:
+    """Whether every weight is finite on every rank (each checks what it holds: its shards
+    of a sharded model); the same answer on all ranks."""
+    local = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
+    ok = torch.tensor([float(all(bool(t.isfinite().all()) for t in local))], device=dist.device)
+    if dist.world_size > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item() == 1.0)
 
 
 def teardown(dist: Dist) -> None:

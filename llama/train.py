@@ -26,8 +26,10 @@ import torch
 
 from llama._files import atomic_write_text
 from llama.data import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
-from llama.distributed import Dist, broadcast_from_rank0, on_rank0, setup, teardown, wrap_model
+from llama.distributed import Dist, all_finite, broadcast_from_rank0, no_grad_sync, on_rank0, setup, teardown, wrap_model
+from llama.dcp_checkpoint import load_sharded, save_sharded
 from llama.finetune import build_model, save_final
+from llama.fsdp import checkpoint_activations, full_state_dict, shard
 from llama.loss import cross_entropy
 from llama.model import Transformer
 from llama.optim import clip_grad_norm, lr_at, make_optimizer
@@ -41,14 +43,16 @@ __all__ = ["evaluate", "train_step", "train"]
 # --8<-- [start:evaluate]
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_lengths: np.ndarray,
-             max_tokens: int | None = None, batch_size: int = 16, rank: int = 0, world_size: int = 1
-             ) -> dict[str, float]:
+             max_tokens: int | None = None, batch_size: int = 16, rank: int = 0, world_size: int = 1,
+             lockstep: bool = False) -> dict[str, float]:
     """Loss, perplexity and bits per byte of ``model`` on validation tokens.
 
     The windows of :func:`llama.data.eval_windows` predict every token of
     ``tokens[1 : n + 1]`` once (``n = max_tokens``, or all). Their total loss in nats, divided by
     $\\ln 2$ times the number of bytes those target tokens decode to (``byte_lengths``
-    summed over them), is the bits per byte. Ranks split the windows and add up their sums.
+    summed over them), is the bits per byte. Ranks split the windows and add up their sums;
+    with ``lockstep`` (a sharded model), a rank with fewer batches runs empty forward passes
+    until all have run as many.
 
     Returns:
         ``{"loss": nats per token, "ppl": exp(loss), "bpb": bits per byte, "tokens", "bytes"}``.
@@ -56,16 +60,24 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
     windows = list(eval_windows(tokens, block_size, max_tokens))
     device = next(model.parameters()).device
     nats = torch.zeros((), dtype=torch.float64, device=device)  # on the device: NCCL all-reduces only GPU tensors
-    mine = windows[rank::world_size]
-    i = 0
-    while i < len(mine):  # batch windows of equal length together
-        j = i
-        while j < len(mine) and j - i < batch_size and mine[j][1].size(1) == mine[i][1].size(1):
-            j += 1
-        x = torch.cat([w[1] for w in mine[i:j]])
-        y = torch.cat([w[2] for w in mine[i:j]])
+
+    def batches(mine):  # windows of equal length together, at most batch_size of them
+        out, i = [], 0
+        while i < len(mine):
+            j = i
+            while j < len(mine) and j - i < batch_size and mine[j][1].size(1) == mine[i][1].size(1):
+                j += 1
+            out.append((torch.cat([w[1] for w in mine[i:j]]), torch.cat([w[2] for w in mine[i:j]])))
+            i = j
+        return out
+
+    mine = batches(windows[rank::world_size])
+    for x, y in mine:
         nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double()
-        i = j
+    if lockstep:  # a sharded model's forward gathers weights from every rank: all run as many
+        most = max(len(batches(windows[r::world_size])) for r in range(world_size))
+        for _ in range(most - len(mine)):
+            model(windows[0][1][:, :1].to(device))
     if world_size > 1:
         torch.distributed.all_reduce(nats)
     n_targets = sum(w[2].numel() for w in windows)
@@ -105,9 +117,9 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
     step_loss = torch.zeros((), device=device)
     for micro in range(accum):
         x, y = sampler.next_batch()
-        # DDP averages the gradients across processes during backward; once, at the last micro-batch
+        # DDP (or FSDP) averages the gradients across processes during backward; once, at the last micro-batch
         last = world_size == 1 or micro == accum - 1
-        with nullcontext() if last else net.no_sync():
+        with nullcontext() if last else no_grad_sync(net, world_size):
             with autocast:
                 logits = net(x.to(device))
             loss = cross_entropy(logits, y.to(device)) / accum  # the sum over micro-batches is the mean
@@ -215,17 +227,23 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     mconf = model_config(cfg, tokenizer.vocab_size)
     check_memory(cfg, mconf, dist.device)
     model = build_model(cfg, mconf).to(dist.device)  # a new model, or a base to fine-tune
+    if cfg.checkpoint_activations:
+        checkpoint_activations(model)
+    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    sharded = cfg.parallel == "fsdp"
+    if sharded and world > 1:  # before the optimizer, which then holds this rank's shards only
+        shard(model, dist, param_dtype=autocast_dtype)
+        autocast_dtype = None  # FSDP's policy casts the gathered weights instead
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.optimizer, cfg.muon_lr)
     sampler = WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world)
     byte_lengths = token_byte_lengths(tokenizer)
     step, elapsed, log = 0, 0.0, out / "log.jsonl"
-    meta = resume_checkpoint(out, model, optimizer, sampler, tok_file) if resume else None
+    meta = resume_checkpoint(out, model, optimizer, sampler, tok_file, load_sharded if sharded else None) if resume else None
     if meta is not None:
         step, elapsed = meta["step"], meta["elapsed"]
     if rank == 0:
         trim_log(log, step)
-    net = wrap_model(torch.compile(model) if cfg.compile else model, dist)
-    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    net = model if sharded else wrap_model(torch.compile(model) if cfg.compile else model, dist)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.accum * world
 
     def progress_of(step: int, elapsed: float) -> float:
@@ -240,7 +258,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     def log_eval(train_loss: float | None, final: bool = False) -> dict[str, Any]:
         net.eval()
         result = evaluate(model, data.val, cfg.block_size, byte_lengths,
-                          None if final else cfg.eval_tokens, rank=rank, world_size=world)
+                          None if final else cfg.eval_tokens, rank=rank, world_size=world, lockstep=sharded)
         net.train()
         record = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3),
                   "lr": lr, "train_loss": train_loss, **{f"val_{k}": v for k, v in result.items()}}
@@ -275,14 +293,16 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             raise _diverged(cfg, resume, step, f"the loss is {loss}")
         elapsed = clock()
         if step % cfg.eval_every == 0 or progress_of(step, elapsed) >= 1.0:
-            if not all(bool(p.isfinite().all()) for p in model.parameters()):  # never checkpoint them
+            if not all_finite(model, dist):  # never checkpoint them
                 raise _diverged(cfg, resume, step, f"the loss was {loss:.4g}, but the update made weights non-finite")
             record = log_eval(sum(losses) / len(losses))
             losses.clear()
-            if rank == 0:
-                _save(cfg, resume, step, model, optimizer, sampler,
-                      {"step": step, "elapsed": time.perf_counter() - start,
-                       "model_config": mconf.to_dict(), "train_config": dataclasses.asdict(cfg)}, tok_file)
+            state = {"step": step, "elapsed": time.perf_counter() - start,
+                     "model_config": mconf.to_dict(), "train_config": dataclasses.asdict(cfg)}
+            if sharded:  # every rank writes its shards
+                _save(cfg, resume, step, save_sharded, model, optimizer, sampler, state, tok_file, dist)
+            elif rank == 0:
+                _save(cfg, resume, step, save_checkpoint, model, optimizer, sampler, state, tok_file)
             if bar is not None:
                 bar.set_postfix_str(f"val {record['val_loss']:.3f} ({record['val_bpb']:.3f} bpb)", refresh=False)
         if bar is not None:
@@ -294,6 +314,10 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     if bar is not None:
         bar.close()
     final = log_eval(None, final=True)
+    if sharded and world > 1:  # the whole weights, gathered from every rank's shards
+        whole = full_state_dict(model)
+        model = Transformer(mconf)
+        model.load_state_dict(whole)
     if rank == 0:
         _finish(out, model, tokenizer, tok_file, cfg)
     if world > 1:
@@ -359,12 +383,13 @@ def _diverged(cfg: TrainConfig, resume: bool, step: int, what: str) -> ValueErro
                       f"Lower --lr (it is {cfg.lr:g}){where}, or check the training text")
 
 
-def _save(cfg: TrainConfig, resume: bool, step: int, *args: Any) -> None:
-    """:func:`save_checkpoint`, with a write that fails (a full disk) reported in one line."""
+def _save(cfg: TrainConfig, resume: bool, step: int, write: Callable[..., Any], *args: Any) -> None:
+    """``write(out, *args)`` (:func:`save_checkpoint`, or :func:`save_sharded`), with a write
+    that fails (a full disk) reported in one line."""
     from safetensors import SafetensorError
 
     try:
-        save_checkpoint(Path(cfg.out), *args)
+        write(Path(cfg.out), *args)
     except (OSError, SafetensorError) as err:
         kept, resumable = _kept(cfg, resume)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)

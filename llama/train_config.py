@@ -66,6 +66,12 @@ class TrainConfig:
         progress: show a progress bar.
         base: fine-tune this checkpoint (:mod:`llama.finetune`) instead of training a new model;
             its sizes replace ``model`` and the size overrides.
+        parallel: how several processes (``torchrun``) share the work: ``"ddp"``, a whole copy of
+            the model on each (:mod:`llama.distributed`), or ``"fsdp"``, each holding 1/N of the
+            weights, gradients and optimizer state (:mod:`llama.fsdp`), with sharded checkpoints
+            that resume on any number of processes (:mod:`llama.dcp_checkpoint`).
+        checkpoint_activations: recompute each block's activations in the backward pass instead
+            of keeping them (less memory, one more forward pass).
         lora_rank: with ``base``, train LoRA adapters of this rank on ``lora_targets`` (a comma-separated
             subset of ``wq,wk,wv,wo,w1,w2,w3``) with ``lora_alpha`` and ``lora_dropout``
             (:class:`llama.lora.LoRAConfig`); 0 trains every weight.
@@ -108,6 +114,8 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "wq,wk,wv,wo,w1,w2,w3"
+    parallel: str = "ddp"
+    checkpoint_activations: bool = False
 
     #: Fields that may change when a run is resumed: how long it goes on and how it reports.
     RESUMABLE_CHANGES = ("max_steps", "max_time", "eval_every", "eval_tokens", "threads",
@@ -143,6 +151,12 @@ class TrainConfig:
                 raise ValueError(f"--{_flag(name)} must be {what}, got {value!r}")
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"--parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.compile:
+            raise ValueError("--compile is not supported with --parallel fsdp here; drop one of them")
+        if self.parallel == "fsdp" and self.lora_rank:
+            raise ValueError("LoRA fine-tuning trains a few small adapters: use --parallel ddp, not fsdp")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:

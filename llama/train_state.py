@@ -65,20 +65,31 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
 
     Raises:
         ValueError: a flag given now contradicts the saved run, or the number of processes
-            differs (the message lists them).
+            differs in a DDP run or does not divide a sharded run's global batch (the message
+            lists them).
     """
+    # A sharded (fsdp) run resumes on any number of processes, each taking an equal part of
+    # the same global batch: the data order depends only on that (llama.data.WindowSampler).
+    reshard = saved.get("parallel") == "fsdp" and world_size != saved.get("world_size")
+    global_batch = saved.get("batch_size", 0) * saved.get("world_size", 1)
+    per_rank = {"batch_size": global_batch // world_size} if reshard and global_batch % world_size == 0 else {}
     conflicts = [f"--{k.replace('_', '-')} {v!r} (the run used {saved.get(k)!r})"
-                 for k, v in cfg.run_settings().items() if k in given and v != saved.get(k)]
-    if world_size != saved.get("world_size"):
+                 for k, v in cfg.run_settings().items()
+                 if k in given and v != per_rank.get(k, saved.get(k))]
+    if reshard and not per_rank:
+        conflicts.append(f"{world_size} process(es): the run's global batch of {global_batch} windows "
+                         "does not split evenly over them")
+    elif world_size != saved.get("world_size") and not reshard:
         conflicts.append(f"{world_size} process(es) (the run used {saved.get('world_size')}; "
-                         "the data order depends on it)")
+                         "the data order depends on it; a --parallel fsdp run can change it)")
     if conflicts:
         raise ValueError(f"--resume: the flags disagree with the run in {cfg.out}: " + "; ".join(conflicts)
                          + ". Drop those flags to continue the run as it was, or start a new run in another --out")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
     # A setting newer than the saved run (--optimizer in a run from before it) keeps its default,
     # which is what that run used.
-    return dataclasses.replace(cfg, **{k: getattr(cfg, k) if k in given or k not in saved else saved[k] for k in fields})
+    merged = {k: getattr(cfg, k) if k in given or k not in saved else saved[k] for k in fields}
+    return dataclasses.replace(cfg, **{**merged, **per_rank})
 
 
 def preflight(cfg: TrainConfig, device: torch.device) -> None:
@@ -272,10 +283,12 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def resume_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimizer, sampler: WindowSampler,
-                      tokenizer_file: Path) -> dict[str, Any] | None:
+                      tokenizer_file: Path, load=None) -> dict[str, Any] | None:
     """Load the latest checkpoint of the run in ``out`` (:func:`load_checkpoint`) after checking
     that it belongs to the run: the model it holds is the one ``run.json`` describes, and its copy
     of the tokenizer is the run's. Returns its ``state.json``, or ``None`` when there is none yet.
+    ``load`` reads the folder (default :func:`load_checkpoint`; a sharded run's is
+    :func:`llama.dcp_checkpoint.load_sharded`).
 
     Raises:
         ValueError: the checkpoint disagrees with the run, or a file of it cannot be read (a
@@ -303,7 +316,7 @@ def resume_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Opti
         raise ValueError(f"{tokenizer_file} is not the tokenizer {path} was trained with ({copy}); "
                          f"copy that one back to {tokenizer_file}")
     try:
-        return load_checkpoint(path, model, optimizer, sampler)
+        return (load or load_checkpoint)(path, model, optimizer, sampler)
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"the checkpoint {path} cannot be loaded ({reason}): it is damaged or truncated; "

@@ -6,12 +6,15 @@
   what FSDP2 (``fully_shard``, one process playing one rank of six through PyTorch's fake process
   group) allocates after a step is what :func:`bytes_per_rank` counts.
 * Published sizes: Llama 3.1 8B and Llama 3 70B have the parameter counts of Meta's model cards.
+* Activation checkpointing: a checkpointed block saves its input, in float32 even under autocast:
+  the saved tensors of a forward pass grow by what :func:`bytes_per_rank` counts per block.
 * Traffic: a ring all-reduce, simulated tensor by tensor, sends what :func:`communication_bytes`
   counts, and sums correctly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -113,6 +116,35 @@ def test_published_parameter_counts():
         n = bytes_per_rank(config, 1, "ddp", 1, 1)["weights"] // 4
         assert n == sum(math.prod(s) for s in parameter_shapes(config).values())
         assert abs(n / published - 1) < 0.005, (n, published)
+
+
+def saved_bytes(n_layers: int, autocast: bool) -> int:
+    """Bytes of the distinct storages a forward pass saves for the backward, with every block
+    checkpointed (the reentrant variant saves its inputs with ``save_for_backward``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(TINY, n_layers=n_layers))
+    for block in model.layers:
+        block.forward = (lambda f: lambda *args: checkpoint(f, *args, use_reentrant=True))(block.forward)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        model(torch.randint(0, TINY.vocab_size, (2, 8)))
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_checkpointing_keeps_each_blocks_input(autocast):
+    # One more block adds its input and nothing else (RoPE's tables are shared by all blocks).
+    counted = [bytes_per_rank(dataclasses.replace(TINY, n_layers=n), 1, "ddp", 2, 8, autocast=autocast,
+                              activation_checkpointing=True)["activations"] for n in (2, 3)]
+    assert saved_bytes(3, autocast) - saved_bytes(2, autocast) == counted[1] - counted[0] == 4 * 2 * 8 * TINY.dim
 
 
 def ring_all_reduce(buffers: list[torch.Tensor]) -> int:

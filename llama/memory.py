@@ -92,11 +92,14 @@ def bytes_per_rank(config: ModelConfig, world_size: int, strategy: str, batch_si
 
     ``"buffers"`` is what the communication holds on top. DDP: a second copy of the gradients,
     the flat buckets it all-reduces (PyTorch's default, ``gradient_as_bucket_view=False``).
-    FSDP: what FSDP2's schedule holds whole for a while, with the model wrapped block by block
-    and then as a whole: the outer unit (embedding, final norm, head) stays gathered from its
-    forward to the end of the backward, with its gradients (reduced when the backward ends);
-    and in the backward, the block being differentiated, its gradients, and the next block's
-    weights, fetched ahead. ZeRO-1 and 2: 0 (their buckets depend on the implementation).
+    FSDP: what FSDP2's schedule holds whole, with the model wrapped block by block and then as
+    a whole. The outer unit (embedding, final norm, head) stays gathered from its forward to the
+    end of the backward, and its gradients are reduced when the backward ends. While a block is
+    differentiated there are also its weights and gradients and the next block's weights,
+    fetched ahead, next to the outer unit's weights and the gradients of the head and final
+    norm; the embedding's gradient comes last, when the blocks' are gone. The larger of those
+    two moments counts, weights at their gathered (padded) size. ZeRO-1 and 2: 0 (their
+    buckets depend on the implementation).
 
     With ``activation_checkpointing`` each block keeps only its input (the float32 residual
     stream) and recomputes its activations in the backward, one block at a time.
@@ -142,9 +145,16 @@ def bytes_per_rank(config: ModelConfig, world_size: int, strategy: str, batch_si
     if strategy == "ddp" and world_size > 1:
         buffers = param_bytes * full
     elif strategy == "fsdp" and world_size > 1:
-        outer = sum(math.prod(s) for k, s in shapes.items() if not k.startswith("layers."))
-        block = sum(math.prod(s) for k, s in shapes.items() if k.startswith("layers.0."))
-        buffers = param_bytes * (2 * outer + 3 * block)  # outer weights + grads; 2 blocks' weights, 1's grads
+        outer = [k for k in shapes if not k.startswith("layers.")]
+        block = [k for k in shapes if k.startswith("layers.0.")]
+        gathered = {k: world_size * shard_numel(s, world_size) for k, s in shapes.items()}  # padded
+        # Used after the blocks in the forward, so differentiated before them: head and final norm.
+        late = [k for k in outer if k != "tok_embeddings.weight" or config.tie_embeddings]
+        during_blocks = (sum(gathered[k] for k in outer) + sum(math.prod(shapes[k]) for k in late)
+                         + min(2, config.n_layers) * sum(gathered[k] for k in block)
+                         + sum(math.prod(shapes[k]) for k in block))
+        at_the_end = sum(gathered[k] + math.prod(shapes[k]) for k in outer)
+        buffers = param_bytes * max(during_blocks, at_the_end)
     parts.update(activations=activations, logits=whole["logits"], buffers=buffers)
     parts["total"] = sum(parts.values())
     return parts

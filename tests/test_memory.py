@@ -4,7 +4,8 @@
   and AdamW or Muon state counted equal the bytes of the real tensors, in float32 and bfloat16.
 * Sharding: the rounding of :func:`shard_numel` is ``torch.chunk``'s on the real parameters, and
   what FSDP2 (``fully_shard``, one process playing one rank of six through PyTorch's fake process
-  group) allocates after a step is what :func:`bytes_per_rank` counts.
+  group) allocates after a step is what :func:`bytes_per_rank` counts; so is the most it holds
+  whole during a step (its ``"buffers"``), sampled at every saved tensor.
 * Published sizes: Llama 3.1 8B and Llama 3 70B have the parameter counts of Meta's model cards.
 * Activation checkpointing: a checkpointed block saves its input, in float32 even under autocast:
   the saved tensors of a forward pass grow by what :func:`bytes_per_rank` counts per block.
@@ -19,6 +20,7 @@ import math
 
 import pytest
 import torch
+from helpers import unavailable
 
 from llama.config import ModelConfig
 from llama.memory import STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel
@@ -81,21 +83,35 @@ def test_shard_sizes_are_torch_chunks():
             assert 0 <= n * chunks[0].numel() - p.numel() < n * math.prod(p.shape[1:]), (name, n)
 
 
-@pytest.mark.parametrize("rank", [0, 5])
-def test_fsdp2_holds_what_is_counted(rank):
-    fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg",
-                                  reason="PyTorch's fake process group (internal) is not in this build")
+def fake_process_group(rank: int, world_size: int):
+    """Join PyTorch's fake process group as ``rank``: collectives check shapes and move nothing."""
+    try:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+    except ImportError:
+        unavailable("this PyTorch build has no fake process group", "install the torch of constraints.txt")
     import torch.distributed as dist
+
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    return dist
+
+
+def fully_sharded(config: ModelConfig) -> Transformer:
     from torch.distributed.fsdp import fully_shard
 
+    torch.manual_seed(0)
+    model = Transformer(config)
+    for block in model.layers:  # the wrapping the chapter describes: each block, then the model
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+@pytest.mark.parametrize("rank", [0, 5])
+def test_fsdp2_holds_what_is_counted(rank):
     world = 6
-    dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=rank, world_size=world)
+    dist = fake_process_group(rank, world)
     try:
-        torch.manual_seed(0)
-        model = Transformer(TINY)
-        for block in model.layers:  # the wrapping the chapter describes: each block, then the model
-            fully_shard(block)
-        fully_shard(model)
+        model = fully_sharded(TINY)
         optimizer = one_step(model, "adamw")  # the fake collectives move no data: sizes only
         counted = bytes_per_rank(TINY, world, "fsdp", 2, 8)
         # Every rank allocates the padded size of each weight ...
@@ -108,6 +124,50 @@ def test_fsdp2_holds_what_is_counted(rank):
         assert (grads, state) == (counted["gradients"], counted["optimizer"])
     else:  # the last rank's chunks of the 37-row embedding and head are 2 rows, not 7
         assert grads < counted["gradients"] and state < counted["optimizer"]
+
+
+def whole_tensor_bytes(groups) -> tuple[int, int]:
+    """Bytes FSDP2 holds whole right now: gathered weights (including an all-gather still in
+    flight, a prefetch) and the gradients of gathered weights. FSDP2's internals, read as they
+    are in the torch of constraints.txt."""
+    weights, grads = {}, {}
+    for group in groups:
+        for param in group.fsdp_params:
+            if hasattr(param, "_unsharded_param"):
+                w = param._unsharded_param
+                weights[w.untyped_storage().data_ptr()] = w.untyped_storage().nbytes()
+                if w.grad is not None:
+                    grads[w.grad.untyped_storage().data_ptr()] = w.grad.untyped_storage().nbytes()
+        if group._all_gather_result is not None:
+            out = group._all_gather_result.all_gather_output.untyped_storage()
+            weights[out.data_ptr()] = out.nbytes()
+    weights.pop(0, None)  # freed storages
+    grads.pop(0, None)
+    return sum(weights.values()), sum(grads.values())
+
+
+def test_fsdp2_whole_tensors_are_what_is_counted():
+    # Untied, as the recipe and Llama 3.1 8B are. With a tied head, autograd keeps the head's
+    # share of the shared gradient in its own buffer until the embedding's share arrives, where
+    # nothing here can see it (bytes_per_rank counts it).
+    config = ModelConfig(**{**vars(TINY), "n_layers": 3})
+    dist = fake_process_group(0, 6)
+    try:
+        model = fully_sharded(config)
+        groups = [m._get_fsdp_state()._fsdp_param_group for m in [*model.layers, model]]
+        peak = 0
+
+        def sample(t):  # at every tensor saved in the forward and used in the backward
+            nonlocal peak
+            peak = max(peak, sum(whole_tensor_bytes(groups)))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(sample, sample):
+            model(torch.randint(0, config.vocab_size, (2, 8))).float().square().mean().backward()
+        sample(None)  # the end of the backward: the embedding's gradient has arrived
+    finally:
+        dist.destroy_process_group()
+    assert peak == bytes_per_rank(config, 6, "fsdp", 2, 8)["buffers"]
 
 
 def test_published_parameter_counts():

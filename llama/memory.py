@@ -72,13 +72,13 @@ def _check(world_size: int, strategy: str, param_bytes: int) -> None:
         raise ValueError(f"param_bytes must be 4 (float32) or 2 (bfloat16), got {param_bytes!r}")
 
 
+# --8<-- [start:per_rank]
 def _state_copies(name: str, shape: tuple[int, ...], optimizer: str) -> int:
     # As llama.optim.make_optimizer groups them: Muon keeps one momentum per matrix of the
     # blocks; AdamW, for everything else, two moments.
     return 1 if optimizer == "muon" and len(shape) == 2 and name.startswith("layers.") else 2
 
 
-# --8<-- [start:per_rank]
 def bytes_per_rank(config: ModelConfig, world_size: int, strategy: str, batch_size: int, seq_len: int,
                    optimizer: str = "adamw", param_bytes: int = 4, activation_checkpointing: bool = False,
                    autocast: bool = True) -> dict[str, int]:
@@ -121,10 +121,12 @@ def bytes_per_rank(config: ModelConfig, world_size: int, strategy: str, batch_si
         overstates the peak.
 
     Raises:
-        ValueError: an unknown strategy or optimizer, a world size below 1, or ``param_bytes``
-            not 2 or 4.
+        ValueError: an unknown strategy or optimizer, a world size, batch size or sequence
+            length below 1, or ``param_bytes`` not 2 or 4.
     """
     _check(world_size, strategy, param_bytes)
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be 1 or more, got {batch_size} and {seq_len}")
     whole = training_memory(config, batch_size, seq_len, optimizer, autocast)  # one process, float32
     shapes = parameter_shapes(config)
     full, n_state = whole["weights"] // 4, whole["optimizer"] // 4  # elements

@@ -258,3 +258,10 @@ def test_bad_input(bad, message):
         bytes_per_rank(TINY, args["world_size"], args["strategy"], 1, 1, param_bytes=args["param_bytes"])
     with pytest.raises(ValueError, match=message):
         communication_bytes(TINY, **args)
+
+
+def test_bad_batch():
+    with pytest.raises(ValueError, match="batch_size and seq_len must be 1 or more, got 0 and 8"):
+        bytes_per_rank(TINY, 2, "ddp", 0, 8)
+    with pytest.raises(ValueError, match="optimizer must be adamw or muon"):
+        bytes_per_rank(TINY, 2, "ddp", 1, 8, optimizer="sgd")

@@ -54,9 +54,6 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 def test_shapes_are_the_models(tied):
     config = ModelConfig(**{**vars(TINY), "tie_embeddings": tied})
     assert parameter_shapes(config) == {k: tuple(p.shape) for k, p in Transformer(config).named_parameters()}
-    big = ModelConfig.from_preset("llama3.1-8b")
-    with torch.device("meta"):
-        assert parameter_shapes(big) == {k: tuple(p.shape) for k, p in Transformer(big).named_parameters()}
 
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])

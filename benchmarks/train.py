@@ -10,6 +10,7 @@ Run from the repository root::
     python benchmarks/train.py precision    # float32 vs bfloat16 autocast, our model
     python benchmarks/train.py parts        # the book's loss, AdamW, clipping vs PyTorch's; Muon vs AdamW
     python benchmarks/train.py sweep --sweep-steps 300   # the recipe's variants at a fixed number of steps
+    python benchmarks/train.py parallel     # DDP and FSDP on 1, 2 and 4 ranks: bytes per rank, step time
     python benchmarks/train.py --quick throughput precision parts   # tiny sizes, to check the script runs
 
 FLOPs per token are :func:`llama.flops.flops_per_token` (6 x the weights that multiply, plus
@@ -31,6 +32,15 @@ same initial weights, same batch (8 x 256 tokens), the same loss function, the s
 gets untimed warm-up steps; then timed rounds alternate between the two so that a burst of load
 from another process hits both alike. A round is ``--steps`` optimizer steps; tokens/s is
 tokens in the round over its wall time; the median over rounds is reported.
+
+``parallel`` runs ``llama train --parallel ddp|fsdp`` under ``torchrun`` (gloo) on 1, 2 and 4
+ranks with the same global batch (8 windows of 128 tokens of Tiny Shakespeare, the book's model,
+AdamW, float32, 1 thread per rank when ranks outnumber cores), ``--steps`` x 4 optimizer steps.
+Per rank it reports the bytes of weights and optimizer state that rank held (measured from its
+tensors by :func:`llama.fsdp.held_bytes`, saved in the checkpoint's ``state.json``) beside
+:func:`llama.memory.bytes_per_rank`'s count, the peak resident memory of each rank's process
+(VmHWM: Python, torch and the data included), and the mean time of a step (the training loop's
+time over its steps, evaluation excluded).
 """
 
 from __future__ import annotations
@@ -361,9 +371,71 @@ def run_parts(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
     return res
 
 
+PARALLEL_CHILD = """
+import os, sys
+from llama.cli import main
+code = main(sys.argv[1:])
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+out = sys.argv[sys.argv.index("--out") + 1]
+open(os.path.join(out, "rss-%s.txt" % os.environ.get("RANK", "0")), "w").write(str(hwm))
+raise SystemExit(code)
+"""
+
+
+def run_parallel(quick: bool, steps: int) -> list[dict]:
+    """DDP and FSDP on 1, 2 and 4 ranks: bytes held per rank (measured and counted), peak RSS, step time."""
+    import tempfile
+
+    from llama.config import ModelConfig
+    from llama.download import find_data
+    from llama.memory import bytes_per_rank
+
+    global_batch, block, n_steps = 8, 128, 4 * steps
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "child.py").write_text(PARALLEL_CHILD)
+        text = find_data("tinyshakespeare.txt")
+        if quick or text is None:
+            text = tmp / "text.txt"
+            text.write_text("to be or not to be that is the question whether tis nobler in the mind\n" * 3000)
+        for strategy in ("ddp", "fsdp"):
+            for ranks in (1, 2, 4):
+                out = tmp / f"{strategy}-{ranks}"
+                threads = max(1, (os.cpu_count() or 1) // ranks)
+                flags = ["train", "--out", str(out), "--data", str(text), "--model", "tiny" if quick else "book",
+                         "--tokenizer", "bytes", "--block-size", str(block), "--batch-size", str(global_batch // ranks),
+                         "--max-steps", str(n_steps), "--eval-every", str(n_steps), "--eval-tokens", "256",
+                         "--sample-tokens", "0", "--no-progress", "--threads", str(threads), "--parallel", strategy]
+                launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                              "--standalone", "--nproc_per_node", str(ranks)]
+                env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(threads)}
+                done = subprocess.run([*launch, str(tmp / "child.py"), *flags], cwd=REPO, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"{strategy} on {ranks} ranks failed:\n{done.stderr[-3000:]}")
+                state = json.loads((out / "checkpoints" / f"step-{n_steps:07d}" / "state.json").read_text())
+                config = ModelConfig.from_dict(state["model_config"])
+                count = bytes_per_rank(config, ranks, strategy, global_batch // ranks, block)
+                log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+                held = state["bytes_per_rank"]
+                rows.append({"strategy": strategy, "ranks": ranks,
+                             "held_mb": max(h["weights"] + h["optimizer"] for h in held) / 1e6,
+                             "counted_mb": (count["weights"] + count["optimizer"]) / 1e6,
+                             "peak_rss_mb": max(int((out / f"rss-{r}.txt").read_text()) for r in range(ranks)) / 1024,
+                             "step_ms": 1000 * log[-1]["elapsed"] / n_steps})
+    print(f"\nDDP and FSDP, global batch {global_batch} x {block} tokens, {n_steps} steps, gloo on this machine "
+          f"({os.cpu_count()} cores)")
+    print("| | ranks | weights + AdamW per rank, held (MB) | counted by llama.memory (MB) | peak RSS per rank (MB) | ms per step |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['strategy']} | {r['ranks']} | {r['held_mb']:.3f} | {r['counted_mb']:.3f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['step_ms']:.0f} |")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "parts", "sweep"])
+    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "parts", "sweep", "parallel"])
     parser.add_argument("--sweep-steps", type=int, default=300, help="optimizer steps of each sweep run")
     parser.add_argument("--only", action="append", choices=list(SWEEP), help="sweep only these variants")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the recipe (quality): median and spread")
@@ -384,6 +456,8 @@ def main(argv=None) -> int:
             run_sweep(args.sweep_steps, args.threads, args.only)
         elif what == "parts":
             run_parts(args.quick, args.warmup, args.steps, args.rounds)
+        elif what == "parallel":
+            run_parallel(args.quick, args.steps)
         elif what == "throughput":
             run_throughput(args.quick, args.compile, args.warmup, args.steps, args.rounds)
         else:

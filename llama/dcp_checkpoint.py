@@ -96,12 +96,11 @@ def save_sharded(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
             dcp.save(values, storage_writer=HuggingFaceStorageWriter(str(tmp / part), save_distributed=True),
                      no_dist=alone)
     settings = {k: v for k, v in optim.items() if not isinstance(v, torch.Tensor)}
-    held = _bytes_per_rank(model, optimizer, dist)
 
     def finish() -> str:  # rank 0, once every rank's shards are written
         save_file({"rng.torch": torch.get_rng_state(), "rng.sampler": sampler.state()}, tmp / "rng.safetensors")
-        meta = {**state, "format": "dcp", "world_size": dist.world_size, "bytes_per_rank": held,
-                "optimizer_settings": settings, "rng": _rng_json()}
+        meta = {**state, "format": "dcp", "world_size": dist.world_size, "optimizer_settings": settings,
+                "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
         for f in tmp.rglob("*"):
@@ -123,19 +122,6 @@ def save_sharded(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
             shutil.rmtree(tmp, ignore_errors=True)
         raise
 # --8<-- [end:save]
-
-
-def _bytes_per_rank(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> list[dict[str, int]]:
-    """What each rank holds of the weights and the optimizer state, in bytes (every rank calls it)."""
-    from llama.fsdp import local_bytes
-
-    mine = local_bytes(model, optimizer)
-    held = torch.tensor([[mine["weights"], mine["optimizer"]]], dtype=torch.int64, device=dist.device)
-    if dist.world_size > 1:
-        every = [torch.zeros_like(held) for _ in range(dist.world_size)]
-        torch.distributed.all_gather(every, held)
-        held = torch.cat(every)
-    return [{"weights": int(w), "optimizer": int(o)} for w, o in held.tolist()]
 
 
 # --8<-- [start:load]

@@ -21,7 +21,7 @@ import torch
 from llama.distributed import Dist
 from llama.model import Transformer
 
-__all__ = ["shard", "checkpoint_activations", "full_state_dict", "local_bytes"]
+__all__ = ["shard", "checkpoint_activations", "full_state_dict", "local_bytes", "held_bytes"]
 
 
 # --8<-- [start:shard]
@@ -90,3 +90,14 @@ def local_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
             state += sum(_local(v).numel() * v.element_size() for v in per_param.values()
                          if isinstance(v, torch.Tensor) and v.dim() > 0)
     return {"weights": weights, "optimizer": state}
+
+
+def held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> list[dict[str, int]]:
+    """:func:`local_bytes` of every rank, on every rank (each must call it: it all-gathers)."""
+    mine = local_bytes(model, optimizer)
+    held = torch.tensor([[mine["weights"], mine["optimizer"]]], dtype=torch.int64, device=dist.device)
+    if dist.world_size > 1:
+        every = [torch.zeros_like(held) for _ in range(dist.world_size)]
+        torch.distributed.all_gather(every, held)
+        held = torch.cat(every)
+    return [{"weights": int(w), "optimizer": int(o)} for w, o in held.tolist()]

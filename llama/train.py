@@ -29,7 +29,7 @@ from llama.data import WindowSampler, eval_windows, resolve_text_path, token_byt
 from llama.distributed import Dist, all_finite, broadcast_from_rank0, no_grad_sync, on_rank0, setup, teardown, wrap_model
 from llama.dcp_checkpoint import load_sharded, save_sharded
 from llama.finetune import build_model, save_final
-from llama.fsdp import checkpoint_activations, full_state_dict, shard
+from llama.fsdp import checkpoint_activations, full_state_dict, held_bytes, shard
 from llama.loss import cross_entropy
 from llama.model import Transformer
 from llama.optim import clip_grad_norm, lr_at, make_optimizer
@@ -259,6 +259,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         net.eval()
         result = evaluate(model, data.val, cfg.block_size, byte_lengths,
                           None if final else cfg.eval_tokens, rank=rank, world_size=world, lockstep=sharded)
+        if sharded and world > 1:
+            model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
         net.train()
         record = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3),
                   "lr": lr, "train_loss": train_loss, **{f"val_{k}": v for k, v in result.items()}}
@@ -297,8 +299,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
                 raise _diverged(cfg, resume, step, f"the loss was {loss:.4g}, but the update made weights non-finite")
             record = log_eval(sum(losses) / len(losses))
             losses.clear()
-            state = {"step": step, "elapsed": time.perf_counter() - start,
-                     "model_config": mconf.to_dict(), "train_config": dataclasses.asdict(cfg)}
+            state = {"step": step, "elapsed": time.perf_counter() - start, "model_config": mconf.to_dict(),
+                     "train_config": dataclasses.asdict(cfg), "bytes_per_rank": held_bytes(model, optimizer, dist)}
             if sharded:  # every rank writes its shards
                 _save(cfg, resume, step, save_sharded, model, optimizer, sampler, state, tok_file, dist)
             elif rank == 0:

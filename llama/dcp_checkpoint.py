@@ -39,7 +39,10 @@ __all__ = ["is_sharded_checkpoint", "save_sharded", "load_sharded", "read_sharde
 def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a checkpoint folder written by :func:`save_sharded`."""
     path = Path(path)
-    return (path / "state.json").is_file() and (path / "model").is_dir()
+    try:
+        return (path / "state.json").is_file() and (path / "model").is_dir()
+    except OSError:  # a folder this user may not enter: whoever reads it next says so
+        return False
 
 
 @contextmanager
@@ -98,7 +101,10 @@ def save_sharded(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     settings = {k: v for k, v in optim.items() if not isinstance(v, torch.Tensor)}
 
     def finish() -> str:  # rank 0, once every rank's shards are written
-        save_file({"rng.torch": torch.get_rng_state(), "rng.sampler": sampler.state()}, tmp / "rng.safetensors")
+        rng = {"rng.torch": torch.get_rng_state(), "rng.sampler": sampler.state()}
+        if torch.cuda.is_available():
+            rng["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, tmp / "rng.safetensors")
         meta = {**state, "format": "dcp", "world_size": dist.world_size, "optimizer_settings": settings,
                 "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
@@ -153,6 +159,8 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["rng.torch"])
     sampler.set_state(rng["rng.sampler"])
+    if "rng.cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["rng.cuda"])
     _set_rng_json(meta["rng"])
     return meta
 # --8<-- [end:load]

@@ -54,3 +54,14 @@ def test_a_folder_that_is_not_a_sharded_checkpoint_is_refused(tmp_path):
     assert not is_sharded_checkpoint(tmp_path / "hf")
     with pytest.raises(ValueError, match="is not a sharded checkpoint .* give a checkpoints/step-NNNNNNN folder"):
         read_sharded(tmp_path / "hf")
+
+
+def test_flags_that_do_not_go_with_fsdp_are_refused():
+    from llama.train_config import TrainConfig
+
+    with pytest.raises(ValueError, match="--compile is not supported with --parallel fsdp here; drop one of them"):
+        TrainConfig(out="run", max_steps=1, parallel="fsdp", compile=True)
+    with pytest.raises(ValueError, match="use --parallel ddp, not fsdp"):
+        TrainConfig(out="run", max_steps=1, parallel="fsdp", base="model", lora_rank=4)
+    with pytest.raises(ValueError, match="--parallel must be ddp or fsdp, got 'zero'"):
+        TrainConfig(out="run", max_steps=1, parallel="zero")

@@ -61,10 +61,12 @@ class _SiteHandler(SimpleHTTPRequestHandler):
             return str(Path(self.directory) / "__outside_the_site__")
         return super().translate_path("/" + path[len(self.prefix):])
 
-    def handle(self):
-        # The files are read as this process's user: never while a test runs as nobody (helpers.as_nobody).
+    def send_head(self):
+        # The file is opened as this process's user: never while a test runs as nobody
+        # (helpers.as_nobody). Only the opening holds the lock: sending a large file to a busy
+        # browser takes long, and a test waiting to run as nobody would wait for all of it.
         with EUID_LOCK:
-            super().handle()
+            return super().send_head()
 
     def log_message(self, format, *args):  # keep the test output readable
         pass

@@ -117,9 +117,10 @@ class TrainConfig:
     parallel: str = "ddp"
     checkpoint_activations: bool = False
 
-    #: Fields that may change when a run is resumed: how long it goes on and how it reports.
+    #: Fields that may change when a run is resumed: how long it goes on, how it reports, and how
+    #: it computes the same numbers (compiled, recomputing activations).
     RESUMABLE_CHANGES = ("max_steps", "max_time", "eval_every", "eval_tokens", "threads",
-                         "compile", "sample_tokens", "progress", "data", "out")
+                         "compile", "sample_tokens", "progress", "data", "out", "checkpoint_activations")
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None:

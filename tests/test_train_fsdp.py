@@ -70,7 +70,7 @@ def finished(procs) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process for 8 steps; 2 ranks killed after step 5 (checkpoint: step 4), then that run
-    continued on 4 ranks and, from a copy, on 1."""
+    continued on 4 ranks (recomputing activations) and, from a copy, on 1."""
     tmp = tmp_path_factory.mktemp("fsdp")
     words = "the king and queen of denmark speak to thee my lord what news from rome".split()
     text = tmp / "text.txt"
@@ -86,7 +86,9 @@ def runs(tmp_path_factory):
     assert (tmp / "two" / "checkpoints" / "latest").read_text().strip() == "step-0000004"
     state_two = json.loads((tmp / "two" / "checkpoints" / "step-0000004" / "state.json").read_text())
     shutil.copytree(tmp / "two", tmp / "two-then-one")
-    resumed = run_all(torchrun(4, "-m", "llama.cli", "train", "--out", str(tmp / "two"), "--resume"),
+    # The 4 ranks also recompute each block's activations in the backward pass: the same gradients.
+    resumed = run_all(torchrun(4, "-m", "llama.cli", "train", "--out", str(tmp / "two"), "--resume",
+                               "--checkpoint-activations"),
                       torchrun(1, "-m", "llama.cli", "train", "--out", str(tmp / "two-then-one"), "--resume"))
     finished(resumed)
     return {"tmp": tmp, "one": tmp / "one", "four": tmp / "two", "single": tmp / "two-then-one",

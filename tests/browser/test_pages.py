@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from visits import PAGE_VISITS, visit, wait_for_math
+from visits import PAGE_VISITS, check_links, visit, wait_for_math
 
 
 def open_page(new_page, site_url, url, **options):
@@ -32,6 +32,20 @@ def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
     if problems is None:
         problems = visit(browser, site_url, site_dir, nav_page, screenshots)
     assert not problems, "\n".join(problems)
+
+
+def test_broken_links_and_anchors_are_found(new_page, site_url):
+    page, watch = open_page(new_page, site_url, "rope/")
+    page.evaluate("""() => {
+        for (const href of ['#no-such-heading', '../attention/#no-such-heading', '../no-such-page/']) {
+            const a = document.createElement('a'); a.href = href; a.textContent = href;
+            document.querySelector('.md-content').appendChild(a);
+        }
+    }""")
+    check_links(page, watch, site_url)
+    found = sorted(p.split(":")[0] + ": " + p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in watch.problems)
+    assert found == ["broken anchor: attention/#no-such-heading", "broken anchor: rope/#no-such-heading",
+                     "broken link (404): no-such-page/"], watch.problems
 
 
 # --- the RoPE chapter (the first chapter with the full set of features) -----------------------------

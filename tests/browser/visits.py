@@ -179,7 +179,11 @@ def fetch(url: str) -> tuple[int, frozenset[str]]:
 def check_links(page, watch, site_url: str):
     origin = origin_of(site_url)
     here = urldefrag(page.url).url
-    for href in sorted(set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map((a) => a.href)"))):
+    # One round trip for the links and the ids of this page, not one per same-page anchor.
+    hrefs, here_ids = page.evaluate("() => [[...document.querySelectorAll('a[href]')].map((a) => a.href), "
+                                    "[...document.querySelectorAll('[id]')].map((e) => e.id)]")
+    here_ids = set(here_ids)
+    for href in sorted(set(hrefs)):
         if not href.startswith(origin + "/"):
             continue  # outside links are not followed: the tests make no outside request
         if not href.startswith(site_url):
@@ -191,7 +195,7 @@ def check_links(page, watch, site_url: str):
             watch.problems.append(f"broken link ({status}): {href}")
         elif fragment:
             anchor = unquote(fragment)
-            exists = page.evaluate("(id) => !!document.getElementById(id)", anchor) if target == here else anchor in ids
+            exists = anchor in (here_ids if target == here else ids)
             if not exists:
                 watch.problems.append(f"broken anchor: {href}")
 

@@ -143,7 +143,7 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    from llama.train_state import _set_rng_json
+    from llama.train_state import restore_generators
 
     meta = json.loads((path / "state.json").read_text())
     weights, optim = _state_dicts(model, optimizer)  # the tensors this rank holds now, to be filled
@@ -156,12 +156,7 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["optimizer_settings"].items()}
     set_optimizer_state_dict(model, optimizer, {**tensors, **settings},
                              options=StateDictOptions(flatten_optimizer_state_dict=True))
-    rng = load_file(path / "rng.safetensors")
-    torch.set_rng_state(rng["rng.torch"])
-    sampler.set_state(rng["rng.sampler"])
-    if "rng.cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["rng.cuda"])
-    _set_rng_json(meta["rng"])
+    restore_generators(load_file(path / "rng.safetensors"), meta["rng"], sampler)
     return meta
 # --8<-- [end:load]
 

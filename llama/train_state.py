@@ -44,6 +44,7 @@ __all__ = [
     "latest_checkpoint",
     "resume_checkpoint",
     "load_checkpoint",
+    "restore_generators",
     "read_log",
     "trim_log",
 ]
@@ -356,12 +357,18 @@ def load_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
                 raise ValueError(f"{path}: optimizer state for unknown parameter {name}")
             opt_state.setdefault(index[name], {})[field] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    restore_generators(tensors, meta["rng"], sampler)
+    return meta
+
+
+def restore_generators(tensors: dict[str, torch.Tensor], rng_json: dict[str, Any], sampler: WindowSampler) -> None:
+    """Put back every random-number generator a checkpoint saved: torch's (and CUDA's), the data
+    sampler's (``rng.*`` tensors), Python's and NumPy's (``state.json``'s ``rng``)."""
     torch.set_rng_state(tensors["rng.torch"])
     sampler.set_state(tensors["rng.sampler"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    _set_rng_json(meta["rng"])
-    return meta
+    _set_rng_json(rng_json)
 # --8<-- [end:load_checkpoint]
 
 

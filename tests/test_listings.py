@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -191,23 +192,23 @@ class ReaderServer:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.proc.stdin.write(" ".join(PRELOAD) + "\n")
         self.proc.stdin.flush()
+        self.lock = threading.Lock()  # one page at a time: the background copies and a test may share it
 
     def run(self, blocks_file: Path, report_file: Path, folder: Path) -> int:
         """Exit status of the child that ran ``blocks_file``; a child still running after
         ``HANG_SECONDS`` is killed (a hang guard, not a time limit)."""
-        import threading
-
-        self.proc.stdin.write(json.dumps([str(blocks_file), str(report_file), str(folder)]) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        assert reply, f"the reader's interpreter server stopped (exit {self.proc.poll()}): run one page alone to see why"
-        pid = int(reply)
-        guard = threading.Timer(HANG_SECONDS, os.kill, (pid, 9))
-        guard.start()
-        try:
-            return int(self.proc.stdout.readline())
-        finally:
-            guard.cancel()
+        with self.lock:
+            self.proc.stdin.write(json.dumps([str(blocks_file), str(report_file), str(folder)]) + "\n")
+            self.proc.stdin.flush()
+            reply = self.proc.stdout.readline()
+            assert reply, f"the reader's interpreter server stopped (exit {self.proc.poll()}): run one page alone to see why"
+            pid = int(reply)
+            guard = threading.Timer(HANG_SECONDS, os.kill, (pid, 9))
+            guard.start()
+            try:
+                return int(self.proc.stdout.readline())
+            finally:
+                guard.cancel()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import HANG_SECONDS
+from test_train import KILLED_RUN  # kills itself (every rank) after optimizer step argv[1]
 
 from llama.config import ModelConfig
 from llama.model import Transformer
@@ -30,22 +31,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                        reason="this PyTorch has no gloo backend"),
 ]
-
-# Every rank kills itself after optimizer step argv[1]: the last checkpoint is the one before.
-KILLED_RUN = """
-import os, signal, sys
-from llama.cli import build_parser
-from llama.cli_train import train_config_from_args
-from llama.train import train
-
-def kill_at(step):
-    if step == int(sys.argv[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-cfg, resume, given = train_config_from_args(build_parser().parse_args(["train", *sys.argv[2:]]))
-train(cfg, resume=resume, given=given, on_step=kill_at)
-"""
-
 
 def torchrun(ranks: int, *argv: str) -> list[str]:
     if ranks == 1:

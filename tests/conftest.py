@@ -24,11 +24,6 @@ def pytest_configure(config):
     # reads LLAMA_REQUIRE_BROWSER, which also still works on its own).
     if os.environ.get(REQUIRE_ALL) == "1":
         os.environ["LLAMA_REQUIRE_BROWSER"] = "1"
-    # The whole suite (`make test`: no paths, no -m, no -k) needs the site: its build starts now,
-    # while the tests are being collected, rather than once they are.
-    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-    if whole and not (config.option.markexpr or config.option.keyword or config.option.collectonly):
-        config.stash[BUILD] = BackgroundBuild()
 
 
 # A test that uses one of these fixtures is in that tier, wherever it lives (tests/browser/ included).
@@ -136,8 +131,7 @@ def pytest_collection_finish(session):
     if pages:
         config.stash[READER_RUNS] = BackgroundReaderRuns(pages)
     if any(needs_site(item) for item in session.items):
-        build = config.stash.get(BUILD, None) or BackgroundBuild()  # started at configure for the whole suite
-        config.stash[BUILD] = build
+        build = config.stash[BUILD] = BackgroundBuild()
         visited = [item.callspec.params["nav_page"] for item in session.items if visits_a_page(item)]
         if visited:
             start_page_visits(config, build, visited)

@@ -119,11 +119,7 @@ def pytest_collection_modifyitems(config, items):
     # A stable partition: each group keeps its order (the examples of a page depend on theirs).
     # The tests that wait for work started in the background (the reader's copies of the pages,
     # the site) run last, so the rest of the suite runs meanwhile.
-    # Among the rest, the tests that start several training processes at once go last: by then the
-    # background work is done, and they are what can use both cores.
     first = [item for item in items if not needs_site(item) and not copies_a_page(item)]
-    first = [item for item in first if not item.get_closest_marker("ddp")] + \
-            [item for item in first if item.get_closest_marker("ddp")]
     items[:] = first + [item for item in items if copies_a_page(item)] + [item for item in items if needs_site(item)]
 
 

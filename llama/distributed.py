@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "all_finite", "on_rank0", "broadcast_from_rank0"]
+__all__ = ["Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "local_part", "all_finite", "on_rank0",
+           "broadcast_from_rank0"]
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,16 @@ class _SkipGradientSync:
         self.net.set_requires_gradient_sync(True)
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of ``t``: its shard of a sharded (``DTensor``) weight, else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def all_finite(model: torch.nn.Module, dist: Dist) -> bool:
     """Whether every weight is finite on every rank (each checks what it holds: its shards
     of a sharded model); the same answer on all ranks."""
-    local = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
-    ok = torch.tensor([float(all(bool(t.isfinite().all()) for t in local))], device=dist.device)
+    ok = torch.tensor([float(all(bool(local_part(p).isfinite().all()) for p in model.parameters()))],
+                      device=dist.device)
     if dist.world_size > 1:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     return bool(ok.item() == 1.0)

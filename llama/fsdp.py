@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from llama.distributed import Dist
+from llama.distributed import Dist, local_part
 from llama.model import Transformer
 
 __all__ = ["shard", "checkpoint_activations", "full_state_dict", "local_bytes", "held_bytes"]
@@ -70,24 +70,20 @@ def checkpoint_activations(model: Transformer) -> Transformer:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole weights of a sharded model, on every rank, on the CPU (every rank must call it:
-    it all-gathers); a model that is not sharded gives its own state dict."""
+    """The whole weights of a sharded model, on every rank (every rank must call it: it
+    all-gathers); a model that is not sharded gives its own state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def local_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Bytes this rank holds of the weights and of the optimizer state (its shards only)."""
-    weights = sum(_local(p).numel() * p.element_size() for p in model.parameters())
+    weights = sum(local_part(p).numel() * p.element_size() for p in model.parameters())
     state = 0
     if optimizer is not None:
         for per_param in optimizer.state.values():
-            state += sum(_local(v).numel() * v.element_size() for v in per_param.values()
+            state += sum(local_part(v).numel() * v.element_size() for v in per_param.values()
                          if isinstance(v, torch.Tensor) and v.dim() > 0)
     return {"weights": weights, "optimizer": state}
 

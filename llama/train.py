@@ -61,22 +61,25 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
     device = next(model.parameters()).device
     nats = torch.zeros((), dtype=torch.float64, device=device)  # on the device: NCCL all-reduces only GPU tensors
 
-    def batches(mine):  # windows of equal length together, at most batch_size of them
-        out, i = [], 0
+    def batches(mine):  # (start, end) of runs of equal-length windows, at most batch_size long
+        spans, i = [], 0
         while i < len(mine):
             j = i
             while j < len(mine) and j - i < batch_size and mine[j][1].size(1) == mine[i][1].size(1):
                 j += 1
-            out.append((torch.cat([w[1] for w in mine[i:j]]), torch.cat([w[2] for w in mine[i:j]])))
+            spans.append((i, j))
             i = j
-        return out
+        return spans
 
-    mine = batches(windows[rank::world_size])
-    for x, y in mine:
+    mine = windows[rank::world_size]
+    spans = batches(mine)
+    for i, j in spans:
+        x = torch.cat([w[1] for w in mine[i:j]])
+        y = torch.cat([w[2] for w in mine[i:j]])
         nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double()
     if lockstep:  # a sharded model's forward gathers weights from every rank: all run as many
         most = max(len(batches(windows[r::world_size])) for r in range(world_size))
-        for _ in range(most - len(mine)):
+        for _ in range(most - len(spans)):
             model(windows[0][1][:, :1].to(device))
     if world_size > 1:
         torch.distributed.all_reduce(nats)
@@ -316,10 +319,11 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     if bar is not None:
         bar.close()
     final = log_eval(None, final=True)
-    if sharded and world > 1:  # the whole weights, gathered from every rank's shards
+    if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
-        model = Transformer(mconf)
-        model.load_state_dict(whole)
+        if rank == 0:
+            model = Transformer(mconf)
+            model.load_state_dict(whole)
     if rank == 0:
         _finish(out, model, tokenizer, tok_file, cfg)
     if world > 1:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from llama._files import atomic_write_text, default_mode, make_temp_dir
+from llama._files import make_temp_dir
 from llama.config import ModelConfig
 from llama.distributed import Dist, on_rank0
 from llama.model import Transformer
@@ -81,7 +81,7 @@ def save_sharded(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     from safetensors.torch import save_file
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    from llama.train_state import _rng_json
+    from llama.train_state import _rng_json, publish_checkpoint
 
     root = out / "checkpoints"
     name = f"step-{state['step']:07d}"
@@ -109,17 +109,7 @@ def save_sharded(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
                 "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
-        for f in tmp.rglob("*"):
-            os.chmod(f, 0o755 if f.is_dir() else default_mode())
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)  # atomic: the folder appears complete or not at all
-        atomic_write_text(root / "latest", name + "\n")
-        for old in root.glob("step-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        return str(final)
+        return str(publish_checkpoint(tmp, root, name))  # renamed into place, then `latest`
 
     try:
         return Path(on_rank0(dist, finish))
@@ -181,15 +171,13 @@ def read_sharded(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         raise ValueError(f"{path} is not a sharded checkpoint (a folder with state.json and model/); "
                          "give a checkpoints/step-NNNNNNN folder of a --parallel fsdp run")
     config = ModelConfig.from_dict(json.loads((path / "state.json").read_text())["model_config"])
+    if max_seq_len is not None:  # only the RoPE tables depend on it, and they are not saved
+        config = dataclasses.replace(config, max_seq_len=max_seq_len)
     model = Transformer(config)
     weights = model.state_dict()
     if config.tie_embeddings:
         del weights["output.weight"]  # the embedding's own tensor: filled through it
     with _quiet(True):
         dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(path / "model")), no_dist=True)
-    if max_seq_len is not None and max_seq_len != config.max_seq_len:
-        config = dataclasses.replace(config, max_seq_len=max_seq_len)
-        model, old = Transformer(config), model
-        model.load_state_dict(old.state_dict())
     return model.to(dtype).eval()
 # --8<-- [end:read]

@@ -41,6 +41,7 @@ __all__ = [
     "preflight",
     "prepare_run",
     "save_checkpoint",
+    "publish_checkpoint",
     "latest_checkpoint",
     "resume_checkpoint",
     "load_checkpoint",
@@ -232,7 +233,6 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     tmp = make_temp_dir(root, f".{name}.")  # the permissions a plain mkdir gives, not mkdtemp's 0700
-    final = root / name
     try:
         weights = {k: v for k, v in model.state_dict().items()
                    if not (model.config.tie_embeddings and k == "output.weight")}
@@ -252,12 +252,25 @@ def save_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Optimi
         meta = {**state, "param_groups": groups, "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
-        for f in tmp.iterdir():  # safetensors creates its files 0600: give them a normal write's mode
-            os.chmod(f, default_mode())
+    except BaseException:  # a full disk, Ctrl-C: no partial folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_checkpoint(tmp, root, name)
+
+
+def publish_checkpoint(tmp: Path, root: Path, name: str) -> Path:
+    """Rename the complete checkpoint folder ``tmp`` to ``root/name``, then point ``latest`` at
+    it and remove the older ones. A failure at any point leaves no partial or orphan folder:
+    ``latest`` keeps naming the previous checkpoint."""
+    final = root / name
+    try:
+        for f in tmp.rglob("*"):  # safetensors creates its files 0600: give them a normal write's mode
+            if f.is_file():
+                os.chmod(f, default_mode())
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)  # atomic: the folder appears complete or not at all
-    except BaseException:  # a full disk, Ctrl-C: no partial folder stays behind
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import COMPILES, EUID_LOCK, REQUIRE_ALL, require_module, require_shared_file
+from helpers import COMPILES, REQUIRE_ALL, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -84,25 +84,26 @@ def losses(run: Path) -> list[tuple[int, float | None, float]]:
     return [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(run / "log.jsonl")]
 
 
-def test_two_then_four_ranks_follow_one_process(runs):
-    one, four = losses(runs["one"]), losses(runs["four"])
-    assert [s for s, _, _ in four] == [s for s, _, _ in one] == [2, 4, 6, 8, 8]
-    # Steps 1-4 ran on 2 ranks, 5-8 on 4 (resumed from the 2-rank checkpoint): the same global
-    # batch, the sums in another order. Measured: at most 2.4e-7 apart.
-    for (step, a_train, a_val), (_, b_train, b_val) in zip(one, four):
+def assert_follows(run: Path, one: Path) -> None:
+    """``run``'s logged losses are ``one``'s, step for step, within 1e-5."""
+    a, b = losses(one), losses(run)
+    assert [s for s, _, _ in b] == [s for s, _, _ in a] == [2, 4, 6, 8, 8]
+    for (step, a_train, a_val), (_, b_train, b_val) in zip(a, b):
         if a_train is not None:
             assert abs(a_train - b_train) <= 1e-5, (step, a_train, b_train)
         assert abs(a_val - b_val) <= 1e-5, (step, a_val, b_val)
+
+
+def test_two_then_four_ranks_follow_one_process(runs):
+    # Steps 1-4 ran on 2 ranks, 5-8 on 4 (resumed from the 2-rank checkpoint): the same global
+    # batch, the sums in another order. Measured: at most 4.8e-7 apart.
+    assert_follows(runs["four"], runs["one"])
+    one = losses(runs["one"])
     assert one[0][1] - one[3][1] > 0.05  # the losses moved, so agreeing is not trivial
 
 
 def test_resumed_on_one_rank_continues_the_run(runs):
-    one, single = losses(runs["one"]), losses(runs["single"])
-    assert [s for s, _, _ in single] == [2, 4, 6, 8, 8]
-    for (step, a_train, a_val), (_, b_train, b_val) in zip(one, single):
-        if a_train is not None:
-            assert abs(a_train - b_train) <= 1e-5, (step, a_train, b_train)
-        assert abs(a_val - b_val) <= 1e-5, (step, a_val, b_val)
+    assert_follows(runs["single"], runs["one"])
 
 
 def test_each_rank_holds_its_share(runs):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import COMPILES, REQUIRE_ALL, require_module, require_shared_file
+from helpers import COMPILES, REQUIRE_ALL, lower_priority, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ class BackgroundBuild:
         self._result: SiteBuild | None = None
         if make is not None:
             self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, preexec_fn=lower_priority)
 
     def result(self) -> SiteBuild:
         if self.proc is None:
@@ -170,8 +170,8 @@ def pytest_unconfigure(config):
 
 class BackgroundReaderRuns:
     """Each page copied the way a reader would, into a fresh interpreter (tests/test_listings.py,
-    forked from one that has imported torch and transformers), one page at a time on a thread of its own: a copy mostly waits for its interpreter, and the
-    machine's other core is free while the rest of the suite runs."""
+    forked from one that has imported torch and transformers), one page at a time on a thread of its own: a copy mostly waits for its interpreter, which
+    runs at a lower priority than the tests of the main thread."""
 
     def __init__(self, pages) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -179,7 +179,7 @@ class BackgroundReaderRuns:
         from test_listings import ReaderServer
 
         self.folder = Path(tempfile.mkdtemp(prefix="reader-copies-"))  # outside the repository
-        self.server = ReaderServer(self.folder / "server")  # forks each page's interpreter
+        self.server = ReaderServer(self.folder / "server", background=True)  # forks each page's interpreter
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.runs = {}
         for page in pages:
@@ -222,13 +222,15 @@ def reader_run(pytestconfig, reader_page):
     return runs.result(reader_page)
 
 
-@pytest.fixture
-def reader_server(pytestconfig):
-    """The interpreter that the reader's copies are forked from (tests/test_listings.py)."""
-    runs = pytestconfig.stash.get(READER_RUNS, None)
-    if runs is None:
-        runs = pytestconfig.stash[READER_RUNS] = BackgroundReaderRuns([])
-    return runs.server
+@pytest.fixture(scope="session")
+def reader_server(tmp_path_factory):
+    """An interpreter to fork reader's copies from (tests/test_listings.py), for a test of the main
+    thread: not the background copies' one, which serves one page at a time at a lower priority."""
+    from test_listings import ReaderServer
+
+    server = ReaderServer(tmp_path_factory.mktemp("reader-server"))
+    yield server
+    server.stop()
 
 
 BUILD = pytest.StashKey[BackgroundBuild]()

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import EUID_LOCK, HANG_SECONDS, load_listings, shared_data_dir
+from helpers import EUID_LOCK, HANG_SECONDS, load_listings, lower_priority, shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,14 +185,15 @@ def run_like_a_reader(blocks: list[dict], folder: Path, server: ReaderServer | N
 class ReaderServer:
     """One interpreter that imports :data:`PRELOAD`, then forks a child per page copy (POSIX only)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, background: bool = False) -> None:
         with EUID_LOCK:
             folder.mkdir(parents=True, exist_ok=True)
             self.proc = subprocess.Popen([sys.executable, "-c", RUNNER], cwd=folder, env=reader_env(), text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         preexec_fn=lower_priority if background else None)
         self.proc.stdin.write(" ".join(PRELOAD) + "\n")
         self.proc.stdin.flush()
-        self.lock = threading.Lock()  # one page at a time: the background copies and a test may share it
+        self.lock = threading.Lock()  # one page at a time: one reply stream
 
     def run(self, blocks_file: Path, report_file: Path, folder: Path) -> int:
         """Exit status of the child that ran ``blocks_file``; a child still running after

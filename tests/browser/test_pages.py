@@ -13,7 +13,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from visits import PAGE_VISITS, check_links, visit, wait_for_math
+from layout import DESKTOP
+from visits import PAGE_VISITS, Visitor, check_links, wait_for_math
 
 
 def open_page(new_page, site_url, url, **options):
@@ -30,8 +31,24 @@ def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
     visits = pytestconfig.stash.get(PAGE_VISITS, None)
     problems = visits.result(nav_page) if visits is not None else None
     if problems is None:
-        problems = visit(browser, site_url, site_dir, nav_page, screenshots)
+        with Visitor(browser, site_url) as visitor:
+            problems = visitor.visit(site_dir, nav_page, screenshots)
     assert not problems, "\n".join(problems)
+
+
+def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters):
+    # The background visits go from page to page in one tab (visits.Visitor); what a page left
+    # behind (the dark palette chosen, a phone-sized window, its console) is not the next page's.
+    rope = next(chapter for chapter in book_chapters if chapter.path == "rope.md")
+    with Visitor(browser, site_url) as visitor:
+        assert visitor.visit(site_dir, rope, screenshots) == []
+        page = visitor.page
+        page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
+        page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
+        page.evaluate("console.error('left behind by the last page')")
+        assert visitor.watch.problems == ["console error: left behind by the last page"]
+        assert visitor.visit(site_dir, rope, screenshots) == []
+        assert page.viewport_size["width"] < DESKTOP["width"]  # the visit ends on a phone; the next starts on a desktop
 
 
 def test_broken_links_and_anchors_are_found(new_page, site_url):

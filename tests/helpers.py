@@ -238,9 +238,11 @@ def local_http_server(folder: Path):
         httpd.server_close()
 
 
-# The models the compiled-decoding tests use, shared so that Inductor compiles each graph once per
-# run (its cache is keyed by the graph and the shapes): tests/test_generation.py compiles both
-# with a 48-position cache, `llama generate --compile` in tests/test_cli_generate.py the MHA one,
-# and book/generation.md's example the GQA one.
+# The model the compiled-decoding tests use, book/generation.md's example's, shared so that a run
+# compiles its graph once (Inductor's cache is keyed by the graph and the shapes): with a
+# 48-position cache in tests/test_generation.py, `llama generate --compile` in
+# tests/test_cli_generate.py and the chapter's example. A cold graph costs about 15 s of CPU. The
+# eager tests use it and its multi-head twin (DECODER_BASE with n_kv_heads = n_heads).
 DECODER_BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
+DECODER_GQA = {**DECODER_BASE, "n_kv_heads": 2, "tie_embeddings": True}
 DECODER_CACHE = 48

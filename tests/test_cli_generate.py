@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DECODER_BASE, DECODER_CACHE, run_console_blocks, unavailable
+from helpers import DECODER_CACHE, DECODER_GQA, run_console_blocks, unavailable
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli import main
@@ -69,9 +69,9 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
 
 @pytest.mark.compile
 def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
-    # The model and cache length of tests/test_generation.py's compiled MHA test: one compile for both.
+    # The model and cache length of tests/test_generation.py's compiled test: one compile for both.
     torch.manual_seed(0)
-    Transformer(ModelConfig(**DECODER_BASE)).save_pretrained(tmp_path / "model")
+    Transformer(ModelConfig(**DECODER_GQA)).save_pretrained(tmp_path / "model")
     path, n = str(tmp_path / "model"), str(DECODER_CACHE - 2)
     assert main(["generate", path, "--ids", "1", "7", "-n", n]) == 0
     eager = capsys.readouterr().out

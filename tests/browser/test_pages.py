@@ -31,8 +31,8 @@ def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
     visits = pytestconfig.stash.get(PAGE_VISITS, None)
     problems = visits.result(nav_page) if visits is not None else None
     if problems is None:
-        with Visitor(browser, site_url) as visitor:
-            problems = visitor.visit(site_dir, nav_page, screenshots)
+        with Visitor(browser, site_url, site_dir) as visitor:
+            problems = visitor.visit(nav_page, screenshots)
     assert not problems, "\n".join(problems)
 
 
@@ -40,14 +40,14 @@ def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, sit
     # The background visits go from page to page in one tab (visits.Visitor); what a page left
     # behind (the dark palette chosen, a phone-sized window, its console) is not the next page's.
     rope = next(chapter for chapter in book_chapters if chapter.path == "rope.md")
-    with Visitor(browser, site_url) as visitor:
-        assert visitor.visit(site_dir, rope, screenshots) == []
+    with Visitor(browser, site_url, site_dir) as visitor:
+        assert visitor.visit(rope, screenshots) == []
         page = visitor.page
         page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
         page.wait_for_function("document.body.dataset.mdColorScheme === 'slate'")
         page.evaluate("console.error('left behind by the last page')")
         assert visitor.watch.problems == ["console error: left behind by the last page"]
-        assert visitor.visit(site_dir, rope, screenshots) == []
+        assert visitor.visit(rope, screenshots) == []
         assert page.viewport_size["width"] < DESKTOP["width"]  # the visit ends on a phone; the next starts on a desktop
 
 

@@ -231,11 +231,18 @@ class Visitor:
     kept in localStorage), and with a record that holds only this page's events.
     """
 
-    def __init__(self, browser, site_url: str) -> None:
-        self.site_url = site_url
+    def __init__(self, browser, site_url: str, site_dir: Path) -> None:
+        self.site_url, self.site_dir = site_url, site_dir
         self.context, self.page, self.watch = open_context(browser, site_url, color_scheme="light",
                                                            permissions=["clipboard-read", "clipboard-write"])
         self.context.add_init_script("try { localStorage.clear(); } catch (e) {}")
+        # Material's search worker indexes the whole book (search/search_index.json, over 1 MB) at
+        # every page load, though no visit searches: a fifth of the visits' CPU. The visits get
+        # the index's own settings and no document; test_pages.py's search test uses the real one.
+        index = json.loads((site_dir / "search/search_index.json").read_text("utf-8"))
+        empty = json.dumps({**index, "docs": []})
+        self.context.route(f"{site_url}search/search_index.json",
+                           lambda route: route.fulfill(status=200, content_type="application/json", body=empty))
 
     def __enter__(self) -> Visitor:
         return self
@@ -243,12 +250,12 @@ class Visitor:
     def __exit__(self, *exc) -> None:
         self.context.close()
 
-    def visit(self, site_dir: Path, nav_page, screenshots: Path) -> list[str]:
+    def visit(self, nav_page, screenshots: Path) -> list[str]:
         """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
         broken links, a copy button that copies a ``>>>`` example's prompts, content that does not
         fit at desktop and phone widths, a palette toggle that does nothing (chapters, labs and
         Home). Screenshots at both widths go to ``screenshots``."""
-        page, site_url = self.page, self.site_url
+        page, site_url, site_dir = self.page, self.site_url, self.site_dir
         # Leaving the previous page ends its requests (aborted) before this page's record starts.
         page.goto("about:blank")
         self.watch.stop()
@@ -407,8 +414,8 @@ def visit_all(site_dir: Path, prefix: str, pages, screenshots: Path, report) -> 
                     except queue.Empty:
                         return
                     try:
-                        visitor = visitor or Visitor(browser, server.url)
-                        report(page.path, problems=visitor.visit(site_dir, page, screenshots))
+                        visitor = visitor or Visitor(browser, server.url, site_dir)
+                        report(page.path, problems=visitor.visit(page, screenshots))
                     except Exception as err:
                         report(page.path, error=repr(err))
                         if visitor is not None:  # the next page starts in a new tab

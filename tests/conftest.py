@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,12 @@ def pytest_configure(config):
     # reads LLAMA_REQUIRE_BROWSER, which also still works on its own).
     if os.environ.get(REQUIRE_ALL) == "1":
         os.environ["LLAMA_REQUIRE_BROWSER"] = "1"
+    # The whole suite (no path, -k or -m given) needs the site: its build starts now, on the core
+    # that collection leaves idle, rather than once the tests are collected.
+    whole_suite = (config.args_source == pytest.Config.ArgsSource.TESTPATHS
+                   and not config.option.keyword and not config.option.markexpr)
+    if whole_suite and not config.option.collectonly:
+        config.stash[BUILD] = BackgroundBuild()
 
 
 # A test that uses one of these fixtures is in that tier, wherever it lives (tests/browser/ included).
@@ -81,8 +88,10 @@ class BackgroundBuild:
         self._lock = threading.Lock()  # the page visits (tests/browser/visits.py) wait on another thread
         self._result: SiteBuild | None = None
         if make is not None:
+            # A session of its own, so that stop() reaches MkDocs and the lab kernels too.
             self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, preexec_fn=lower_priority)
+                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, preexec_fn=lower_priority,
+                                         start_new_session=True)
 
     def result(self) -> SiteBuild:
         if self.proc is None:
@@ -96,7 +105,7 @@ class BackgroundBuild:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # the run was interrupted: leave no build behind
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the run was interrupted: leave no build behind
             self.proc.wait()
         self.log.close()
 
@@ -130,11 +139,15 @@ def pytest_collection_finish(session):
     pages = [item.callspec.params["reader_page"] for item in session.items if copies_a_page(item)]
     if pages:
         config.stash[READER_RUNS] = BackgroundReaderRuns(pages)
+    started = config.stash.get(BUILD, None)
     if any(needs_site(item) for item in session.items):
-        build = config.stash[BUILD] = BackgroundBuild()
+        build = config.stash[BUILD] = started or BackgroundBuild()
         visited = [item.callspec.params["nav_page"] for item in session.items if visits_a_page(item)]
         if visited:
             start_page_visits(config, build, visited)
+    elif started is not None:  # started with pytest_configure, and no test needs it after all
+        started.stop()
+        del config.stash[BUILD]
 
 
 def start_page_visits(config, build: BackgroundBuild, pages) -> None:

@@ -85,7 +85,7 @@ class BackgroundBuild:
         self.command = [make or "make", "--no-print-directory", SITE_BUILD_TARGET, "SKIP_INSTALL=1", f"PYTHON={sys.executable}"]
         self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
         self.proc = None
-        self._lock = threading.Lock()  # the page visits (tests/browser/visits.py) wait on another thread
+        self._lock = threading.Lock()  # the page visits (tests/browser/page_visits.py) wait on another thread
         self._result: SiteBuild | None = None
         if make is not None:
             # A session of its own, so that stop() reaches MkDocs and the lab kernels too.
@@ -152,16 +152,16 @@ def pytest_collection_finish(session):
 
 def start_page_visits(config, build: BackgroundBuild, pages) -> None:
     """Visit ``pages`` in Chromium as soon as ``build`` is done, while the other tests run
-    (tests/browser/visits.py); nothing starts without Chromium and Playwright (the browser
+    (tests/browser/page_visits.py); nothing starts without Chromium and Playwright (the browser
     fixture then skips the tests with its reason, or fails them in CI)."""
     import importlib.util
     from urllib.parse import urlsplit
 
-    from visits import PAGE_VISITS, SCREENSHOTS, PageVisits, chromium  # tests/browser/, collected
+    from page_visits import PAGE_VISITS, PageVisits  # tests/browser/, collected
+    from visits import SCREENSHOTS, chromium
 
     if build.proc is None or chromium() is None or importlib.util.find_spec("playwright") is None:
         return
-    import playwright.sync_api  # noqa: F401  imported here, not first on the visiting threads (see test_listings)
 
     def site_ready():
         built = build.result()
@@ -173,8 +173,8 @@ def start_page_visits(config, build: BackgroundBuild, pages) -> None:
 
 def pytest_unconfigure(config):
     keys = [READER_RUNS, BUILD]
-    if "visits" in sys.modules:
-        keys.append(sys.modules["visits"].PAGE_VISITS)  # after the build they may be waiting for
+    if "page_visits" in sys.modules:
+        keys.append(sys.modules["page_visits"].PAGE_VISITS)  # after the build they may be waiting for
     for key in keys:
         work = config.stash.get(key, None)
         if work is not None:

@@ -407,7 +407,6 @@ def _llama2c_tokenizer_of_ids(path, vocab_size: int) -> None:
 def test_run_c_decodes_a_saved_model_as_we_do(tmp_path, shared_file, tie):
     """llama2.c's run.c, written by someone else, runs our file and picks the same greedy ids as our model."""
     import re
-    import shutil
     import subprocess
 
     from llama.llama2c import save_llama2c

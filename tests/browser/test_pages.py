@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from layout import DESKTOP
-from visits import PAGE_VISITS, Visitor, check_links, wait_for_math
+from page_visits import PAGE_VISITS
+from visits import Visitor, check_links, wait_for_math
 
 
 def open_page(new_page, site_url, url, **options):
@@ -27,7 +28,7 @@ def open_page(new_page, site_url, url, **options):
 
 
 def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
-    # Visited in the background as soon as the site was built (visits.py), or now when run alone.
+    # Visited in the background as soon as the site was built (page_visits.py), or now when run alone.
     visits = pytestconfig.stash.get(PAGE_VISITS, None)
     problems = visits.result(nav_page) if visits is not None else None
     if problems is None:

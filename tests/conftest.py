@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import COMPILES, REQUIRE_ALL, lower_priority, require_module, require_shared_file
+from helpers import COMPILES, REQUIRE_ALL, in_the_background, require_module, require_shared_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,8 +89,8 @@ class BackgroundBuild:
         self._result: SiteBuild | None = None
         if make is not None:
             # A session of its own, so that stop() reaches MkDocs and the lab kernels too.
-            self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, preexec_fn=lower_priority,
+            self.proc = subprocess.Popen(in_the_background(self.command), cwd=REPO, stdout=self.log,
+                                         stderr=subprocess.STDOUT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
                                          start_new_session=True)
 
     def result(self) -> SiteBuild:

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -30,21 +31,22 @@ HANG_MS = 120_000
 
 # The work the suite starts in the background (the site build, the page visits, the reader's
 # copies) runs only on what the main thread's tests leave of the CPU: those wait for nothing.
+# The idle scheduling class, not only a higher nice value: Chromium, run as root, sets its own
+# threads' nice values (some to -8), but a nice value does not take a thread out of that class.
+# Set by a small interpreter that then execs the command (no preexec_fn, which is unsafe in a
+# process with threads, as the test run is); where there is no SCHED_IDLE, nice 10.
+_IN_THE_BACKGROUND = """import os, sys
+try:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+except (AttributeError, OSError):
+    os.nice(10)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
 
 
-def lower_priority() -> None:
-    """Give the calling thread, and what it starts, Linux's idle scheduling class (``SCHED_IDLE``).
-
-    The idle class, not only a higher nice value: Chromium, run as root, sets its own threads'
-    nice values (some to -8), but a nice value does not take a thread out of the idle class.
-    Elsewhere, a nice value of 10.
-    """
-    import os
-
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+def in_the_background(command: list[str]) -> list[str]:
+    """``command`` run in Linux's idle scheduling class, it and everything it starts."""
+    return [sys.executable, "-c", _IN_THE_BACKGROUND, *command]
 
 
 def random_model(config: ModelConfig, seed: int = 0) -> Transformer:

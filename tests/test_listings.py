@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import EUID_LOCK, HANG_SECONDS, load_listings, lower_priority, shared_data_dir
+from helpers import EUID_LOCK, HANG_SECONDS, in_the_background, load_listings, shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,9 +188,10 @@ class ReaderServer:
     def __init__(self, folder: Path, background: bool = False) -> None:
         with EUID_LOCK:
             folder.mkdir(parents=True, exist_ok=True)
-            self.proc = subprocess.Popen([sys.executable, "-c", RUNNER], cwd=folder, env=reader_env(), text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         preexec_fn=lower_priority if background else None)
+            command = [sys.executable, "-c", RUNNER]
+            self.proc = subprocess.Popen(in_the_background(command) if background else command, cwd=folder,
+                                         env=reader_env(), text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
         self.proc.stdin.write(" ".join(PRELOAD) + "\n")
         self.proc.stdin.flush()
         self.lock = threading.Lock()  # one page at a time: one reply stream

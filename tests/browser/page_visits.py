@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from helpers import EUID_LOCK, HANG_MS, lower_priority
+from helpers import EUID_LOCK, HANG_MS, in_the_background
 from visits import SiteServer, Visitor, launch
 
 VISITING_THREADS = 2
@@ -52,8 +52,8 @@ class PageVisits:
             tests = Path(__file__).resolve().parents[1]
             env = {**os.environ, "PYTHONPATH": str(tests)}  # helpers
             with EUID_LOCK:  # started as this process's user, never as nobody (helpers.as_nobody)
-                self._proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                              stderr=errors, env=env, text=True, preexec_fn=lower_priority)
+                self._proc = subprocess.Popen(in_the_background([sys.executable, __file__]), stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.close()
             for line in self._proc.stdout:

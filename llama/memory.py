@@ -15,8 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from llama.config import ModelConfig
 from llama.flops import training_memory
+from llama.model import Transformer
 
 __all__ = ["STRATEGIES", "parameter_shapes", "shard_numel", "bytes_per_rank", "communication_bytes"]
 
@@ -27,25 +30,27 @@ STRATEGIES = ("ddp", "zero1", "zero2", "fsdp")
 
 # --8<-- [start:shapes]
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every parameter of :class:`llama.model.Transformer`, without
-    building it: ``(out, in)`` for a projection, ``(vocab, dim)`` for the embedding and head.
+    """The name and shape of every parameter of :class:`llama.model.Transformer`, read from one
+    built on PyTorch's ``meta`` device: tensors with a shape and no storage, so that even a 70B
+    model is built in a fraction of a second, and the shapes cannot drift from the model's code.
+    A tied head is the embedding's tensor, listed once, as ``named_parameters`` lists it.
 
     >>> from llama.config import ModelConfig
     >>> shapes = parameter_shapes(ModelConfig.from_preset("llama3.1-8b"))
     >>> shapes["layers.0.attention.wk.weight"], shapes["output.weight"], len(shapes)
     ((1024, 4096), (128256, 4096), 291)
     """
-    d, kv, h = config.dim, config.n_kv_heads * config.head_dim, config.hidden_dim
-    block = {"attention_norm.weight": (d,), "attention.wq.weight": (d, d), "attention.wk.weight": (kv, d),
-             "attention.wv.weight": (kv, d), "attention.wo.weight": (d, d), "ffn_norm.weight": (d,),
-             "feed_forward.w1.weight": (h, d), "feed_forward.w2.weight": (d, h), "feed_forward.w3.weight": (h, d)}
-    shapes = {"tok_embeddings.weight": (config.vocab_size, d)}
-    for i in range(config.n_layers):
-        shapes.update({f"layers.{i}.{name}": shape for name, shape in block.items()})
-    shapes["norm.weight"] = (d,)
-    if not config.tie_embeddings:  # a tied head is the embedding's tensor, counted once
-        shapes["output.weight"] = (config.vocab_size, d)
-    return shapes
+    key = repr(config)  # every field: a config is a mutable dataclass, not hashable
+    if key not in _shapes:
+        with torch.device("meta"):
+            model = Transformer(config)
+        if len(_shapes) >= 64:  # a search over many configs (e.g. ranks) asks for the same few
+            _shapes.pop(next(iter(_shapes)))
+        _shapes[key] = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return dict(_shapes[key])
+
+
+_shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
 
 def shard_numel(shape: tuple[int, ...], world_size: int) -> int:

@@ -105,7 +105,7 @@ class BackgroundBuild:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the run was interrupted: leave no build behind
+            os.killpg(self.proc.pid, signal.SIGTERM)  # interrupted, or not needed: leave no build behind
             self.proc.wait()
         self.log.close()
 
@@ -183,8 +183,8 @@ def pytest_unconfigure(config):
 
 class BackgroundReaderRuns:
     """Each page copied the way a reader would, into a fresh interpreter (tests/test_listings.py,
-    forked from one that has imported torch and transformers), one page at a time on a thread of its own: a copy mostly waits for its interpreter, which
-    runs at a lower priority than the tests of the main thread."""
+    forked from one that has imported torch and transformers), one page at a time on a thread of
+    its own: a copy mostly waits for its interpreter, which runs in the idle scheduling class."""
 
     def __init__(self, pages) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -48,24 +48,25 @@ class PageVisits:
                 raise RuntimeError("the site was not built")
             request = {"site_dir": str(site_dir), "prefix": prefix, "screenshots": str(screenshots),
                        "pages": [[page.section, page.title, page.path] for page in self._pages]}
-            errors = tempfile.TemporaryFile()
             tests = Path(__file__).resolve().parents[1]
             env = {**os.environ, "PYTHONPATH": str(tests)}  # helpers
-            with EUID_LOCK:  # started as this process's user, never as nobody (helpers.as_nobody)
-                self._proc = subprocess.Popen(in_the_background([sys.executable, __file__]), stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
-            self._proc.stdin.write(json.dumps(request) + "\n")
-            self._proc.stdin.close()
-            for line in self._proc.stdout:
-                reply = json.loads(line)
-                future = self.results[reply["path"]]
-                if "error" in reply:
-                    future.set_exception(RuntimeError(f"the visit failed: {reply['error']}"))
-                else:
-                    future.set_result(reply["problems"])
-            status = self._proc.wait()
-            errors.seek(0)
-            tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+            with tempfile.TemporaryFile() as errors:
+                with EUID_LOCK:  # started as this process's user, never as nobody (helpers.as_nobody)
+                    self._proc = subprocess.Popen(in_the_background([sys.executable, __file__]), stdin=subprocess.PIPE,
+                                                  stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
+                self._proc.stdin.write(json.dumps(request) + "\n")
+                self._proc.stdin.close()
+                for line in self._proc.stdout:
+                    reply = json.loads(line)
+                    future = self.results[reply["path"]]
+                    if "error" in reply:
+                        future.set_exception(RuntimeError(f"the visit failed: {reply['error']}"))
+                    else:
+                        future.set_result(reply["problems"])
+                status = self._proc.wait()
+                errors.seek(0)
+                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+            # Only the pages the process never reported get this.
             raise RuntimeError(f"the visiting process ended (exit {status}) " + " / ".join(tail))
         except BaseException as err:  # every page not yet visited learns why
             self._fail_the_rest(err)
@@ -134,7 +135,6 @@ def main() -> None:
     """The visiting process of :class:`PageVisits`: a request on stdin, one JSON line per page on stdout."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before tests/browser/, the script's folder
     from conftest import NavPage  # tests/conftest.py
-
 
     request = json.loads(sys.stdin.readline())
     screenshots = Path(request["screenshots"])

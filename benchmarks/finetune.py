@@ -34,6 +34,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine, machine_line  # noqa: E402
+
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
 # Lengths in steps, not seconds, and one thread: on a machine shared with other jobs the times
@@ -162,8 +166,9 @@ def main(argv=None) -> int:
     result = {"pretrain": "llama train " + shlex.join(PRETRAIN_ARGS), "finetune": "llama finetune " + shlex.join(FINETUNE_ARGS),
               "runs": {name: flags for name, flags in RUNS}, "before_val_bpb": round(before["bpb"], 4),
               "val_tokens": before["tokens"], "val_bytes": before["bytes"], "rows": rows, "samples": samples,
-              "singular_values": spectra, "threads": torch.get_num_threads(),
+              "singular_values": spectra, "threads": torch.get_num_threads(), "machine": machine(),
               "load_average_end": round(os.getloadavg()[0], 2)}
+    print(machine_line())
     print(f"\nvalidation of the lovers' text: {before['tokens']} tokens, {before['bytes']} bytes; "
           f"base model before fine-tuning: {before['bpb']:.4f} bits per byte")
     print(f"| run | val bits per byte | trainable parameters | share | optimizer state | peak memory | training time |")

@@ -1,4 +1,4 @@
-"""Quantization's quality and speed: bits per byte, greedy agreement, compiled decode tok/s beside run.c.
+"""Quantization's quality and speed: bits per byte, greedy agreement, compiled decode tok/s beside llama.cpp.
 
 Run from the repository root::
 
@@ -21,12 +21,15 @@ Quality:
 
 Speed: batch 1, greedy, an 8-token prompt then 128 new tokens, with
 :class:`llama.generation.CompiledDecoder` (the model's own forward compiled) in float32, int8
-(one scale per row) and int4 (groups of 32), and llama2.c's ``run.c`` in float32 on the same
-random weights, as in ``benchmarks/decode.py`` (whose helpers this script uses: the configs, the
-bandwidth measurement, compiling and running ``run.c``). The decoders' timed calls alternate
-with run.c's; each cell is the median (best) of the repeats. ``MB`` is the bytes of weights one
+and int4 (both in groups of 32, the numbers of GGUF's ``Q8_0`` and ``Q4_0`` layouts), beside
+llama.cpp (``llama-cpp-python``, optional: ``pip install -e ".[peers]"``) on GGUF files of the
+same random weights that ``llama convert --to gguf`` writes: ``F32``, ``Q8_0`` and ``Q4_0``, as in
+``benchmarks/decode.py`` (whose helpers this script uses: the configs, the prompt, the bandwidth
+measurement, writing the GGUF files and running llama.cpp). The timed calls alternate between
+all engines; each cell is the median (best) of the repeats. ``MB`` is the bytes of weights one
 decode step reads (every matrix, the head, the norms, one embedding row: integers plus float16
-scales for the quantized formats) and ``bound`` the copy bandwidth over those bytes.
+scales for the quantized formats) and ``bound`` the copy bandwidth over those bytes; llama.cpp's
+rows use the bytes of our format of the same numbers.
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import CONFIGS, NEW_TOKENS, PROMPT_LEN, RunC, copy_bandwidth, engines_prompt, find_run_c  # noqa: E402
+from decode import (CONFIGS, NEW_TOKENS, PROMPT_LEN, LlamaCpp, _timed, copy_bandwidth, first_difference,  # noqa: E402
+                    llama_cpp_unavailable, llama_cpp_version, prompt_ids, run_engines, scaled_random_model,
+                    write_gguf_files)
+from machine import machine_line  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 from llama import ModelConfig, Transformer  # noqa: E402
 from llama.generation import CompiledDecoder, generate_batch  # noqa: E402
@@ -52,7 +60,9 @@ from llama.quantize import QuantizedLinear, quantize  # noqa: E402
 #: The steps the training chapter's 120-second recipe reached on the book's idle machine
 #: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.
 RECIPE_STEPS = 893
-FORMATS = {"float32": None, "int8": (8, None), "int4": (4, 32)}
+FORMATS = {"float32": None, "int8": (8, 32), "int4": (4, 32)}
+#: llama.cpp's format of the same numbers as each of ours.
+GGUF_OF = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_0"}
 
 
 def quantized(model: Transformer, fmt: str, group_size: int | None = None) -> Transformer:
@@ -168,7 +178,7 @@ def kernel_read_speeds(count: int = 40, rows: int = 2048, cols: int = 768, repea
     torch.manual_seed(0)
     base = [Linear(cols, rows, bias=False) for _ in range(count)]
     stacks = {"float32": (_Products(base), 4.0),
-              "int8": (_Products([QuantizedLinear.from_linear(m, 8, cols) for m in base]), 1 + 2 / cols),
+              "int8": (_Products([QuantizedLinear.from_linear(m, 8, 32) for m in base]), 1 + 2 / 32),
               "int4": (_Products([QuantizedLinear.from_linear(m, 4, 32) for m in base]), 0.5 + 2 / 32)}
     x = torch.randn(1, 1, cols)
     out, times = {}, {}
@@ -188,48 +198,39 @@ def kernel_read_speeds(count: int = 40, rows: int = 2048, cols: int = 768, repea
     return out
 
 
-def bench_speed(name: str, config: ModelConfig, repeats: int, run_c: RunC | str, bandwidth: float) -> list[str]:
-    torch.manual_seed(0)
-    model = Transformer(config).eval()
-    with torch.no_grad():  # as in decode.py: larger matrices, so the ids depend on every layer
-        for key, weight in model.named_parameters():
-            if key.startswith("layers.") and weight.ndim == 2:
-                weight.mul_(10)
-    run_c, _, text, prompt = engines_prompt(run_c, model)
+def bench_speed(name: str, config: ModelConfig, repeats: int, threads: int, peer: str | None,
+                bandwidth: float) -> list[str]:
+    """Rows of the speed table for one config; ``peer`` is None or the reason llama.cpp is skipped."""
+    model = scaled_random_model(config)
+    prompt = prompt_ids(config.vocab_size)
     models = {fmt: quantized(model, fmt) for fmt in FORMATS}
     decoders = {fmt: CompiledDecoder(m, max_seq_len=PROMPT_LEN + NEW_TOKENS) for fmt, m in models.items()}
-    compile_s, ids = {}, {}
-    for fmt, d in decoders.items():
-        start = time.perf_counter()
-        ids[fmt] = d.generate(prompt, NEW_TOKENS)  # compiles
-        compile_s[fmt] = time.perf_counter() - start
-    steps = PROMPT_LEN + NEW_TOKENS - 1
-    if isinstance(run_c, RunC):
-        run_c.generate(text, steps)  # warm-up
-    rates = {fmt: [] for fmt in FORMATS}
-    c_rates = []
-    for _ in range(repeats):
-        for fmt, d in decoders.items():
-            start = time.perf_counter()
-            d.generate(prompt, NEW_TOKENS)
-            rates[fmt].append(NEW_TOKENS / (time.perf_counter() - start))
-        if isinstance(run_c, RunC):
-            c_rates.append(NEW_TOKENS * run_c.generate(text, steps)[1] / steps)
-    med = {fmt: statistics.median(r) for fmt, r in rates.items()}
-    c_med = statistics.median(c_rates) if c_rates else None
+    compile_s = {fmt: _timed(lambda: d.generate(prompt, NEW_TOKENS)) for fmt, d in decoders.items()}  # compiles
+    engines = {fmt: (lambda ids, d=d: d.generate(ids, NEW_TOKENS)) for fmt, d in decoders.items()}
+    with tempfile.TemporaryDirectory(prefix="quantize-bench-") as folder:
+        if peer is None:
+            for fmt, path in write_gguf_files(model, Path(folder), GGUF_OF.values()).items():
+                llm = LlamaCpp(path, threads, PROMPT_LEN + NEW_TOKENS)
+                engines[f"llama.cpp {fmt}"] = lambda ids, llm=llm: llm.generate(ids, NEW_TOKENS)
+        ids, rates = run_engines(engines, prompt, repeats)
+    med = {k: statistics.median(r) for k, r in rates.items()}
     lines = []
     for fmt in FORMATS:
         b = bytes_per_token(models[fmt])
-        same = next((i for i, (a, c) in enumerate(zip(ids[fmt], ids["float32"])) if a != c), NEW_TOKENS)
-        vs_c = f"{med[fmt] / c_med:.2f}x" if c_med else "skipped"
+        peer_key = f"llama.cpp {GGUF_OF[fmt]}"
+        vs_peer = f"{med[fmt] / med[peer_key]:.2f}x" if peer_key in med else "-"
         lines.append(f"| {name} | {fmt} | {med[fmt]:.0f} ({max(rates[fmt]):.0f}) | {med[fmt] / med['float32']:.2f}x "
-                     f"| {vs_c} | {b / 1e6:.0f} | {bandwidth / b:.0f} | {med[fmt] * b / bandwidth:.0%} "
-                     f"| {same}/{NEW_TOKENS} | {compile_s[fmt]:.0f} |")
-    c_cell = f"{c_med:.0f} ({max(c_rates):.0f})" if c_rates else f"skipped: {run_c}"
-    b32 = bytes_per_token(models["float32"])
-    lines.append(f"| {name} | run.c float32 | {c_cell} | " + (f"{c_med / med['float32']:.2f}x | 1.00x "
-                 f"| {b32 / 1e6:.0f} | {bandwidth / b32:.0f} | {c_med * b32 / bandwidth:.0%} | - | - |" if c_med else
-                 "- | - | - | - | - | - | - |"))
+                     f"| {vs_peer} | {b / 1e6:.0f} | {bandwidth / b:.0f} | {med[fmt] * b / bandwidth:.0%} "
+                     f"| {first_difference(ids[fmt], ids['float32'])}/{NEW_TOKENS} | {compile_s[fmt]:.0f} |")
+    for fmt in FORMATS:
+        key = f"llama.cpp {GGUF_OF[fmt]}"
+        if key not in med:
+            lines.append(f"| {name} | {key} | skipped: {peer} | - | - | - | - | - | - | - |")
+            continue
+        b = bytes_per_token(models[fmt])
+        lines.append(f"| {name} | {key} | {med[key]:.0f} ({max(rates[key]):.0f}) | {med[key] / med['float32']:.2f}x "
+                     f"| 1.00x | {b / 1e6:.0f} | {bandwidth / b:.0f} | {med[key] * b / bandwidth:.0%} "
+                     f"| {first_difference(ids[key], ids['float32'])}/{NEW_TOKENS} | - |")
     return lines
 
 
@@ -238,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     # No `choices` here: argparse checks an empty list against them and refuses the default.
     parser.add_argument("tables", nargs="*", metavar="{quality,speed}", help="which tables (default both)")
     parser.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per engine and config (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per engine and config (default 3)")
     parser.add_argument("--configs", nargs="+", default=["15M", "110M"], choices=list(CONFIGS))
     parser.add_argument("--run", type=Path, help="a finished `llama train` run folder to use instead of training")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats: a smoke test")
+    parser.add_argument("--save", action="store_true",
+                        help="write the speed table to benchmarks/results/quantize-speed.md (what the book shows)")
     args = parser.parse_args(argv)
     tables = args.tables or ["quality", "speed"]
     if unknown := set(tables) - {"quality", "speed"}:
@@ -249,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.configs, args.repeats = ["tiny"], 2
     torch.set_num_threads(args.threads)
-    print(f"command: python benchmarks/quantize.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
-          f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
+    command = f"python benchmarks/quantize.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
+    print(f"command: {command}")
+    print(machine_line())
+    print(f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     if "quality" in tables:
         rows = shakespeare_bpb(args.run, args.quick, args.threads)
         print("\n| Tiny Shakespeare model | validation bits per byte | vs float32 |\n| --- | --- | --- |")
@@ -268,23 +272,27 @@ def main(argv: list[str] | None = None) -> int:
         print(flush=True)
     if "speed" in tables:
         bandwidth = copy_bandwidth()
-        print(f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s")
         count = 4 if args.quick else 40
         reads = kernel_read_speeds(count=count)
-        print(f"compiled one-row products over {count} matrices of 2048 x 768 (best of 10), weights read at: "
-              + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in reads.items()))
-        print(f"batch 1, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens, CompiledDecoder; int8: one "
-              f"scale per row, int4: groups of 32; median (best) of {args.repeats}\n")
-        with tempfile.TemporaryDirectory(prefix="quantize-bench-") as folder:
-            run_c = find_run_c()
-            if isinstance(run_c, tuple):
-                run_c = RunC(*run_c, Path(folder), args.threads)
-            print("| config | format | tok/s | vs float32 | vs run.c | weights MB/token | bound tok/s | of bound "
-                  "| ids equal to float32's before the first difference | first call s |")
-            print("| --- " * 10 + "|")
-            for name in args.configs:
-                for line in bench_speed(name, CONFIGS[name], args.repeats, run_c, bandwidth):
-                    print(line, flush=True)
+        peer = llama_cpp_unavailable()
+        head = [f"copy bandwidth (256 MiB, read + write): {bandwidth / 1e9:.1f} GB/s; compiled one-row products over "
+                f"{count} matrices of 2048 x 768 (best of 10) read their weights at "
+                + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in reads.items()),
+                f"batch 1, greedy, {PROMPT_LEN}-token prompt + {NEW_TOKENS} new tokens, CompiledDecoder; int8 and int4 "
+                f"in groups of 32; median (best) of {args.repeats}; llama.cpp: "
+                + (f"skipped: {peer}" if peer else f"llama-cpp-python {llama_cpp_version()}")]
+        print("\n".join(head) + "\n", flush=True)
+        lines = ["| config | format | tok/s | vs float32 | vs llama.cpp, same numbers | weights MB/token | bound tok/s "
+                 "| of bound | ids equal to float32's before the first difference | first call s |", "| --- " * 10 + "|"]
+        print("\n".join(lines))
+        for name in args.configs:
+            for line in bench_speed(name, CONFIGS[name], args.repeats, args.threads, peer, bandwidth):
+                lines.append(line)
+                print(line, flush=True)
+        if args.save:
+            path = REPO / "benchmarks" / "results" / "quantize-speed.md"
+            path.write_text(f"`{command}`; {machine_line()}; {head[0]}; {head[1]}\n\n" + "\n".join(lines) + "\n")
+            print(f"wrote {path}")
     print(f"\nload average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # noqa: E402
 
 
 def tracked_copy(into: Path) -> Path:
@@ -74,7 +76,7 @@ def main() -> int:
             rows.append((kind, seconds))
             print(f"{kind} build: {seconds:.1f} s", file=sys.stderr)
 
-    print(f"\nmkdocs build --strict, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    print(f"\nmkdocs build --strict; {machine_line()}\n")
     print("| build | seconds |")
     print("|---|---|")
     for kind, seconds in rows:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,9 @@ import sentencepiece
 from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> tuple[float, object]:
@@ -80,8 +82,8 @@ def main(argv=None) -> int:
 
     print(f"Tiny Shakespeare: {mb:.3f} MB, {len(lines)} lines; Llama 2 tokens: {len(ids_lib)}; "
           f"BPE-1024 tokens: {len(ids_bpe)}")
-    print(f"python {platform.python_version()}, sentencepiece {sentencepiece.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, best of {r}")
+    print(machine_line())
+    print(f"sentencepiece {sentencepiece.__version__}, best of {r}")
     print(f"load Llama 2 tokenizer.model by hand: {t_load:.3f} s")
     print(f"BPETokenizer.train(tinyshakespeare, vocab_size=1024): {t_train:.2f} s")
     print(f"{'encoder':60s} {'seconds':>8s} {'MB/s':>8s}")

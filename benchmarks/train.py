@@ -61,6 +61,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine, machine_line  # noqa: E402
+
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.train_config.TrainConfig).
 #: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
 #: sweep (``sweep``).
@@ -74,7 +77,8 @@ def run_quality(repeats: int = 1) -> dict:
     runs = [_quality_once() for _ in range(repeats)]
     bpbs = [r["val_bpb"] for r in runs]
     summary = {**runs[-1], "repeats": repeats, "val_bpb_runs": bpbs, "val_bpb_median": statistics.median(bpbs),
-               "val_bpb_spread": max(bpbs) - min(bpbs), "steps_runs": [r["steps"] for r in runs]}
+               "val_bpb_spread": max(bpbs) - min(bpbs), "steps_runs": [r["steps"] for r in runs],
+               "machine": machine()}
     (RESULTS / "train-quality.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"val bits per byte over {repeats} run(s): median {summary['val_bpb_median']:.4f}, "
           f"spread {summary['val_bpb_spread']:.4f} ({', '.join(f'{b:.4f}' for b in bpbs)}); "
@@ -447,8 +451,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
+    print(f"load average {os.getloadavg()[0]:.2f}")
     for what in args.what:
         if what == "quality":
             run_quality(args.repeats)

@@ -360,7 +360,10 @@ def _run_convert(args) -> int:
         save_gguf(model.state_dict(), model.config, args.destination, dtype, vocab,
                   name=os.path.splitext(os.path.basename(args.destination))[0])
         extra = f", tokenizer of {len(vocab.pieces):,} pieces" if vocab else ", no tokenizer"
-        print(f"wrote {args.destination}: GGUF (llama), {model.num_parameters():,} parameters, {args.dtype}{extra}")
+        scheme = getattr(model, "quantization", None)
+        kind = (f"{'Q8_0' if scheme['bits'] == 8 else 'Q4_0'} blocks, other tensors {args.dtype}" if scheme
+                else args.dtype)
+        print(f"wrote {args.destination}: GGUF (llama), {model.num_parameters():,} parameters, {kind}{extra}")
         return 0
     if scheme is not None:
         from llama.quantize import quantize, save_quantized

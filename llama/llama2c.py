@@ -1,7 +1,8 @@
 """llama2.c's legacy ``.bin`` format: a 7-number header, then float32 tensors in ``run.c``'s order.
 
 Reading it is how the book loads the pretrained ``stories260K``; writing it lets llama2.c's
-``run.c`` run the book's own models (the decode benchmark compares the two on the same weights).
+``run.c`` and its many ports run the book's own models (the tests check a written file with a
+NumPy transcription of run.c's forward pass that reads the file on its own).
 The format stores ``wq``/``wk`` in Meta's interleaved RoPE layout, the layout our model runs, so
 no permutation is needed either way.
 """

@@ -60,7 +60,8 @@ def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
     return model
 
 
-def _load(name: str, path: Path):
+def load_module(name: str, path: Path):
+    """The Python file ``path`` (a benchmark, a hook) imported as the module ``name``."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -69,12 +70,12 @@ def _load(name: str, path: Path):
 
 def load_book_collection():
     """A second copy of the root conftest.py (pytest loads it as a plugin) to call its parser directly."""
-    return _load("_book_collection", REPO / "conftest.py")
+    return load_module("_book_collection", REPO / "conftest.py")
 
 
 def load_listings():
     """hooks/listings.py, the MkDocs hook that renders library listings, to call it directly."""
-    return _load("_book_listings", REPO / "hooks" / "listings.py")
+    return load_module("_book_listings", REPO / "hooks" / "listings.py")
 
 
 def console_blocks(markdown: str) -> list[list[tuple[str, str]]]:

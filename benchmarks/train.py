@@ -406,7 +406,8 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
                 flags = ["train", "--out", str(out), "--data", str(text), "--model", "tiny" if quick else "book",
                          "--tokenizer", "bytes", "--block-size", str(block), "--batch-size", str(global_batch // ranks),
                          "--max-steps", str(n_steps), "--eval-every", str(n_steps), "--eval-tokens", "256",
-                         "--sample-tokens", "0", "--no-progress", "--threads", str(threads), "--parallel", strategy]
+                         "--sample-tokens", "0", "--no-progress", "--threads", str(threads), "--parallel", strategy,
+                         "--dtype", "float32"]
                 launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                               "--standalone", "--nproc_per_node", str(ranks)]
                 env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(threads)}

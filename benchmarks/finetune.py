@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
-# Lengths in steps, not seconds, one thread, and float32 written out (not left to a default that
-# may depend on the CPU): on a machine shared with other jobs the times change, the results do not.
+# Lengths in steps, not seconds, one thread, and float32 written out (--dtype auto would be
+# bfloat16 autocast on a CPU that has it natively): on a machine shared with other jobs the times
+# change, the results do not.
 PRETRAIN_ARGS = ["--data", "runs/finetune/rest.txt", "--out", "runs/finetune/base", "--max-steps", "300",
                  "--threads", "1", "--dtype", "float32"]
 STEPS = 50

@@ -5,8 +5,9 @@ bfloat16 autocast halves the bytes each matrix product reads and, on hardware wi
 instructions (``avx512_bf16`` or AMX on x86 CPUs, ``bf16`` on Arm, CUDA GPUs from Ampere on),
 computes them faster than float32. Without those instructions PyTorch emulates bfloat16, and
 the same product is tens of times *slower* than in float32. ``llama train --dtype auto`` (the
-default) therefore asks the machine (:func:`resolve_dtype`); :func:`fast_dtype` gives the
-answer as a ``torch.dtype``. It is found once per process and per device.
+default) therefore asks the machine (:func:`resolve_dtype`), and Muon's orthogonalisation
+(:func:`llama.optim.newton_schulz`) computes in whichever of the two is fast here
+(:func:`fast_dtype`). The answer is found once per process and per device.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The precision chosen for the machine (llama.precision): ``--dtype auto`` on CPUs with and
 without native bfloat16 and on CUDA GPUs (all pretended: the capability, the feature list and the
 timed probe are replaced), the warning for bfloat16 forced where it is emulated, what a run
-records in ``run.json``, a resumed run keeping its dtype, and the command line."""
+records in ``run.json``, a resumed run keeping its dtype, the command line, and Muon's
+orthogonalisation in the fast dtype."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from llama import precision
 from llama.cli import build_parser
 from llama.cli import main as cli_main
 from llama.cli_train import train_config_from_args
+from llama.optim import Muon, newton_schulz
 from llama.precision import emulation_warning, fast_dtype, measure_bf16_slowdown, resolve_dtype
 from llama.train_config import TrainConfig
 
@@ -244,3 +246,39 @@ def test_a_garbage_dtype_is_refused_naming_the_flag(capsys, command):
     assert exit_.value.code == 2
     assert len(errors) == 1 and errors[0].startswith(f"llama {command[0]}: error: argument --dtype: invalid choice: 'fp8'")
     assert all(name in errors[0] for name in ("auto", "float32", "bfloat16"))
+
+
+# ------------------------------------------------------------------------- Muon's orthogonalisation
+def written_out(g: torch.Tensor, steps: int = 5, a=3.4445, b=-4.7750, c=2.0315) -> torch.Tensor:
+    """Newton-Schulz as the chapter writes it, in float64: X <- aX + b(XX^T)X + c(XX^T)^2 X."""
+    x = g.double().T if g.size(0) > g.size(1) else g.double()
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + b * gram @ x + c * gram @ gram @ x
+    return x.T if g.size(0) > g.size(1) else x
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16)])
+def test_newton_schulz_in_float32_is_the_written_out_iteration(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    ours = newton_schulz(g, dtype=torch.float32)
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours.double(), written_out(g), atol=1e-5)
+    rough = newton_schulz(g, dtype=torch.bfloat16)  # the same iteration, rounded to 8 bits
+    assert rough.dtype == torch.bfloat16 and torch.allclose(rough.double(), written_out(g), atol=0.05)
+    assert not torch.equal(rough.float(), ours)
+
+
+@pytest.mark.parametrize("features, dtype", [([], torch.float32), (["avx512_bf16"], torch.bfloat16)])
+def test_muon_orthogonalises_in_the_dtype_that_is_fast_here(machine, features, dtype):
+    machine("AVX512", features, slowdown=31.0 if features == [] else 0.5)
+    g = torch.randn(24, 12, generator=torch.Generator().manual_seed(6))
+    assert newton_schulz(g).dtype == dtype
+    p = torch.nn.Parameter(torch.zeros(24, 12))
+    p.grad = g.clone()
+    Muon([{"params": [p], "muon": True}], lr=0.1, weight_decay=0.0, nesterov=False).step()
+    # the first step moves by -lr * NS(0.05 g) (the momentum starts at 0), scaled by sqrt(24 / 12)
+    for candidate in (torch.float32, torch.bfloat16):
+        expected = -0.1 * math.sqrt(2) * newton_schulz(0.05 * g, dtype=candidate).float()
+        assert torch.allclose(p.detach(), expected, atol=1e-7) == (candidate == dtype)

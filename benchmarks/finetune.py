@@ -40,10 +40,11 @@ from machine import machine, machine_line  # noqa: E402
 
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
-# Lengths in steps, not seconds, and one thread: on a machine shared with other jobs the times
+# Lengths in steps, not seconds, one thread, and float32 written out (--dtype auto would be
+# bfloat16 autocast on a CPU that has it natively): on a machine shared with other jobs the times
 # change, the results do not.
 PRETRAIN_ARGS = ["--data", "runs/finetune/rest.txt", "--out", "runs/finetune/base", "--max-steps", "300",
-                 "--threads", "1"]
+                 "--threads", "1", "--dtype", "float32"]
 STEPS = 50
 #: (name, flags of `llama finetune`): the same data, steps and learning rate for every run.
 #: The learning rate is FINETUNE_DEFAULTS' except on the line that says otherwise.
@@ -51,7 +52,7 @@ RUNS = [("LoRA r=1", ["--lora-rank", "1"]), ("LoRA r=4", ["--lora-rank", "4"]),
         ("LoRA r=16", ["--lora-rank", "16"]), ("LoRA r=4, lr 5e-3", ["--lora-rank", "4", "--lr", "5e-3"]),
         ("full fine-tune", ["--lora-rank", "0"])]
 FINETUNE_ARGS = ["--base", "runs/finetune/base/model", "--data", "runs/finetune/lovers.txt", "--max-steps", str(STEPS),
-                 "--eval-every", "10", "--sample-tokens", "0", "--threads", "1", "--no-progress"]
+                 "--eval-every", "10", "--sample-tokens", "0", "--threads", "1", "--dtype", "float32", "--no-progress"]
 PROMPT = "ROMEO:\n"
 
 # A fresh interpreter per run, so that its peak resident memory is its own.

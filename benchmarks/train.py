@@ -8,6 +8,7 @@ Run from the repository root::
     python benchmarks/train.py throughput   # tokens/s of a training step: ours vs LlamaForCausalLM,
                                             # FLOPs per token, FLOP/s, matmul peak, MFU, peak memory
     python benchmarks/train.py precision    # float32 vs bfloat16 autocast, our model
+    python benchmarks/train.py matmul       # a 1024 x 1024 product in float32 and bfloat16; what --dtype auto chooses
     python benchmarks/train.py parts        # the book's loss, AdamW, clipping vs PyTorch's; Muon vs AdamW
     python benchmarks/train.py sweep --sweep-steps 300   # the recipe's variants at a fixed number of steps
     python benchmarks/train.py parallel     # DDP and FSDP on 1, 2 and 4 ranks: bytes per rank, step time
@@ -67,7 +68,9 @@ from machine import machine, machine_line  # noqa: E402
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.train_config.TrainConfig).
 #: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
 #: sweep (``sweep``).
-RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120", "--dtype", "bfloat16",
+#: Its precision is ``--dtype auto``'s choice (bfloat16 autocast where the CPU has it natively, as on
+#: the book's machine), so that the same command is fast on a CPU that would emulate bfloat16.
+RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120",
                "--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008", "--batch-size", "16", "--block-size", "128"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
@@ -246,6 +249,24 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def run_matmul(n: int = 1024, repeats: int = 5) -> dict:
+    """The rate of an ``n x n`` product in float32 and in bfloat16 on this CPU (best of ``repeats``,
+    at the thread count set), the machine, and what ``--dtype auto`` chooses here and why."""
+    from llama.precision import resolve_dtype
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
+    rates = {name: matmul_peak(getattr(torch, name), n, repeats) / 1e9 for name in ("float32", "bfloat16")}
+    dtype, why = resolve_dtype("auto")
+    print(f"{model}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    ratio = rates["bfloat16"] / rates["float32"]
+    print(f"{n} x {n} matmul: float32 {rates['float32']:.1f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s "
+          f"(bfloat16 {f'{ratio:.2f}x faster' if ratio >= 1 else f'{1 / ratio:.0f}x slower'})")
+    print(f"--dtype auto: {dtype} ({why})")
+    return {"cpu": model, **{f"{k}_gflop_s": v for k, v in rates.items()}, "auto": dtype, "why": why}
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -410,7 +431,8 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
                 flags = ["train", "--out", str(out), "--data", str(text), "--model", "tiny" if quick else "book",
                          "--tokenizer", "bytes", "--block-size", str(block), "--batch-size", str(global_batch // ranks),
                          "--max-steps", str(n_steps), "--eval-every", str(n_steps), "--eval-tokens", "256",
-                         "--sample-tokens", "0", "--no-progress", "--threads", str(threads), "--parallel", strategy]
+                         "--sample-tokens", "0", "--no-progress", "--threads", str(threads), "--parallel", strategy,
+                         "--dtype", "float32"]
                 launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                               "--standalone", "--nproc_per_node", str(ranks)]
                 env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(threads)}
@@ -439,7 +461,8 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "parts", "sweep", "parallel"])
+    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "matmul", "parts", "sweep",
+                                                        "parallel"])
     parser.add_argument("--sweep-steps", type=int, default=300, help="optimizer steps of each sweep run")
     parser.add_argument("--only", action="append", choices=list(SWEEP), help="sweep only these variants")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the recipe (quality): median and spread")
@@ -462,6 +485,8 @@ def main(argv=None) -> int:
             run_parts(args.quick, args.warmup, args.steps, args.rounds)
         elif what == "parallel":
             run_parallel(args.quick, args.steps)
+        elif what == "matmul":
+            run_matmul()
         elif what == "throughput":
             run_throughput(args.quick, args.compile, args.warmup, args.steps, args.rounds)
         else:

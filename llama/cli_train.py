@@ -101,7 +101,9 @@ def add_loop_flags(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--optimizer", choices=["adamw", "muon"], default=S,
                    help=f"adamw, or muon for the blocks' matrices (default {d.optimizer})")
     g.add_argument("--muon-lr", type=float, default=S, help=f"Muon's peak learning rate (default {d.muon_lr})")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32, or bfloat16 autocast")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=S,
+                   help="auto: bfloat16 autocast where this machine computes it natively, else float32; "
+                   f"or either of them (default {d.dtype})")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     g.add_argument("--parallel", choices=["ddp", "fsdp"], default=S,
                    help="under torchrun: ddp (a whole copy per process) or fsdp (each process holds 1/N of "

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
+from llama.precision import fast_dtype
+
 __all__ = ["lr_at", "AdamW", "Muon", "newton_schulz", "clip_grad_norm", "make_optimizer", "OPTIMIZERS"]
 
 #: The optimizers ``llama train --optimizer`` can name.
@@ -85,22 +87,25 @@ class AdamW(torch.optim.Optimizer):
 
 # --8<-- [start:muon]
 def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=(3.4445, -4.7750, 2.0315),
-                  eps: float = 1e-7) -> torch.Tensor:
+                  eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""Approximately the nearest orthogonal matrix to ``g`` ($UV^\top$ of its SVD $USV^\top$).
 
     Each step applies $X \leftarrow aX + b(XX^\top)X + c(XX^\top)^2X$, an odd polynomial that maps
     every singular value of $X$ through $p(\sigma) = a\sigma + b\sigma^3 + c\sigma^5$ and keeps the
     singular vectors. Scaled so that all $\sigma \le 1$, five steps of this $p$ (steep at 0)
-    push them all to roughly 1 (0.7 to 1.2): only matrix products, in bfloat16.
+    push them all to roughly 1 (0.7 to 1.2): only matrix products, and rough ones suffice, so
+    they run in bfloat16 where the machine computes it natively, in float32 where it would
+    emulate it (:func:`llama.precision.fast_dtype`).
 
     Args:
         g: ``[m, n]`` matrix.
+        dtype: the products' dtype; ``None`` is :func:`~llama.precision.fast_dtype` of ``g``'s device.
 
     Returns:
-        ``[m, n]`` bfloat16, its singular values near 1.
+        ``[m, n]`` in that dtype, its singular values near 1.
     """
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype or fast_dtype(g.device))
     if g.size(0) > g.size(1):
         x = x.T                                         # X X^T is then the smaller Gram matrix
     x = x / x.norm().clamp(min=eps)                     # Frobenius norm >= spectral norm: all sigma <= 1
@@ -117,7 +122,8 @@ class Muon(AdamW):
 
     A Muon step keeps a momentum of the gradients, orthogonalises it (:func:`newton_schulz`), and
     moves each weight matrix by that, scaled by $\\sqrt{\\max(1, m/n)}$ for an ``[m, n]`` one; the
-    decay is decoupled as in AdamW. This is ``torch.optim.Muon``'s update.
+    decay is decoupled as in AdamW. This is ``torch.optim.Muon``'s update (which orthogonalises in
+    bfloat16 everywhere; this one in float32 where bfloat16 would be emulated).
 
     Args:
         params: parameters, or groups of them; a group with ``muon=False`` gets AdamW.

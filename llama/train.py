@@ -33,6 +33,7 @@ from llama.fsdp import checkpoint_activations, full_state_dict, held_bytes, shar
 from llama.loss import cross_entropy
 from llama.model import Transformer
 from llama.optim import clip_grad_norm, lr_at, make_optimizer
+from llama.precision import emulation_warning, resolve_dtype
 from llama.run_folder import RunLock, check_out, remove_new_run, remove_partial
 from llama.train_config import TrainConfig, check_memory, model_config
 from llama.train_state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
@@ -144,7 +145,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
     """Run (or resume) training as ``cfg`` says; returns the final evaluation's log record.
 
     Under torchrun every process calls this; they find each other through the environment
-    (:func:`llama.distributed.setup`) and leave the process group when it returns.
+    (:func:`llama.distributed.setup`) and leave the process group when it returns. Rank 0 chooses
+    the precision (:func:`llama.precision.resolve_dtype`), says it on stderr with the progress and
+    records it, with why, in ``run.json``.
 
     Args:
         cfg: the settings.
@@ -163,6 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
             message says what to change.
     """
     dist = setup()
+    requested = cfg.dtype  # "auto" unless given: resolved below, once the saved run is known
     threads_before = torch.get_num_threads()
     out = Path(cfg.out)
     lock: RunLock | None = None
@@ -189,7 +193,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
         # The processes of one machine share its cores.
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
         try:
-            return _train_loop(cfg, resume, saved, dist, on_step)
+            dtype, why = on_rank0(dist, lambda: _choose_dtype(requested, saved, dist.device, cfg.progress))
+            cfg = dataclasses.replace(cfg, dtype=dtype)
+            return _train_loop(cfg, resume, saved, dist, on_step, why)
         except BaseException:
             # A new run that stops before its first checkpoint leaves nothing, so the same command
             # (with other flags, say) can run again; a later stop keeps the run for --resume.
@@ -212,14 +218,15 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
 
 # --8<-- [start:loop]
 def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, dist: Dist,
-                on_step: Callable[[int], None] | None) -> dict[str, Any]:
-    """The body of :func:`train`, once the settings are final and the processes joined."""
+                on_step: Callable[[int], None] | None, dtype_reason: str) -> dict[str, Any]:
+    """The body of :func:`train`, once the settings are final (``cfg.dtype`` chosen, for
+    ``dtype_reason``) and the processes joined."""
     out, rank, world = Path(cfg.out), dist.rank, dist.world_size
     # Data and tokenizer: rank 0 writes the files, then every rank reads them.
     text_path = resolve_text_path(cfg.data)
 
     def write_run_files() -> None:
-        prepare_run(cfg, text_path, saved, world, write=True)
+        prepare_run(cfg, text_path, saved, world, write=True, notes={"dtype_reason": dtype_reason})
 
     on_rank0(dist, write_run_files)
     tokenizer, tok_file, data = prepare_run(cfg, text_path, saved, world, write=False)  # reads them
@@ -330,6 +337,16 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the model
     return final
 # --8<-- [end:loop]
+
+
+def _choose_dtype(requested: str, saved: dict[str, Any] | None, device: torch.device, report: bool) -> list[str]:
+    """Rank 0: the run's dtype and why (:func:`llama.precision.resolve_dtype`; a run.json older than
+    ``--dtype`` means float32), said on stderr with the progress, and a warning where bfloat16 is emulated."""
+    dtype, why = resolve_dtype(requested, device, None if saved is None else saved.get("dtype", "float32"))
+    warning = emulation_warning(dtype, device)
+    for line in ([f"dtype: {dtype} ({why})"] if report else []) + ([warning] if warning else []):
+        print(line, file=sys.stderr, flush=True)
+    return [dtype, why]
 
 
 def _progress_bar(cfg: TrainConfig, progress: float):

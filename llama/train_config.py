@@ -59,7 +59,9 @@ class TrainConfig:
         eval_every: evaluate (and checkpoint) every this many steps.
         eval_tokens: validation tokens used by the periodic evaluations (the final one uses all).
         seed: seeds the weights, the data order and every random-number generator.
-        dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision (autocast).
+        dtype: ``"auto"``: ``"bfloat16"`` autocast (mixed precision) where the machine computes it
+            natively, ``"float32"`` elsewhere (:func:`llama.precision.resolve_dtype`); or either of them.
+            :func:`llama.train.train` records the dtype it chose, and a resumed run keeps it.
         compile: run the model through ``torch.compile``.
         threads: CPU threads per process (default: all cores, divided among local ranks).
         sample_tokens: tokens to sample from the final model into ``samples.txt``.
@@ -104,7 +106,7 @@ class TrainConfig:
     eval_every: int = 25
     eval_tokens: int = 4096
     seed: int = 1337
-    dtype: str = "float32"
+    dtype: str = "auto"
     compile: bool = False
     threads: int | None = None
     sample_tokens: int = 300
@@ -158,8 +160,8 @@ class TrainConfig:
             raise ValueError("--compile is not supported with --parallel fsdp here; drop one of them")
         if self.parallel == "fsdp" and self.lora_rank:
             raise ValueError("LoRA fine-tuning trains a few small adapters: use --parallel ddp, not fsdp")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):  # llama.precision.DTYPES (without importing torch)
+            raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:
             raise ValueError(
                 f"--block-size {self.block_size} is larger than --max-seq-len {self.max_seq_len}: the "

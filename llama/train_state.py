@@ -2,7 +2,8 @@
 
 What one run writes into ``--out DIR`` (only rank 0 writes):
 
-* ``run.json``: the run's settings (a later ``--resume`` must agree with them);
+* ``run.json``: the run's settings (a later ``--resume`` must agree with them), ``dtype`` being
+  the one ``--dtype auto`` chose, with why (``dtype_reason``);
 * ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece);
 * ``data/{train,val}.npy``: the token ids, tokenized once, memory-mapped;
 * ``log.jsonl``: one JSON record per evaluation (loss, perplexity, bits per byte, lr, time);
@@ -75,9 +76,10 @@ def merge_resume(cfg: TrainConfig, given: set[str], saved: dict[str, Any], world
     reshard = saved.get("parallel") == "fsdp" and world_size != saved.get("world_size")
     global_batch = saved.get("batch_size", 0) * saved.get("world_size", 1)
     per_rank = {"batch_size": global_batch // world_size} if reshard and global_batch % world_size == 0 else {}
+    # --dtype auto asks for whatever the run started with (llama.precision.resolve_dtype keeps it).
     conflicts = [f"--{k.replace('_', '-')} {v!r} (the run used {saved.get(k)!r})"
                  for k, v in cfg.run_settings().items()
-                 if k in given and v != per_rank.get(k, saved.get(k))]
+                 if k in given and v != per_rank.get(k, saved.get(k)) and not (k == "dtype" and v == "auto")]
     if reshard and not per_rank:
         conflicts.append(f"{world_size} process(es): the run's global batch of {global_batch} windows "
                          "does not split evenly over them")
@@ -157,11 +159,12 @@ def _check_tokenizer(cfg: TrainConfig, tok: Any, found: list[Path], saved: dict[
 
 
 def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
-                write: bool) -> tuple[Any, Path, TokenData]:
+                write: bool, notes: dict[str, Any] | None = None) -> tuple[Any, Path, TokenData]:
     """The run's tokenizer and token ids, made in its folder the first time and read after that.
 
     With ``write`` (rank 0 only, before the others call this without it): a new run records its
-    settings in ``run.json``, with the number of processes and the text's sha256; a resumed run
+    settings in ``run.json``, with the number of processes, the text's sha256 and ``notes``
+    (why the run computes in its dtype, ``dtype_reason``); a resumed run
     checks that the text is the one it was trained on. Then the tokenizer is trained (or copied)
     and the text tokenized, unless their files are already there.
 
@@ -171,6 +174,7 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         saved: the saved settings of a resumed run (:func:`llama.run_folder.check_out`), or ``None``.
         world_size: number of processes, recorded because the data order depends on it.
         write: write ``run.json`` (or check the text against it) first.
+        notes: more fields for a new run's ``run.json``.
 
     Returns:
         ``(tokenizer, its file, TokenData of the train and validation ids)``.
@@ -185,7 +189,7 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         out.mkdir(parents=True, exist_ok=True)
         if saved is None:
             run = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
-            run.update(world_size=world_size, text_sha256=sha256_file(text_path))
+            run.update(world_size=world_size, text_sha256=sha256_file(text_path), **(notes or {}))
             atomic_write_text(out / "run.json", json.dumps(run, indent=1))
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "

@@ -20,8 +20,8 @@ LAYERS = [
     {"_files", "config", "norm", "rope", "linear", "quantize", "attention", "feed_forward", "reference", "convert"},
     {"checkpoint", "gguf", "gguf_quant", "llama2c", "model", "lora"},
     {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
-     "distributed", "fsdp", "dcp_checkpoint", "train_config", "run_folder", "train_state", "loss", "optim", "flops",
-     "memory", "finetune", "train"},
+     "distributed", "fsdp", "dcp_checkpoint", "train_config", "run_folder", "train_state", "loss", "precision", "optim",
+     "flops", "memory", "finetune", "train"},
     {"cli", "cli_train", "cli_finetune"},
 ]
 MAX_LINES = 450  # "about 400": a module past this does more than one job

@@ -21,8 +21,10 @@ from llama.model import Transformer
 from llama.train_state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
+# float32 written out: in bfloat16 one process would autocast where several ranks cast their
+# gathered weights (FSDP's policy), and the 1e-5 below is float32's.
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
-        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3", "--parallel", "fsdp"]
+        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3", "--parallel", "fsdp", "--dtype", "float32"]
 GLOBAL_BATCH = 4
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 

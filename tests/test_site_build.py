@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import load_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,37 @@ def test_site_makes_no_outside_reference_to_fonts_or_cdns(site_dir):
     banned = re.compile(r"(?:src|href)=\"https?://(?:fonts\.googleapis|fonts\.gstatic|cdn|cdnjs|unpkg|api\.github)")
     offenders = [str(p.relative_to(site_dir)) for p in site_dir.rglob("*.html") if banned.search(p.read_text("utf-8"))]
     assert offenders == []
+
+
+def _prose(html: str) -> str:
+    """A page's text outside code: ``<pre>`` blocks (listings, the API pages' source views) removed."""
+    return re.sub(r"<pre\b.*?</pre>", "", html, flags=re.S)
+
+
+def test_no_page_shows_a_raw_sphinx_role(site_dir):
+    """Docstrings say :func:`x`; the API pages must show a link (or code), never the role itself."""
+    role = re.compile(r":(?:func|class|meth|data|attr|mod|obj|exc|const):(?:<code>|`)")
+    offenders = {str(p.relative_to(site_dir)): role.findall(_prose(p.read_text("utf-8")))
+                 for p in site_dir.rglob("*.html")}
+    assert {page: found for page, found in offenders.items() if found} == {}
+    model = _prose((site_dir / "api/model/index.html").read_text("utf-8"))
+    assert 'href="../attention/#llama.attention.KVCache"' in model  # :class:`~llama.attention.KVCache`
+
+
+def test_sphinx_roles_become_links_resolved_where_the_docstring_is():
+    import griffe
+
+    hook = load_module("_crossrefs", REPO / "hooks" / "griffe_crossrefs.py")
+    pkg = griffe.load("llama", search_paths=[str(REPO)])
+    forward = pkg["model.Transformer.forward"]
+    assert hook.link_roles(":meth:`setup_cache`", forward, pkg) == "[`setup_cache`][llama.model.Transformer.setup_cache]"
+    assert (hook.link_roles("see :class:`~llama.attention.KVCache`.", forward, pkg)
+            == "see [`KVCache`][llama.attention.KVCache].")
+    # imported into the module: the link goes where the object is defined
+    assert hook.link_roles(":class:`ModelConfig`", pkg["model"], pkg) == "[`ModelConfig`][llama.config.ModelConfig]"
+    # not shown in the reference (private, or no docstring): code, without the role
+    assert hook.link_roles(":func:`_word_splitter`", pkg["spm"], pkg) == "`_word_splitter`"
+    assert hook.link_roles(":func:`no_such_thing`", pkg["spm"], pkg) == "`no_such_thing`"
 
 
 # --- throwaway builds with the project's settings ----------------------------------------------

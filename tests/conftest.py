@@ -330,7 +330,8 @@ class NavPage:
 
 
 def nav_pages(nav=None, section: str | None = None) -> list[NavPage]:
-    """Every page of a MkDocs nav (mkdocs.yml's by default), depth first."""
+    """Every page of a MkDocs nav (mkdocs.yml's by default), depth first; a page's ``section`` is
+    the top-level one it is in (a part of the book, "Labs", "Appendices", "API reference")."""
     if nav is None:
         nav = read_mkdocs_yml()["nav"]
     pages = []
@@ -340,7 +341,7 @@ def nav_pages(nav=None, section: str | None = None) -> list[NavPage]:
             continue
         for title, value in item.items():
             if isinstance(value, list):
-                pages.extend(nav_pages(value, title))
+                pages.extend(nav_pages(value, section or title))
             else:
                 pages.append(NavPage(section, title, value))
     return pages

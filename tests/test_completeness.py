@@ -81,3 +81,51 @@ def test_chapter_has_an_executed_example(chapter_page):
 def test_chapter_has_exercises(chapter_page):
     exempt(chapter_page, "exercises")
     assert EXERCISES.search(page_text(chapter_page)), f"{chapter_page.path} has no '## Exercises' section"
+
+
+# --- One path through the book: parts, Home's list, where to go next, the API's landing page ------
+PARTS = ["I. The model", "II. Text in, text out", "III. Training", "IV. Adapting and shipping"]
+LINK = re.compile(r"\[[^\]]*\]\(([^)#\s]+\.(?:md|ipynb))(?:#[^)]*)?\)")
+
+
+def test_the_nav_is_home_then_the_parts_then_labs_appendices_and_api(mkdocs_yml):
+    top = [next(iter(item)) if isinstance(item, dict) else item for item in mkdocs_yml["nav"]]
+    assert top == ["Home", *PARTS, "Labs", "Appendices", "API reference"]
+
+
+def test_home_lists_every_chapter_in_nav_order_and_links_every_other_page(book_pages):
+    home = (REPO / "book" / "index.md").read_text("utf-8")
+    listed = re.findall(r"^\d+\. \[([^\]]+)\]\(([^)]+\.md)\)", home, re.M)
+    in_parts = [(p.title, p.path) for p in book_pages if p.section in PARTS]
+    assert listed == in_parts, "Home's numbered list must be the chapters of the parts, in nav order, by their nav titles"
+    linked = set(LINK.findall(home))
+    others = {p.path for p in book_pages if p.section in ("Labs", "Appendices")} | {"api/index.md"}
+    assert others - linked == set(), "Home must link every lab and appendix and the API reference's overview"
+
+
+def test_every_chapter_of_a_part_ends_with_where_to_go_next(book_pages):
+    chapters = [p for p in book_pages if p.section in PARTS]
+    for page, following in zip(chapters, chapters[1:] + [None]):
+        text = page.source.read_text("utf-8")
+        sections = re.split(r"^## ", text, flags=re.M)
+        assert sections[-1].startswith("Where to go next\n"), f"{page.path}: its last section is not 'Where to go next'"
+        targets = LINK.findall(sections[-1])
+        if following is not None:
+            assert following.path in targets, f"{page.path}: 'Where to go next' does not link {following.path}"
+        else:
+            assert targets, f"{page.path}: the last chapter's 'Where to go next' links nowhere"
+
+
+def test_api_overview_lists_every_module_page_in_nav_order_with_its_docstring(book_pages):
+    import ast
+
+    overview = (REPO / "book" / "api" / "index.md").read_text("utf-8")
+    rows = re.findall(r"^- \[`llama\.(\w+)`\]\((\w+)\.md\): (.*)$", overview, re.M)
+    pages = [p.path for p in book_pages if p.kind == "api" and p.path != "api/index.md"]
+    assert [f"api/{page}.md" for _, page, _ in rows] == pages
+    for module, page, line in rows:
+        assert module == page
+        doc = ast.get_docstring(ast.parse((REPO / "llama" / f"{module}.py").read_text("utf-8")))
+        first = re.sub(r"``([^`]+)``", r"`\1`", doc.split("\n\n")[0].replace("\n", " ").strip())
+        first = re.sub(r":(?:func|class|meth|data|attr|mod):`~?([\w.]+)`", r"`\1`", first)
+        assert line == first, f"api/index.md's line for llama.{module} is not its docstring's first paragraph"

@@ -27,7 +27,7 @@ def add_train(subparsers) -> None:
     d = TrainConfig(out="", max_steps=1)
     S = argparse.SUPPRESS
     p.add_argument("--data", default=S, help="UTF-8 text file to train on (default: Tiny Shakespeare, "
-                   "from $LLAMA_DATA_DIR, the cache, or downloaded)")
+                   "wherever `llama download` finds it, else downloaded)")
     p.add_argument("--out", required=True, help="folder for the tokenizer, data, log, checkpoints and model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g = p.add_argument_group("tokenizer")

@@ -137,19 +137,23 @@ def _add_generate(subparsers) -> None:
         help="continue a prompt with a checkpoint",
         description="Load a checkpoint (Hugging Face folder, Meta folder, GGUF file or llama2.c .bin) and continue\n"
         "a prompt, printing each token as soon as it is chosen.\n\n"
-        "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
-        "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
+        "With --prompt the prompt is text and the output is text, through --tokenizer or else the\n"
+        "tokenizer saved with the model (tokenizer.json or tokenizer.model in its folder, as `llama\n"
+        "train` leaves them, or the one stored in a GGUF file). Without --prompt the prompt is token\n"
+        "ids (--ids, default: 1, the BOS id) and the new ids are printed, unless --tokenizer is given.",
         epilog="examples:\n"
         "  llama generate stories260K --max-new-tokens 30\n"
         "  llama generate stories15M.bin --tokenizer tokenizer.model --prompt 'Once upon a time'\n"
+        "  llama generate runs/shakespeare/model --prompt 'ROMEO:'\n"
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, GGUF file, llama2.c .bin file, "
                    "or stories260K once `llama download stories260K` has fetched it")
-    p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
+    p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json); "
+                   "default with --prompt: the one saved with the checkpoint")
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (needs --tokenizer; BOS is prepended)")
+    prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (BOS is prepended where the tokenizer has one)")
     prompt.add_argument("--ids", type=int, nargs="+", metavar="ID",
                         help="prompt as token ids (default without --prompt: 1, the Llama BOS id)")
     p.add_argument("--max-new-tokens", "-n", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
@@ -219,10 +223,41 @@ def checkpoint_path(name: str) -> str:
     return str(found)
 
 
+def saved_tokenizer(checkpoint: str):
+    """The tokenizer saved with a checkpoint: ``tokenizer.json`` or ``tokenizer.model`` inside its
+    folder (``llama train`` and ``llama finetune`` leave one in ``OUT/model``), or the vocabulary
+    stored in a GGUF file (:func:`llama.gguf_vocab.tokenizer_from_gguf`).
+
+    Raises:
+        FileNotFoundError: nothing at ``checkpoint``.
+        ValueError: no tokenizer is saved with it (the message says to pass ``--tokenizer``).
+    """
+    from pathlib import Path
+
+    from llama.checkpoint import detect_format
+    from llama.tokenizer import load_tokenizer
+
+    path, kind = Path(checkpoint), detect_format(checkpoint)
+    if path.is_dir():
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if (path / name).is_file():
+                return load_tokenizer(path / name)
+        missing = f"{path} holds no tokenizer.json or tokenizer.model"
+    elif kind == "gguf":
+        from llama.gguf import read_gguf_vocab
+        from llama.gguf_vocab import tokenizer_from_gguf
+
+        if read_gguf_vocab(path) is not None:
+            return tokenizer_from_gguf(path)
+        missing = f"{path} stores no tokenizer (it was exported without --tokenizer)"
+    else:
+        missing = f"{path} is a {kind} file, which keeps no tokenizer"
+    raise ValueError(f"--prompt needs a tokenizer to turn text into ids, and {missing}: pass --tokenizer FILE, "
+                     "or give the prompt as --ids")
+
+
 def _check_generate_flags(args) -> None:
     """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
-    if args.prompt is not None and args.tokenizer is None:
-        raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
@@ -248,6 +283,8 @@ def _run_generate(args) -> int:
         from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
+    elif args.prompt is not None:  # the tokenizer saved with the model, as `llama train` leaves it
+        tok = saved_tokenizer(checkpoint_path(args.checkpoint))
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:

@@ -163,6 +163,25 @@ def test_errors(tmp_path, base, text, capsys):
         TrainConfig(out="x", max_steps=1, lora_rank=4)
 
 
+def test_fine_tuning_keeps_the_base_s_context(tmp_path, base, text, capsys):
+    """The base knows 64 positions: fine-tuning defaults to windows of 64 and keeps that context;
+    longer windows are refused by name, not trained on positions the base never saw."""
+    import json
+
+    flags = ["--data", str(text), "--batch-size", "2", "--threads", "1", "--eval-tokens", "128",
+             "--sample-tokens", "0", "--no-progress", "--max-steps", "1"]
+    assert finetune("--base", str(base), "--out", str(tmp_path / "full"), "--lora-rank", "0", *flags) == 0
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["block_size"] == 64
+    assert json.loads((tmp_path / "full" / "model" / "config.json").read_text())["max_position_embeddings"] == 64
+    capsys.readouterr()
+    assert finetune("--base", str(base), "--out", str(tmp_path / "long"), "--block-size", "128", *flags) == 2
+    assert capsys.readouterr().err == (
+        f"llama finetune: error: --block-size 128 is longer than the 64-token context of the base {base}, which never "
+        "saw later positions: fine-tune with --block-size 64 or less (or lengthen the context knowingly with "
+        "--max-seq-len)\n")
+    assert not (tmp_path / "long").exists()
+
+
 def test_chapter_shows_the_benchmark_s_commands():
     """The worked example's commands are the ones benchmarks/finetune.py runs, and they parse."""
     import importlib.util

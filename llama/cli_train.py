@@ -113,7 +113,10 @@ def add_loop_flags(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
     g = p.add_argument_group("length and reporting")
     g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
-    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
+    g.add_argument("--max-time", type=float, default=S,
+                   help="stop the training loop (its steps and periodic evaluations) after this many seconds; "
+                   "preparing the data before it, and the final evaluation, model and sample after it, "
+                   "come on top")
     g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
     g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per periodic evaluation (default {d.eval_tokens})")
     g.add_argument("--threads", type=int, default=S, help="CPU threads per process")

@@ -45,7 +45,7 @@ __all__ = ["evaluate", "train_step", "train"]
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_lengths: np.ndarray,
              max_tokens: int | None = None, batch_size: int = 16, rank: int = 0, world_size: int = 1,
-             lockstep: bool = False) -> dict[str, float]:
+             lockstep: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Loss, perplexity and bits per byte of ``model`` on validation tokens.
 
     The windows of :func:`llama.data.eval_windows` predict every token of
@@ -53,7 +53,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
     $\\ln 2$ times the number of bytes those target tokens decode to (``byte_lengths``
     summed over them), is the bits per byte. Ranks split the windows and add up their sums;
     with ``lockstep`` (a sharded model), a rank with fewer batches runs empty forward passes
-    until all have run as many.
+    until all have run as many. ``progress(done, total)`` is called with this rank's windows
+    done after each batch.
 
     Returns:
         ``{"loss": nats per token, "ppl": exp(loss), "bpb": bits per byte, "tokens", "bytes"}``.
@@ -78,6 +79,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
         x = torch.cat([w[1] for w in mine[i:j]])
         y = torch.cat([w[2] for w in mine[i:j]])
         nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double()
+        if progress is not None:
+            progress(j, len(mine))
     if lockstep:  # a sharded model's forward gathers weights from every rank: all run as many
         most = max(len(batches(windows[r::world_size])) for r in range(world_size))
         for _ in range(most - len(spans)):
@@ -221,7 +224,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
                 on_step: Callable[[int], None] | None, dtype_reason: str) -> dict[str, Any]:
     """The body of :func:`train`, once the settings are final (``cfg.dtype`` chosen, for
     ``dtype_reason``) and the processes joined."""
-    out, rank, world = Path(cfg.out), dist.rank, dist.world_size
+    out, rank, world, began = Path(cfg.out), dist.rank, dist.world_size, time.perf_counter()
     # Data and tokenizer: rank 0 writes the files, then every rank reads them.
     text_path = resolve_text_path(cfg.data)
 
@@ -267,8 +270,11 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
 
     def log_eval(train_loss: float | None, final: bool = False) -> dict[str, Any]:
         net.eval()
-        result = evaluate(model, data.val, cfg.block_size, byte_lengths,
-                          None if final else cfg.eval_tokens, rank=rank, world_size=world, lockstep=sharded)
+        shown = _EvalProgress() if final and rank == 0 and cfg.progress else None
+        result = evaluate(model, data.val, cfg.block_size, byte_lengths, None if final else cfg.eval_tokens,
+                          rank=rank, world_size=world, lockstep=sharded, progress=shown)
+        if shown is not None:
+            shown.close()
         if sharded and world > 1:
             model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
         net.train()
@@ -325,6 +331,12 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             on_step(step)
     if bar is not None:
         bar.close()
+        # --max-time bounds the loop above; say so, and what still comes, before it comes.
+        limit = (f"--max-time {cfg.max_time:g} s of training loop reached" if cfg.max_time and elapsed >= cfg.max_time
+                 else f"--max-steps {cfg.max_steps} reached")
+        then = f", then the model and a sample of {cfg.sample_tokens} tokens" if cfg.sample_tokens else ", then the model"
+        _say(f"stopped at step {step} ({limit}); final evaluation on the whole validation split "
+             f"({len(data.val) - 1:,} tokens){then}")
     final = log_eval(None, final=True)
     if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
@@ -333,6 +345,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             model.load_state_dict(whole)
     if rank == 0:
         _finish(out, model, tokenizer, tok_file, cfg)
+        if bar is not None:
+            _say(f"done: {time.perf_counter() - began:.1f} s in all, {elapsed:.1f} s of it the training loop")
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the model
     return final
@@ -360,6 +374,33 @@ def _progress_bar(cfg: TrainConfig, progress: float):
         return _PlainProgress(total, round(progress * total))
     return tqdm(total=total, initial=round(progress * total), unit="step" if total == cfg.max_steps else "‰",
                 dynamic_ncols=True, file=sys.stderr)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _EvalProgress:
+    """The final evaluation's progress, in windows: a tqdm bar on a terminal, else a plain line
+    every :data:`PLAIN_PROGRESS_SECONDS` seconds (see :func:`_progress_bar`)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="window", desc="final evaluation", dynamic_ncols=True, file=sys.stderr)
+            else:
+                self.bar = _PlainProgress(total, 0)
+                self.bar.set_description("final evaluation")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 #: Seconds between the progress lines of a run whose stderr is not a terminal.

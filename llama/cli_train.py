@@ -70,13 +70,16 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
 
 def run_train(args) -> int:
     import os
+    import time
 
     from llama.train import train
 
     cfg, resume, given = train_config_from_args(args)
+    began = time.perf_counter()
     result = train(cfg, resume=resume, given=given)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
-        print(f"final: step {result['step']}, {result['elapsed']:.1f} s, val loss {result['val_loss']:.4f} nats/token, "
+        print(f"final: step {result['step']}, {result['elapsed']:.1f} s of training loop "
+              f"({time.perf_counter() - began:.1f} s in all), val loss {result['val_loss']:.4f} nats/token, "
               f"perplexity {result['val_ppl']:.2f}, {result['val_bpb']:.4f} bits per byte "
               f"({result['val_tokens']} tokens, {result['val_bytes']} bytes)")
     return 0

@@ -223,39 +223,6 @@ def checkpoint_path(name: str) -> str:
     return str(found)
 
 
-def saved_tokenizer(checkpoint: str):
-    """The tokenizer saved with a checkpoint: ``tokenizer.json`` or ``tokenizer.model`` inside its
-    folder (``llama train`` and ``llama finetune`` leave one in ``OUT/model``), or the vocabulary
-    stored in a GGUF file (:func:`llama.gguf_vocab.tokenizer_from_gguf`).
-
-    Raises:
-        FileNotFoundError: nothing at ``checkpoint``.
-        ValueError: no tokenizer is saved with it (the message says to pass ``--tokenizer``).
-    """
-    from pathlib import Path
-
-    from llama.checkpoint import detect_format
-    from llama.tokenizer import load_tokenizer
-
-    path, kind = Path(checkpoint), detect_format(checkpoint)
-    if path.is_dir():
-        for name in ("tokenizer.json", "tokenizer.model"):
-            if (path / name).is_file():
-                return load_tokenizer(path / name)
-        missing = f"{path} holds no tokenizer.json or tokenizer.model"
-    elif kind == "gguf":
-        from llama.gguf import read_gguf_vocab
-        from llama.gguf_vocab import tokenizer_from_gguf
-
-        if read_gguf_vocab(path) is not None:
-            return tokenizer_from_gguf(path)
-        missing = f"{path} stores no tokenizer (it was exported without --tokenizer)"
-    else:
-        missing = f"{path} is a {kind} file, which keeps no tokenizer"
-    raise ValueError(f"--prompt needs a tokenizer to turn text into ids, and {missing}: pass --tokenizer FILE, "
-                     "or give the prompt as --ids")
-
-
 def _check_generate_flags(args) -> None:
     """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
     if args.max_new_tokens < 0:
@@ -284,6 +251,8 @@ def _run_generate(args) -> int:
 
         tok = load_tokenizer(args.tokenizer)
     elif args.prompt is not None:  # the tokenizer saved with the model, as `llama train` leaves it
+        from llama.tokenizer import saved_tokenizer
+
         tok = saved_tokenizer(checkpoint_path(args.checkpoint))
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first

@@ -310,9 +310,11 @@ def _add_convert(subparsers) -> None:
         description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
         "params.json and consolidated.NN.pth, GGUF file, llama2.c .bin) and write it as a Hugging Face\n"
         "folder (config.json + model.safetensors) that transformers' AutoModelForCausalLM loads, or as\n"
-        "one GGUF file that llama.cpp runs, with its SentencePiece tokenizer if --tokenizer names one.",
+        "one GGUF file that llama.cpp runs, with the tokenizer --tokenizer names or, by default, the one\n"
+        "saved in the checkpoint's folder (a SentencePiece .model or a byte-level BPE .json).",
         epilog="examples:\n  llama convert stories260K.bin stories260K-hf --to hf\n"
-        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model",
+        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model\n"
+        "  llama convert runs/shakespeare/model shakespeare.gguf --to gguf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
@@ -323,7 +325,8 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the written weights (default float32; gguf: float32 or float16)")
     p.add_argument("--tokenizer", "-t", metavar="FILE",
-                   help="gguf only: a SentencePiece .model to store in the file, as llama.cpp needs")
+                   help="gguf only: the tokenizer to store in the file, as llama.cpp needs (SentencePiece .model or "
+                   "BPE .json; default: the one in the checkpoint's folder, if any)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
     p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
     _add_quantize_flags(p, "write integer weights (with --to quantized); the model's other tensors keep --dtype")
@@ -343,12 +346,15 @@ def _run_convert(args) -> int:
     if args.to == "gguf":
         from llama._files import refuse_to_overwrite
         from llama.gguf import check_gguf
-        from llama.gguf_vocab import vocab_from_sentencepiece
+        from llama.gguf_vocab import vocab_from_tokenizer
+        from llama.tokenizer import tokenizer_file
 
         if args.dtype == "bfloat16":
             raise ValueError("--to gguf writes float32 or float16 weights: pass --dtype float32 or --dtype float16")
         refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
-        vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
+        source = checkpoint_path(args.source)  # without --tokenizer, the one saved with the model
+        tok_path = args.tokenizer or (tokenizer_file(source) if os.path.isdir(source) else None)
+        vocab = vocab_from_tokenizer(tok_path) if tok_path is not None else None
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
     model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
                        args.max_seq_len)
@@ -365,7 +371,8 @@ def _run_convert(args) -> int:
 
         save_gguf(model.state_dict(), model.config, args.destination, dtype, vocab,
                   name=os.path.splitext(os.path.basename(args.destination))[0])
-        extra = f", tokenizer of {len(vocab.pieces):,} pieces" if vocab else ", no tokenizer"
+        family = "byte-level BPE" if vocab and vocab.model == "gpt2" else "SentencePiece"
+        extra = f", {family} tokenizer of {len(vocab.pieces):,} pieces from {tok_path}" if vocab else ", no tokenizer"
         scheme = getattr(model, "quantization", None)
         kind = (f"{'Q8_0' if scheme['bits'] == 8 else 'Q4_0'} blocks, other tensors {args.dtype}" if scheme
                 else args.dtype)

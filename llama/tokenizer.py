@@ -36,6 +36,7 @@ __all__ = [
     "train_sentencepiece",
     "load_tokenizer",
     "saved_tokenizer",
+    "tokenizer_file",
     "LLAMA2_TRAINER_OPTIONS",
 ]
 
@@ -172,6 +173,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return SentencePieceTokenizer(path)
 
 
+def tokenizer_file(folder: str | os.PathLike) -> Path | None:
+    """The tokenizer file inside a checkpoint folder, ``tokenizer.json`` or ``tokenizer.model`` (as
+    ``llama train`` leaves it in ``OUT/model``), or ``None``."""
+    found = [Path(folder) / name for name in ("tokenizer.json", "tokenizer.model") if (Path(folder) / name).is_file()]
+    return found[0] if found else None
+
+
 def saved_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer:
     """The tokenizer saved with a checkpoint: ``tokenizer.json`` or ``tokenizer.model`` inside its
     folder (``llama train`` and ``llama finetune`` leave one in ``OUT/model``), or the vocabulary
@@ -185,9 +193,8 @@ def saved_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer:
 
     path, kind = Path(checkpoint), detect_format(checkpoint)
     if path.is_dir():
-        for name in ("tokenizer.json", "tokenizer.model"):
-            if (path / name).is_file():
-                return load_tokenizer(path / name)
+        if (found := tokenizer_file(path)) is not None:
+            return load_tokenizer(found)
         missing = f"{path} holds no tokenizer.json or tokenizer.model"
     elif kind == "gguf":
         from llama.gguf import read_gguf_vocab

@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/finetune.py            # a few minutes on a 2-core CPU
-    python benchmarks/finetune.py --quick    # tiny lengths, to check the script runs
+    python benchmarks/finetune.py              # a few minutes on a 2-core CPU
+    python benchmarks/finetune.py --quick      # tiny lengths, to check the script runs
+    python benchmarks/finetune.py --data-only  # step 1 alone: the chapter's two texts, then stop
 
 1. Tiny Shakespeare is split by speaker: every speech of ROMEO and JULIET goes to ``lovers.txt``,
    everything else to ``rest.txt``.
@@ -74,6 +75,21 @@ def split_speakers(text: str, speakers: tuple[str, ...]) -> tuple[str, str]:
     return "\n\n".join(theirs) + "\n", "\n\n".join(rest) + "\n"
 
 
+def write_data(folder: Path) -> tuple[Path, Path]:
+    """Step 1: ``folder/lovers.txt`` and ``folder/rest.txt`` from Tiny Shakespeare (found as
+    ``llama download`` finds it); returns their paths."""
+    from llama.download import find_data
+
+    source = find_data("tinyshakespeare.txt")
+    if source is None:
+        raise SystemExit("tinyshakespeare.txt not found: run `llama download tinyshakespeare`")
+    lovers, rest = split_speakers(source.read_text(encoding="utf-8"), SPEAKERS)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lovers.txt").write_text(lovers, encoding="utf-8")
+    (folder / "rest.txt").write_text(rest, encoding="utf-8")
+    return folder / "lovers.txt", folder / "rest.txt"
+
+
 def llama(*argv: str) -> tuple[float, int, str]:
     """Run ``llama ARGV`` in a fresh process: (wall seconds, peak resident KB, its stdout)."""
     start = time.perf_counter()
@@ -115,11 +131,17 @@ def singular_values(base, tuned) -> dict[str, list[float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny lengths: check that the script runs")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only write runs/finetune/lovers.txt and rest.txt under the current folder (the "
+                        "fine-tuning chapter's data, which its commands read), then stop")
     args = parser.parse_args(argv)
+    if args.data_only:
+        for path in write_data(Path("runs") / "finetune"):
+            print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        return 0
     import numpy as np
     import torch
 
-    from llama.download import find_data
     from llama.lora import load_adapter, trainable_parameters
     from llama.model import Transformer
     from llama.tokenizer import load_tokenizer
@@ -127,16 +149,10 @@ def main(argv=None) -> int:
     from llama.data import token_byte_lengths
     from llama.train_state import read_log
 
-    source = find_data("tinyshakespeare.txt")
-    if source is None:
-        raise SystemExit("tinyshakespeare.txt not found: run `llama download tinyshakespeare`")
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     if RUN.exists():
         shutil.rmtree(RUN)
-    RUN.mkdir(parents=True)
-    lovers, rest = split_speakers(source.read_text(encoding="utf-8"), SPEAKERS)
-    (RUN / "lovers.txt").write_text(lovers, encoding="utf-8")
-    (RUN / "rest.txt").write_text(rest, encoding="utf-8")
+    write_data(RUN)
     pretrain = [*PRETRAIN_ARGS, *(["--max-steps", "3", "--model", "tiny"] if args.quick else [])]
     print("$ llama train", shlex.join(pretrain), flush=True)
     llama("train", *pretrain, "--no-progress")

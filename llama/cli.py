@@ -137,19 +137,23 @@ def _add_generate(subparsers) -> None:
         help="continue a prompt with a checkpoint",
         description="Load a checkpoint (Hugging Face folder, Meta folder, GGUF file or llama2.c .bin) and continue\n"
         "a prompt, printing each token as soon as it is chosen.\n\n"
-        "With --tokenizer the prompt is text (--prompt) and the output is text. Without one the\n"
-        "prompt is token ids (--ids, default: 1, the BOS id) and the new ids are printed.",
+        "With --prompt the prompt is text and the output is text, through --tokenizer or else the\n"
+        "tokenizer saved with the model (tokenizer.json or tokenizer.model in its folder, as `llama\n"
+        "train` leaves them, or the one stored in a GGUF file). Without --prompt the prompt is token\n"
+        "ids (--ids, default: 1, the BOS id) and the new ids are printed, unless --tokenizer is given.",
         epilog="examples:\n"
         "  llama generate stories260K --max-new-tokens 30\n"
         "  llama generate stories15M.bin --tokenizer tokenizer.model --prompt 'Once upon a time'\n"
+        "  llama generate runs/shakespeare/model --prompt 'ROMEO:'\n"
         "  llama generate ./hf-folder --ids 1 450 --temperature 0.8 --top-p 0.9 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="Hugging Face folder, Meta folder, GGUF file, llama2.c .bin file, "
                    "or stories260K once `llama download stories260K` has fetched it")
-    p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json)")
+    p.add_argument("--tokenizer", "-t", metavar="FILE", help="tokenizer file (SentencePiece .model or BPE .json); "
+                   "default with --prompt: the one saved with the checkpoint")
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (needs --tokenizer; BOS is prepended)")
+    prompt.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text (BOS is prepended where the tokenizer has one)")
     prompt.add_argument("--ids", type=int, nargs="+", metavar="ID",
                         help="prompt as token ids (default without --prompt: 1, the Llama BOS id)")
     p.add_argument("--max-new-tokens", "-n", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
@@ -221,8 +225,6 @@ def checkpoint_path(name: str) -> str:
 
 def _check_generate_flags(args) -> None:
     """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
-    if args.prompt is not None and args.tokenizer is None:
-        raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
     if args.max_seq_len is not None and args.max_seq_len <= 0:
@@ -248,6 +250,10 @@ def _run_generate(args) -> int:
         from llama.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
+    elif args.prompt is not None:  # the tokenizer saved with the model, as `llama train` leaves it
+        from llama.tokenizer import saved_tokenizer
+
+        tok = saved_tokenizer(checkpoint_path(args.checkpoint))
     if args.prompt is not None:
         prompt = tok.encode(args.prompt, bos=tok.bos_id >= 0)  # Llama models expect <s> first
     else:
@@ -304,9 +310,11 @@ def _add_convert(subparsers) -> None:
         description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
         "params.json and consolidated.NN.pth, GGUF file, llama2.c .bin) and write it as a Hugging Face\n"
         "folder (config.json + model.safetensors) that transformers' AutoModelForCausalLM loads, or as\n"
-        "one GGUF file that llama.cpp runs, with its SentencePiece tokenizer if --tokenizer names one.",
+        "one GGUF file that llama.cpp runs, with the tokenizer --tokenizer names or, by default, the one\n"
+        "saved in the checkpoint's folder (a SentencePiece .model or a byte-level BPE .json).",
         epilog="examples:\n  llama convert stories260K.bin stories260K-hf --to hf\n"
-        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model",
+        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model\n"
+        "  llama convert runs/shakespeare/model shakespeare.gguf --to gguf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
@@ -317,7 +325,8 @@ def _add_convert(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the written weights (default float32; gguf: float32 or float16)")
     p.add_argument("--tokenizer", "-t", metavar="FILE",
-                   help="gguf only: a SentencePiece .model to store in the file, as llama.cpp needs")
+                   help="gguf only: the tokenizer to store in the file, as llama.cpp needs (SentencePiece .model or "
+                   "BPE .json; default: the one in the checkpoint's folder, if any)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
     p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
     _add_quantize_flags(p, "write integer weights (with --to quantized); the model's other tensors keep --dtype")
@@ -337,12 +346,15 @@ def _run_convert(args) -> int:
     if args.to == "gguf":
         from llama._files import refuse_to_overwrite
         from llama.gguf import check_gguf
-        from llama.gguf_vocab import vocab_from_sentencepiece
+        from llama.gguf_vocab import vocab_from_tokenizer
+        from llama.tokenizer import tokenizer_file
 
         if args.dtype == "bfloat16":
             raise ValueError("--to gguf writes float32 or float16 weights: pass --dtype float32 or --dtype float16")
         refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
-        vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
+        source = checkpoint_path(args.source)  # without --tokenizer, the one saved with the model
+        tok_path = args.tokenizer or (tokenizer_file(source) if os.path.isdir(source) else None)
+        vocab = vocab_from_tokenizer(tok_path) if tok_path is not None else None
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
     model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
                        args.max_seq_len)
@@ -359,7 +371,8 @@ def _run_convert(args) -> int:
 
         save_gguf(model.state_dict(), model.config, args.destination, dtype, vocab,
                   name=os.path.splitext(os.path.basename(args.destination))[0])
-        extra = f", tokenizer of {len(vocab.pieces):,} pieces" if vocab else ", no tokenizer"
+        family = "byte-level BPE" if vocab and vocab.model == "gpt2" else "SentencePiece"
+        extra = f", {family} tokenizer of {len(vocab.pieces):,} pieces from {tok_path}" if vocab else ", no tokenizer"
         scheme = getattr(model, "quantization", None)
         kind = (f"{'Q8_0' if scheme['bits'] == 8 else 'Q4_0'} blocks, other tensors {args.dtype}" if scheme
                 else args.dtype)

@@ -46,14 +46,17 @@ def add_finetune(subparsers) -> None:
     g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
     g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
     g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
-    add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **FINETUNE_DEFAULTS}))
+    # The windows default to 256 tokens, or to the base's context where that is shorter.
+    block = f"{d.block_size}, or the base's context if shorter"
+    add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **FINETUNE_DEFAULTS, "block_size": block}))
     p.set_defaults(func=run_finetune)
 
 
 # --8<-- [start:config_from_args]
 def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
     """The settings of ``llama finetune``: ``llama train``'s, with the base checkpoint, its
-    tokenizer and vocabulary, and :data:`FINETUNE_DEFAULTS` for the flags not given.
+    tokenizer and vocabulary, :data:`FINETUNE_DEFAULTS` for the flags not given, and windows no
+    longer than the base's context (the model keeps that context unless ``--max-seq-len``).
 
     Returns:
         ``(TrainConfig, resume, names of the settings given)``, for :func:`llama.train.train`.
@@ -67,7 +70,7 @@ def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bo
     from llama.checkpoint import detect_format
     from llama.finetune import base_tokenizer
     from llama.tokenizer import load_tokenizer
-    from llama.train_config import TrainConfig
+    from llama.train_config import TrainConfig, base_config
 
     detect_format(args.base)  # a missing or unknown base fails here, before the tokenizer is looked for
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
@@ -76,6 +79,8 @@ def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bo
     values["vocab_size"] = load_tokenizer(values["tokenizer"]).vocab_size
     given |= {"tokenizer", "vocab_size"}  # they follow from --base, which is given
     values = {**FINETUNE_DEFAULTS, **values}
+    if "block_size" not in values and "max_seq_len" not in values:  # the base's context, if shorter
+        values["block_size"] = min(TrainConfig.block_size, base_config(args.base).max_seq_len)
     if args.resume and "max_steps" not in values and "max_time" not in values:
         values["max_steps"] = 1  # placeholder; the saved run's length is used
     return TrainConfig(**values), args.resume, given

@@ -27,7 +27,7 @@ def add_train(subparsers) -> None:
     d = TrainConfig(out="", max_steps=1)
     S = argparse.SUPPRESS
     p.add_argument("--data", default=S, help="UTF-8 text file to train on (default: Tiny Shakespeare, "
-                   "from $LLAMA_DATA_DIR, the cache, or downloaded)")
+                   "wherever `llama download` finds it, else downloaded)")
     p.add_argument("--out", required=True, help="folder for the tokenizer, data, log, checkpoints and model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g = p.add_argument_group("tokenizer")
@@ -70,13 +70,16 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
 
 def run_train(args) -> int:
     import os
+    import time
 
     from llama.train import train
 
     cfg, resume, given = train_config_from_args(args)
+    began = time.perf_counter()
     result = train(cfg, resume=resume, given=given)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
-        print(f"final: step {result['step']}, {result['elapsed']:.1f} s, val loss {result['val_loss']:.4f} nats/token, "
+        print(f"final: step {result['step']}, {result['elapsed']:.1f} s of training loop "
+              f"({time.perf_counter() - began:.1f} s in all), val loss {result['val_loss']:.4f} nats/token, "
               f"perplexity {result['val_ppl']:.2f}, {result['val_bpb']:.4f} bits per byte "
               f"({result['val_tokens']} tokens, {result['val_bytes']} bytes)")
     return 0
@@ -113,7 +116,10 @@ def add_loop_flags(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--seed", type=int, default=S, help=f"seed of everything random (default {d.seed})")
     g = p.add_argument_group("length and reporting")
     g.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps")
-    g.add_argument("--max-time", type=float, default=S, help="stop after this many seconds of training")
+    g.add_argument("--max-time", type=float, default=S,
+                   help="stop the training loop (its steps and periodic evaluations) after this many seconds; "
+                   "preparing the data before it, and the final evaluation, model and sample after it, "
+                   "come on top")
     g.add_argument("--eval-every", type=int, default=S, help=f"evaluate and checkpoint every N steps (default {d.eval_every})")
     g.add_argument("--eval-tokens", type=int, default=S, help=f"validation tokens per periodic evaluation (default {d.eval_tokens})")
     g.add_argument("--threads", type=int, default=S, help="CPU threads per process")

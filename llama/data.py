@@ -2,8 +2,8 @@
 
 The pipeline of :mod:`llama.train`:
 
-1. :func:`resolve_text_path` finds the text file (``--data``, or Tiny Shakespeare from
-   ``$LLAMA_DATA_DIR``, the download cache, or its public URL).
+1. :func:`resolve_text_path` finds the text file (``--data``, or Tiny Shakespeare wherever
+   ``llama download`` finds it, else from its public URL).
 2. :func:`split_bytes` keeps the last 10% of the *bytes* for validation.
 3. :func:`tokenize_to_file` encodes each part once and stores the ids as a ``.npy`` array;
    :func:`load_tokens` maps it back into memory without reading it (``mmap``).
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write, atomic_write_text
-from llama.download import DATA_DIR_ENV, DATASETS, cached_download, cache_dir, sha256_file
+from llama.download import DATA_DIR_ENV, DATASETS, cached_download, cache_dir, find_data, sha256_file
 from llama.tokenizer import Tokenizer
 
 __all__ = [
@@ -54,10 +54,11 @@ def resolve_text_path(data: str | os.PathLike | None, download: bool = True,
                       url: str = TINY_SHAKESPEARE_URL) -> Path:
     """The text file to train on.
 
-    ``data`` given: that file, which must exist. ``data`` is ``None``: Tiny Shakespeare, from
-    ``$LLAMA_DATA_DIR/tinyshakespeare.txt`` if there, else from the download cache
-    (:func:`llama.download.cache_dir`), else downloaded from ``url`` into the cache. Either
-    copy must have the published sha256.
+    ``data`` given: that file, which must exist. ``data`` is ``None``: Tiny Shakespeare, found
+    by :func:`llama.download.find_data` in the folders ``llama download`` searches
+    (:func:`llama.download.data_dirs`: ``$LLAMA_DATA_DIR``, the download cache, ``shared/data``
+    beside a source checkout), else downloaded from ``url`` into the cache. Either copy must have
+    the published sha256.
 
     Raises:
         FileNotFoundError: ``data`` does not exist, or Tiny Shakespeare is nowhere and cannot be
@@ -69,19 +70,16 @@ def resolve_text_path(data: str | os.PathLike | None, download: bool = True,
         if not path.is_file():
             raise FileNotFoundError(f"no training text at {path}: pass --data with a UTF-8 text file")
         return path
-    candidates = []
-    if os.environ.get(DATA_DIR_ENV):
-        candidates.append(Path(os.environ[DATA_DIR_ENV]) / TINY_SHAKESPEARE)
-    for path in candidates:
-        if path.is_file():
-            if sha256_file(path) != TINY_SHAKESPEARE_SHA256:
-                raise ValueError(f"{path} is not the published Tiny Shakespeare (sha256 differs); "
-                                 "remove it or pass your own text with --data")
-            return path
+    try:
+        found = find_data(TINY_SHAKESPEARE)  # one lookup for every command: `llama download`'s
+    except ValueError as err:
+        raise ValueError(f"{err}, or pass your own text with --data") from None
+    if found is not None:
+        return found
     if not download:
         raise FileNotFoundError(_no_data_message("downloading is switched off"))
     try:
-        return cached_download(url, TINY_SHAKESPEARE_SHA256, filename=TINY_SHAKESPEARE)
+        return cached_download(url, DATASETS["tinyshakespeare"].sha256, filename=TINY_SHAKESPEARE)
     except FileNotFoundError as err:
         raise FileNotFoundError(_no_data_message(str(err))) from None
 

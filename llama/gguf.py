@@ -70,14 +70,19 @@ def _names(n_layers: int) -> dict[str, str]:
 
 @dataclasses.dataclass
 class GGUFVocab:
-    """A SentencePiece vocabulary as GGUF stores it (``tokenizer.ggml.*`` keys, model ``"llama"``).
+    """A tokenizer as GGUF stores it (``tokenizer.ggml.*`` keys): SentencePiece (model ``"llama"``),
+    or byte-level BPE (model ``"gpt2"``).
 
     Attributes:
-        pieces: the pieces, by id (``"▁the"``, ``"<0x0A>"``, ...).
-        scores: one float per piece (SentencePiece's merge priority).
+        pieces: the pieces, by id (``"▁the"``, ``"<0x0A>"``, ...; for ``"gpt2"``, each token's bytes
+            written with GPT-2's printable character per byte, ``"Ġthe"``).
+        scores: one float per piece (SentencePiece's merge priority); empty for ``"gpt2"``.
         types: one int per piece: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
         bos_id, eos_id, unk_id, pad_id: the special ids, ``-1`` for none.
         add_space_prefix: whether encoding puts ``▁`` before the text (SentencePiece's ``add_dummy_prefix``).
+        model: ``"llama"`` (SentencePiece) or ``"gpt2"`` (byte-level BPE).
+        merges: ``"gpt2"`` only: the merges in rank order, each ``"left right"`` in the pieces' spelling.
+        pre: ``"gpt2"`` only: the name llama.cpp knows the pre-tokenizer by (``"gpt-2"``).
     """
 
     pieces: list[str]
@@ -88,6 +93,9 @@ class GGUFVocab:
     unk_id: int = -1
     pad_id: int = -1
     add_space_prefix: bool = True
+    model: str = "llama"
+    merges: list[str] = dataclasses.field(default_factory=list)
+    pre: str = ""
 
 
 # --8<-- [start:metadata]
@@ -222,20 +230,27 @@ def _shape(sd: StateDict, ours: str) -> tuple[int, ...]:
 
 
 def _add_vocab(writer, vocab: GGUFVocab) -> None:
-    """The ``tokenizer.ggml.*`` keys of a SentencePiece (``"llama"``) tokenizer."""
-    if not len(vocab.pieces) == len(vocab.scores) == len(vocab.types):
-        raise ValueError("a GGUFVocab needs one score and one type per piece")
-    writer.add_tokenizer_model("llama")
+    """The ``tokenizer.ggml.*`` keys of a SentencePiece (``"llama"``) or byte-level BPE (``"gpt2"``) tokenizer."""
+    bpe = vocab.model == "gpt2"
+    if len(vocab.pieces) != len(vocab.types) or (not bpe and len(vocab.scores) != len(vocab.pieces)):
+        raise ValueError("a GGUFVocab needs one type (and, for SentencePiece, one score) per piece")
+    writer.add_tokenizer_model(vocab.model)
+    if bpe:  # llama.cpp refuses a pre-tokenizer name it does not know
+        writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.pieces)
-    writer.add_token_scores([float(s) for s in vocab.scores])
+    if bpe:
+        writer.add_token_merges(vocab.merges)
+    else:
+        writer.add_token_scores([float(s) for s in vocab.scores])
     writer.add_token_types([int(t) for t in vocab.types])
     for key, token_id in (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unknown", vocab.unk_id),
                           ("padding", vocab.pad_id)):
         if token_id >= 0:
             writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token_id)
-    writer.add_add_bos_token(vocab.bos_id >= 0)  # Llama models are trained with <s> first
+    writer.add_add_bos_token(vocab.bos_id >= 0 and not bpe)  # Llama models are trained with <s> first; BPE ones without
     writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(vocab.add_space_prefix)
+    if not bpe:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -347,29 +362,34 @@ def _to_torch(tensor, ours: str, shape: tuple[int, ...], path: Path) -> StateDic
 
 
 def read_gguf_vocab(path: str | os.PathLike) -> GGUFVocab | None:
-    """The SentencePiece vocabulary stored in a GGUF file, or ``None`` if it stores none.
+    """The vocabulary stored in a GGUF file, or ``None`` if it stores none.
 
     Raises:
-        ValueError: the file is not GGUF, or stores a tokenizer other than ``"llama"`` (SentencePiece).
+        ValueError: the file is not GGUF, or stores a tokenizer other than ``"llama"`` (SentencePiece)
+            or ``"gpt2"`` (byte-level BPE).
     """
     path = Path(path)
     reader = _open(path)
     model = _field(reader, "tokenizer.ggml.model", path, required=False)
     if model is None:
         return None
-    if model != "llama":
-        raise ValueError(f"{path} stores a {model!r} tokenizer; only SentencePiece ('llama') is read here")
+    if model not in ("llama", "gpt2"):
+        raise ValueError(f"{path} stores a {model!r} tokenizer; only SentencePiece ('llama') and byte-level BPE "
+                         "('gpt2') are read here")
 
     def special(key: str) -> int:
         found = _field(reader, f"tokenizer.ggml.{key}_token_id", path, required=False)
         return -1 if found is None else int(found)
 
     space = _field(reader, "tokenizer.ggml.add_space_prefix", path, required=False)
+    bpe = model == "gpt2"
     return GGUFVocab(pieces=_field(reader, "tokenizer.ggml.tokens", path),
-                     scores=_field(reader, "tokenizer.ggml.scores", path),
+                     scores=[] if bpe else _field(reader, "tokenizer.ggml.scores", path),
                      types=_field(reader, "tokenizer.ggml.token_type", path),
                      bos_id=special("bos"), eos_id=special("eos"), unk_id=special("unknown"),
-                     pad_id=special("padding"), add_space_prefix=True if space is None else bool(space))
+                     pad_id=special("padding"), add_space_prefix=not bpe if space is None else bool(space), model=model,
+                     merges=_field(reader, "tokenizer.ggml.merges", path) if bpe else [],
+                     pre=_field(reader, "tokenizer.ggml.pre", path, required=False) or "" if bpe else "")
 
 
 # --8<-- [start:layout]

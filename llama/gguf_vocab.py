@@ -1,4 +1,4 @@
-r"""A SentencePiece tokenizer into a GGUF file's ``tokenizer.ggml.*`` keys, and back out as a tokenizer.
+r"""A tokenizer into a GGUF file's ``tokenizer.ggml.*`` keys, and back out as a tokenizer.
 
 GGUF stores a SentencePiece (``"llama"``) vocabulary as three parallel arrays, the pieces, their
 scores and their types (SentencePiece's own type numbers), plus the special ids and whether
@@ -8,9 +8,13 @@ and hand it to :class:`llama.spm.SentencePieceTokenizer`. What GGUF does not sto
 the normalizer: a model that strips repeated spaces (``remove_extra_whitespaces``) would encode
 differently in llama.cpp, so it is refused at export.
 
-Byte-level BPE tokenizers (this package's ``.json`` ones, GPT-2 and Llama 3 style) are stored by
-GGUF differently (``tokenizer.ggml.model = "gpt2"`` with a merges list and a named pre-tokenizer
-that llama.cpp must know); they are not exported here.
+Byte-level BPE tokenizers (this package's ``.json`` ones, the book's own model's) are stored the
+way llama.cpp stores GPT-2's (``tokenizer.ggml.model = "gpt2"``): each token's bytes spelled with
+one printable character per byte (:func:`byte_chars`), the merges in rank order, and the name of
+the pre-tokenizer, ``"gpt-2"``, whose pattern llama.cpp runs as :data:`llama.bpe.GPT2_PATTERN`
+does. Merging by rank, leftmost first, within each chunk is what both encoders do, so llama.cpp
+encodes text to the ids :class:`~llama.bpe.BPETokenizer` gives. Llama 3's pattern is refused:
+llama.cpp pairs it with a whole-word lookup that this encoder does not make.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import struct
 from pathlib import Path
 
 from llama._files import open_for_reading
+from llama.bpe import GPT2_PATTERN, BPETokenizer
 from llama.gguf import GGUFVocab, read_gguf_vocab
 from llama.spm import SentencePieceTokenizer
 from llama.spm_vocab import CONTROL
 
-__all__ = ["vocab_from_sentencepiece", "tokenizer_from_gguf", "sentencepiece_model_bytes"]
+__all__ = ["vocab_from_sentencepiece", "vocab_from_bpe", "vocab_from_tokenizer", "byte_chars", "tokenizer_from_gguf",
+           "sentencepiece_model_bytes"]
 
 
 # --8<-- [start:from_spm]
@@ -42,8 +48,8 @@ def vocab_from_sentencepiece(path: str | os.PathLike) -> GGUFVocab:
     with open_for_reading(path) as f:
         head = f.read(1)
     if head == b"{":
-        raise ValueError(f"{path} is a byte-level BPE tokenizer (.json); GGUF export writes SentencePiece "
-                         "tokenizers (tokenizer.ggml.model 'llama'): pass a SentencePiece .model, or no --tokenizer")
+        raise ValueError(f"{path} is a byte-level BPE tokenizer (.json), not SentencePiece: read it with "
+                         "vocab_from_tokenizer, which takes either")
     tok = SentencePieceTokenizer(path)
     if tok.proto.remove_extra_whitespaces:
         raise ValueError(f"{path} removes repeated spaces before encoding (remove_extra_whitespaces), which GGUF "
@@ -54,6 +60,85 @@ def vocab_from_sentencepiece(path: str | os.PathLike) -> GGUFVocab:
                      bos_id=tok.bos_id, eos_id=tok.eos_id, unk_id=tok.unk_id,
                      pad_id=pad if tok.types[pad] == CONTROL else -1, add_space_prefix=tok.proto.add_dummy_prefix)
 # --8<-- [end:from_spm]
+
+
+# --8<-- [start:from_bpe]
+def byte_chars() -> list[str]:
+    """GPT-2's printable spelling of the 256 byte values, which GGUF's ``"gpt2"`` tokens use: a byte
+    that is a visible Latin-1 character stands for itself, every other byte (space, control bytes)
+    for the next unused character from U+0100 on, so that a space is ``"Ġ"`` and a newline ``"Ċ"``.
+
+    >>> chars = byte_chars()
+    >>> chars[ord("a")], chars[ord(" ")], chars[ord("\\n")], len(set(chars))
+    ('a', 'Ġ', 'Ċ', 256)
+    """
+    visible = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    others = iter(range(256, 512))
+    return [chr(b) if b in visible else chr(next(others)) for b in range(256)]
+
+
+def vocab_from_bpe(tok: BPETokenizer, name: str = "the tokenizer") -> GGUFVocab:
+    """A byte-level BPE as GGUF's ``"gpt2"`` vocabulary: its tokens spelled with :func:`byte_chars`,
+    its merges in rank order, GPT-2's pre-tokenizer by name, and its special tokens as
+    user-defined (never split, as :meth:`~llama.bpe.BPETokenizer.encode` treats them).
+
+    ``<|endoftext|>``, if it is one of them, is the BOS and EOS id, as in GPT-2. A tokenizer without
+    it (the book's has no special token) names neither: llama.cpp then takes id 11 for both, its
+    default for such vocabularies, which is the byte 0x0B (never in Tiny Shakespeare), and since
+    ``add_bos_token`` is false it never puts it in front of a prompt, as ``llama generate`` does not.
+
+    Raises:
+        ValueError: a pre-tokenizer other than GPT-2's, or two tokens with the same bytes (GGUF
+            names tokens by their text, so llama.cpp could not tell them apart).
+    """
+    if tok.pattern != GPT2_PATTERN:
+        raise ValueError(f"{name} splits text with another pattern than GPT-2's; llama.cpp runs GPT-2's ('gpt-2') "
+                         "as this package does, but Llama 3's with whole-word lookups this encoder does not make: "
+                         "export a tokenizer trained with --pattern gpt2 (the default)")
+    chars = byte_chars()
+    spell = lambda piece: "".join(chars[b] for b in piece)  # noqa: E731
+    n_merged = 256 + len(tok.merges)
+    pieces = [spell(tok.vocab[i]) for i in range(n_merged)] + list(tok.special_tokens)
+    first: dict[str, int] = {}
+    for i, piece in enumerate(pieces):
+        if first.setdefault(piece, i) != i:
+            raise ValueError(f"{name} has two tokens with the same text {tok.id_to_piece(i)!r} (ids {first[piece]} and "
+                             f"{i}): GGUF names tokens by their text, so llama.cpp could not tell them apart")
+    end = tok.special_tokens.get("<|endoftext|>", -1)  # GPT-2's BOS and EOS, where there is one
+    return GGUFVocab(pieces=pieces, scores=[], types=[1] * n_merged + [4] * len(tok.special_tokens), bos_id=end,
+                     eos_id=end, model="gpt2", merges=[f"{spell(a)} {spell(b)}" for a, b in tok.merges], pre="gpt-2")
+# --8<-- [end:from_bpe]
+
+
+def vocab_from_tokenizer(path: str | os.PathLike) -> GGUFVocab:
+    """The GGUF vocabulary of a tokenizer file: a byte-level BPE ``.json`` (:func:`vocab_from_bpe`)
+    or a SentencePiece ``.model`` (:func:`vocab_from_sentencepiece`).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: a file neither reads, or a tokenizer that GGUF cannot hold as it encodes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    with open_for_reading(path) as f:
+        head = f.read(1)
+    return vocab_from_bpe(BPETokenizer.load(path), str(path)) if head == b"{" else vocab_from_sentencepiece(path)
+
+
+def _bpe_from_vocab(vocab: GGUFVocab, path: str | os.PathLike) -> BPETokenizer:
+    """The :class:`~llama.bpe.BPETokenizer` of a ``"gpt2"`` vocabulary laid out as :func:`vocab_from_bpe`
+    writes one: the 256 bytes in order, then one token per merge, then the special tokens."""
+    if vocab.pre != "gpt-2":
+        raise ValueError(f"{path} stores a byte-level BPE with the pre-tokenizer {vocab.pre!r}; only GPT-2's "
+                         "('gpt-2') is read here: pass the tokenizer file with --tokenizer")
+    ids = {piece: i for i, piece in enumerate(vocab.pieces)}
+    merges = [tuple(m.split(" ")) for m in vocab.merges]
+    if (vocab.pieces[:256] != byte_chars() or len(vocab.pieces) < 256 + len(merges)
+            or any(len(m) != 2 or m[0] + m[1] != vocab.pieces[256 + k] for k, m in enumerate(merges))):
+        raise ValueError(f"{path} stores a byte-level BPE whose ids are not laid out as this package's (the 256 bytes "
+                         "in order, then one token per merge): pass the tokenizer file with --tokenizer")
+    return BPETokenizer([(ids[a], ids[b]) for a, b in merges], vocab.pieces[256 + len(merges):], GPT2_PATTERN)
 
 
 def _varint(n: int) -> bytes:
@@ -98,14 +183,16 @@ def sentencepiece_model_bytes(vocab: GGUFVocab) -> bytes:
 # --8<-- [end:to_spm]
 
 
-def tokenizer_from_gguf(path: str | os.PathLike) -> SentencePieceTokenizer:
-    """The SentencePiece tokenizer stored in a GGUF file, ready to encode and decode.
+def tokenizer_from_gguf(path: str | os.PathLike) -> SentencePieceTokenizer | BPETokenizer:
+    """The tokenizer stored in a GGUF file, ready to encode and decode: SentencePiece, or byte-level BPE.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: not a GGUF file, no tokenizer in it, or a tokenizer other than SentencePiece.
+        ValueError: not a GGUF file, no tokenizer in it, or one that this package cannot rebuild.
     """
     vocab = read_gguf_vocab(path)
     if vocab is None:
         raise ValueError(f"{path} stores no tokenizer (no tokenizer.ggml.model key): pass --tokenizer when exporting")
+    if vocab.model == "gpt2":
+        return _bpe_from_vocab(vocab, path)
     return SentencePieceTokenizer.from_bytes(sentencepiece_model_bytes(vocab))

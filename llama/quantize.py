@@ -234,13 +234,18 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
         (``{"bits", "group_size", "head"}``; ``group_size`` ``None`` means per channel).
 
     Raises:
-        ValueError: ``model`` is already quantized, or a bad ``bits`` / ``group_size``.
+        ValueError: ``model`` is already quantized, a bad ``bits``, or a ``group_size`` that does
+            not divide the inputs of every layer (the message names group sizes that do).
     """
     if getattr(model, "quantization", None):
         raise ValueError("the model is already quantized; quantize the float model (load it again)")
     names = QUANTIZED_LAYERS + (("output",) if head else ())
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if name in names and isinstance(child, Linear)]
+    widths = sorted({child.in_features for _, _, child in targets})
+    if group_size is not None and not (isinstance(group_size, int) and group_size >= 2 and group_size % 2 == 0
+                                       and all(w % group_size == 0 for w in widths)):
+        raise ValueError(_no_common_group(group_size, widths))
     for parent, name, child in targets:  # check every layer before changing any
         _check_scheme(bits, group_size or child.in_features, child.in_features)
     for parent, name, child in targets:
@@ -249,6 +254,19 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
     model.quantization = {"bits": bits, "group_size": group_size, "head": head}
     return model
 # --8<-- [end:quantize]
+
+
+def _no_common_group(group_size: object, widths: list[int]) -> str:
+    """Why ``group_size`` does not fit every layer of a model whose input widths are ``widths``, with
+    the group sizes (up to 128) that do: a suggestion that works for one layer may fail on another."""
+    fits = [g for g in range(min(128, widths[0]), 1, -1) if g % 2 == 0 and all(w % g == 0 for w in widths)]
+    inputs = (f"the {widths[0]} inputs of every layer" if len(widths) == 1 else
+              f"the inputs of every layer ({', '.join(map(str, widths[:-1]))} and {widths[-1]} here)")
+    sizes = " or ".join(", ".join(map(str, fits[:3])).rsplit(", ", 1))
+    use = (f"use {sizes}, which {'divides' if len(fits) == 1 else 'divide'} them all, or" if fits
+           else "no even group size divides them all:")
+    return (f"group_size={group_size!r} (--group-size) must be an even number that divides {inputs}: {use} "
+            "leave --group-size out for one scale per row")
 
 
 # --8<-- [start:save]

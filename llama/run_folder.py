@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunLock", "check_out", "remove_partial", "remove_new_run"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunLock", "check_out", "remove_partial", "remove_new_run", "kept_after_stop"]
 
 #: The lock file inside a run folder.
 LOCK_NAME = ".lock"
@@ -176,3 +176,12 @@ def remove_new_run(out: Path) -> None:
             path.unlink()
     for tmp in out.glob(".run.json.*.tmp"):
         tmp.unlink()
+
+
+def kept_after_stop(out: str | os.PathLike, resume: bool) -> tuple[str, bool]:
+    """What a run that stops on an error keeps, and whether it can be continued with ``--resume``
+    (:func:`llama.train.train` removes a new run that has no checkpoint yet)."""
+    pointer = Path(out) / "checkpoints" / "latest"
+    if pointer.is_file():
+        return f"the last checkpoint, {pointer.read_text().strip()}, stays the latest", True
+    return ("there is no checkpoint yet", True) if resume else ("this new run, which had no checkpoint, was removed", False)

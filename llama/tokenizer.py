@@ -6,7 +6,8 @@ r"""Tokenizers: what every tokenizer offers, the hand-written ones, the producti
   and encodes/decodes it by hand, id for id like the ``sentencepiece`` library.
 * :func:`train_sentencepiece`: trains such a ``.model`` with the ``sentencepiece`` library,
   with Llama 2's settings.
-* :func:`load_tokenizer`: opens either kind of file.
+* :func:`load_tokenizer`: opens either kind of file; :func:`saved_tokenizer` finds the one saved
+  with a checkpoint.
 
 Examples:
     >>> tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280)
@@ -34,6 +35,8 @@ __all__ = [
     "LLAMA3_PATTERN",
     "train_sentencepiece",
     "load_tokenizer",
+    "saved_tokenizer",
+    "tokenizer_file",
     "LLAMA2_TRAINER_OPTIONS",
 ]
 
@@ -169,3 +172,38 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return BPETokenizer.load(path)
     return SentencePieceTokenizer(path)
 
+
+def tokenizer_file(folder: str | os.PathLike) -> Path | None:
+    """The tokenizer file inside a checkpoint folder, ``tokenizer.json`` or ``tokenizer.model`` (as
+    ``llama train`` leaves it in ``OUT/model``), or ``None``."""
+    found = [Path(folder) / name for name in ("tokenizer.json", "tokenizer.model") if (Path(folder) / name).is_file()]
+    return found[0] if found else None
+
+
+def saved_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved with a checkpoint: ``tokenizer.json`` or ``tokenizer.model`` inside its
+    folder (``llama train`` and ``llama finetune`` leave one in ``OUT/model``), or the vocabulary
+    stored in a GGUF file (:func:`llama.gguf_vocab.tokenizer_from_gguf`).
+
+    Raises:
+        FileNotFoundError: nothing at ``checkpoint``.
+        ValueError: no tokenizer is saved with it (the message says to pass ``--tokenizer``).
+    """
+    from llama.checkpoint import detect_format
+
+    path, kind = Path(checkpoint), detect_format(checkpoint)
+    if path.is_dir():
+        if (found := tokenizer_file(path)) is not None:
+            return load_tokenizer(found)
+        missing = f"{path} holds no tokenizer.json or tokenizer.model"
+    elif kind == "gguf":
+        from llama.gguf import read_gguf_vocab
+        from llama.gguf_vocab import tokenizer_from_gguf
+
+        if read_gguf_vocab(path) is not None:
+            return tokenizer_from_gguf(path)
+        missing = f"{path} stores no tokenizer (it was exported without --tokenizer)"
+    else:
+        missing = f"{path} is a {kind} file, which keeps no tokenizer"
+    raise ValueError(f"--prompt needs a tokenizer to turn text into ids, and {missing}: pass --tokenizer FILE, "
+                     "or give the prompt as --ids")

@@ -34,7 +34,7 @@ from llama.loss import cross_entropy
 from llama.model import Transformer
 from llama.optim import clip_grad_norm, lr_at, make_optimizer
 from llama.precision import emulation_warning, resolve_dtype
-from llama.run_folder import RunLock, check_out, remove_new_run, remove_partial
+from llama.run_folder import RunLock, check_out, kept_after_stop, remove_new_run, remove_partial
 from llama.train_config import TrainConfig, check_memory, model_config
 from llama.train_state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
 
@@ -45,7 +45,7 @@ __all__ = ["evaluate", "train_step", "train"]
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_lengths: np.ndarray,
              max_tokens: int | None = None, batch_size: int = 16, rank: int = 0, world_size: int = 1,
-             lockstep: bool = False) -> dict[str, float]:
+             lockstep: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """Loss, perplexity and bits per byte of ``model`` on validation tokens.
 
     The windows of :func:`llama.data.eval_windows` predict every token of
@@ -53,7 +53,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
     $\\ln 2$ times the number of bytes those target tokens decode to (``byte_lengths``
     summed over them), is the bits per byte. Ranks split the windows and add up their sums;
     with ``lockstep`` (a sharded model), a rank with fewer batches runs empty forward passes
-    until all have run as many.
+    until all have run as many. ``progress(n)`` is told of each batch of ``n`` windows done.
 
     Returns:
         ``{"loss": nats per token, "ppl": exp(loss), "bpb": bits per byte, "tokens", "bytes"}``.
@@ -78,6 +78,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
         x = torch.cat([w[1] for w in mine[i:j]])
         y = torch.cat([w[2] for w in mine[i:j]])
         nats += cross_entropy(model(x.to(device)), y.to(device), reduction="sum").double()
+        if progress is not None:
+            progress(j - i)
     if lockstep:  # a sharded model's forward gathers weights from every rank: all run as many
         most = max(len(batches(windows[r::world_size])) for r in range(world_size))
         for _ in range(most - len(spans)):
@@ -265,10 +267,12 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             fractions.append(elapsed / cfg.max_time)
         return max(fractions)
 
-    def log_eval(train_loss: float | None, final: bool = False) -> dict[str, Any]:
+    def log_eval(train_loss: float | None, final: bool = False, bar: Any = None) -> dict[str, Any]:
         net.eval()
-        result = evaluate(model, data.val, cfg.block_size, byte_lengths,
-                          None if final else cfg.eval_tokens, rank=rank, world_size=world, lockstep=sharded)
+        result = evaluate(model, data.val, cfg.block_size, byte_lengths, None if final else cfg.eval_tokens,
+                          rank=rank, world_size=world, lockstep=sharded, progress=bar and bar.update)
+        if bar is not None:
+            bar.close()
         if sharded and world > 1:
             model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
         net.train()
@@ -323,9 +327,11 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             bar.update(max(0, min(bar.total, round(progress_of(step, elapsed) * bar.total)) - bar.n))
         if on_step is not None:
             on_step(step)
+    if bar is not None:  # the loop's bar gives way to the final evaluation's, saying what still comes
+        bar = _final_progress(bar, cfg, step, elapsed, len(data.val) - 1, world)
+    final = log_eval(None, final=True, bar=bar)
     if bar is not None:
         bar.close()
-    final = log_eval(None, final=True)
     if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
         if rank == 0:
@@ -349,17 +355,27 @@ def _choose_dtype(requested: str, saved: dict[str, Any] | None, device: torch.de
     return [dtype, why]
 
 
-def _progress_bar(cfg: TrainConfig, progress: float):
-    """A tqdm bar in steps for a run of ``--max-steps`` alone, else in thousandths of the run; on a
-    terminal only: elsewhere (a log file, a pipe) its redraws would be kilobytes of ``\\r``, so a
-    plain line every :data:`PLAIN_PROGRESS_SECONDS` seconds says the same."""
+def _progress_bar(cfg: TrainConfig, progress: float, windows: int = 0):
+    """A tqdm bar in steps for a run of ``--max-steps`` alone, else in thousandths of the run (or, given
+    ``windows``, the final evaluation's); on a terminal only: elsewhere (a log file, a pipe) its redraws
+    would be kilobytes of ``\\r``, so a plain line every :data:`PLAIN_PROGRESS_SECONDS` seconds says the same."""
     from tqdm import tqdm
 
-    total = cfg.max_steps if cfg.max_steps and not cfg.max_time else 1000
+    total = windows or (cfg.max_steps if cfg.max_steps and not cfg.max_time else 1000)
+    unit, desc = ("window", "final evaluation") if windows else ("step" if total == cfg.max_steps else "‰", "")
     if not sys.stderr.isatty():
-        return _PlainProgress(total, round(progress * total))
-    return tqdm(total=total, initial=round(progress * total), unit="step" if total == cfg.max_steps else "‰",
-                dynamic_ncols=True, file=sys.stderr)
+        return _PlainProgress(total, round(progress * total), desc)
+    return tqdm(total=total, initial=round(progress * total), unit=unit, desc=desc or None, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _final_progress(bar: Any, cfg: TrainConfig, step: int, elapsed: float, n_tokens: int, world: int):
+    """Close the loop's bar, say why it stopped (``--max-time`` bounds the loop alone) and what comes next."""
+    bar.close()
+    limit = f"--max-time {cfg.max_time:g} s of training loop" if cfg.max_time and elapsed >= cfg.max_time else "--max-steps"
+    print(f"stopped at step {step} ({limit} reached); final evaluation on the whole validation split ({n_tokens:,} "
+          f"tokens), then the model and {cfg.sample_tokens} tokens of sample", file=sys.stderr, flush=True)
+    return _progress_bar(cfg, 0.0, len(range(0, n_tokens, cfg.block_size)[::world]))
 
 
 #: Seconds between the progress lines of a run whose stderr is not a terminal.
@@ -369,8 +385,8 @@ PLAIN_PROGRESS_SECONDS = 10.0
 class _PlainProgress:
     """The part of tqdm's interface the loop uses, printing one line at a time."""
 
-    def __init__(self, total: int, initial: int) -> None:
-        self.total, self.n, self.desc, self.postfix = total, initial, "", ""
+    def __init__(self, total: int, initial: int, desc: str = "") -> None:
+        self.total, self.n, self.desc, self.postfix = total, initial, desc, ""
         self.last = time.monotonic()
 
     def set_description(self, desc: str) -> None:
@@ -389,18 +405,9 @@ class _PlainProgress:
         pass
 
 
-def _kept(cfg: TrainConfig, resume: bool) -> tuple[str, bool]:
-    """What a run that stops on an error keeps, and whether it can be continued with --resume
-    (:func:`train` removes a new run that has no checkpoint yet)."""
-    pointer = Path(cfg.out) / "checkpoints" / "latest"
-    if pointer.is_file():
-        return f"the last checkpoint, {pointer.read_text().strip()}, stays the latest", True
-    return ("there is no checkpoint yet", True) if resume else ("this new run, which had no checkpoint, was removed", False)
-
-
 def _diverged(cfg: TrainConfig, resume: bool, step: int, what: str) -> ValueError:
     """The error of a run whose loss or weights stopped being finite: nothing after it is saved."""
-    kept, resumable = _kept(cfg, resume)
+    kept, resumable = kept_after_stop(Path(cfg.out), resume)
     where = " in a new run (another --out)" if resumable else ""
     return ValueError(f"training diverged at step {step}: {what}. It stopped without saving anything more; {kept}. "
                       f"Lower --lr (it is {cfg.lr:g}){where}, or check the training text")
@@ -414,7 +421,7 @@ def _save(cfg: TrainConfig, resume: bool, step: int, write: Callable[..., Any], 
     try:
         write(Path(cfg.out), *args)
     except (OSError, SafetensorError) as err:
-        kept, resumable = _kept(cfg, resume)
+        kept, resumable = kept_after_stop(Path(cfg.out), resume)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ValueError(f"could not write the checkpoint of step {step} into {Path(cfg.out) / 'checkpoints'} "
                          f"({reason}); the partial checkpoint was removed and {kept}. Free some space, then "

@@ -19,7 +19,7 @@ from llama.config import PRESETS, ModelConfig
 if TYPE_CHECKING:
     from llama.lora import LoRAConfig
 
-__all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "memory_needed", "check_memory"]
+__all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "base_config", "memory_needed", "check_memory"]
 
 # --8<-- [start:sizes]
 #: Model sizes for training from scratch; ``--model`` also accepts the names in :data:`llama.config.PRESETS`.
@@ -44,7 +44,7 @@ class TrainConfig:
         model: a key of :data:`MODEL_SIZES` or of :data:`llama.config.PRESETS`.
         dim, n_layers, n_heads, n_kv_heads: override the size's fields.
         block_size: tokens per training window (the context the model learns to use).
-        max_seq_len: the model's longest sequence (default ``block_size``).
+        max_seq_len: the model's longest sequence (default ``block_size``; with ``base``, the base's).
         batch_size: windows per micro-step *per process*.
         accum: micro-steps whose gradients are summed before one optimizer step.
         lr: peak learning rate; min_lr_ratio: final learning rate as a fraction of it.
@@ -195,10 +195,12 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         vocab_size: the tokenizer's vocabulary, known only once it is trained or loaded.
 
     Returns:
-        The model's configuration; its ``max_seq_len`` is ``cfg.max_seq_len`` or ``cfg.block_size``.
+        The model's configuration; its ``max_seq_len`` is ``cfg.max_seq_len``, else
+        ``cfg.block_size`` for a new model and the base's own context for a fine-tuned one.
 
     Raises:
-        ValueError: ``cfg.model`` names neither a size of :data:`MODEL_SIZES` nor a preset.
+        ValueError: ``cfg.model`` names neither a size of :data:`MODEL_SIZES` nor a preset, or
+            ``cfg.block_size`` is longer than the context of ``cfg.base``.
 
     >>> model_config(TrainConfig(out="run", model="tiny", max_steps=1, block_size=64), 256).dim
     32
@@ -206,7 +208,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     overrides = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads") if getattr(cfg, k)}
     max_seq_len = cfg.max_seq_len or cfg.block_size
     if cfg.base is not None:
-        return _base_config(cfg.base, vocab_size, max_seq_len)
+        return _base_config(cfg, vocab_size)
     if cfg.model in MODEL_SIZES:
         fields = {**MODEL_SIZES[cfg.model], **overrides}
         if "n_kv_heads" not in overrides:
@@ -219,21 +221,33 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     raise ValueError(f"unknown --model {cfg.model!r}; choose one of: {', '.join([*MODEL_SIZES, *PRESETS])}")
 
 
-def _base_config(base: str, vocab_size: int, max_seq_len: int) -> ModelConfig:
-    """The config of the checkpoint a run fine-tunes, with the run's context length."""
+def base_config(base: str) -> ModelConfig:
+    """The config of a checkpoint as stored (its context length too), read without building the model."""
     import json
     from pathlib import Path
 
     from llama.checkpoint import detect_format, read_checkpoint
 
     if detect_format(base) == "hf":  # the sizes alone, without reading the weights
-        config = ModelConfig.from_hf(json.loads((Path(base) / "config.json").read_text(encoding="utf-8")))
-    else:
-        config = read_checkpoint(base)[0]
+        return ModelConfig.from_hf(json.loads((Path(base) / "config.json").read_text(encoding="utf-8")))
+    return read_checkpoint(base)[0]
+
+
+def _base_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The config of the checkpoint a run fine-tunes. It keeps the base's context length unless
+    ``--max-seq-len`` changes it: windows longer than that context are refused, not trained on
+    positions the base never saw."""
+    config = base_config(cfg.base)
     if vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but the base model {base} only {config.vocab_size}; "
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but the base model {cfg.base} only {config.vocab_size}; "
                          "fine-tune with the tokenizer the base was trained with (--tokenizer)")
-    return dataclasses.replace(config, max_seq_len=max_seq_len)
+    if cfg.max_seq_len is not None:
+        return dataclasses.replace(config, max_seq_len=cfg.max_seq_len)
+    if cfg.block_size > config.max_seq_len:
+        raise ValueError(f"--block-size {cfg.block_size} is longer than the {config.max_seq_len}-token context of the "
+                         f"base {cfg.base}, which never saw later positions: fine-tune with --block-size "
+                         f"{config.max_seq_len} or less (or lengthen the context knowingly with --max-seq-len)")
+    return config
 
 
 def _flag(name: str) -> str:

@@ -93,6 +93,32 @@ def test_generate_with_a_tokenizer_prints_text(tmp_path, capsys):
     assert out.startswith("the cat")
 
 
+def test_generate_finds_the_tokenizer_saved_with_the_model(tmp_path, capsys):
+    """`llama train` leaves OUT/model with its tokenizer.json beside the weights, and a GGUF file can
+    store its tokenizer: --prompt uses either without --tokenizer."""
+    from llama.bpe import BPETokenizer
+    from llama.tokenizer import train_sentencepiece
+
+    bpe = BPETokenizer.train("the cat sat on the mat\n" * 30, 264)
+    path = tiny_checkpoint(tmp_path, vocab_size=bpe.vocab_size)
+    bpe.save(path / "tokenizer.json")
+    assert main(["generate", str(path), "--prompt", "the cat", "-n", "10"]) == 0
+    ids = bpe.encode("the cat")
+    assert capsys.readouterr().out == bpe.decode(ids + generate(Transformer.from_pretrained(path), ids, 10)) + "\n"
+
+    sp = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280, model_path=tmp_path / "sp.model")
+    other = tiny_checkpoint(tmp_path / "sp", vocab_size=sp.vocab_size)
+    assert main(["convert", str(other), str(tmp_path / "m.gguf"), "--to", "gguf", "-t", str(tmp_path / "sp.model")]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "m.gguf"), "--prompt", "the cat", "-n", "10"]) == 0
+    ids = sp.encode("the cat", bos=True)
+    assert capsys.readouterr().out == sp.decode(ids + generate(Transformer.from_pretrained(other), ids, 10)) + "\n"
+    assert main(["convert", str(other), str(tmp_path / "bare.gguf"), "--to", "gguf"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "bare.gguf"), "--prompt", "the cat"]) == 2
+    assert "stores no tokenizer" in capsys.readouterr().err
+
+
 def test_convert_writes_a_folder_transformers_loads(tmp_path, capsys, transformers):
     path = tiny_checkpoint(tmp_path)
     assert main(["convert", str(path), str(tmp_path / "out"), "--to", "hf", "--dtype", "bfloat16"]) == 0
@@ -107,7 +133,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert err == f"llama generate: error: no checkpoint at {tmp_path / 'missing.bin'}\n"
     path = tiny_checkpoint(tmp_path)
     assert main(["generate", str(path), "--prompt", "hello"]) == 2
-    assert "--prompt needs --tokenizer" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"llama generate: error: --prompt needs a tokenizer to turn text into ids, "
+                                       f"and {path} holds no tokenizer.json or tokenizer.model: pass --tokenizer "
+                                       "FILE, or give the prompt as --ids\n")
     # Sampling settings are checked before the checkpoint is even looked for.
     assert main(["generate", str(tmp_path / "missing.bin"), "--temperature", "1", "--top-p", "1.5"]) == 2
     assert capsys.readouterr().err == ("llama generate: error: top_p must be in (0, 1], got 1.5; "

@@ -166,9 +166,37 @@ def test_data_dir_copy_with_wrong_hash_is_rejected(monkeypatch, tmp_path):
         resolve_text_path(None)
 
 
-def test_no_data_and_no_network_says_how_to_supply_it(monkeypatch, tmp_path):
+def only_the_cache(monkeypatch, tmp_path):
+    """No $LLAMA_DATA_DIR, an empty cache, and no checkout's shared/data: Tiny Shakespeare is nowhere."""
+    from llama import download
+
     monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
     monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "data_dirs", lambda: [download.cache_dir()])
+
+
+def test_training_finds_tiny_shakespeare_wherever_llama_download_does(monkeypatch, tmp_path, shared_file, capsys):
+    """`llama download tinyshakespeare` and the training data look in the same folders
+    (llama.download.data_dirs): here the checkout's shared/data, which training once skipped."""
+    import shutil
+
+    from llama import download
+    from llama.cli import main
+
+    monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
+    monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    checkout_data = tmp_path / "shared" / "data"  # stands for shared/data beside a source checkout
+    checkout_data.mkdir(parents=True)
+    shutil.copyfile(shared_file("tinyshakespeare.txt"), checkout_data / "tinyshakespeare.txt")
+    monkeypatch.setattr(download, "data_dirs", lambda: [download.cache_dir(), checkout_data])
+    assert main(["download", "tinyshakespeare"]) == 0
+    assert capsys.readouterr().out == f"already here, not downloaded: {checkout_data / 'tinyshakespeare.txt'}\n"
+    assert resolve_text_path(None, download=False) == checkout_data / "tinyshakespeare.txt"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_no_data_and_no_network_says_how_to_supply_it(monkeypatch, tmp_path):
+    only_the_cache(monkeypatch, tmp_path)
     unreachable = (tmp_path / "no-such-file.txt").as_uri()  # stands in for the offline URL
     with pytest.raises(FileNotFoundError, match="--data PATH"):
         resolve_text_path(None, url=unreachable)
@@ -178,8 +206,7 @@ def test_no_data_and_no_network_says_how_to_supply_it(monkeypatch, tmp_path):
 
 def test_download_fallback_fills_the_cache(monkeypatch, tmp_path, shared_file):
     src = shared_file("tinyshakespeare.txt")
-    monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
-    monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    only_the_cache(monkeypatch, tmp_path)
     path = resolve_text_path(None, url=src.as_uri())
     assert path == tmp_path / "cache" / "tinyshakespeare.txt"
     assert data.sha256_file(path) == TINY_SHAKESPEARE_SHA256

@@ -163,26 +163,70 @@ def test_errors(tmp_path, base, text, capsys):
         TrainConfig(out="x", max_steps=1, lora_rank=4)
 
 
+def test_fine_tuning_keeps_the_base_s_context(tmp_path, base, text, capsys):
+    """The base knows 64 positions: fine-tuning defaults to windows of 64 and keeps that context;
+    longer windows are refused by name, not trained on positions the base never saw."""
+    import json
+
+    flags = ["--data", str(text), "--batch-size", "2", "--threads", "1", "--eval-tokens", "128",
+             "--sample-tokens", "0", "--no-progress", "--max-steps", "1"]
+    assert finetune("--base", str(base), "--out", str(tmp_path / "full"), "--lora-rank", "0", *flags) == 0
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["block_size"] == 64
+    assert json.loads((tmp_path / "full" / "model" / "config.json").read_text())["max_position_embeddings"] == 64
+    capsys.readouterr()
+    assert finetune("--base", str(base), "--out", str(tmp_path / "long"), "--block-size", "128", *flags) == 2
+    assert capsys.readouterr().err == (
+        f"llama finetune: error: --block-size 128 is longer than the 64-token context of the base {base}, which never "
+        "saw later positions: fine-tune with --block-size 64 or less (or lengthen the context knowingly with "
+        "--max-seq-len)\n")
+    assert not (tmp_path / "long").exists()
+
+
+def chapter_commands() -> list[list[str]]:
+    """The worked example's console block, one argv per command."""
+    import re
+    import shlex
+
+    chapter = (REPO / "book" / "finetuning.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"<!-- tested-by: tests/test_finetune.py -->\n```console\n(.*?)```", chapter, re.S)
+    return [shlex.split(line[2:]) for line in block.splitlines()]
+
+
 def test_chapter_shows_the_benchmark_s_commands():
     """The worked example's commands are the ones benchmarks/finetune.py runs, and they parse."""
     import importlib.util
-    import re
-    import shlex
 
     from llama.cli import build_parser
 
     spec = importlib.util.spec_from_file_location("_bench_finetune", REPO / "benchmarks" / "finetune.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    chapter = (REPO / "book" / "finetuning.md").read_text(encoding="utf-8")
-    (block,) = re.findall(r"<!-- tested-by: tests/test_finetune.py -->\n```console\n(.*?)```", chapter, re.S)
-    train, finetune_, generate = [shlex.split(line[2:]) for line in block.splitlines()]
+    data, train, finetune_, generate = chapter_commands()
+    assert data == ["python", "benchmarks/finetune.py", "--data-only"]
     assert train == ["llama", "train", *bench.PRETRAIN_ARGS]
     flags = dict(bench.RUNS)["LoRA r=4"]
     assert finetune_ == ["llama", "finetune", *bench.FINETUNE_ARGS, "--out", "runs/finetune/LoRA-r4", *flags]
     for argv in (train, finetune_, generate):
         build_parser().parse_args(argv[1:])
     assert generate[generate.index("--adapter") + 1] == "runs/finetune/LoRA-r4/adapter"
+
+
+def test_the_chapter_s_first_command_makes_the_files_the_others_read(tmp_path, shared_file):
+    """Run as printed, from a checkout's root, the data command writes the two texts the chapter's
+    `llama train` and `llama finetune` read: the lovers' speeches (as the chapter counts them) and the rest."""
+    import os
+
+    data, train, finetune_, _ = chapter_commands()
+    (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")  # tmp_path stands for the repository root
+    env = {**os.environ, "LLAMA_DATA_DIR": str(shared_file("tinyshakespeare.txt").parent)}
+    done = subprocess.run([sys.executable, *data[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=HANG_SECONDS)
+    assert done.returncode == 0, done.stderr
+    rest, lovers = (tmp_path / train[train.index("--data") + 1]), (tmp_path / finetune_[finetune_.index("--data") + 1])
+    assert done.stdout == f"wrote runs/finetune/lovers.txt (49,563 bytes)\nwrote runs/finetune/rest.txt ({rest.stat().st_size:,} bytes)\n"
+    speeches = lovers.read_text(encoding="utf-8").rstrip("\n").split("\n\n")
+    assert len(speeches) == 288 and {s.split("\n", 1)[0] for s in speeches} == {"ROMEO:", "JULIET:"}
+    assert not {s.split("\n", 1)[0] for s in rest.read_text(encoding="utf-8").split("\n\n")} & {"ROMEO:", "JULIET:"}
 
 
 def test_memory_check_counts_gradients_and_moments_of_adapters_only():

@@ -144,6 +144,59 @@ def test_tokenizer_from_gguf_encodes_like_sentencepiece(exported, spm_model):
         assert tok.decode(sp.encode(text)) == sp.decode(sp.encode(text))
 
 
+@pytest.fixture(scope="module")
+def bpe_folder(tmp_path_factory):
+    """A random model saved as `llama train` leaves one: OUT/model with its byte-level BPE tokenizer.json
+    (GPT-2's pattern, one special token)."""
+    from llama.bpe import BPETokenizer
+
+    folder = tmp_path_factory.mktemp("bpe") / "model"
+    tok = BPETokenizer.train(TEXT, 300, special_tokens=["<|endoftext|>"])
+    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=32)).save_pretrained(folder)
+    tok.save(folder / "tokenizer.json")
+    return folder
+
+
+def test_bpe_tokenizer_goes_to_gguf_as_gpt2_and_comes_back(bpe_folder, tmp_path, capsys):
+    """`llama convert OUT/model X.gguf --to gguf` stores the model's own byte-level BPE the way
+    llama.cpp stores GPT-2's; `llama generate X.gguf --prompt` reads it back, without --tokenizer."""
+    from llama.bpe import BPETokenizer
+    from llama.gguf_vocab import byte_chars
+
+    tok = BPETokenizer.load(bpe_folder / "tokenizer.json")
+    path = tmp_path / "m.gguf"
+    assert main(["convert", str(bpe_folder), str(path), "--to", "gguf"]) == 0
+    assert capsys.readouterr().out.endswith(
+        f"float32, byte-level BPE tokenizer of 300 pieces from {bpe_folder / 'tokenizer.json'}\n")
+    reader = gguf.GGUFReader(path)
+    fields = {name: reader.get_field(name).contents() for name in reader.fields}
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    tokens, merges = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.merges"]
+    assert tokens[:256] == byte_chars() and tokens[-1] == "<|endoftext|>" and len(set(tokens)) == 300
+    assert len(merges) == 300 - 256 - 1 and all(a + b == tokens[256 + k] for k, (a, b) in enumerate(m.split(" ") for m in merges))
+    assert "".join(tokens[i] for i in tok.encode(" the lazy\n")) == "ĠtheĠlazyĊ"  # a space is Ġ, a newline Ċ
+    assert fields["tokenizer.ggml.token_type"] == [1] * 299 + [4] and fields["tokenizer.ggml.add_bos_token"] is False
+    assert "tokenizer.ggml.scores" not in fields and fields["tokenizer.ggml.eos_token_id"] == 299  # <|endoftext|>
+    back = tokenizer_from_gguf(path)
+    for text in [*SAMPLES, "a<|endoftext|>b"]:
+        assert back.encode(text) == tok.encode(text), text
+    assert main(["generate", str(path), "--prompt", "The quick", "-n", "8"]) == 0
+    from_gguf = capsys.readouterr().out
+    assert main(["generate", str(bpe_folder), "--prompt", "The quick", "-n", "8"]) == 0
+    assert capsys.readouterr().out == from_gguf and from_gguf.startswith("The quick")
+
+
+def test_bpe_tokenizers_gguf_cannot_hold_are_refused(tmp_path):
+    from llama.bpe import LLAMA3_PATTERN, BPETokenizer
+    from llama.gguf_vocab import vocab_from_bpe
+
+    with pytest.raises(ValueError, match="another pattern than GPT-2's; llama.cpp runs GPT-2's"):
+        vocab_from_bpe(BPETokenizer([], pattern=LLAMA3_PATTERN))
+    twice = BPETokenizer([(97, 98), (256, 99), (98, 99), (97, 258)])  # "abc" made twice: ab+c and a+bc
+    with pytest.raises(ValueError, match=r"two tokens with the same text 'abc' \(ids 257 and 259\)"):
+        vocab_from_bpe(twice)
+
+
 def test_layout_covers_the_file_in_order(exported):
     path = exported[1]["float32"]
     parts = gguf_layout(path)
@@ -239,7 +292,7 @@ def test_cli_refusals(exported, spm_model, tmp_path, capsys):
     src = exported[1]["float32"]
     (tmp_path / "t.json").write_text('{"vocab": {}}')
     err = _error(capsys, "convert", str(src), str(tmp_path / "o.gguf"), "--to", "gguf", "--tokenizer", str(tmp_path / "t.json"))
-    assert "is a byte-level BPE tokenizer (.json); GGUF export writes SentencePiece tokenizers" in err
+    assert f"{tmp_path / 't.json'} is not a BPE tokenizer file" in err
     err = _error(capsys, "convert", str(src), str(tmp_path / "o.gguf"), "--to", "gguf", "--dtype", "bfloat16")
     assert "--to gguf writes float32 or float16 weights" in err
     err = _error(capsys, "convert", str(src), str(tmp_path / "o"), "--to", "hf", "--tokenizer", str(spm_model))
@@ -285,6 +338,38 @@ def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file):
         if len(theirs) == len(ours):
             break
     assert theirs == ours
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_book_s_own_kind_of_model_with_its_bpe_tokenizer(tmp_path, capsys):
+    """`llama train` (byte-level BPE, as the book's recipe), `llama convert OUT/model --to gguf`, then
+    llama.cpp itself: it tokenizes text to our ids, and greedily continues a prompt with the ids
+    `llama generate` prints."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
+    from llama.tokenizer import load_tokenizer
+
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT * 3 + "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo!\n" * 20)
+    assert main(["train", "--data", str(text), "--out", str(tmp_path / "run"), "--model", "tiny", "--vocab-size", "320",
+                 "--block-size", "64", "--max-steps", "120", "--eval-every", "120", "--threads", "1", "--sample-tokens", "0",
+                 "--no-progress", "--dtype", "float32"]) == 0
+    assert main(["convert", str(tmp_path / "run" / "model"), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 0
+    tok = load_tokenizer(tmp_path / "run" / "model" / "tokenizer.json")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, verbose=False)
+    samples = [*SAMPLES[:-1], "ROMEO:\nBut soft, what light\n\n  JULIET:  O Romeo, 1234 Romeo!\n", TEXT[:200], " \n\n x"]
+    for sample in samples:
+        assert llm.tokenize(sample.encode("utf-8"), add_bos=False, special=True) == tok.encode(sample), sample
+    prompt, n = tok.encode("ROMEO:\nBut"), 40
+    ours = generate(Transformer.from_pretrained(tmp_path / "m.gguf"), prompt, n)
+    theirs = []
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        theirs.append(token)
+        if len(theirs) == n:
+            break
+    assert theirs == ours
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "m.gguf"), "--prompt", "ROMEO:\nBut", "-n", str(n)]) == 0
+    assert capsys.readouterr().out == tok.decode(prompt + theirs) + "\n"
 
 
 def _widened(base: Transformer) -> Transformer:

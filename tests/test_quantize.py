@@ -110,8 +110,29 @@ def test_quantize_refuses_twice_and_bad_group():
     model = quantize(trained_like_model(), 8)
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, 8)
-    with pytest.raises(ValueError, match="divides the 64 inputs"):
+    with pytest.raises(ValueError, match=r"divides the inputs of every layer \(64 and 96 here\): use 32, 16 or 8"):
         quantize(trained_like_model(), 4, group_size=48)
+
+
+def test_a_group_size_that_fits_no_layer_is_refused_with_sizes_that_fit_every_layer(tmp_path, capsys):
+    """stories260K's layers take 64 inputs (attention, w1, w3, the head) and 172 (w2): 32 divides
+    neither of them all, and the sizes the refusal suggests must each quantize the whole model."""
+    import re
+
+    from llama.cli import main
+
+    config = ModelConfig(dim=64, n_layers=1, n_heads=8, n_kv_heads=4, vocab_size=512, hidden_dim=172, max_seq_len=32)
+    Transformer(config).save_pretrained(tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--quantize", "int4", "--group-size", "32", "-n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("llama generate: error: group_size=32 (--group-size) must be an even number that divides the inputs "
+                   "of every layer (64 and 172 here): use 4 or 2, which divide them all, or leave --group-size out for "
+                   "one scale per row\n")
+    suggested = [int(n) for n in re.findall(r"\d+", err.split("use ", 1)[1].split(",")[0])]
+    assert suggested == [4, 2]
+    for size in suggested:
+        quantize(Transformer(config), 4, group_size=size)
+    assert main(["generate", str(tmp_path / "m"), "--quantize", "int4", "-n", "2"]) == 0  # one scale per row
 
 
 @pytest.mark.compile
@@ -183,7 +204,7 @@ def test_cli_convert_then_generate(tmp_path, capsys):
         (["convert", str(tmp_path / "f"), str(tmp_path / "h"), "--to", "hf", "--quantize", "int8"], "go together"),
         (["generate", str(tmp_path / "f"), "--group-size", "32"], "--group-size needs --quantize"),
         (["convert", str(tmp_path / "q"), str(tmp_path / "h"), "--to", "hf"], "cannot hold"),
-        (["generate", str(tmp_path / "f"), "--quantize", "int4", "--group-size", "48"], "divides the 64 inputs"),
+        (["generate", str(tmp_path / "f"), "--quantize", "int4", "--group-size", "48"], "divides the inputs of every layer (64 and 96 here)"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err

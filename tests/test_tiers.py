@@ -31,6 +31,18 @@ def pytest_arguments(target: str) -> list[list[str]]:
     return [c[3:] for c in commands if c[:3] == ["/some/python", "-m", "pytest"]]
 
 
+def test_the_readme_counts_the_make_commands_it_lists():
+    """README's first section is headed by the number of `make` commands its block shows, and each
+    is a target of the Makefile."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    heading, block = re.search(r"^## (\w+) commands\n.*?```bash\n(.*?)```", readme, re.S | re.M).groups()
+    targets = [line.split()[1] for line in block.splitlines() if line.startswith("make ")]
+    numbers = {"One": 1, "Two": 2, "Three": 3, "Four": 4}
+    assert numbers.get(heading) == len(targets), f"'## {heading} commands' heads {len(targets)}: {targets}"
+    makefile = (REPO / "Makefile").read_text("utf-8")
+    assert all(re.search(rf"^{t}:", makefile, re.M) for t in targets)
+
+
 def test_make_test_runs_every_tier():
     assert pytest_arguments("test") == [[]]
 

@@ -329,3 +329,24 @@ def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch
     first_bytes = len(BPETokenizer.load(tmp_path / "run" / "tokenizer.json").vocab[first])
     assert log[-1]["final"] and log[-1]["val_bytes"] == 111_539 - first_bytes  # all but the first token's
     assert json.loads((tmp_path / "run" / "run.json").read_text())["max_time"] == 120
+
+
+def test_max_time_says_what_it_bounds_and_the_final_evaluation_shows_progress(tmp_path, text, monkeypatch, capsys):
+    """--max-time bounds the training loop; its help says so, and when it ends the run says what
+    still comes (the final evaluation, with its own progress, the model and the sample)."""
+    from llama import train as train_module
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "final evaluation, model and sample after it, come on top" in " ".join(help_text.split())
+    monkeypatch.setattr(train_module, "PLAIN_PROGRESS_SECONDS", 0.0)  # a plain line at every update
+    flags = [f for f in TINY if f != "--no-progress"]
+    assert cli_main(["train", "--data", str(text), "--out", str(tmp_path / "run"), *flags, "--max-time", "0.5",
+                     "--eval-every", "1000"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("final: step ") and " s of training loop (" in out and " s in all), val loss " in out
+    err = err.splitlines()
+    stop = next(i for i, line in enumerate(err) if line.startswith("stopped at step"))
+    assert "(--max-time 0.5 s of training loop reached); final evaluation on the whole validation split" in err[stop]
+    assert err[stop].endswith("tokens), then the model and 8 tokens of sample")
+    assert err[stop + 1:] and all(line.startswith("final evaluation") for line in err[stop + 1:])
+    assert err[-1].endswith("(100%)")

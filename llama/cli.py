@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from llama.cli_convert import add_convert, add_quantize_flags, checkpoint_path, load_model, quantize_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     from llama.cli_finetune import add_finetune
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(subparsers)
     _add_tokenize(subparsers)
     _add_generate(subparsers)
-    _add_convert(subparsers)
+    add_convert(subparsers)
     add_train(subparsers)
     add_finetune(subparsers)
     return parser
@@ -169,58 +171,13 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="decode with the torch.compile'd step (faster per token; needs a C++ compiler, "
                    "and the first call compiles for seconds)")
-    _add_quantize_flags(p, "quantize the weights after loading (faster only with --compile: eagerly each "
+    add_quantize_flags(p, "quantize the weights after loading (faster only with --compile: eagerly each "
                         "step dequantizes)")
     p.set_defaults(func=_run_generate)
 
 
-def _add_quantize_flags(p, help_text: str) -> None:
-    p.add_argument("--quantize", choices=["int8", "int4"], help=help_text)
-    p.add_argument("--group-size", type=int, metavar="N",
-                   help="inputs per scale with --quantize (default: one scale per row; int4 wants 32)")
 
 
-def _quantize_flags(args) -> tuple[int, int | None] | None:
-    """``(bits, group_size)`` from ``--quantize``/``--group-size``, or None; checked before any loading."""
-    if args.quantize is None:
-        if args.group_size is not None:
-            raise ValueError("--group-size needs --quantize int8 or int4")
-        return None
-    if args.group_size is not None and (args.group_size < 2 or args.group_size % 2):
-        raise ValueError(f"--group-size must be an even number of inputs, e.g. 32, got {args.group_size}")
-    return (8 if args.quantize == "int8" else 4), args.group_size
-
-
-def load_model(path: str, dtype=None, max_seq_len: int | None = None):
-    """:meth:`Transformer.from_pretrained` (float32 unless ``dtype``), or a sharded training
-    checkpoint read whole (:func:`llama.dcp_checkpoint.read_sharded`)."""
-    import torch
-
-    from llama.dcp_checkpoint import is_sharded_checkpoint, read_sharded
-    from llama.model import Transformer
-
-    dtype = dtype or torch.float32
-    if is_sharded_checkpoint(path):
-        return read_sharded(path, dtype, max_seq_len)
-    return Transformer.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len)
-
-
-def checkpoint_path(name: str) -> str:
-    """A checkpoint argument: a path as given, or the name of a downloaded model (``stories260K``).
-
-    Raises:
-        FileNotFoundError: a model's name whose file has not been downloaded (the message says how).
-    """
-    from pathlib import Path
-
-    from llama.download import DATASETS, find_data
-
-    if Path(name).exists() or name not in DATASETS or not DATASETS[name].filename.endswith(".bin"):
-        return name
-    found = find_data(DATASETS[name].filename)
-    if found is None:
-        raise FileNotFoundError(f"{name} is not downloaded yet: run `llama download {name}`, or give a path")
-    return str(found)
 
 
 def _check_generate_flags(args) -> None:
@@ -242,7 +199,7 @@ def _run_generate(args) -> int:
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         stop_ids=args.stop_id, seed=args.seed)
-    scheme = _quantize_flags(args)
+    scheme = quantize_flags(args)
     if args.compile and (missing := missing_cxx_compiler()):
         raise ValueError(f"{missing}; or run without --compile")
     tok = None
@@ -301,97 +258,6 @@ def _run_generate(args) -> int:
     print()
     return 0
 # --8<-- [end:run_generate]
-
-
-def _add_convert(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a checkpoint to Hugging Face's format or to GGUF (llama.cpp)",
-        description="Read a checkpoint in any supported format (Hugging Face folder, Meta folder with\n"
-        "params.json and consolidated.NN.pth, GGUF file, llama2.c .bin) and write it as a Hugging Face\n"
-        "folder (config.json + model.safetensors) that transformers' AutoModelForCausalLM loads, or as\n"
-        "one GGUF file that llama.cpp runs, with the tokenizer --tokenizer names or, by default, the one\n"
-        "saved in the checkpoint's folder (a SentencePiece .model or a byte-level BPE .json).",
-        epilog="examples:\n  llama convert stories260K.bin stories260K-hf --to hf\n"
-        "  llama convert stories15M.bin stories15M.gguf --to gguf --dtype float16 --tokenizer tokenizer.model\n"
-        "  llama convert runs/shakespeare/model shakespeare.gguf --to gguf",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("source", help="checkpoint to read (its format is detected), or stories260K once downloaded")
-    p.add_argument("destination", help="folder to write (created if needed), or the .gguf file for --to gguf")
-    p.add_argument("--to", choices=["hf", "quantized", "gguf"], required=True,
-                   help="output format: hf (Hugging Face), quantized (quantized.json + model.safetensors, "
-                   "with --quantize), gguf (one file for llama.cpp)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="dtype of the written weights (default float32; gguf: float32 or float16)")
-    p.add_argument("--tokenizer", "-t", metavar="FILE",
-                   help="gguf only: the tokenizer to store in the file, as llama.cpp needs (SentencePiece .model or "
-                   "BPE .json; default: the one in the checkpoint's folder, if any)")
-    p.add_argument("--max-seq-len", type=int, metavar="N", help="context length to record (Meta checkpoints lack one)")
-    p.add_argument("--merge-adapter", metavar="DIR", help="merge this LoRA adapter folder into the weights first")
-    _add_quantize_flags(p, "write integer weights (with --to quantized); the model's other tensors keep --dtype")
-    p.set_defaults(func=_run_convert)
-
-
-def _run_convert(args) -> int:
-    import torch
-
-    scheme = _quantize_flags(args)
-    if (scheme is None) != (args.to != "quantized"):
-        raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
-                         "for these integer weights")
-    if args.to != "gguf" and args.tokenizer is not None:
-        raise ValueError("--tokenizer is for --to gguf; a Hugging Face folder keeps its tokenizer files beside it")
-    dtype, vocab = getattr(torch, args.dtype), None
-    if args.to == "gguf":
-        from llama._files import refuse_to_overwrite
-        from llama.gguf import check_gguf
-        from llama.gguf_vocab import vocab_from_tokenizer
-        from llama.tokenizer import tokenizer_file
-
-        if args.dtype == "bfloat16":
-            raise ValueError("--to gguf writes float32 or float16 weights: pass --dtype float32 or --dtype float16")
-        refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
-        source = checkpoint_path(args.source)  # without --tokenizer, the one saved with the model
-        tok_path = args.tokenizer or (tokenizer_file(source) if os.path.isdir(source) else None)
-        vocab = vocab_from_tokenizer(tok_path) if tok_path is not None else None
-    # An adapter is merged into float32 weights, and the merged model cast afterwards.
-    model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
-                       args.max_seq_len)
-    if args.merge_adapter is not None:
-        if getattr(model, "quantization", None):
-            raise ValueError(f"{args.source} holds integer weights: an adapter merges into float weights; "
-                             "give the float checkpoint it was made from")
-        from llama.lora import load_adapter, merge_into_base
-
-        merge_into_base(load_adapter(model, args.merge_adapter))
-        model = model.to(dtype)
-    if args.to == "gguf":
-        from llama.gguf import save_gguf
-
-        save_gguf(model.state_dict(), model.config, args.destination, dtype, vocab,
-                  name=os.path.splitext(os.path.basename(args.destination))[0])
-        family = "byte-level BPE" if vocab and vocab.model == "gpt2" else "SentencePiece"
-        extra = f", {family} tokenizer of {len(vocab.pieces):,} pieces from {tok_path}" if vocab else ", no tokenizer"
-        scheme = getattr(model, "quantization", None)
-        kind = (f"{'Q8_0' if scheme['bits'] == 8 else 'Q4_0'} blocks, other tensors {args.dtype}" if scheme
-                else args.dtype)
-        print(f"wrote {args.destination}: GGUF (llama), {model.num_parameters():,} parameters, {kind}{extra}")
-        return 0
-    if scheme is not None:
-        from llama.quantize import quantize, save_quantized
-
-        save_quantized(quantize(model, *scheme), args.destination)
-        groups = f"groups of {args.group_size}" if args.group_size else "one scale per row"
-        print(f"wrote {args.destination}: quantized.json + model.safetensors, {args.quantize} weights, {groups}")
-        return 0
-    if getattr(model, "quantization", None):
-        raise ValueError(f"{args.source} holds integer weights, which Hugging Face's format cannot hold: convert "
-                         "the float checkpoint it was made from")
-    model.save_pretrained(args.destination)
-    print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
-          f"{model.num_parameters():,} parameters, {args.dtype}")
-    return 0
 
 
 def _innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -180,6 +181,16 @@ def tokenizer_file(folder: str | os.PathLike) -> Path | None:
     return found[0] if found else None
 
 
+def copy_saved_tokenizer(source: str | os.PathLike, destination: str | os.PathLike) -> Path | None:
+    """Copy the tokenizer saved in the checkpoint folder ``source`` (:func:`tokenizer_file`) into the
+    folder ``destination``, so a checkpoint converted from it keeps its tokenizer; returns the copy,
+    or ``None`` when ``source`` has none (or ``destination`` already holds a file of that name)."""
+    found = tokenizer_file(source) if Path(source).is_dir() else None
+    if found is None or (Path(destination) / found.name).exists():
+        return None
+    return Path(shutil.copyfile(found, Path(destination) / found.name))
+
+
 def saved_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer:
     """The tokenizer saved with a checkpoint: ``tokenizer.json`` or ``tokenizer.model`` inside its
     folder (``llama train`` and ``llama finetune`` leave one in ``OUT/model``), or the vocabulary
@@ -191,12 +202,12 @@ def saved_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer:
     """
     from llama.checkpoint import detect_format
 
-    path, kind = Path(checkpoint), detect_format(checkpoint)
-    if path.is_dir():
+    path = Path(checkpoint)
+    if path.is_dir():  # any checkpoint folder (Hugging Face, quantized, ...): its format does not matter here
         if (found := tokenizer_file(path)) is not None:
             return load_tokenizer(found)
         missing = f"{path} holds no tokenizer.json or tokenizer.model"
-    elif kind == "gguf":
+    elif (kind := detect_format(checkpoint)) == "gguf":
         from llama.gguf import read_gguf_vocab
         from llama.gguf_vocab import tokenizer_from_gguf
 

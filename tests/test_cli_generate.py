@@ -119,6 +119,24 @@ def test_generate_finds_the_tokenizer_saved_with_the_model(tmp_path, capsys):
     assert "stores no tokenizer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("to", [["--to", "quantized", "--quantize", "int8"], ["--to", "hf"]], ids=["quantized", "hf"])
+def test_a_converted_folder_keeps_the_tokenizer_and_generate_finds_it(tmp_path, capsys, to):
+    """`llama convert` takes the tokenizer saved beside the weights into the folder it writes, and
+    `llama generate --prompt` reads it there, from a quantized folder as from any other."""
+    from llama.bpe import BPETokenizer
+
+    bpe = BPETokenizer.train("the cat sat on the mat\n" * 30, 264)
+    path = tiny_checkpoint(tmp_path, vocab_size=bpe.vocab_size)
+    bpe.save(path / "tokenizer.json")
+    assert main(["convert", str(path), str(tmp_path / "out"), *to]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", with tokenizer.json")
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (path / "tokenizer.json").read_bytes()
+    assert main(["generate", str(tmp_path / "out"), "--prompt", "the cat", "-n", "6"]) == 0
+    ids = bpe.encode("the cat")
+    expected = bpe.decode(ids + generate(Transformer.from_pretrained(tmp_path / "out"), ids, 6)) + "\n"
+    assert capsys.readouterr().out == expected
+
+
 def test_convert_writes_a_folder_transformers_loads(tmp_path, capsys, transformers):
     path = tiny_checkpoint(tmp_path)
     assert main(["convert", str(path), str(tmp_path / "out"), "--to", "hf", "--dtype", "bfloat16"]) == 0

@@ -22,7 +22,7 @@ LAYERS = [
     {"protobuf", "spm_vocab", "spm", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
      "distributed", "fsdp", "dcp_checkpoint", "train_config", "run_folder", "train_state", "loss", "precision", "optim",
      "flops", "memory", "finetune", "train"},
-    {"cli", "cli_train", "cli_finetune"},
+    {"cli", "cli_convert", "cli_train", "cli_finetune"},
 ]
 MAX_LINES = 450  # "about 400": a module past this does more than one job
 

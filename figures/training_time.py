@@ -20,8 +20,13 @@ from llama.train_config import TrainConfig, model_config
 SWEEP = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-sweep.jsonl"
 
 
+#: The recipe's settings that change the model, the batch and the optimizer (benchmarks/train.py's
+#: RECIPE_ARGS: --optimizer muon --vocab-size 2048 --batch-size 16 --block-size 128).
+RECIPE = TrainConfig(out="-", max_time=120, optimizer="muon", vocab_size=2048, lr=8e-3, batch_size=16, block_size=128)
+
+
 def flops_and_memory():
-    cfg = TrainConfig(out="-", max_steps=1)
+    cfg = RECIPE
     config = model_config(cfg, cfg.vocab_size)
     lengths = [64, 128, 256, 512, 1024, 2048]
     counts = [flops_per_token(config, t) for t in lengths]
@@ -32,7 +37,7 @@ def flops_and_memory():
     ax_f.set(xlabel="context length T (tokens)", ylabel="MFLOP per token (training step)",
              title="the recipe's model: operations per token")
     ax_f.legend(frameon=False)
-    parts = training_memory(config, cfg.batch_size, cfg.block_size)
+    parts = training_memory(config, cfg.batch_size, cfg.block_size, optimizer=cfg.optimizer)
     names = list(parts)
     ax_m.barh(names[::-1], [parts[n] / 1e6 for n in names[::-1]], color="C2")
     for i, n in enumerate(names[::-1]):

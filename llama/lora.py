@@ -40,8 +40,9 @@ class LoRAConfig:
 
     Attributes:
         rank: ``r``, the inner width of the update ``B A`` (``B``: ``[out, r]``, ``A``: ``[r, in]``).
-        alpha: the update is scaled by ``alpha / rank``, so changing the rank does not change
-            how large the update's first steps are.
+        alpha: the update is scaled by ``alpha / rank``, LoRA's and PEFT's default (rsLoRA's
+            ``alpha / sqrt(rank)``, which keeps the first steps' size independent of the rank,
+            is not supported).
         dropout: probability of zeroing an input feature of the adapter path (training only).
         targets: which projections get an adapter, a subset of :data:`TARGETS`.
 

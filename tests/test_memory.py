@@ -5,7 +5,8 @@
 * Sharding: the rounding of :func:`shard_numel` is ``torch.chunk``'s on the real parameters, and
   what FSDP2 (``fully_shard``, one process playing one rank of six through PyTorch's fake process
   group) allocates after a step is what :func:`bytes_per_rank` counts; so is the most it holds
-  whole during a step (its ``"buffers"``), sampled at every saved tensor.
+  whole during a step (its ``"buffers"``), sampled at every saved tensor; and a micro-batch whose
+  reduce-scatter is skipped (gradient accumulation) leaves the whole model's gradients unsharded.
 * Published sizes: Llama 3.1 8B and Llama 3 70B have the parameter counts of Meta's model cards.
 * Activation checkpointing: a checkpointed block saves its input, in float32 even under autocast:
   the saved tensors of a forward pass grow by what :func:`bytes_per_rank` counts per block.
@@ -166,6 +167,41 @@ def test_fsdp2_whole_tensors_are_what_is_counted():
         dist.destroy_process_group()
     assert peak == bytes_per_rank(config, 6, "fsdp", 2, 8)["buffers"]
 
+
+def whole_gradient_bytes(model: torch.nn.Module) -> int:
+    """Bytes of unsharded gradients FSDP2 holds: those it accumulates between micro-batches whose
+    reduce-scatter is skipped, and the unsharded weights' own. FSDP2's internals, read as they are
+    in the torch of constraints.txt."""
+    total = 0
+    for module in [*model.layers, model]:
+        for param in module._get_fsdp_state()._fsdp_param_group.fsdp_params:
+            grads = [param.unsharded_accumulated_grad]
+            if hasattr(param, "_unsharded_param"):
+                grads.append(param._unsharded_param.grad)
+            total += sum(nbytes(g) for g in grads if g is not None)
+    return total
+
+
+def test_fsdp2_accumulation_without_sync_holds_whole_gradients():
+    """The parallelism chapter's statement: skipping the reduce-scatter of a micro-batch
+    (``llama.distributed.no_grad_sync``) leaves every rank holding the gradients of the whole model
+    until the synchronised micro-batch, which leaves only this rank's shard."""
+    from llama.distributed import no_grad_sync
+
+    world = 4
+    dist = fake_process_group(0, world)
+    try:
+        model = fully_sharded(TINY)
+        tokens = torch.randint(0, TINY.vocab_size, (2, 8))
+        with no_grad_sync(model, world):
+            model(tokens).float().square().mean().backward()
+        between = whole_gradient_bytes(model), sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None)
+        model(tokens).float().square().mean().backward()
+        after = whole_gradient_bytes(model), sum(nbytes(p.grad) for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+    assert between == (bytes_per_rank(TINY, 1, "ddp", 2, 8)["gradients"], 0)
+    assert after == (0, bytes_per_rank(TINY, world, "fsdp", 2, 8)["gradients"])
 
 def test_published_parameter_counts():
     # Meta's model cards: Llama 3.1 8B has 8.03B parameters, Llama 3 70B 70.6B.

@@ -70,8 +70,7 @@ from machine import machine, machine_line  # noqa: E402
 #: sweep (``sweep``).
 #: Its precision is ``--dtype auto``'s choice (bfloat16 autocast where the CPU has it natively, as on
 #: the book's machine), so that the same command is fast on a CPU that would emulate bfloat16.
-RECIPE_ARGS = ["--out", "runs/shakespeare", "--max-time", "120",
-               "--optimizer", "muon", "--vocab-size", "2048", "--lr", "0.008", "--batch-size", "16", "--block-size", "128"]
+RECIPE_ARGS = ["--recipe", "shakespeare", "--out", "runs/shakespeare"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
 

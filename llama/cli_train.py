@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def add_train(subparsers) -> None:
-    from llama.train_config import MODEL_SIZES, TrainConfig
+    from llama.train_config import MODEL_SIZES, RECIPES, TrainConfig
 
     p = subparsers.add_parser(
         "train",
@@ -30,6 +30,9 @@ def add_train(subparsers) -> None:
                    "wherever `llama download` finds it, else downloaded)")
     p.add_argument("--out", required=True, help="folder for the tokenizer, data, log, checkpoints and model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=S,
+                   help="start from a named run's settings (shakespeare: the book's two-minute recipe); "
+                   "other flags override them")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer", default=S, help=f"bytes, bpe, sentencepiece (trained here) or a saved tokenizer file (default {d.tokenizer})")
     g.add_argument("--vocab-size", type=int, default=S, help=f"vocabulary of a trained tokenizer (default {d.vocab_size})")
@@ -57,9 +60,10 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
     """
     import dataclasses
 
-    from llama.train_config import TrainConfig
+    from llama.train_config import RECIPES, TrainConfig
 
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    values = {**RECIPES.get(getattr(args, "recipe", None), {}), **values}  # the flags given win
     given = set(values) - {"out"}
     if args.resume and "max_steps" not in values and "max_time" not in values:
         values["max_steps"] = 1  # placeholder; the saved run's length is used

@@ -19,7 +19,7 @@ from llama.config import PRESETS, ModelConfig
 if TYPE_CHECKING:
     from llama.lora import LoRAConfig
 
-__all__ = ["MODEL_SIZES", "TrainConfig", "model_config", "base_config", "memory_needed", "check_memory"]
+__all__ = ["MODEL_SIZES", "RECIPES", "TrainConfig", "model_config", "base_config", "memory_needed", "check_memory"]
 
 # --8<-- [start:sizes]
 #: Model sizes for training from scratch; ``--model`` also accepts the names in :data:`llama.config.PRESETS`.
@@ -29,6 +29,16 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "small": dict(dim=256, n_layers=6, n_heads=8, multiple_of=32),     # for a longer run or a faster machine
 }
 # --8<-- [end:sizes]
+
+# --8<-- [start:recipes]
+#: Named runs, for ``llama train --recipe NAME``: settings that differ from :class:`TrainConfig`'s
+#: defaults. ``shakespeare`` is the book's recipe, the best of the sweep in "Where the time goes":
+#: the ``book`` model, Muon, a 2,048-token BPE vocabulary, 16 windows of 128 tokens, two minutes.
+#: A flag given beside ``--recipe`` overrides the recipe's value.
+RECIPES: dict[str, dict[str, Any]] = {
+    "shakespeare": dict(max_time=120.0, optimizer="muon", vocab_size=2048, lr=0.008, batch_size=16, block_size=128),
+}
+# --8<-- [end:recipes]
 
 
 @dataclass

@@ -328,7 +328,11 @@ def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch
     first = int(np.load(tmp_path / "run" / "data" / "val.npy")[0])
     first_bytes = len(BPETokenizer.load(tmp_path / "run" / "tokenizer.json").vocab[first])
     assert log[-1]["final"] and log[-1]["val_bytes"] == 111_539 - first_bytes  # all but the first token's
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["max_time"] == 120
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    # The recipe's settings, with the flags given beside it (a tiny model, 300 tokens) winning.
+    assert (run["max_time"], run["optimizer"], run["lr"], run["batch_size"], run["block_size"]) == (
+        120, "muon", 0.008, 16, 128)
+    assert (run["model"], run["vocab_size"]) == ("tiny", 300)
 
 
 def test_max_time_says_what_it_bounds_and_the_final_evaluation_shows_progress(tmp_path, text, monkeypatch, capsys):

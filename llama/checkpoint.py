@@ -438,6 +438,8 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
     dtype = next(iter(hf_sd.values())).dtype
     hf_config = {**config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
+    # allow_nan=False: NaN and Infinity are not JSON, and other readers refuse them (made before any write).
+    text = json.dumps(hf_config, indent=2, allow_nan=False) + "\n"
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    atomic_write_text(directory / "config.json", text)
 # --8<-- [end:save_hf]

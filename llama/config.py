@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,8 @@ class RopeScaling:
         for name, kind in (("factor", "number"), ("low_freq_factor", "number"), ("high_freq_factor", "number"),
                            ("original_max_position_embeddings", "int")):
             _check_field(vars(self), name, kind, where="rope_scaling.")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            _check_finite(f"rope_scaling.{name}", getattr(self, name))
         if self.factor < 1.0:
             raise ValueError(f"rope_scaling.factor must be >= 1 (got {self.factor}); use None for no scaling")
         if not 0 < self.low_freq_factor < self.high_freq_factor:
@@ -164,6 +167,12 @@ class ModelConfig:
             _check_field(vars(self), "dim", "int")
             _check_field(vars(self), "multiple_of", "int")
             _check_field(vars(self), "ffn_dim_multiplier", "number", null=True)
+            if self.multiple_of <= 0:
+                raise ValueError(f"multiple_of must be a positive integer, got {self.multiple_of}")
+            if self.ffn_dim_multiplier is not None and not (math.isfinite(self.ffn_dim_multiplier)
+                                                            and self.ffn_dim_multiplier > 0):
+                raise ValueError(f"ffn_dim_multiplier must be a finite positive number (1.3 in Llama 3 8B) or "
+                                 f"None, got {self.ffn_dim_multiplier}")
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
         self.validate()
 
@@ -198,10 +207,16 @@ class ModelConfig:
         for name in ("rope_theta", "norm_eps", "ffn_dim_multiplier"):
             _check_field(vars(self), name, "number", null=True)
         _check_field(vars(self), "tie_embeddings", "bool")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        # NaN passes every comparison, and infinity makes the frequencies 0 or the norm 0: both
+        # would load and print other tokens, so the values are checked, not only their types.
+        if not (math.isfinite(self.rope_theta) and 1 < self.rope_theta < _FLOAT32_MAX):
+            raise ValueError(f"rope_theta must be a finite number above 1 (10000 in Llama 2, 500000 in Llama 3), "
+                             f"got {self.rope_theta}: it is the base of RoPE's frequencies")
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps < 1):
+            raise ValueError(f"norm_eps must be a finite number between 0 and 1 (1e-5 or 1e-6 in Llama models), "
+                             f"got {self.norm_eps}")
+        if self.ffn_dim_multiplier is not None:  # unused once hidden_dim is given, but saved with the config
+            _check_finite("ffn_dim_multiplier", self.ffn_dim_multiplier)
 
     # ----------------------------------------------------------------------------- presets
     @classmethod
@@ -332,6 +347,16 @@ class ModelConfig:
             "mlp_bias": False,
         }
     # --8<-- [end:hf_config]
+
+
+#: The largest float32: RoPE computes its frequencies in float32, and a base beyond it is infinite there.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_finite(name: str, value: float) -> None:
+    """Refuse NaN and infinity in a field already known to be a number (JSON readers accept both)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 def _nearby_divisor(n: int, near: int) -> int:

@@ -281,8 +281,9 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
     sd = {name: t.detach().contiguous().clone() for name, t in sd.items()}
     meta = {"format": "llama-from-scratch quantized", "version": 1, "config": model.config.to_dict(),
             "quantization": scheme}
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"  # NaN and Infinity are not JSON
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / SCHEME_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / SCHEME_FILE, text)
 
 
 def is_quantized_checkpoint(path: str | os.PathLike) -> bool:

@@ -359,9 +359,22 @@ def _check_finite(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number, got {value}")
 
 
-def _nearby_divisor(n: int, near: int) -> int:
-    """The divisor of ``n`` closest to ``near`` (for error messages that suggest a fix)."""
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+def _nearby_divisor(n: int, near: int, steps: int = 100_000) -> int:
+    """The divisor of ``n`` closest to ``near`` (for error messages that suggest a fix).
+
+    It looks outwards from ``near``, the smaller candidate first, and stops after ``steps`` on
+    each side: 1 divides every ``n``, so the closest divisor is never further than ``near - 1``,
+    and a message about ``--dim 1999999998`` comes at once instead of after a loop over every
+    number up to ``dim`` (minutes). When the search stops first, 1 is the suggestion.
+
+    >>> _nearby_divisor(100, 8), _nearby_divisor(1999999998, 7), _nearby_divisor(2**61 - 1, 10**9)
+    (10, 6, 1)
+    """
+    for step in range(min(max(near, 1), steps)):
+        for d in (near - step, near + step):
+            if 1 <= d <= n and n % d == 0:
+                return d
+    return 1
 
 
 # --8<-- [start:presets]

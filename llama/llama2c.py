@@ -76,9 +76,12 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     fields = dict(zip(LLAMA2C_HEADER, (int(x) for x in header)))
     shared = fields["vocab_size"] > 0  # negative vocab size = the file carries its own output head
     dim, hidden, n_layers, vocab = fields["dim"], fields["hidden_dim"], fields["n_layers"], abs(fields["vocab_size"])
-    config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
-                         vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
-                         tie_embeddings=shared)  # ModelConfig rejects impossible headers
+    try:  # ModelConfig rejects impossible headers, such as the first bytes of a text file
+        config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
+                             vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
+                             tie_embeddings=shared)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a llama2.c checkpoint: its header {fields} describes no model ({err})") from None
     layout = llama2c_layout(config)
     n_floats = sum(copies * int(np.prod(shape)) for _, shape, copies in layout)
     if size != 28 + 4 * n_floats:

@@ -1,0 +1,72 @@
+"""Inputs that used to make a command wait for minutes or forever, silently: each now ends, within a
+bound these tests set, in one line that names the file, flag or variable and what to do."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from llama import ModelConfig
+from llama.cli import main
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``, which must return (or raise) within ``seconds``; a hang fails the test instead of stalling it.
+
+    The call runs in a daemon thread: one that hangs is left behind (the test has failed already).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s (a hang)")
+    outcome["seconds"] = time.monotonic() - start
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def one_line(capsys, argv: list[str], seconds: float = 60) -> str:
+    """``llama ARGV`` must end within ``seconds`` with exit code 2 and one line on stderr; returns it."""
+    assert within(seconds, lambda: main(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------- the suggestion of a divisor
+@pytest.mark.parametrize("dim,n_heads,suggested", [(1999999998, 7, 6), (2**61 - 1, 10**9, 1), (100, 8, 10)])
+def test_an_impossible_head_count_is_answered_at_once(dim, n_heads, suggested):
+    # The suggestion looped over every number up to dim: minutes for --dim 1999999998.
+    with pytest.raises(ValueError, match=rf"dim \({dim}\) must be divisible by n_heads \({n_heads}\).*e\.g\. {suggested}$"):
+        within(10, lambda: ModelConfig(dim=dim, n_heads=n_heads, n_layers=1, vocab_size=10))
+
+
+def test_train_with_a_huge_dim_is_refused_at_once(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be " * 200)
+    err = one_line(capsys, ["train", "--data", str(text), "--out", str(tmp_path / "run"), "--model", "tiny",
+                            "--tokenizer", "bytes", "--max-steps", "1", "--dim", "1999999998", "--n-heads", "7"])
+    assert "dim (1999999998) must be divisible by n_heads (7)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_text_file_renamed_bin_is_refused_at_once(tmp_path, capsys):
+    # Its first 28 bytes read as a llama2.c header of absurd sizes ("This" is dim 1936287828).
+    path = tmp_path / "notes.bin"
+    path.write_text("This is a plain text file, and not a model at all.\n" * 50)
+    err = one_line(capsys, ["generate", str(path), "-n", "3"])
+    assert str(path) in err and "llama2.c" in err

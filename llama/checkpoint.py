@@ -33,7 +33,7 @@ import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _check_field
-from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.convert import check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.gguf import MAGIC as GGUF_MAGIC
 from llama.gguf import read_gguf
 from llama.llama2c import read_llama2c
@@ -178,12 +178,13 @@ def _read_json(path: Path) -> dict:
 
 # -------------------------------------------------------------------------------- Hugging Face
 # --8<-- [start:read_hf]
-def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+def read_hf(directory: str | os.PathLike, max_seq_len: int | None = None) -> tuple[ModelConfig, StateDict]:
     """Read a Hugging Face Llama folder: ``config.json`` and one or many safetensors files.
 
     Sharded checkpoints list, in ``model.safetensors.index.json``, which file holds each
     tensor (``"weight_map"``); every listed shard is read and the dicts are merged. Older
     folders with only ``pytorch_model.bin`` are read with ``weights_only=True``.
+    ``max_seq_len`` replaces ``max_position_embeddings`` before the config is checked.
 
     Returns:
         The config and the weights, renamed to ours with ``wq``/``wk`` rows back in
@@ -191,6 +192,8 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     """
     directory = Path(directory)
     hf_config = _read_json(directory / "config.json")
+    if max_seq_len is not None:
+        hf_config = {**hf_config, "max_position_embeddings": max_seq_len}
     try:
         config = ModelConfig.from_hf(hf_config)
     except ValueError as err:
@@ -212,6 +215,7 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json with its shards, or pytorch_model.bin"
         )
+    check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
     return config, hf_to_llama_state_dict(hf_sd, config)
 # --8<-- [end:read_hf]
 
@@ -292,6 +296,7 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
         config = dataclasses.replace(config, tie_embeddings=True)
         for shard in shards:
             shard.pop("output.weight", None)
+    check_layer_count(config, len(shards[0]), directory)
     full_shapes = expected_shapes(config)
     if config.tie_embeddings:
         del full_shapes["output.weight"]
@@ -370,7 +375,8 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
 
     Args:
         path: a Hugging Face folder, a Meta folder, a GGUF file or a llama2.c ``.bin`` file.
-        max_seq_len: the context length for Meta checkpoints, which do not store one.
+        max_seq_len: the context length for Meta checkpoints, which do not store one; for a
+            Hugging Face folder or a GGUF file, it replaces the one stored.
 
     Returns:
         ``(config, state_dict)``; a tied output head is left out of the state dict.
@@ -383,11 +389,11 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     """
     fmt = detect_format(path)
     if fmt == "hf":
-        config, sd = read_hf(path)
+        config, sd = read_hf(path, max_seq_len)
     elif fmt == "meta":
         config, sd = read_meta(path, max_seq_len)
     elif fmt == "gguf":
-        config, sd = read_gguf(path)
+        config, sd = read_gguf(path, max_seq_len)
     else:
         config, sd = read_llama2c(path)
     if config.tie_embeddings:

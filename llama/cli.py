@@ -219,14 +219,21 @@ def checkpoint_path(name: str) -> str:
     return str(found)
 
 
+def _check_max_seq_len(value: int | None) -> None:
+    """``--max-seq-len``, checked before any file is read: it sizes the RoPE tables made when the model is built."""
+    from llama.config import MAX_SEQ_LEN
+
+    if value is not None and not 0 < value <= MAX_SEQ_LEN:
+        raise ValueError(f"--max-seq-len must be a number of positions from 1 to {MAX_SEQ_LEN:,} (2**20), got {value}")
+
+
 def _check_generate_flags(args) -> None:
     """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
     if args.prompt is not None and args.tokenizer is None:
         raise ValueError("--prompt needs --tokenizer to turn text into ids; without a tokenizer use --ids")
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
-    if args.max_seq_len is not None and args.max_seq_len <= 0:
-        raise ValueError(f"--max-seq-len must be positive, got {args.max_seq_len}")
+    _check_max_seq_len(args.max_seq_len)
     for flag, ids in (("--ids", args.ids or []), ("--stop-id", args.stop_id)):
         if any(i < 0 for i in ids):
             raise ValueError(f"{flag} takes token ids, which are 0 or more; got {min(ids)}")
@@ -328,6 +335,7 @@ def _run_convert(args) -> int:
     import torch
 
     scheme = _quantize_flags(args)
+    _check_max_seq_len(args.max_seq_len)
     if (scheme is None) != (args.to != "quantized"):
         raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
                          "for these integer weights")

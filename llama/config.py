@@ -13,7 +13,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "llama_hidden_dim"]
+__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "MAX_SEQ_LEN", "llama_hidden_dim"]
+
+#: The longest context a :class:`ModelConfig` accepts: 2**20 = 1,048,576 positions, 8 times Llama
+#: 3.1's 131,072 and as long as the longest Llama-architecture releases. The number sizes the RoPE
+#: tables, which are made whole when the model is built (at head width 128 they take 512 MB here),
+#: and it comes from files (``max_position_embeddings``, a GGUF's ``llama.context_length``): without
+#: a ceiling, a 1 MB file declaring 2e9 positions made gigabytes of tables before anything else was
+#: checked. A longer context is refused, never shortened silently; ``--max-seq-len`` sets a shorter one.
+MAX_SEQ_LEN = 2**20
 
 
 # --8<-- [start:hidden_dim]
@@ -203,6 +211,13 @@ class ModelConfig:
             raise ValueError(
                 f"head_dim = dim / n_heads = {self.head_dim} is odd, but RoPE rotates pairs of features: "
                 "choose dim and n_heads so that dim / n_heads is even"
+            )
+        if self.max_seq_len > MAX_SEQ_LEN:
+            tables = 4 * self.max_seq_len * self.head_dim  # cos and sin, float32, head_dim / 2 columns each
+            raise ValueError(
+                f"max_seq_len={self.max_seq_len} is more positions than the {MAX_SEQ_LEN:,} (2**20) this model "
+                f"accepts: its RoPE tables alone would take {tables / 1e9:,.1f} GB; give a shorter context "
+                "(--max-seq-len N sets it when loading a checkpoint)"
             )
         for name in ("rope_theta", "norm_eps", "ffn_dim_multiplier"):
             _check_field(vars(self), name, "number", null=True)

@@ -47,6 +47,28 @@ LLAMA3_PATTERN = (
 _FORMAT = "llama-bpe"
 _VERSION = 1
 
+#: What a pre-tokenizer pattern may spend on a text: 1 s, plus 20 microseconds a character (GPT-2's
+#: pattern needs under one, on a loaded machine). A pattern from a file can backtrack without end
+#: on some texts (``(a|aa)+$`` on a run of ``a``), and the ``regex`` module stops at a timeout.
+_PATTERN_SECONDS, _PATTERN_SECONDS_PER_CHAR = 1.0, 20e-6
+
+
+def _pre_tokenize(compiled: regex.Pattern, text: str, source: str = "") -> list[str]:
+    """The chunks ``compiled`` cuts ``text`` into, within the time :data:`_PATTERN_SECONDS` allows.
+
+    Raises:
+        ValueError: the pattern takes longer (it backtracks); the message names it and the fix.
+    """
+    limit = _PATTERN_SECONDS + _PATTERN_SECONDS_PER_CHAR * len(text)
+    try:
+        return compiled.findall(text, timeout=limit)
+    except TimeoutError:
+        raise ValueError(
+            f"{source}the pre-tokenizer pattern {compiled.pattern!r} took more than {limit:.1f} s on a text of "
+            f"{len(text):,} characters: it backtracks (a repetition inside a repetition, such as (a|aa)+); "
+            "use the gpt2 or llama3 pattern (llama tokenize train --pattern)"
+        ) from None
+
 
 class _Greater:
     """Wraps a pair of byte strings so that a *min*-heap pops the lexicographically greatest."""
@@ -133,6 +155,7 @@ class BPETokenizer:
             self.vocab[len(self.vocab)] = s.encode("utf-8")
         self._special_ids = {i: s for s, i in self.special_tokens.items()}
         self._cache: dict[str, list[int]] = {}
+        self._source = ""  # "FILE: " in messages about a tokenizer read from FILE (see load)
 
     @property
     def merge_ids(self) -> list[tuple[int, int]]:
@@ -200,7 +223,7 @@ class BPETokenizer:
         chunks: Counter[str] = Counter()
         for part, is_special in _split_specials(text, specials):
             if not is_special:
-                chunks.update(compiled.findall(part))
+                chunks.update(_pre_tokenize(compiled, part))
         words = [list(chunk.encode("utf-8")) for chunk in chunks]
         freqs = list(chunks.values())
 
@@ -328,7 +351,7 @@ class BPETokenizer:
             if is_special:
                 out.append(self.special_tokens[part])
                 continue
-            for chunk in self._compiled.findall(part):
+            for chunk in _pre_tokenize(self._compiled, part, self._source):
                 ids = self._cache.get(chunk)
                 if ids is None:
                     ids = self._encode_chunk(chunk)
@@ -405,9 +428,11 @@ class BPETokenizer:
         if not (isinstance(specials, list) and isinstance(pattern, str)):
             raise ValueError(f"{path}: \"special_tokens\" must be a list and \"pattern\" a string")
         try:
-            return cls([tuple(m) for m in merges], specials, pattern)
+            tok = cls([tuple(m) for m in merges], specials, pattern)
         except (ValueError, regex.error) as err:
             raise ValueError(f"{path} is corrupt: {err}") from None
+        tok._source = f"{path}: "
+        return tok
 
 
 def _check_utf8(text: str) -> None:

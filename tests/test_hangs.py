@@ -4,6 +4,7 @@ bound these tests set, in one line that names the file, flag or variable and wha
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -150,3 +151,20 @@ def test_a_download_that_trickles_ends_at_its_deadline(tmp_path):
             within(30, lambda: cached_download(url, hashlib.sha256(body).hexdigest(), directory=tmp_path / "cache",
                                                timeout=1.0, max_time=2.0))
     assert list((tmp_path / "cache").iterdir()) == []  # no partial file kept
+
+
+# ------------------------------------------------------------------ a pattern that backtracks
+def test_a_tokenizer_whose_pattern_backtracks_is_stopped(tmp_path, capsys):
+    # (a|aa)+$ tries every way to split a run of "a": 2**n for n letters not followed by the end.
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"format": "llama-bpe", "version": 1, "pattern": r"(?:a|aa)+$|\s+|.",
+                                "merges": [], "special_tokens": []}))
+    err = one_line(capsys, ["tokenize", "encode", "-t", str(path), "a" * 60 + "!"])
+    assert f"{path}: the pre-tokenizer pattern" in err and "backtracks" in err and "--pattern" in err
+
+
+def test_training_with_a_pattern_that_backtracks_is_stopped():
+    from llama.bpe import BPETokenizer
+
+    with pytest.raises(ValueError, match="the pre-tokenizer pattern .* backtracks"):
+        within(60, lambda: BPETokenizer.train("a" * 60 + "!", 300, pattern=r"(?:a|aa)+$|\s+|."))

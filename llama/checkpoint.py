@@ -44,6 +44,7 @@ __all__ = [
     "read_meta",
     "read_checkpoint",
     "save_hf",
+    "refuse_checkpoint_folder",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -419,6 +420,31 @@ def _check_finite(sd: StateDict, path: str | os.PathLike) -> None:
                 "is damaged, or saved from a run that diverged; load an earlier checkpoint"
             )
 # --8<-- [end:load]
+
+
+#: The files of a checkpoint folder, by which a folder holding one is recognised.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "quantized.json",
+                    "params.json", "pytorch_model.bin")
+
+
+def refuse_checkpoint_folder(directory: str | os.PathLike) -> None:
+    """Refuse to write a new checkpoint into ``directory`` when it already holds one, or is a file.
+
+    ``llama convert`` writes ``config.json`` and ``model.safetensors``: into a folder of the
+    user's own model they replaced both. Checked before the source is read, so a refusal costs
+    nothing; the files are left as they are.
+
+    Raises:
+        ValueError: ``directory`` is a file.
+        FileExistsError: it holds one of :data:`CHECKPOINT_FILES` (the message names it).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
+    for name in CHECKPOINT_FILES:
+        if (directory / name).exists() or (directory / name).is_symlink():
+            raise FileExistsError(f"{directory / name} exists: it was left as it is; choose an empty or new folder "
+                                  "to write the checkpoint into")
 
 
 # --8<-- [start:save_hf]

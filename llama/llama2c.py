@@ -178,7 +178,7 @@ def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.Path
         for name, _, copies in llama2c_layout(config):
             if name in rope:
                 yield rope[name]
-            elif copies == 1:
+            elif name in ("tok_embeddings", "norm", "output"):  # not copies == 1: a one-layer model has one of each
                 yield state_dict[f"{ours[name]}.weight"]
             else:
                 yield from (state_dict[f"layers.{i}.{ours[name]}.weight"] for i in range(config.n_layers))

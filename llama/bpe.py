@@ -27,7 +27,7 @@ import regex
 
 from llama._files import atomic_write_text
 
-__all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "BPETokenizer"]
+__all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "MAX_VOCAB_BYTES", "BPETokenizer"]
 
 # --8<-- [start:patterns]
 #: GPT-2's pre-tokenizer: English contractions, words with one optional leading space,
@@ -47,6 +47,11 @@ LLAMA3_PATTERN = (
 _FORMAT = "llama-bpe"
 _VERSION = 1
 
+#: The most bytes all tokens of a vocabulary may hold together: 64 MiB. Llama 3's 128,256 tokens
+#: hold under 1 MB. A merge joins two tokens, so merges that each join the last token with
+#: itself double its length: 34 of them in a small file made a token of 16 GB.
+MAX_VOCAB_BYTES = 64 * 2**20
+
 #: What a pre-tokenizer pattern may spend on a text: 1 s, plus 20 microseconds a character (GPT-2's
 #: pattern needs under one, on a loaded machine). A pattern from a file can backtrack without end
 #: on some texts (``(a|aa)+$`` on a run of ``a``), and the ``regex`` module stops at a timeout.
@@ -61,13 +66,22 @@ def _pre_tokenize(compiled: regex.Pattern, text: str, source: str = "") -> list[
     """
     limit = _PATTERN_SECONDS + _PATTERN_SECONDS_PER_CHAR * len(text)
     try:
-        return compiled.findall(text, timeout=limit)
+        chunks = compiled.findall(text, timeout=limit)
     except TimeoutError:
         raise ValueError(
             f"{source}the pre-tokenizer pattern {compiled.pattern!r} took more than {limit:.1f} s on a text of "
             f"{len(text):,} characters: it backtracks (a repetition inside a repetition, such as (a|aa)+); "
             "use the gpt2 or llama3 pattern (llama tokenize train --pattern)"
         ) from None
+    if sum(map(len, chunks)) != len(text):  # what no match covers would be dropped: "Hello" -> "ello"
+        covered = "".join(chunks)
+        at = next((i for i, (a, b) in enumerate(zip(covered, text)) if a != b), len(covered))
+        raise ValueError(
+            f"{source}the pre-tokenizer pattern {compiled.pattern!r} does not match every character: it leaves "
+            f"out {text[at]!r} at position {at}, which encoding would drop; end the pattern with |\\s+|. or use "
+            "the gpt2 or llama3 pattern"
+        )
+    return chunks
 
 
 class _Greater:
@@ -135,6 +149,7 @@ class BPETokenizer:
         self.vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
         self.merges: list[tuple[bytes, bytes]] = []
         self._ranks: dict[tuple[int, int], int] = {}
+        total = 256
         for a, b in merges:
             new_id = len(self.vocab)
             for t in (a, b):
@@ -142,6 +157,11 @@ class BPETokenizer:
                     raise ValueError(f"merge {new_id - 256} uses token {t!r}, which does not exist yet")
             if (a, b) in self._ranks:
                 raise ValueError(f"merge {new_id - 256} repeats the pair ({a}, {b})")
+            total += len(self.vocab[a]) + len(self.vocab[b])  # counted before the bytes are made
+            if total > MAX_VOCAB_BYTES:
+                raise ValueError(f"merge {new_id - 256} makes the tokens hold more than {MAX_VOCAB_BYTES:,} bytes "
+                                 f"together (a token of {len(self.vocab[a]) + len(self.vocab[b]):,}): these merges "
+                                 "were not learned from text")
             self._ranks[(a, b)] = new_id
             self.merges.append((self.vocab[a], self.vocab[b]))
             self.vocab[new_id] = self.vocab[a] + self.vocab[b]

@@ -290,16 +290,17 @@ def _run_generate(args) -> int:
             print(token if i == 0 else f" {token}", end="", flush=True)
         print()
         return 0
-    # Decoding a growing list and printing only what is new keeps multi-token characters and
-    # SentencePiece's leading-space rule right, which decoding token by token would not.
-    ids, shown = list(prompt), tok.decode(prompt)
+    # Decoding a growing list and printing only what is new keeps SentencePiece's leading-space
+    # rule right, which decoding token by token would not. A character whose bytes have not all
+    # come yet decodes to U+FFFD: it is held back until they have, and printed whole.
+    ids, shown = list(prompt), tok.decode(prompt).rstrip("\ufffd")
     print(shown, end="", flush=True)
     for token in stream:
         ids.append(token)
-        text = tok.decode(ids)
+        text = tok.decode(ids).rstrip("\ufffd")
         print(text[len(shown):], end="", flush=True)
         shown = text
-    print()
+    print(tok.decode(ids)[len(shown):])  # what was held back at the end, bytes that never became a character
     return 0
 # --8<-- [end:run_generate]
 

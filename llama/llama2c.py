@@ -95,6 +95,7 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
         count = copies * int(np.prod(shape))
         raw[name] = data[offset: offset + count].view(copies, *shape)
         offset += count
+    _check_rope_tables(raw, config, fields, path)
     where = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", "wq": "attention.wq", "wk": "attention.wk",
              "wv": "attention.wv", "wo": "attention.wo", "w1": "feed_forward.w1", "w2": "feed_forward.w2",
              "w3": "feed_forward.w3"}
@@ -105,6 +106,25 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     sd["output.weight"] = sd["tok_embeddings.weight"] if shared else raw["output"][0]
     return config, sd
 # --8<-- [end:read_llama2c]
+
+
+def _check_rope_tables(raw: StateDict, config: ModelConfig, fields: dict, path: Path) -> None:
+    """Compare the RoPE tables stored in the file with the ones its header implies.
+
+    A header changed so that the file size still matches (fewer heads and a shorter context,
+    say) loads and generates other tokens. The tables, written by llama2.c's exporter from the
+    true head width and context, sit after every weight: a header that lies about any size
+    either moves them or changes their values, so they give it away.
+    """
+    half = config.head_dim // 2
+    freqs = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) * 2 / config.head_dim))
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
+    for name, table in (("rope_real", angles.cos()), ("rope_imag", angles.sin())):
+        stored = raw[name][0].double()
+        if not torch.allclose(stored, table, atol=1e-3, rtol=0):  # llama2.c computed them in float32
+            raise ValueError(f"{path}: its header {fields} disagrees with the RoPE tables stored in the file "
+                             "(they were written for other sizes): the header was changed, or the file is not "
+                             "a llama2.c export")
 
 
 

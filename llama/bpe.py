@@ -2,7 +2,7 @@ r"""Byte-level byte-pair encoding (BPE), trained and applied by hand.
 
 A :class:`BPETokenizer` starts from the 256 possible byte values and learns *merges*: each
 merge glues the most frequent adjacent pair of tokens into a new token. Text is first cut
-into chunks by a regular expression (the *pre-tokenizer*, e.g. :data:`GPT2_PATTERN`), so
+into chunks by a regular expression (the *pre-tokenizer*, :mod:`llama.pretokenize`), so
 that no token ever spans, say, the end of one word and the start of the next. Special
 tokens such as ``<|endoftext|>`` are cut out before that and are never split or merged.
 
@@ -26,23 +26,9 @@ from pathlib import Path
 import regex
 
 from llama._files import atomic_write_text
+from llama.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN, pre_tokenize  # noqa: F401 (the patterns, as before)
 
-__all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "MAX_VOCAB_BYTES", "BPETokenizer"]
-
-# --8<-- [start:patterns]
-#: GPT-2's pre-tokenizer: English contractions, words with one optional leading space,
-#: numbers, runs of punctuation, and whitespace (a run of spaces gives its last space
-#: to the word that follows, thanks to the ``\s+(?!\S)`` lookahead).
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-#: Llama 3's (tiktoken ``cl100k``-style) pre-tokenizer: case-insensitive contractions,
-#: a word may take one leading non-letter (``"(hello"``), digits in groups of at most 3,
-#: and newlines kept apart from other whitespace.
-LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-# --8<-- [end:patterns]
+__all__ = ["MAX_VOCAB_BYTES", "BPETokenizer"]
 
 _FORMAT = "llama-bpe"
 _VERSION = 1
@@ -51,38 +37,6 @@ _VERSION = 1
 #: hold under 1 MB. A merge joins two tokens, so merges that each join the last token with
 #: itself double its length: 34 of them in a small file made a token of 16 GB.
 MAX_VOCAB_BYTES = 64 * 2**20
-
-#: What a pre-tokenizer pattern may spend on a text: 1 s, plus 20 microseconds a character (GPT-2's
-#: pattern needs under one, on a loaded machine). A pattern from a file can backtrack without end
-#: on some texts (``(a|aa)+$`` on a run of ``a``), and the ``regex`` module stops at a timeout.
-_PATTERN_SECONDS, _PATTERN_SECONDS_PER_CHAR = 1.0, 20e-6
-
-
-def _pre_tokenize(compiled: regex.Pattern, text: str, source: str = "") -> list[str]:
-    """The chunks ``compiled`` cuts ``text`` into, within the time :data:`_PATTERN_SECONDS` allows.
-
-    Raises:
-        ValueError: the pattern takes longer (it backtracks); the message names it and the fix.
-    """
-    limit = _PATTERN_SECONDS + _PATTERN_SECONDS_PER_CHAR * len(text)
-    try:
-        chunks = compiled.findall(text, timeout=limit)
-    except TimeoutError:
-        raise ValueError(
-            f"{source}the pre-tokenizer pattern {compiled.pattern!r} took more than {limit:.1f} s on a text of "
-            f"{len(text):,} characters: it backtracks (a repetition inside a repetition, such as (a|aa)+); "
-            "use the gpt2 or llama3 pattern (llama tokenize train --pattern)"
-        ) from None
-    if sum(map(len, chunks)) != len(text):  # what no match covers would be dropped: "Hello" -> "ello"
-        covered = "".join(chunks)
-        at = next((i for i, (a, b) in enumerate(zip(covered, text)) if a != b), len(covered))
-        raise ValueError(
-            f"{source}the pre-tokenizer pattern {compiled.pattern!r} does not match every character: it leaves "
-            f"out {text[at]!r} at position {at}, which encoding would drop; end the pattern with |\\s+|. or use "
-            "the gpt2 or llama3 pattern"
-        )
-    return chunks
-
 
 class _Greater:
     """Wraps a pair of byte strings so that a *min*-heap pops the lexicographically greatest."""
@@ -243,7 +197,7 @@ class BPETokenizer:
         chunks: Counter[str] = Counter()
         for part, is_special in _split_specials(text, specials):
             if not is_special:
-                chunks.update(_pre_tokenize(compiled, part))
+                chunks.update(pre_tokenize(compiled, part))
         words = [list(chunk.encode("utf-8")) for chunk in chunks]
         freqs = list(chunks.values())
 
@@ -371,7 +325,7 @@ class BPETokenizer:
             if is_special:
                 out.append(self.special_tokens[part])
                 continue
-            for chunk in _pre_tokenize(self._compiled, part, self._source):
+            for chunk in pre_tokenize(self._compiled, part, self._source):
                 ids = self._cache.get(chunk)
                 if ids is None:
                     ids = self._encode_chunk(chunk)

@@ -33,7 +33,7 @@ import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _check_field
-from llama.convert import check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.convert import _check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.gguf import MAGIC as GGUF_MAGIC
 from llama.gguf import read_gguf
 from llama.llama2c import read_llama2c
@@ -44,7 +44,7 @@ __all__ = [
     "read_meta",
     "read_checkpoint",
     "save_hf",
-    "refuse_checkpoint_folder",
+    "check_finite",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -216,7 +216,7 @@ def read_hf(directory: str | os.PathLike, max_seq_len: int | None = None) -> tup
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json with its shards, or pytorch_model.bin"
         )
-    check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
+    _check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
     return config, hf_to_llama_state_dict(hf_sd, config)
 # --8<-- [end:read_hf]
 
@@ -297,7 +297,7 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
         config = dataclasses.replace(config, tie_embeddings=True)
         for shard in shards:
             shard.pop("output.weight", None)
-    check_layer_count(config, len(shards[0]), directory)
+    _check_layer_count(config, len(shards[0]), directory)
     full_shapes = expected_shapes(config)
     if config.tie_embeddings:
         del full_shapes["output.weight"]
@@ -402,49 +402,23 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     for name, shape in expected_shapes(config).items():
         if name in sd and tuple(sd[name].shape) != shape:
             raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}")
-    _check_finite(sd, path)
+    check_finite(sd, path)
     return config, sd
 
 
-def _check_finite(sd: StateDict, path: str | os.PathLike) -> None:
+def check_finite(sd: StateDict, path: str | os.PathLike, fix: str = "the checkpoint is damaged, or saved from "
+                 "a run that diverged; load an earlier checkpoint") -> None:
     """Refuse weights holding NaN or infinity: such a model loads and runs, and prints nonsense.
 
     One float64 sum per tensor, with no temporary as large as the tensor: a NaN or an infinity
     anywhere makes the sum non-finite, and finite float32 weights cannot overflow a float64 sum.
+    ``fix`` ends the message (what to do); ``llama convert`` checks what it is about to write.
     """
     for name, t in sd.items():
         if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
             bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(
-                f"{path}: tensor {name} holds NaN or infinity in {bad} of its {t.numel()} values: the checkpoint "
-                "is damaged, or saved from a run that diverged; load an earlier checkpoint"
-            )
+            raise ValueError(f"{path}: tensor {name} holds NaN or infinity in {bad} of its {t.numel()} values: {fix}")
 # --8<-- [end:load]
-
-
-#: The files of a checkpoint folder, by which a folder holding one is recognised.
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "quantized.json",
-                    "params.json", "pytorch_model.bin")
-
-
-def refuse_checkpoint_folder(directory: str | os.PathLike) -> None:
-    """Refuse to write a new checkpoint into ``directory`` when it already holds one, or is a file.
-
-    ``llama convert`` writes ``config.json`` and ``model.safetensors``: into a folder of the
-    user's own model they replaced both. Checked before the source is read, so a refusal costs
-    nothing; the files are left as they are.
-
-    Raises:
-        ValueError: ``directory`` is a file.
-        FileExistsError: it holds one of :data:`CHECKPOINT_FILES` (the message names it).
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
-    for name in CHECKPOINT_FILES:
-        if (directory / name).exists() or (directory / name).is_symlink():
-            raise FileExistsError(f"{directory / name} exists: it was left as it is; choose an empty or new folder "
-                                  "to write the checkpoint into")
 
 
 # --8<-- [start:save_hf]
@@ -470,8 +444,7 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
     dtype = next(iter(hf_sd.values())).dtype
     hf_config = {**config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
-    # allow_nan=False: NaN and Infinity are not JSON, and other readers refuse them (made before any write).
-    text = json.dumps(hf_config, indent=2, allow_nan=False) + "\n"
+    text = json.dumps(hf_config, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: refused before any write
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
     atomic_write_text(directory / "config.json", text)
 # --8<-- [end:save_hf]

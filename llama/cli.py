@@ -335,6 +335,9 @@ def _add_convert(subparsers) -> None:
 def _run_convert(args) -> int:
     import torch
 
+    from llama._files import refuse_checkpoint_folder
+    from llama.checkpoint import check_finite
+
     scheme = _quantize_flags(args)
     _check_max_seq_len(args.max_seq_len)
     if (scheme is None) != (args.to != "quantized"):
@@ -353,8 +356,6 @@ def _run_convert(args) -> int:
         refuse_to_overwrite(args.destination, check_gguf, "a GGUF file")  # before the work, not after
         vocab = vocab_from_sentencepiece(args.tokenizer) if args.tokenizer is not None else None
     else:
-        from llama.checkpoint import refuse_checkpoint_folder
-
         refuse_checkpoint_folder(args.destination)  # a folder of the user's own files is left as it is
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
     model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
@@ -367,7 +368,9 @@ def _run_convert(args) -> int:
 
         merge_into_base(load_adapter(model, args.merge_adapter))
         model = model.to(dtype)
-    _check_finite_to_write(model, args)
+    merged = f" merged with {args.merge_adapter}" if args.merge_adapter else ""  # a merge or a cast can overflow
+    check_finite(model.state_dict(), f"{args.source}{merged} as {args.dtype}", "nothing was written; check the "
+                 "adapter, or write float32")
     if args.to == "gguf":
         from llama.gguf import save_gguf
 
@@ -390,20 +393,6 @@ def _run_convert(args) -> int:
     print(f"wrote {args.destination}: Hugging Face config.json + model.safetensors, "
           f"{model.num_parameters():,} parameters, {args.dtype}")
     return 0
-
-
-def _check_finite_to_write(model, args) -> None:
-    """Refuse to write weights holding NaN or infinity: the loaders refuse such a file, so writing
-    it (with exit 0) only moves the error to whoever reads it. A merged adapter with a huge
-    ``lora_alpha``, or float32 weights beyond float16's 65,504 cast by ``--dtype float16``, end so."""
-    import torch
-
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
-            bad = int((~torch.isfinite(t)).sum())
-            cause = f" merged with {args.merge_adapter}" if args.merge_adapter else ""
-            raise ValueError(f"tensor {name} of {args.source}{cause} holds NaN or infinity in {bad} of its {t.numel()} "
-                             f"values as {args.dtype}: nothing was written; check the adapter, or write float32")
 
 
 def _innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import torch
 from llama.config import ModelConfig
 from llama.rope import half_split_to_interleaved, interleaved_to_half_split
 
-__all__ = ["HF_NAMES", "hf_to_llama_state_dict", "llama_to_hf_state_dict", "expected_shapes", "check_layer_count"]
+__all__ = ["HF_NAMES", "hf_to_llama_state_dict", "llama_to_hf_state_dict", "expected_shapes"]
 
 # --8<-- [start:names]
 #: Our name → Hugging Face's name. ``{i}`` stands for the layer index.
@@ -71,25 +71,6 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
-    """Refuse a config with more layers than ``tensors``, the number of tensors a file holds, can make.
-
-    Each layer has nine weights (two norms, four attention projections, three feed-forward
-    ones) and the model two more (embedding, final norm): a file that declares 2e7 layers but
-    holds 20 tensors is refused here, before a table of names is made for every declared layer
-    (which took a minute, then ran out of memory).
-
-    >>> check_layer_count(ModelConfig(dim=8, n_layers=3, n_heads=2, vocab_size=5), 11, "model.gguf")
-    Traceback (most recent call last):
-    ...
-    ValueError: model.gguf declares 3 layers, which have at least 29 tensors, but it holds 11: its sizes and its tensors disagree
-    """
-    least = 9 * config.n_layers + 2
-    if tensors < least:
-        raise ValueError(f"{where} declares {config.n_layers} layers, which have at least {least} tensors, but it "
-                         f"holds {tensors}: its sizes and its tensors disagree")
-
-
 def _check_shapes(sd: dict[str, torch.Tensor], config: ModelConfig, where: str) -> None:
     for name, shape in expected_shapes(config).items():
         if tuple(sd[name].shape) != shape:
@@ -98,6 +79,25 @@ def _check_shapes(sd: dict[str, torch.Tensor], config: ModelConfig, where: str) 
                 "the checkpoint and its config disagree"
             )
 # --8<-- [end:shapes]
+
+
+def _check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
+    """Refuse a config with more layers than ``tensors``, the number of tensors a file holds, can make.
+
+    Each layer has nine weights (two norms, four attention projections, three feed-forward
+    ones) and the model two more (embedding, final norm): a file that declares 2e7 layers but
+    holds 20 tensors is refused here, before a table of names is made for every declared layer
+    (which took a minute, then ran out of memory).
+
+    >>> _check_layer_count(ModelConfig(dim=8, n_layers=3, n_heads=2, vocab_size=5), 11, "model.gguf")
+    Traceback (most recent call last):
+    ...
+    ValueError: model.gguf declares 3 layers, which have at least 29 tensors, but it holds 11: its sizes and its tensors disagree
+    """
+    least = 9 * config.n_layers + 2
+    if tensors < least:
+        raise ValueError(f"{where} declares {config.n_layers} layers, which have at least {least} tensors, but it "
+                         f"holds {tensors}: its sizes and its tensors disagree")
 
 
 # --8<-- [start:to_hf]

@@ -31,7 +31,7 @@ import torch
 from llama._files import make_temp_dir
 from llama.config import ModelConfig
 from llama.distributed import Dist, on_rank0
-from llama.model import Transformer, check_before_building
+from llama.model import Transformer, _check_before_building
 
 __all__ = ["is_sharded_checkpoint", "save_sharded", "load_sharded", "read_sharded"]
 
@@ -177,7 +177,7 @@ def read_sharded(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         raise ValueError(f"{path / 'state.json'}: {err}") from None
     # The shapes the shards' headers record, compared with the config before the model is built.
     stored = HuggingFaceStorageReader(str(path / "model")).read_metadata().state_dict_metadata
-    check_before_building(config, {name: tuple(m.size) for name, m in stored.items() if hasattr(m, "size")},
+    _check_before_building(config, {name: tuple(m.size) for name, m in stored.items() if hasattr(m, "size")},
                           path / "model", dtype=dtype)
     model = Transformer(config)
     weights = model.state_dict()

@@ -14,7 +14,7 @@ from torch import nn
 from llama.attention import Attention, KVCache, causal_mask
 from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
-from llama.convert import check_layer_count
+from llama.convert import _check_layer_count
 from llama.feed_forward import FeedForward
 from llama.gguf_quant import quantization_scheme
 from llama.linear import Linear
@@ -22,7 +22,7 @@ from llama.norm import RMSNorm
 from llama.quantize import is_quantized_checkpoint, quantized_layout, read_quantized
 from llama.rope import rope_cache
 
-__all__ = ["TransformerBlock", "Transformer", "count_parameters", "check_before_building"]
+__all__ = ["TransformerBlock", "Transformer", "count_parameters"]
 
 
 # --8<-- [start:block]
@@ -230,7 +230,7 @@ class Transformer(nn.Module):
         if max_seq_len is not None:
             config = dataclasses.replace(config, max_seq_len=max_seq_len)
         # The config came from a file: its sizes are compared with the tensors before they size anything.
-        check_before_building(config, {k: tuple(v.shape) for k, v in sd.items()}, path, scheme, dtype)
+        _check_before_building(config, {k: tuple(v.shape) for k, v in sd.items()}, path, scheme, dtype)
         model = cls(config).to(dtype)
         if scheme is not None:
             quantized_layout(model, scheme)  # empty integer layers, filled from sd just below
@@ -254,7 +254,7 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str | os.PathLike,
+def _check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str | os.PathLike,
                           scheme: dict | None = None, dtype: torch.dtype = torch.float32) -> None:
     """Compare the tensors a file holds with the model its config describes, and that model with this
     machine's memory, before the model is built.
@@ -276,7 +276,7 @@ def check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...]
         ValueError: a tensor missing, unexpected or of another shape than the config implies, or
             a model (with its RoPE tables) larger than this machine's memory.
     """
-    check_layer_count(config, len(shapes), str(where))  # before a module is made for every declared layer
+    _check_layer_count(config, len(shapes), str(where))  # before a module is made for every declared layer
     with torch.device("meta"):
         skeleton = Transformer(config)
         if scheme is not None:

@@ -104,7 +104,9 @@ def _join_group(backend: str, env: dict[str, int]) -> None:
         raise ValueError(f"{given}, but the other processes did not all meet at {where} within "
                          f"{RENDEZVOUS_TIMEOUT:.0f} s ({reason}): {fix}") from None
     store.set_timeout(default_pg_timeout)
-    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world)
+    # The prefix init_process_group gives a store it makes itself: torchrun's store has other users.
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore("default_pg", store),
+                                         rank=rank, world_size=world)
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "default_mode", "make_temp_dir",
-           "open_for_reading", "refuse_to_overwrite"]
+           "open_for_reading", "refuse_to_overwrite", "refuse_checkpoint_folder", "CHECKPOINT_FILES"]
 
 
 def default_mode(folder: bool = False) -> int:
@@ -141,3 +141,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+#: The files of a checkpoint folder, by which a folder holding one is recognised.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "quantized.json",
+                    "params.json", "pytorch_model.bin")
+
+
+def refuse_checkpoint_folder(directory: str | os.PathLike) -> None:
+    """Refuse to write a new checkpoint into ``directory`` when it already holds one, or is a file.
+
+    ``llama convert`` writes ``config.json`` and ``model.safetensors``: into a folder of the
+    user's own model they replaced both. Checked before the source is read, so a refusal costs
+    nothing; the files are left as they are.
+
+    Raises:
+        ValueError: ``directory`` is a file.
+        FileExistsError: it holds one of :data:`CHECKPOINT_FILES` (the message names it).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder to write the checkpoint into")
+    for name in CHECKPOINT_FILES:
+        if (directory / name).exists() or (directory / name).is_symlink():
+            raise FileExistsError(f"{directory / name} exists: it was left as it is; choose an empty or new folder "
+                                  "to write the checkpoint into")

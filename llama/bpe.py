@@ -2,7 +2,7 @@ r"""Byte-level byte-pair encoding (BPE), trained and applied by hand.
 
 A :class:`BPETokenizer` starts from the 256 possible byte values and learns *merges*: each
 merge glues the most frequent adjacent pair of tokens into a new token. Text is first cut
-into chunks by a regular expression (the *pre-tokenizer*, e.g. :data:`GPT2_PATTERN`), so
+into chunks by a regular expression (the *pre-tokenizer*, :mod:`llama.pretokenize`), so
 that no token ever spans, say, the end of one word and the start of the next. Special
 tokens such as ``<|endoftext|>`` are cut out before that and are never split or merged.
 
@@ -26,27 +26,17 @@ from pathlib import Path
 import regex
 
 from llama._files import atomic_write_text
+from llama.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN, pre_tokenize  # noqa: F401 (the patterns, as before)
 
-__all__ = ["GPT2_PATTERN", "LLAMA3_PATTERN", "BPETokenizer"]
-
-# --8<-- [start:patterns]
-#: GPT-2's pre-tokenizer: English contractions, words with one optional leading space,
-#: numbers, runs of punctuation, and whitespace (a run of spaces gives its last space
-#: to the word that follows, thanks to the ``\s+(?!\S)`` lookahead).
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-#: Llama 3's (tiktoken ``cl100k``-style) pre-tokenizer: case-insensitive contractions,
-#: a word may take one leading non-letter (``"(hello"``), digits in groups of at most 3,
-#: and newlines kept apart from other whitespace.
-LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-# --8<-- [end:patterns]
+__all__ = ["MAX_VOCAB_BYTES", "BPETokenizer"]
 
 _FORMAT = "llama-bpe"
 _VERSION = 1
 
+#: The most bytes all tokens of a vocabulary may hold together: 64 MiB. Llama 3's 128,256 tokens
+#: hold under 1 MB. A merge joins two tokens, so merges that each join the last token with
+#: itself double its length: 34 of them in a small file made a token of 16 GB.
+MAX_VOCAB_BYTES = 64 * 2**20
 
 class _Greater:
     """Wraps a pair of byte strings so that a *min*-heap pops the lexicographically greatest."""
@@ -113,6 +103,7 @@ class BPETokenizer:
         self.vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
         self.merges: list[tuple[bytes, bytes]] = []
         self._ranks: dict[tuple[int, int], int] = {}
+        total = 256
         for a, b in merges:
             new_id = len(self.vocab)
             for t in (a, b):
@@ -120,6 +111,11 @@ class BPETokenizer:
                     raise ValueError(f"merge {new_id - 256} uses token {t!r}, which does not exist yet")
             if (a, b) in self._ranks:
                 raise ValueError(f"merge {new_id - 256} repeats the pair ({a}, {b})")
+            total += len(self.vocab[a]) + len(self.vocab[b])  # counted before the bytes are made
+            if total > MAX_VOCAB_BYTES:
+                raise ValueError(f"merge {new_id - 256} makes the tokens hold more than {MAX_VOCAB_BYTES:,} bytes "
+                                 f"together (a token of {len(self.vocab[a]) + len(self.vocab[b]):,}): these merges "
+                                 "were not learned from text")
             self._ranks[(a, b)] = new_id
             self.merges.append((self.vocab[a], self.vocab[b]))
             self.vocab[new_id] = self.vocab[a] + self.vocab[b]
@@ -133,6 +129,7 @@ class BPETokenizer:
             self.vocab[len(self.vocab)] = s.encode("utf-8")
         self._special_ids = {i: s for s, i in self.special_tokens.items()}
         self._cache: dict[str, list[int]] = {}
+        self._source = ""  # "FILE: " in messages about a tokenizer read from FILE (see load)
 
     @property
     def merge_ids(self) -> list[tuple[int, int]]:
@@ -200,7 +197,7 @@ class BPETokenizer:
         chunks: Counter[str] = Counter()
         for part, is_special in _split_specials(text, specials):
             if not is_special:
-                chunks.update(compiled.findall(part))
+                chunks.update(pre_tokenize(compiled, part))
         words = [list(chunk.encode("utf-8")) for chunk in chunks]
         freqs = list(chunks.values())
 
@@ -328,7 +325,7 @@ class BPETokenizer:
             if is_special:
                 out.append(self.special_tokens[part])
                 continue
-            for chunk in self._compiled.findall(part):
+            for chunk in pre_tokenize(self._compiled, part, self._source):
                 ids = self._cache.get(chunk)
                 if ids is None:
                     ids = self._encode_chunk(chunk)
@@ -405,9 +402,11 @@ class BPETokenizer:
         if not (isinstance(specials, list) and isinstance(pattern, str)):
             raise ValueError(f"{path}: \"special_tokens\" must be a list and \"pattern\" a string")
         try:
-            return cls([tuple(m) for m in merges], specials, pattern)
+            tok = cls([tuple(m) for m in merges], specials, pattern)
         except (ValueError, regex.error) as err:
             raise ValueError(f"{path} is corrupt: {err}") from None
+        tok._source = f"{path}: "
+        return tok
 
 
 def _check_utf8(text: str) -> None:

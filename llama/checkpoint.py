@@ -33,7 +33,7 @@ import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _check_field
-from llama.convert import expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.convert import _check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.gguf import MAGIC as GGUF_MAGIC
 from llama.gguf import read_gguf
 from llama.llama2c import read_llama2c
@@ -44,6 +44,7 @@ __all__ = [
     "read_meta",
     "read_checkpoint",
     "save_hf",
+    "check_finite",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -178,12 +179,13 @@ def _read_json(path: Path) -> dict:
 
 # -------------------------------------------------------------------------------- Hugging Face
 # --8<-- [start:read_hf]
-def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+def read_hf(directory: str | os.PathLike, max_seq_len: int | None = None) -> tuple[ModelConfig, StateDict]:
     """Read a Hugging Face Llama folder: ``config.json`` and one or many safetensors files.
 
     Sharded checkpoints list, in ``model.safetensors.index.json``, which file holds each
     tensor (``"weight_map"``); every listed shard is read and the dicts are merged. Older
     folders with only ``pytorch_model.bin`` are read with ``weights_only=True``.
+    ``max_seq_len`` replaces ``max_position_embeddings`` before the config is checked.
 
     Returns:
         The config and the weights, renamed to ours with ``wq``/``wk`` rows back in
@@ -191,6 +193,8 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     """
     directory = Path(directory)
     hf_config = _read_json(directory / "config.json")
+    if max_seq_len is not None:
+        hf_config = {**hf_config, "max_position_embeddings": max_seq_len}
     try:
         config = ModelConfig.from_hf(hf_config)
     except ValueError as err:
@@ -212,6 +216,7 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json with its shards, or pytorch_model.bin"
         )
+    _check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
     return config, hf_to_llama_state_dict(hf_sd, config)
 # --8<-- [end:read_hf]
 
@@ -292,6 +297,7 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
         config = dataclasses.replace(config, tie_embeddings=True)
         for shard in shards:
             shard.pop("output.weight", None)
+    _check_layer_count(config, len(shards[0]), directory)
     full_shapes = expected_shapes(config)
     if config.tie_embeddings:
         del full_shapes["output.weight"]
@@ -370,7 +376,8 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
 
     Args:
         path: a Hugging Face folder, a Meta folder, a GGUF file or a llama2.c ``.bin`` file.
-        max_seq_len: the context length for Meta checkpoints, which do not store one.
+        max_seq_len: the context length for Meta checkpoints, which do not store one; for a
+            Hugging Face folder or a GGUF file, it replaces the one stored.
 
     Returns:
         ``(config, state_dict)``; a tied output head is left out of the state dict.
@@ -383,11 +390,11 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     """
     fmt = detect_format(path)
     if fmt == "hf":
-        config, sd = read_hf(path)
+        config, sd = read_hf(path, max_seq_len)
     elif fmt == "meta":
         config, sd = read_meta(path, max_seq_len)
     elif fmt == "gguf":
-        config, sd = read_gguf(path)
+        config, sd = read_gguf(path, max_seq_len)
     else:
         config, sd = read_llama2c(path)
     if config.tie_embeddings:
@@ -395,23 +402,22 @@ def read_checkpoint(path: str | os.PathLike, max_seq_len: int | None = None) -> 
     for name, shape in expected_shapes(config).items():
         if name in sd and tuple(sd[name].shape) != shape:
             raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but the config implies {shape}")
-    _check_finite(sd, path)
+    check_finite(sd, path)
     return config, sd
 
 
-def _check_finite(sd: StateDict, path: str | os.PathLike) -> None:
+def check_finite(sd: StateDict, path: str | os.PathLike, fix: str = "the checkpoint is damaged, or saved from "
+                 "a run that diverged; load an earlier checkpoint") -> None:
     """Refuse weights holding NaN or infinity: such a model loads and runs, and prints nonsense.
 
     One float64 sum per tensor, with no temporary as large as the tensor: a NaN or an infinity
     anywhere makes the sum non-finite, and finite float32 weights cannot overflow a float64 sum.
+    ``fix`` ends the message (what to do); ``llama convert`` checks what it is about to write.
     """
     for name, t in sd.items():
         if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
             bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(
-                f"{path}: tensor {name} holds NaN or infinity in {bad} of its {t.numel()} values: the checkpoint "
-                "is damaged, or saved from a run that diverged; load an earlier checkpoint"
-            )
+            raise ValueError(f"{path}: tensor {name} holds NaN or infinity in {bad} of its {t.numel()} values: {fix}")
 # --8<-- [end:load]
 
 
@@ -438,6 +444,7 @@ def save_hf(state_dict: StateDict, config: ModelConfig, directory: str | os.Path
     hf_sd = {name: w.detach().contiguous().clone() for name, w in hf_sd.items()}
     dtype = next(iter(hf_sd.values())).dtype
     hf_config = {**config.to_hf(), "dtype": str(dtype).removeprefix("torch.")}
+    text = json.dumps(hf_config, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: refused before any write
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(hf_sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    atomic_write_text(directory / "config.json", text)
 # --8<-- [end:save_hf]

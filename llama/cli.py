@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llama.cli_convert import add_convert, add_quantize_flags, checkpoint_path, load_model, quantize_flags
+from llama.cli_convert import (add_convert, add_quantize_flags, check_max_seq_len, checkpoint_path, load_model,
+                                quantize_flags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,8 +185,7 @@ def _check_generate_flags(args) -> None:
     """What can be checked without the model, checked first: a typo fails at once, not after seconds of loading."""
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
-    if args.max_seq_len is not None and args.max_seq_len <= 0:
-        raise ValueError(f"--max-seq-len must be positive, got {args.max_seq_len}")
+    check_max_seq_len(args.max_seq_len)
     for flag, ids in (("--ids", args.ids or []), ("--stop-id", args.stop_id)):
         if any(i < 0 for i in ids):
             raise ValueError(f"{flag} takes token ids, which are 0 or more; got {min(ids)}")
@@ -246,16 +246,17 @@ def _run_generate(args) -> int:
             print(token if i == 0 else f" {token}", end="", flush=True)
         print()
         return 0
-    # Decoding a growing list and printing only what is new keeps multi-token characters and
-    # SentencePiece's leading-space rule right, which decoding token by token would not.
-    ids, shown = list(prompt), tok.decode(prompt)
+    # Decoding a growing list and printing only what is new keeps SentencePiece's leading-space
+    # rule right, which decoding token by token would not. A character whose bytes have not all
+    # come yet decodes to U+FFFD: it is held back until they have, and printed whole.
+    ids, shown = list(prompt), tok.decode(prompt).rstrip("\ufffd")
     print(shown, end="", flush=True)
     for token in stream:
         ids.append(token)
-        text = tok.decode(ids)
+        text = tok.decode(ids).rstrip("\ufffd")
         print(text[len(shown):], end="", flush=True)
         shown = text
-    print()
+    print(tok.decode(ids)[len(shown):])  # what was held back at the end, bytes that never became a character
     return 0
 # --8<-- [end:run_generate]
 

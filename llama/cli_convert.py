@@ -43,6 +43,14 @@ def checkpoint_path(name: str) -> str:
     return str(found)
 
 
+def check_max_seq_len(value: int | None) -> None:
+    """``--max-seq-len``, checked before any file is read: it sizes the RoPE tables made when the model is built."""
+    from llama.config import MAX_SEQ_LEN
+
+    if value is not None and not 0 < value <= MAX_SEQ_LEN:
+        raise ValueError(f"--max-seq-len must be a number of positions from 1 to {MAX_SEQ_LEN:,} (2**20), got {value}")
+
+
 def add_quantize_flags(p, help_text: str) -> None:
     p.add_argument("--quantize", choices=["int8", "int4"], help=help_text)
     p.add_argument("--group-size", type=int, metavar="N",
@@ -94,7 +102,11 @@ def add_convert(subparsers) -> None:
 def run_convert(args) -> int:
     import torch
 
+    from llama._files import refuse_checkpoint_folder
+    from llama.checkpoint import check_finite
+
     scheme = quantize_flags(args)
+    check_max_seq_len(args.max_seq_len)
     if (scheme is None) != (args.to != "quantized"):
         raise ValueError("--to quantized and --quantize int8|int4 go together: Hugging Face's format has no place "
                          "for these integer weights")
@@ -113,6 +125,8 @@ def run_convert(args) -> int:
         source = checkpoint_path(args.source)  # without --tokenizer, the one saved with the model
         tok_path = args.tokenizer or (tokenizer_file(source) if os.path.isdir(source) else None)
         vocab = vocab_from_tokenizer(tok_path) if tok_path is not None else None
+    else:
+        refuse_checkpoint_folder(args.destination)  # a folder of the user's own files is left as it is
     # An adapter is merged into float32 weights, and the merged model cast afterwards.
     model = load_model(checkpoint_path(args.source), torch.float32 if args.merge_adapter or args.to == "gguf" else dtype,
                        args.max_seq_len)
@@ -124,6 +138,9 @@ def run_convert(args) -> int:
 
         merge_into_base(load_adapter(model, args.merge_adapter))
         model = model.to(dtype)
+    merged = f" merged with {args.merge_adapter}" if args.merge_adapter else ""  # a merge or a cast can overflow
+    check_finite(model.state_dict(), f"{args.source}{merged} as {args.dtype}", "nothing was written; check the "
+                 "adapter, or write float32")
     if args.to == "gguf":
         from llama.gguf import save_gguf
 

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "llama_hidden_dim"]
+__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "MAX_SEQ_LEN", "llama_hidden_dim"]
+
+#: The longest context a :class:`ModelConfig` accepts: 2**20 = 1,048,576 positions, 8 times Llama
+#: 3.1's 131,072 and as long as the longest Llama-architecture releases. The number sizes the RoPE
+#: tables, which are made whole when the model is built (at head width 128 they take 512 MB here),
+#: and it comes from files (``max_position_embeddings``, a GGUF's ``llama.context_length``): without
+#: a ceiling, a 1 MB file declaring 2e9 positions made gigabytes of tables before anything else was
+#: checked. A longer context is refused, never shortened silently; ``--max-seq-len`` sets a shorter one.
+MAX_SEQ_LEN = 2**20
 
 
 # --8<-- [start:hidden_dim]
@@ -100,6 +109,8 @@ class RopeScaling:
         for name, kind in (("factor", "number"), ("low_freq_factor", "number"), ("high_freq_factor", "number"),
                            ("original_max_position_embeddings", "int")):
             _check_field(vars(self), name, kind, where="rope_scaling.")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            _check_finite(f"rope_scaling.{name}", getattr(self, name))
         if self.factor < 1.0:
             raise ValueError(f"rope_scaling.factor must be >= 1 (got {self.factor}); use None for no scaling")
         if not 0 < self.low_freq_factor < self.high_freq_factor:
@@ -164,6 +175,12 @@ class ModelConfig:
             _check_field(vars(self), "dim", "int")
             _check_field(vars(self), "multiple_of", "int")
             _check_field(vars(self), "ffn_dim_multiplier", "number", null=True)
+            if self.multiple_of <= 0:
+                raise ValueError(f"multiple_of must be a positive integer, got {self.multiple_of}")
+            if self.ffn_dim_multiplier is not None and not (math.isfinite(self.ffn_dim_multiplier)
+                                                            and self.ffn_dim_multiplier > 0):
+                raise ValueError(f"ffn_dim_multiplier must be a finite positive number (1.3 in Llama 3 8B) or "
+                                 f"None, got {self.ffn_dim_multiplier}")
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
         self.validate()
 
@@ -195,13 +212,26 @@ class ModelConfig:
                 f"head_dim = dim / n_heads = {self.head_dim} is odd, but RoPE rotates pairs of features: "
                 "choose dim and n_heads so that dim / n_heads is even"
             )
+        if self.max_seq_len > MAX_SEQ_LEN:
+            tables = 4 * self.max_seq_len * self.head_dim  # cos and sin, float32, head_dim / 2 columns each
+            raise ValueError(
+                f"max_seq_len={self.max_seq_len} is more positions than the {MAX_SEQ_LEN:,} (2**20) this model "
+                f"accepts: its RoPE tables alone would take {tables / 1e9:,.1f} GB; give a shorter context "
+                "(--max-seq-len N sets it when loading a checkpoint)"
+            )
         for name in ("rope_theta", "norm_eps", "ffn_dim_multiplier"):
             _check_field(vars(self), name, "number", null=True)
         _check_field(vars(self), "tie_embeddings", "bool")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        # NaN passes every comparison, and infinity makes the frequencies 0 or the norm 0: both
+        # would load and print other tokens, so the values are checked, not only their types.
+        if not (math.isfinite(self.rope_theta) and 1 < self.rope_theta < _FLOAT32_MAX):
+            raise ValueError(f"rope_theta must be a finite number above 1 (10000 in Llama 2, 500000 in Llama 3), "
+                             f"got {self.rope_theta}: it is the base of RoPE's frequencies")
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps < 1):
+            raise ValueError(f"norm_eps must be a finite number between 0 and 1 (1e-5 or 1e-6 in Llama models), "
+                             f"got {self.norm_eps}")
+        if self.ffn_dim_multiplier is not None:  # unused once hidden_dim is given, but saved with the config
+            _check_finite("ffn_dim_multiplier", self.ffn_dim_multiplier)
 
     # ----------------------------------------------------------------------------- presets
     @classmethod
@@ -334,9 +364,32 @@ class ModelConfig:
     # --8<-- [end:hf_config]
 
 
-def _nearby_divisor(n: int, near: int) -> int:
-    """The divisor of ``n`` closest to ``near`` (for error messages that suggest a fix)."""
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+#: The largest float32: RoPE computes its frequencies in float32, and a base beyond it is infinite there.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_finite(name: str, value: float) -> None:
+    """Refuse NaN and infinity in a field already known to be a number (JSON readers accept both)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def _nearby_divisor(n: int, near: int, steps: int = 100_000) -> int:
+    """The divisor of ``n`` closest to ``near`` (for error messages that suggest a fix).
+
+    It looks outwards from ``near``, the smaller candidate first, and stops after ``steps`` on
+    each side: 1 divides every ``n``, so the closest divisor is never further than ``near - 1``,
+    and a message about ``--dim 1999999998`` comes at once instead of after a loop over every
+    number up to ``dim`` (minutes). When the search stops first, 1 is the suggestion.
+
+    >>> _nearby_divisor(100, 8), _nearby_divisor(1999999998, 7), _nearby_divisor(2**61 - 1, 10**9)
+    (10, 6, 1)
+    """
+    for step in range(min(max(near, 1), steps)):
+        for d in (near - step, near + step):
+            if 1 <= d <= n and n % d == 0:
+                return d
+    return 1
 
 
 # --8<-- [start:presets]

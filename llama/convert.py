@@ -81,6 +81,25 @@ def _check_shapes(sd: dict[str, torch.Tensor], config: ModelConfig, where: str) 
 # --8<-- [end:shapes]
 
 
+def _check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
+    """Refuse a config with more layers than ``tensors``, the number of tensors a file holds, can make.
+
+    Each layer has nine weights (two norms, four attention projections, three feed-forward
+    ones) and the model two more (embedding, final norm): a file that declares 2e7 layers but
+    holds 20 tensors is refused here, before a table of names is made for every declared layer
+    (which took a minute, then ran out of memory).
+
+    >>> _check_layer_count(ModelConfig(dim=8, n_layers=3, n_heads=2, vocab_size=5), 11, "model.gguf")
+    Traceback (most recent call last):
+    ...
+    ValueError: model.gguf declares 3 layers, which have at least 29 tensors, but it holds 11: its sizes and its tensors disagree
+    """
+    least = 9 * config.n_layers + 2
+    if tensors < least:
+        raise ValueError(f"{where} declares {config.n_layers} layers, which have at least {least} tensors, but it "
+                         f"holds {tensors}: its sizes and its tensors disagree")
+
+
 # --8<-- [start:to_hf]
 def llama_to_hf_state_dict(sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename our weights to Hugging Face's and reorder ``wq``/``wk`` rows for half-split RoPE.

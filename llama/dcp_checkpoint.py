@@ -31,7 +31,7 @@ import torch
 from llama._files import make_temp_dir
 from llama.config import ModelConfig
 from llama.distributed import Dist, on_rank0
-from llama.model import Transformer
+from llama.model import Transformer, _check_before_building
 
 __all__ = ["is_sharded_checkpoint", "save_sharded", "load_sharded", "read_sharded"]
 
@@ -161,8 +161,6 @@ def read_sharded(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     Raises:
         ValueError: ``path`` is not a checkpoint folder of a ``--parallel fsdp`` run.
     """
-    import dataclasses
-
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
@@ -170,9 +168,17 @@ def read_sharded(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     if not is_sharded_checkpoint(path):
         raise ValueError(f"{path} is not a sharded checkpoint (a folder with state.json and model/); "
                          "give a checkpoints/step-NNNNNNN folder of a --parallel fsdp run")
-    config = ModelConfig.from_dict(json.loads((path / "state.json").read_text())["model_config"])
-    if max_seq_len is not None:  # only the RoPE tables depend on it, and they are not saved
-        config = dataclasses.replace(config, max_seq_len=max_seq_len)
+    try:
+        fields = json.loads((path / "state.json").read_text())["model_config"]
+        if max_seq_len is not None:  # only the RoPE tables depend on it, and they are not saved
+            fields = {**fields, "max_seq_len": max_seq_len}
+        config = ModelConfig.from_dict(fields)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'state.json'}: {err}") from None
+    # The shapes the shards' headers record, compared with the config before the model is built.
+    stored = HuggingFaceStorageReader(str(path / "model")).read_metadata().state_dict_metadata
+    _check_before_building(config, {name: tuple(m.size) for name, m in stored.items() if hasattr(m, "size")},
+                          path / "model", dtype=dtype)
     model = Transformer(config)
     weights = model.state_dict()
     if config.tie_embeddings:

@@ -11,6 +11,7 @@ functions, so another way of spreading a model over processes can be added here 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "local_part", "all_finite", "on_rank0",
+__all__ = ["RENDEZVOUS_TIMEOUT", "Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "local_part", "all_finite", "on_rank0",
            "broadcast_from_rank0"]
 
 
@@ -65,8 +66,47 @@ def setup() -> Dist:
         device = torch.device("cpu")
     owns = env["WORLD_SIZE"] > 1 and not torch.distributed.is_initialized()
     if owns:  # torchrun's MASTER_ADDR and MASTER_PORT say where the ranks meet
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join_group("nccl" if device.type == "cuda" else "gloo", env)
     return Dist(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], device, owns)
+
+
+#: Seconds the processes of a run have to find each other before :func:`setup` gives up. torchrun
+#: starts them together, so they meet within the seconds torch takes to import; without it, a
+#: ``WORLD_SIZE`` left in the environment made a lone process wait for the others forever.
+RENDEZVOUS_TIMEOUT = 120.0
+
+
+def _join_group(backend: str, env: dict[str, int]) -> None:
+    """Join the process group, waiting at most :data:`RENDEZVOUS_TIMEOUT` seconds for the other ranks.
+
+    Only the meeting has this deadline: the group's collectives keep torch's own, longer one,
+    since rank 0 may work for minutes (a tokenizer, a checkpoint) while the others wait.
+
+    Raises:
+        ValueError: no rendezvous address, or not every rank came in time; the message names
+            the variables and the two ways out (torchrun, or unsetting them).
+    """
+    from torch.distributed.constants import default_pg_timeout
+
+    world, rank = env["WORLD_SIZE"], env["RANK"]
+    given = f"WORLD_SIZE={world} and RANK={rank} are set (this process is rank {rank} of {world})"
+    fix = (f"start the run with `torchrun --nproc_per_node {world} $(which llama) train ...`, or unset WORLD_SIZE "
+           "and RANK (left over from another run?) to train in one process")
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise ValueError(f"{given}, but not {' and '.join(missing)}, which say where the processes meet: {fix}")
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        store, rank, world = next(torch.distributed.rendezvous(
+            "env://", timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT)))
+    except (RuntimeError, ValueError) as err:  # torch's DistStoreError is a RuntimeError
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{given}, but the other processes did not all meet at {where} within "
+                         f"{RENDEZVOUS_TIMEOUT:.0f} s ({reason}): {fix}") from None
+    store.set_timeout(default_pg_timeout)
+    # The prefix init_process_group gives a store it makes itself: torchrun's store has other users.
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore("default_pg", store),
+                                         rank=rank, world_size=world)
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 # --8<-- [start:cached_download]
 def cached_download(url: str, sha256: str, filename: str | None = None,
-                    directory: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
+                    directory: str | os.PathLike | None = None, timeout: float = 30.0,
+                    max_time: float = 600.0) -> Path:
     """Return the path of ``url``'s file in the cache, downloading it first if needed.
 
     Args:
@@ -70,10 +72,13 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
             downloaded again, a download that does not match is an error.
         filename: name in the cache (default: the last part of the URL).
         directory: the cache folder (default :func:`cache_dir`).
-        timeout: seconds to wait for the server.
+        timeout: seconds to wait for the server, at the start and for each piece of the file.
+        max_time: seconds the whole download may take. ``timeout`` alone bounds each read, so a
+            server that trickles a byte now and then would never time out.
 
     Raises:
-        DownloadError: the download failed (the message names the URL and the reason).
+        DownloadError: the download failed or took longer than ``max_time`` (the message names
+            the URL and the reason).
         ValueError: the downloaded bytes do not have the expected sha256 (nothing is kept).
     """
     directory = Path(directory) if directory is not None else cache_dir()
@@ -85,14 +90,22 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
     os.fchmod(fd, default_mode())  # mkstemp's 0600 would stay on the cached file
     try:
-        h = hashlib.sha256()
+        h, deadline, received = hashlib.sha256(), time.monotonic() + max_time, 0
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while block := response.read(1 << 20):
+                    # read1 returns what has arrived (read waits for a whole block), so the
+                    # deadline is checked between pieces of any size.
+                    while block := response.read1(1 << 20):
                         h.update(block)
                         out.write(block)
+                        received += len(block)
+                        if time.monotonic() > deadline:
+                            raise DownloadError(f"could not download {url}: only {received:,} bytes arrived in "
+                                                f"{max_time:g} s (max_time); the server is too slow, try again later")
             except (urllib.error.URLError, OSError) as err:
+                if isinstance(err, DownloadError):
+                    raise
                 reason = getattr(err, "reason", err)
                 raise DownloadError(f"could not download {url}: {reason}") from None
         if h.hexdigest() != sha256:

@@ -30,7 +30,7 @@ import torch
 
 from llama._files import atomic_write, open_for_reading
 from llama.config import ModelConfig
-from llama.convert import expected_shapes
+from llama.convert import _check_layer_count, expected_shapes
 from llama.gguf_quant import from_ggml_blocks, to_ggml_blocks
 from llama.quantize import dequantize_tensor
 
@@ -285,8 +285,10 @@ def _field(reader, key: str, path: Path, required: bool = True):
 
 
 # --8<-- [start:read]
-def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+def read_gguf(path: str | os.PathLike, max_seq_len: int | None = None) -> tuple[ModelConfig, StateDict]:
     """Read a GGUF file of the ``llama`` architecture into our config and our weight names.
+
+    ``max_seq_len`` replaces the file's ``llama.context_length``.
 
     Returns:
         ``(config, state_dict)``: float32 or float16 tensors as stored (norms float32), a head
@@ -317,7 +319,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
             dim=meta["llama.embedding_length"], n_layers=meta["llama.block_count"],
             n_heads=meta["llama.attention.head_count"], n_kv_heads=meta["llama.attention.head_count_kv"],
             vocab_size=vocab_size, hidden_dim=meta["llama.feed_forward_length"],
-            max_seq_len=meta["llama.context_length"], rope_theta=_decimal(meta["llama.rope.freq_base"]),
+            max_seq_len=max_seq_len or meta["llama.context_length"], rope_theta=_decimal(meta["llama.rope.freq_base"]),
             norm_eps=_decimal(meta["llama.attention.layer_norm_rms_epsilon"]),
             tie_embeddings="output.weight" not in tensors)
     except (ValueError, TypeError) as err:
@@ -325,6 +327,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     if meta["llama.rope.dimension_count"] != config.head_dim:
         raise ValueError(f"{path}: llama.rope.dimension_count is {meta['llama.rope.dimension_count']}, but this "
                          f"model rotates whole heads of {config.head_dim} features (partial RoPE is not supported)")
+    _check_layer_count(config, len(tensors), path)  # before a name is made for every declared layer
     names = _names(config.n_layers)
     if config.tie_embeddings:
         del names["output.weight"]

@@ -77,9 +77,12 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     fields = dict(zip(LLAMA2C_HEADER, (int(x) for x in header)))
     shared = fields["vocab_size"] > 0  # negative vocab size = the file carries its own output head
     dim, hidden, n_layers, vocab = fields["dim"], fields["hidden_dim"], fields["n_layers"], abs(fields["vocab_size"])
-    config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
-                         vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
-                         tie_embeddings=shared)  # ModelConfig rejects impossible headers
+    try:  # ModelConfig rejects impossible headers, such as the first bytes of a text file
+        config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=fields["n_heads"], n_kv_heads=fields["n_kv_heads"],
+                             vocab_size=vocab, hidden_dim=hidden, max_seq_len=fields["seq_len"],
+                             tie_embeddings=shared)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a llama2.c checkpoint: its header {fields} describes no model ({err})") from None
     layout = llama2c_layout(config)
     n_floats = sum(copies * int(np.prod(shape)) for _, shape, copies in layout)
     if size != 28 + 4 * n_floats:
@@ -93,6 +96,7 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
         count = copies * int(np.prod(shape))
         raw[name] = data[offset: offset + count].view(copies, *shape)
         offset += count
+    _check_rope_tables(raw, config, fields, path)
     where = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", "wq": "attention.wq", "wk": "attention.wk",
              "wv": "attention.wv", "wo": "attention.wo", "w1": "feed_forward.w1", "w2": "feed_forward.w2",
              "w3": "feed_forward.w3"}
@@ -103,6 +107,25 @@ def read_llama2c(path: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
     sd["output.weight"] = sd["tok_embeddings.weight"] if shared else raw["output"][0]
     return config, sd
 # --8<-- [end:read_llama2c]
+
+
+def _check_rope_tables(raw: StateDict, config: ModelConfig, fields: dict, path: Path) -> None:
+    """Compare the RoPE tables stored in the file with the ones its header implies.
+
+    A header changed so that the file size still matches (fewer heads and a shorter context,
+    say) loads and generates other tokens. The tables, written by llama2.c's exporter from the
+    true head width and context, sit after every weight: a header that lies about any size
+    either moves them or changes their values, so they give it away.
+    """
+    half = config.head_dim // 2
+    freqs = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) * 2 / config.head_dim))
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
+    for name, table in (("rope_real", angles.cos()), ("rope_imag", angles.sin())):
+        stored = raw[name][0].double()
+        if not torch.allclose(stored, table, atol=1e-3, rtol=0):  # llama2.c computed them in float32
+            raise ValueError(f"{path}: its header {fields} disagrees with the RoPE tables stored in the file "
+                             "(they were written for other sizes): the header was changed, or the file is not "
+                             "a llama2.c export")
 
 
 
@@ -176,7 +199,7 @@ def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.Path
         for name, _, copies in llama2c_layout(config):
             if name in rope:
                 yield rope[name]
-            elif copies == 1:
+            elif name in ("tok_embeddings", "norm", "output"):  # not copies == 1: a one-layer model has one of each
                 yield state_dict[f"{ours[name]}.weight"]
             else:
                 yield from (state_dict[f"layers.{i}.{ours[name]}.weight"] for i in range(config.n_layers))

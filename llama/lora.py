@@ -212,7 +212,18 @@ def merge_into_base(model: nn.Module) -> nn.Module:
 
     The model is then an ordinary :class:`~llama.model.Transformer` again (its state dict has the
     base model's keys only), to save, convert or compile like any other. Returns ``model``.
+
+    Raises:
+        ValueError: a merged weight would hold NaN or infinity (an ``alpha`` of 1e30, say),
+            checked for every layer before any changes: a merged model is what gets written.
     """
+    for name, m in lora_modules(model).items():  # one layer's sum at a time, not a copy of every weight
+        with torch.no_grad():
+            bad = int((~torch.isfinite(m.weight + m.delta().to(m.weight.dtype))).sum())
+        if bad:
+            raise ValueError(f"merging the adapter would put NaN or infinity in {bad} values of {name}.weight "
+                             f"(alpha {m.config.alpha:g}, rank {m.config.rank}): the adapter is damaged or its lora_alpha "
+                             "is not a trained one's; nothing was merged")
     for name, m in lora_modules(model).items():
         parent, _, child = name.rpartition(".")
         m.merge()
@@ -285,7 +296,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base: str | Non
     refuse_to_overwrite(directory / "adapter_config.json", lambda p: json.loads(p.read_text())["peft_type"],
                         "an adapter's config")
     atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / "adapter_config.json", json.dumps(config, indent=2, allow_nan=False) + "\n")
     return directory
 # --8<-- [end:save_adapter]
 
@@ -318,6 +329,10 @@ def read_adapter(directory: str | os.PathLike, model_config) -> tuple[LoRAConfig
     ours = {peft: name for name, peft in _peft_names(model_config.n_layers).items()}
     tensors = {}
     for key, value in load_file(directory / "adapter_model.safetensors").items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{directory / 'adapter_model.safetensors'}: tensor {key} holds NaN or infinity in "
+                             f"{int((~torch.isfinite(value)).sum())} of its {value.numel()} values: the adapter is "
+                             "damaged, or saved from a run that diverged")
         module, _, ab = key.removesuffix(".weight").rpartition(".")
         if module not in ours or ab not in ("lora_A", "lora_B"):
             raise ValueError(f"{directory}: tensor {key} belongs to no projection of this model "

@@ -14,6 +14,7 @@ from torch import nn
 from llama.attention import Attention, KVCache, causal_mask
 from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
+from llama.convert import _check_layer_count
 from llama.feed_forward import FeedForward
 from llama.gguf_quant import quantization_scheme
 from llama.linear import Linear
@@ -222,12 +223,14 @@ class Transformer(nn.Module):
                 plain weights, or tensors whose shapes contradict the config.
         """
         if is_quantized_checkpoint(path):  # written by llama.quantize.save_quantized
-            config, scheme, sd = read_quantized(path)
+            config, scheme, sd = read_quantized(path, max_seq_len)
         else:
             config, sd = read_checkpoint(path, max_seq_len)
             scheme = quantization_scheme(sd)  # a GGUF file's Q8_0/Q4_0 layers, or None
         if max_seq_len is not None:
             config = dataclasses.replace(config, max_seq_len=max_seq_len)
+        # The config came from a file: its sizes are compared with the tensors before they size anything.
+        _check_before_building(config, {k: tuple(v.shape) for k, v in sd.items()}, path, scheme, dtype)
         model = cls(config).to(dtype)
         if scheme is not None:
             quantized_layout(model, scheme)  # empty integer layers, filled from sd just below
@@ -249,6 +252,54 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str | os.PathLike,
+                          scheme: dict | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """Compare the tensors a file holds with the model its config describes, and that model with this
+    machine's memory, before the model is built.
+
+    A config is data from a file. Building the model first, then loading the tensors into it,
+    let a ``quantized.json`` or a sharded checkpoint's ``state.json`` that declares a width of
+    40,960 make a model of 13-20 GB before any tensor was looked at. The comparison is made with
+    the model built on the ``meta`` device, which has every name, shape and dtype (quantized layers
+    too) and allocates nothing.
+
+    Args:
+        config: the sizes the file declares.
+        shapes: the shape of every tensor the file holds, by our names (a tied head left out).
+        where: the file or folder, for the messages.
+        scheme: the quantization scheme of the file's integer layers, or ``None``.
+        dtype: the dtype the model's float tensors will have.
+
+    Raises:
+        ValueError: a tensor missing, unexpected or of another shape than the config implies, or
+            a model (with its RoPE tables) larger than this machine's memory.
+    """
+    _check_layer_count(config, len(shapes), str(where))  # before a module is made for every declared layer
+    with torch.device("meta"):
+        skeleton = Transformer(config)
+        if scheme is not None:
+            quantized_layout(skeleton, scheme)
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    if config.tie_embeddings:  # the embedding's own tensor, whether a file repeats it or not
+        expected.pop("output.weight", None)
+        shapes = {name: shape for name, shape in shapes.items() if name != "output.weight"}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}: the "
+                         "tensors are not those of the model its config describes")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"{where}: tensor {name} has shape {tuple(shapes[name])} but the config implies {shape}")
+    tensors = {id(t): t for t in (*skeleton.parameters(), *skeleton.buffers())}.values()
+    need = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in tensors)
+    rope = 2 * skeleton.rope_cos.numel() * dtype.itemsize
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > available:
+        raise ValueError(f"{where}: the model it describes needs {need / 1e9:,.1f} GB of memory ({rope / 1e9:,.1f} GB "
+                         f"of them for the RoPE tables of max_seq_len={config.max_seq_len}), more than the "
+                         f"{available / 1e9:,.1f} GB of this machine; a shorter --max-seq-len makes the tables smaller")
 
 
 # --8<-- [start:count]

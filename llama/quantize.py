@@ -299,8 +299,9 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
     sd = {name: t.detach().contiguous().clone() for name, t in sd.items()}
     meta = {"format": "llama-from-scratch quantized", "version": 1, "config": model.config.to_dict(),
             "quantization": scheme}
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"  # NaN and Infinity are not JSON
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / SCHEME_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / SCHEME_FILE, text)
 
 
 def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
@@ -311,8 +312,13 @@ def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_quantized(directory: str | os.PathLike) -> tuple[ModelConfig, dict, dict[str, torch.Tensor]]:
+def read_quantized(directory: str | os.PathLike, max_seq_len: int | None = None
+                   ) -> tuple[ModelConfig, dict, dict[str, torch.Tensor]]:
     """Read a folder written by :func:`save_quantized`: ``(config, scheme, state_dict)``.
+
+    ``max_seq_len`` replaces the context length stored in ``quantized.json``. The tensors are
+    not compared with the config here: :meth:`llama.model.Transformer.from_pretrained` does
+    that, before it builds the model.
 
     Raises:
         FileNotFoundError: a file of the folder is missing.
@@ -326,10 +332,15 @@ def read_quantized(directory: str | os.PathLike) -> tuple[ModelConfig, dict, dic
     with open_for_reading(path) as f:
         try:
             meta = json.loads(f.read().decode("utf-8"))
-            config, scheme = ModelConfig.from_dict(meta["config"]), meta["quantization"]
+            fields = dict(meta["config"], **({"max_seq_len": max_seq_len} if max_seq_len is not None else {}))
+            scheme = meta["quantization"]
             bits, group_size, head = scheme["bits"], scheme["group_size"], scheme["head"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a quantized checkpoint's description (truncated?): {err!r}") from None
+    try:
+        config = ModelConfig.from_dict(fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
     if bits not in _QMAX or not (group_size is None or isinstance(group_size, int)) or not isinstance(head, bool):
         raise ValueError(f"{path}: unknown quantization scheme {scheme}; expected bits 8 or 4, an integer "
                          "group_size or null, and a true/false head")

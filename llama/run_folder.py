@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunLock", "check_out", "remove_partial", "remove_new_run", "kept_after_stop"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunLock", "check_out", "latest_name", "remove_partial", "remove_new_run",
+           "kept_after_stop"]
 
 #: The lock file inside a run folder.
 LOCK_NAME = ".lock"
@@ -140,6 +142,35 @@ RUN_FILES = ("run.json", "tokenizer.json", "tokenizer.model", "data", "log.jsonl
              "samples.txt")
 
 
+def latest_name(root: Path) -> str | None:
+    """The checkpoint folder that ``root/latest`` names (``step-0000004``), or ``None`` with no ``latest`` yet.
+
+    ``latest`` is a text file, and a person may have written it. The name is resolved: written
+    with a trailing slash (``step-0000004/``, as tab completion writes it) or as a path that
+    leads to the same folder, it is that folder. It must be a ``step-N`` folder directly in
+    ``root``: an absolute path to another run's checkpoint, ``..`` or a link out of ``root``
+    would make a run resume from outside its ``--out``.
+
+    Raises:
+        ValueError: ``latest`` cannot be read, or names anything else (the message lists the
+            run's checkpoints).
+    """
+    pointer = root / "latest"
+    if not pointer.exists() and not pointer.is_symlink():
+        return None
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {pointer} ({err}); write into it the name of the checkpoint to resume "
+                         "from (e.g. step-0000004)") from None
+    resolved = (root / text).resolve() if text else None
+    if resolved is None or resolved.parent != root.resolve() or not re.fullmatch(r"step-\d+", resolved.name):
+        found = sorted(p.name for p in root.glob("step-*")) or ["none"]
+        raise ValueError(f"{pointer} names {text!r}, which is not a checkpoint of this run (a step-N folder in "
+                         f"{root}; it has: {', '.join(found)}); write the name of the one to resume from into it")
+    return resolved.name
+
+
 # --8<-- [start:remove_partial]
 def remove_partial(out: Path) -> None:
     """Remove what a process killed while writing leaves in a run folder (held under its lock).
@@ -147,11 +178,14 @@ def remove_partial(out: Path) -> None:
     That is a checkpoint's temporary folder (``checkpoints/.step-*``), a checkpoint that
     ``latest`` does not name (renamed into place, but the process died before ``latest``
     changed, or before the older one was pruned), and the temporary files of atomic writes.
+    A checkpoint is removed only when ``latest`` names a complete one: with a ``latest``
+    that cannot be read (an error, :func:`latest_name`) or names a missing folder, every
+    checkpoint stays.
     """
     root = out / "checkpoints"
-    pointer = root / "latest"
-    latest = pointer.read_text().strip() if pointer.is_file() else None
-    for folder in (*root.glob(".step-*"), *(p for p in root.glob("step-*") if p.name != latest)):
+    latest = latest_name(root)
+    complete = latest is None or (root / latest / "state.json").is_file()
+    for folder in (*root.glob(".step-*"), *(p for p in root.glob("step-*") if complete and p.name != latest)):
         shutil.rmtree(folder, ignore_errors=True)
     for folder in (out, root, out / "data", out / "model", out / "adapter"):
         for tmp in folder.glob(".*.tmp"):  # the names of llama._files.atomic_write's temporary files

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from llama._files import atomic_write_bytes, open_for_reading
-from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
+from llama.bpe import BPETokenizer
+from llama.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN
 from llama.spm import SentencePieceTokenizer
 
 __all__ = [

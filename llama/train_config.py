@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llama.config import PRESETS, ModelConfig
+from llama.config import MAX_SEQ_LEN, PRESETS, ModelConfig
 
 if TYPE_CHECKING:
     from llama.lora import LoRAConfig
@@ -172,6 +172,9 @@ class TrainConfig:
             raise ValueError("LoRA fine-tuning trains a few small adapters: use --parallel ddp, not fsdp")
         if self.dtype not in ("auto", "float32", "bfloat16"):  # llama.precision.DTYPES (without importing torch)
             raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.max_seq_len is not None and self.max_seq_len > MAX_SEQ_LEN:
+            raise ValueError(f"--max-seq-len must be a number of positions from 1 to {MAX_SEQ_LEN:,} (2**20), got "
+                             f"{self.max_seq_len}: the model's RoPE tables are made for every position")
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:
             raise ValueError(
                 f"--block-size {self.block_size} is larger than --max-seq-len {self.max_seq_len}: the "

@@ -35,6 +35,7 @@ from llama._files import atomic_write_bytes, atomic_write_text, default_mode, ma
 from llama.data import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.download import sha256_file
 from llama.model import Transformer
+from llama.run_folder import latest_name
 from llama.train_config import TrainConfig, check_memory, model_config
 
 __all__ = [
@@ -290,11 +291,16 @@ def publish_checkpoint(tmp: Path, root: Path, name: str) -> Path:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint folder ``out/checkpoints/latest`` names, or ``None`` if there is none yet."""
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.is_file():
+    """The checkpoint folder ``out/checkpoints/latest`` names, or ``None`` if there is none yet.
+
+    Raises:
+        ValueError: ``latest`` names something other than a complete checkpoint of this run
+            (:func:`llama.run_folder.latest_name`).
+    """
+    name = latest_name(out / "checkpoints")
+    if name is None:
         return None
-    path = out / "checkpoints" / pointer.read_text().strip()
+    pointer, path = out / "checkpoints" / "latest", out / "checkpoints" / name
     if not (path / "state.json").is_file():
         raise ValueError(f"{pointer} names {path.name}, which is missing or incomplete; delete {pointer} to restart")
     return path

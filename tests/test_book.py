@@ -202,3 +202,15 @@ def test_indented_fence_is_dedented_before_running():
     for example in document:
         example.evaluate()
     assert document.namespace["z"] == 1
+
+
+def test_every_row_of_the_failures_page_names_tests_that_exist():
+    """book/failures.md: each row's last column names the test files that keep it true."""
+    rows = [line for line in (BOOK / "failures.md").read_text("utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| what goes wrong") and not line.startswith("| ---")]
+    assert len(rows) > 40
+    for row in rows:
+        named = re.findall(r"`(tests/[\w/]+\.py)`", row.rstrip(" |").rsplit(" | ", 1)[-1])
+        assert named, f"a row of book/failures.md names no test: {row}"
+        missing = [path for path in named if not (REPO / path).is_file()]
+        assert not missing, f"book/failures.md names {missing}, which do not exist: {row}"

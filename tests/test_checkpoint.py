@@ -422,7 +422,7 @@ def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="output.weight differs from tok_embeddings.weight"):
         save_llama2c(sd, ModelConfig(**GQA_TINY, tie_embeddings=True), path)
     with pytest.raises(ValueError, match="32-bit ints"):
-        save_llama2c(sd, ModelConfig(**{**GQA_TINY, "max_seq_len": 2**26}), path)
+        save_llama2c(sd, ModelConfig(**{**GQA_TINY, "vocab_size": 2**25}), path)  # vocab_size * dim = 2**31
     assert not path.exists() and os.listdir(tmp_path) == []  # refused before anything was written
 
 

@@ -186,7 +186,7 @@ def test_generate_checks_flags_before_loading_and_prints_nothing_on_error(tmp_pa
     for flags, message in ((["-n", "-1"], "--max-new-tokens must be 0 or more, got -1"),
                            (["--ids", "1", "-3"], "--ids takes token ids, which are 0 or more; got -3"),
                            (["--stop-id", "-1"], "--stop-id takes token ids, which are 0 or more; got -1"),
-                           (["--max-seq-len", "0"], "--max-seq-len must be positive, got 0"),
+                           (["--max-seq-len", "0"], "--max-seq-len must be a number of positions from 1 to 1,048,576 (2**20), got 0"),
                            (["--temperature", "nan"], "temperature must be >= 0 and finite, got nan"),
                            (["--temperature", "1", "--min-p", "nan"], "min_p must be in [0, 1], got nan")):
         assert main(["generate", missing, *flags]) == 2

@@ -13,8 +13,8 @@ from llama import PRESETS, ModelConfig, RopeScaling
     (dict(dim=72, n_heads=8), "head_dim = dim / n_heads = 9 is odd"),
     (dict(dim=64, n_heads=8, vocab_size=0), "vocab_size must be a positive integer"),
     (dict(dim=64, n_heads=8, n_layers=2.5), "n_layers must be a positive integer"),
-    (dict(dim=64, n_heads=8, rope_theta=-1.0), "rope_theta must be positive"),
-    (dict(dim=64, n_heads=8, norm_eps=0.0), "norm_eps must be positive"),
+    (dict(dim=64, n_heads=8, rope_theta=-1.0), "rope_theta must be a finite number above 1"),
+    (dict(dim=64, n_heads=8, norm_eps=0.0), "norm_eps must be a finite number between 0 and 1"),
 ])
 def test_invalid_configs_explain_the_fix(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -22,6 +22,7 @@ from llama.cli import main as cli_main
 from llama.run_folder import RunLock
 from llama.train import train
 from llama.train_config import TrainConfig
+from llama.train_state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4",
@@ -150,6 +151,46 @@ def test_orphans_of_a_killed_run_are_removed_on_the_next_start(tmp_path, text):
     assert not list(out.glob(".*.tmp"))
 
 
+# ------------------------------------------------------------------------------ checkpoints/latest
+def test_a_latest_written_with_a_trailing_slash_resumes_from_that_checkpoint(tmp_path, capsys, text):
+    # Tab completion writes "step-0000004/": the run's only checkpoint was deleted as an orphan.
+    out = tmp_path / "run"
+    train(tiny_config(out, text))
+    (out / "checkpoints" / "latest").write_text("step-0000004/\n")
+    code, err = train_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6")
+    assert code == 0, err
+    assert [r["step"] for r in read_log(out / "log.jsonl") if not r.get("final")] == [2, 4, 6]  # resumed at 4
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000006"
+
+
+@pytest.mark.parametrize("written", ["ABSOLUTE", "../../other/checkpoints/step-0000004", "step-0000004/../../.."])
+def test_a_latest_that_leads_out_of_the_run_is_refused_and_nothing_is_deleted(tmp_path, capsys, text, written):
+    # An absolute path to another run resumed from outside --out and deleted the run's own checkpoint.
+    other, out = tmp_path / "other", tmp_path / "run"
+    train(tiny_config(other, text))
+    train(tiny_config(out, text))
+    pointer = out / "checkpoints" / "latest"
+    pointer.write_text(str(other / "checkpoints" / "step-0000004") if written == "ABSOLUTE" else written)
+    before, before_other = snapshot(out), snapshot(other)
+    code, err = train_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{pointer} names" in err and "which is not a checkpoint of this run" in err
+    assert "it has: step-0000004" in err and "write the name of the one to resume from into it" in err
+    del before[".lock"]
+    after = snapshot(out)
+    after.pop(".lock", None)
+    assert after == before and snapshot(other) == before_other
+
+
+def test_a_latest_that_names_a_missing_checkpoint_deletes_none(tmp_path, capsys, text):
+    out = tmp_path / "run"
+    train(tiny_config(out, text))
+    (out / "checkpoints" / "latest").write_text("step-0000009\n")
+    code, err = train_cli(capsys, "--out", str(out), "--resume", "--max-steps", "6")
+    assert code == 2 and "names step-0000009, which is missing or incomplete" in err
+    assert (out / "checkpoints" / "step-0000004" / "state.json").is_file()
+
+
 # ------------------------------------------------------------------------------- a stray tokenizer
 def test_resume_refuses_a_tokenizer_that_is_not_the_runs(tmp_path, capsys, text):
     from llama.bpe import BPETokenizer
@@ -246,8 +287,12 @@ def test_resume_from_a_truncated_checkpoint(tmp_path, capsys, text):
 def test_a_context_too_long_for_memory_is_refused_before_allocating(tmp_path, capsys, text):
     code, err = train_cli(capsys, "--data", str(text), "--out", str(tmp_path / "run"), *TINY, "--max-steps", "1",
                           "--max-seq-len", "1000000000000")
-    assert code == 2 and "this run needs at least 32.0 TB of memory" in err
-    assert "32.0 TB for the RoPE tables of --max-seq-len 1000000000000" in err
+    assert code == 2 and "--max-seq-len must be a number of positions from 1 to 1,048,576 (2**20)" in err
+    # Within that ceiling, a run is still measured against the machine's memory.
+    code, err = train_cli(capsys, "--data", str(text), "--out", str(tmp_path / "run"), *TINY, "--max-steps", "1",
+                          "--max-seq-len", "1048576", "--dim", "131072", "--n-heads", "1")
+    assert code == 2 and "this run needs at least" in err
+    assert "549.8 GB for the RoPE tables of --max-seq-len 1048576" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -1,0 +1,121 @@
+"""Tampered files, odd environment variables and binary input: each once ended in a traceback
+(or a misleading sentence) and now ends in one line naming the file, flag or variable, what is
+wrong and what to do, with exit code 2 and nothing of the user's changed."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers import random_model
+
+from llama import ModelConfig
+from llama.cli import main
+
+TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """``llama ARGV`` must exit 2 with one line on stderr; returns the line."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    return captured.err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    path = tmp_path / "source"
+    random_model(ModelConfig(**TINY)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    rng = random.Random(0)
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(rng.choice("the king and queen of denmark".split()) for _ in range(2000)) + "\n")
+    return path
+
+
+def sharded_folder(path: Path) -> Path:
+    """A checkpoint folder as a --parallel fsdp run writes it (state.json + model/), tiny tensors."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    model = random_model(ModelConfig(**TINY))
+    path.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP's note that it saves without a process group
+        dcp.save(model.state_dict(), storage_writer=HuggingFaceStorageWriter(str(path / "model"), save_distributed=True),
+                 no_dist=True)
+    (path / "state.json").write_text(json.dumps({"step": 4, "model_config": model.config.to_dict()}))
+    return path
+
+
+def quantized_folder(path: Path, bits: int = 8, group_size: int | None = 16) -> Path:
+    from llama.quantize import quantize, save_quantized
+
+    model = random_model(ModelConfig(**TINY))
+    save_quantized(quantize(model, bits, group_size), path)
+    return path
+
+
+# ------------------------------------------------------------------------------- the environment
+TRAIN = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",
+         "--max-steps", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("RANK", "abc", "the environment variable RANK='abc' must be a whole number of at least 0: start the run with "
+                    "torchrun, which sets it, or unset RANK to train in one process"),
+    ("LOCAL_WORLD_SIZE", "0", "the environment variable LOCAL_WORLD_SIZE='0' must be a whole number of at least 1"),
+    ("WORLD_SIZE", "0", "the environment variable WORLD_SIZE='0' must be a whole number of at least 1"),
+    ("LOCAL_RANK", "3", "LOCAL_RANK=3 and LOCAL_WORLD_SIZE=1 disagree (LOCAL_RANK must be below LOCAL_WORLD_SIZE)"),
+])
+def test_torchrun_variables_that_are_not_numbers_a_launcher_sets(tmp_path, capsys, monkeypatch, text, name, value,
+                                                                 message):
+    monkeypatch.setenv(name, value)
+    err = refused(capsys, ["train", "--data", str(text), "--out", str(tmp_path / "run"), *TRAIN])
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------- the command line
+def test_a_temperature_so_small_it_overflows_the_logits(capsys, source):
+    err = refused(capsys, ["generate", str(source), "--ids", "1", "2", "-n", "2", "--temperature", "1e-45"])
+    assert "temperature must be 0 (greedy) or at least 0.0001, got 1e-45: dividing the logits by less overflows them" in err
+    assert main(["generate", str(source), "--ids", "1", "2", "-n", "2", "--temperature", "1e-4", "--seed", "0"]) == 0
+
+
+@pytest.mark.parametrize("method, output", [("bpe", "tok.json"), ("sentencepiece", "tok.model")])
+def test_a_binary_file_to_tokenize_train(tmp_path, capsys, method, output):
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    err = refused(capsys, ["tokenize", "train", str(binary), "--vocab-size", "300", "-o", str(tmp_path / output),
+                           "--method", method])
+    assert f"{binary} is not UTF-8 text (byte 0x89 at offset 0 is not UTF-8): give a text file" in err
+    assert not (tmp_path / output).exists()
+
+
+# ------------------------------------------------------------------------------------ the base model
+def test_finetune_of_a_quantized_or_sharded_base_says_what_it_is(tmp_path, capsys, text):
+    quantized = quantized_folder(tmp_path / "quantized")
+    before = snapshot(quantized)
+    err = refused(capsys, ["finetune", "--base", str(quantized), "--data", str(text), "--out", str(tmp_path / "a")])
+    assert "unknown" not in err
+    assert f"--base {quantized} is a quantized checkpoint: LoRA fine-tunes float weights; give --base the float " \
+           "checkpoint it was quantized from" in err
+    sharded = sharded_folder(tmp_path / "step-0000004")
+    err = refused(capsys, ["finetune", "--base", str(sharded), "--data", str(text), "--out", str(tmp_path / "b")])
+    assert "unknown" not in err
+    assert f"convert it into one folder first (llama convert {sharded} BASE --to hf), then give --base BASE" in err
+    assert snapshot(quantized) == before and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -119,3 +119,101 @@ def test_finetune_of_a_quantized_or_sharded_base_says_what_it_is(tmp_path, capsy
     assert "unknown" not in err
     assert f"convert it into one folder first (llama convert {sharded} BASE --to hf), then give --base BASE" in err
     assert snapshot(quantized) == before and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------ adapters
+def adapter_folder(folder: Path) -> Path:
+    import torch
+
+    from llama.lora import LoRAConfig, add_lora, save_adapter
+
+    model = random_model(ModelConfig(**TINY))
+    add_lora(model, LoRAConfig(rank=2, alpha=8.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a trained adapter: B is no longer zero
+    return save_adapter(model, folder)
+
+
+def edit_config(folder: Path, **fields) -> None:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, **fields}))
+
+
+def replace_tensor(folder: Path, part: str, shape: tuple[int, ...]) -> str:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "adapter_model.safetensors")
+    key = next(k for k in sorted(tensors) if part in k)
+    tensors[key] = torch.zeros(shape)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    return key
+
+
+def generate_with(source: Path, adapter: Path) -> list[str]:
+    return ["generate", str(source), "--adapter", str(adapter), "--ids", "1", "2", "-n", "2"]
+
+
+def test_a_damaged_adapter_is_named_with_what_is_wrong(tmp_path, capsys, source):
+    folder = adapter_folder(tmp_path / "adapter")
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    err = refused(capsys, generate_with(source, folder))
+    assert f"could not read {weights}: it is truncated or not a safetensors file" in err
+    assert "save the adapter again, or copy it whole" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "adapter_config.json holds a JSON list, not an object of settings"),
+    ("{", "adapter_config.json is not JSON"),
+    (None, "adapter_config.json: lora_alpha must be a number, got null: write the adapter's value (e.g. 16), without quotes"),
+    ('"16"', 'adapter_config.json: lora_alpha must be a number, got "16"'),
+    ("[16]", "adapter_config.json: lora_alpha must be a number, got [16]"),
+])
+def test_an_adapter_config_of_the_wrong_type(tmp_path, capsys, source, content, message):
+    folder = adapter_folder(tmp_path / "adapter")
+    if content in ("[1, 2]", "{"):
+        (folder / "adapter_config.json").write_text(content)
+    else:
+        edit_config(folder, lora_alpha=None if content is None else json.loads(content))
+    before = snapshot(folder)
+    err = refused(capsys, generate_with(source, folder))
+    assert f"{folder / 'adapter_config.json'}" in err and message in err
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("part, shape, message", [
+    ("q_proj.lora_B", (31, 2), "self_attn.q_proj.lora_B.weight has shape [31, 2] but layers.0.attention.wq of this "
+                               "model takes [32, rank]: the adapter does not fit this model (damaged, or made for another base model)"),
+    ("q_proj.lora_B", (7,), "has shape [7] but layers.0.attention.wq of this model takes [32, rank]"),
+    ("down_proj.lora_B", (33, 2), "has shape [33, 2] but layers.0.feed_forward.w2 of this model takes [32, rank]"),
+    ("up_proj.lora_A", (2, 31), "has shape [2, 31] but layers.0.feed_forward.w3 of this model takes [rank, 32]"),
+])
+def test_an_adapter_tensor_of_the_wrong_shape(tmp_path, capsys, source, part, shape, message):
+    folder = adapter_folder(tmp_path / "adapter")
+    replace_tensor(folder, part, shape)
+    err = refused(capsys, generate_with(source, folder))
+    assert f"{folder / 'adapter_model.safetensors'}: tensor " in err and message in err
+
+
+def test_an_adapter_file_that_is_a_link_is_followed_and_named_when_it_is_no_adapter(tmp_path, capsys, source):
+    # Hugging Face's cache keeps an adapter's files as links into its blobs/ folder, outside the
+    # adapter's own: a link is followed, as open() does. Only tensors come out of a safetensors
+    # file wherever it lies; a link to something else is refused, naming where it leads.
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    folder = adapter_folder(tmp_path / "snapshots" / "main")
+    (folder / "adapter_model.safetensors").rename(blobs / "0123abcd")
+    (folder / "adapter_model.safetensors").symlink_to(blobs / "0123abcd")
+    assert main(generate_with(source, folder)) == 0
+    capsys.readouterr()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password\n" * 100)
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.safetensors").symlink_to(secret)
+    err = refused(capsys, generate_with(source, folder))
+    assert f"could not read {folder / 'adapter_model.safetensors'} (a link to {secret}): it is truncated or not a " \
+           "safetensors file" in err
+    assert "password" not in err and secret.read_text() == "password\n" * 100

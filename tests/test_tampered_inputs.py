@@ -217,3 +217,33 @@ def test_an_adapter_file_that_is_a_link_is_followed_and_named_when_it_is_no_adap
     assert f"could not read {folder / 'adapter_model.safetensors'} (a link to {secret}): it is truncated or not a " \
            "safetensors file" in err
     assert "password" not in err and secret.read_text() == "password\n" * 100
+
+
+# -------------------------------------------------------------------------------- sharded checkpoints
+def damage_truncate(shard: Path) -> None:
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def damage_overwrite(shard: Path) -> None:
+    shard.write_bytes(b"not a shard\n" * 10)
+
+
+def damage_nan(shard: Path) -> None:
+    data = bytearray(shard.read_bytes())
+    data[-8:] = b"\xff" * 8  # the last two float32 values become NaN; the header is intact
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (damage_truncate, "cannot be read (Error while deserializing header: incomplete metadata, file not fully covered): "
+                      "a shard is missing, truncated or changed; load an earlier checkpoint, or delete this one"),
+    (damage_overwrite, "cannot be read (Error while deserializing header"),
+    (damage_nan, "holds NaN or infinity in 2 of its"),
+    (Path.unlink, "declares 1 layers, which have at least 11 tensors, but it holds 0"),  # handled before this round
+])
+def test_a_sharded_checkpoint_with_a_damaged_shard(tmp_path, capsys, damage, message):
+    folder = sharded_folder(tmp_path / "step-0000004")
+    (shard,) = (folder / "model").glob("*.safetensors")
+    damage(shard)
+    err = refused(capsys, ["generate", str(folder), "--ids", "1", "2", "-n", "2"])
+    assert str(folder / "model") in err and message in err

@@ -56,8 +56,11 @@ def _run_download(args) -> int:
 
     if args.list:
         for d in DATASETS.values():
-            found = find_data(d.filename)
-            print(f"{d.name:<17} {d.description}\n{'':<17} {found if found else 'not here yet'}")
+            try:
+                found = find_data(d.filename) or "not here yet"
+            except ValueError as err:  # one damaged copy: said on its line, and the list goes on
+                found = f"damaged: {err}"
+            print(f"{d.name:<17} {d.description}\n{'':<17} {found}")
         print(f"downloads go to {cache_dir()} (set LLAMA_CACHE_DIR to change it)")
         return 0
     if not args.names:

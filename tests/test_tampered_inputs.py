@@ -247,3 +247,43 @@ def test_a_sharded_checkpoint_with_a_damaged_shard(tmp_path, capsys, damage, mes
     damage(shard)
     err = refused(capsys, ["generate", str(folder), "--ids", "1", "2", "-n", "2"])
     assert str(folder / "model") in err and message in err
+
+
+# ---------------------------------------------------------------------------------------- downloads
+def test_download_list_goes_on_past_a_damaged_copy(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "stories260K.bin").write_bytes(b"an interrupted copy")
+    monkeypatch.setenv("LLAMA_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LLAMA_DATA_DIR", str(tmp_path / "none"))
+    assert main(["download", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"damaged: {cache / 'stories260K.bin'} is not the published stories260K.bin (its sha256 differs): " \
+           "remove it, then run `llama download stories260K`" in out
+    assert "tinyshakespeare" in out and "downloads go to" in out  # the entries after it are listed
+    assert (cache / "stories260K.bin").read_bytes() == b"an interrupted copy"
+
+
+def test_a_part_file_left_by_a_killed_download_is_removed_by_the_next(tmp_path):
+    import fcntl
+    import hashlib
+
+    from llama.download import cached_download
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".model.bin.k1ll3d.part"  # what a download killed by SIGKILL leaves
+    stale.write_bytes(b"weig")
+    busy = cache / ".model.bin.runn1n.part"  # a download in progress in another process holds its lock
+    other = cache / ".notes.txt.k1ll3d.part"  # another file's: not this download's to remove
+    other.write_bytes(b"x")
+    with open(busy, "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cached_download(source.as_uri(), digest, "model.bin", cache).read_bytes() == source.read_bytes()
+        assert not stale.exists() and busy.exists() and other.exists()
+    with pytest.raises(ValueError, match="nothing was kept"):  # a failed download leaves no part of its own
+        cached_download(source.as_uri(), "0" * 64, "again.bin", cache)
+    assert sorted(p.name for p in cache.iterdir()) == [".model.bin.runn1n.part", ".notes.txt.k1ll3d.part", "model.bin"]

@@ -287,3 +287,44 @@ def test_a_part_file_left_by_a_killed_download_is_removed_by_the_next(tmp_path):
     with pytest.raises(ValueError, match="nothing was kept"):  # a failed download leaves no part of its own
         cached_download(source.as_uri(), "0" * 64, "again.bin", cache)
     assert sorted(p.name for p in cache.iterdir()) == [".model.bin.runn1n.part", ".notes.txt.k1ll3d.part", "model.bin"]
+
+
+# --------------------------------------------------------------------------------------- run folders
+@pytest.fixture
+def run_folder(tmp_path, capsys, text) -> Path:
+    out = tmp_path / "trained"
+    assert main(["train", "--data", str(text), "--out", str(out), *TRAIN[:-3], "--max-steps", "2", "--eval-every", "2",
+                 "--eval-tokens", "256", "--sample-tokens", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    return out
+
+
+def edit_json(path: Path, value=None, **fields) -> None:
+    path.write_text(json.dumps(value if value is not None else {**json.loads(path.read_text()), **fields}))
+
+
+def edit_ids(path: Path) -> None:
+    import numpy as np
+
+    ids = np.load(path)
+    ids[5] = 60000
+    np.save(path, ids)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda out: edit_json(out / "run.json", [1]), "run.json is damaged (it holds a JSON list, not an object of settings)"),
+    (lambda out: edit_json(out / "checkpoints/step-0000002/state.json", [1]),
+     "state.json is damaged (ValueError('it holds a JSON list, not an object'))"),
+    (lambda out: edit_json(out / "checkpoints/step-0000002/state.json", step="2"),
+     "state.json is damaged (ValueError('step is \"2\", which is not what a checkpoint stores there'))"),
+    (lambda out: edit_json(out / "checkpoints/step-0000002/state.json", elapsed=None), "elapsed is null"),
+    (lambda out: edit_json(out / "checkpoints/step-0000002/state.json", rng=5), "rng is 5"),
+    (lambda out: edit_ids(out / "data/train.npy"), "train.npy holds the id 60000, outside the tokenizer's vocabulary of "
+                                                   "256 ids (or is not ids): it was changed; delete "),
+])
+def test_a_run_folder_whose_files_have_the_wrong_types(capsys, run_folder, edit, message):
+    edit(run_folder)
+    before = snapshot(run_folder)
+    err = refused(capsys, ["train", "--out", str(run_folder), "--resume", "--max-steps", "3"])
+    assert message in err
+    assert snapshot(run_folder) == before

@@ -328,3 +328,25 @@ def test_a_run_folder_whose_files_have_the_wrong_types(capsys, run_folder, edit,
     err = refused(capsys, ["train", "--out", str(run_folder), "--resume", "--max-steps", "3"])
     assert message in err
     assert snapshot(run_folder) == before
+
+
+# ------------------------------------------------------------------------------- quantized folders
+def test_a_quantized_folder_whose_group_size_or_scales_were_changed(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = quantized_folder(tmp_path / "q")
+    edit_json(folder / "quantized.json", quantization={"bits": 8, "group_size": 7, "head": True})
+    err = refused(capsys, ["generate", str(folder), "--ids", "1", "2", "-n", "2"])
+    assert f"{folder}: its quantization scheme does not fit the model: group_size=7" in err
+    assert "quantize the float model again" in err
+    # Handled before this round: scales of another shape, or a group size that divides the widths.
+    folder = quantized_folder(tmp_path / "q2")
+    edit_json(folder / "quantized.json", quantization={"bits": 8, "group_size": 8, "head": True})
+    err = refused(capsys, ["generate", str(folder), "--ids", "1", "2", "-n", "2"])
+    assert f"{folder}: tensor layers.0.attention.wq.scales has shape (32, 2) but the config implies (32, 4)" in err
+    folder = quantized_folder(tmp_path / "q3")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["layers.0.attention.wk.scales"] = tensors["layers.0.attention.wk.scales"][:, :1].contiguous()
+    save_file(tensors, folder / "model.safetensors")
+    err = refused(capsys, ["generate", str(folder), "--ids", "1", "2", "-n", "2"])
+    assert "tensor layers.0.attention.wk.scales has shape (32, 1) but the config implies (32, 2)" in err

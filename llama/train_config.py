@@ -244,14 +244,16 @@ def check_base(base: str) -> str:
         FileNotFoundError: nothing at ``base``.
         ValueError: a quantized or sharded checkpoint, or a format :mod:`llama.checkpoint` does not read.
     """
+    from pathlib import Path
+
     from llama.checkpoint import detect_format
-    from llama.dcp_checkpoint import is_sharded_checkpoint
     from llama.quantize import is_quantized_checkpoint
 
+    # llama.dcp_checkpoint.is_sharded_checkpoint's test, written here: that module imports this one.
     if is_quantized_checkpoint(base):
         raise ValueError(f"--base {base} is a quantized checkpoint: LoRA fine-tunes float weights; give --base the "
                          "float checkpoint it was quantized from (quantize the result afterwards if you like)")
-    if is_sharded_checkpoint(base):
+    if (Path(base) / "state.json").is_file() and (Path(base) / "model").is_dir():
         raise ValueError(f"--base {base} is a sharded checkpoint of a --parallel fsdp run: convert it into one "
                          f"folder first (llama convert {base} BASE --to hf), then give --base BASE")
     return detect_format(base)

@@ -56,8 +56,11 @@ def _run_download(args) -> int:
 
     if args.list:
         for d in DATASETS.values():
-            found = find_data(d.filename)
-            print(f"{d.name:<17} {d.description}\n{'':<17} {found if found else 'not here yet'}")
+            try:
+                found = find_data(d.filename) or "not here yet"
+            except ValueError as err:  # one damaged copy: said on its line, and the list goes on
+                found = f"damaged: {err}"
+            print(f"{d.name:<17} {d.description}\n{'':<17} {found}")
         print(f"downloads go to {cache_dir()} (set LLAMA_CACHE_DIR to change it)")
         return 0
     if not args.names:
@@ -68,6 +71,17 @@ def _run_download(args) -> int:
         path, fetched = download(name)
         print(f"{'downloaded' if fetched else 'already here, not downloaded:'} {path}")
     return 0
+
+
+def _utf8_text(path) -> str:
+    """The text of ``path``; a binary file (an image, a ``.npy``) is refused by name: Python's
+    message alone ("'utf-8' codec can't decode byte 0x80 ...") said neither which file nor what to do."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start:,} is not "
+                         "UTF-8): give a text file, or convert it first (iconv -t UTF-8)") from None
 
 
 def _add_tokenize(subparsers) -> None:
@@ -109,8 +123,8 @@ def _run_tokenize(args) -> int:
         if not source.is_file():
             raise FileNotFoundError(f"no training text at {source}")
         refuse_to_overwrite(args.output, load_tokenizer, "a tokenizer file")  # checked before training
+        text = _utf8_text(source)
         if args.method == "bpe":
-            text = source.read_text(encoding="utf-8")
             pattern = GPT2_PATTERN if args.pattern == "gpt2" else LLAMA3_PATTERN
             tok = BPETokenizer.train(text, args.vocab_size, special_tokens=args.special, pattern=pattern)
             tok.save(args.output)

@@ -67,12 +67,11 @@ def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bo
     """
     import dataclasses
 
-    from llama.checkpoint import detect_format
     from llama.finetune import base_tokenizer
     from llama.tokenizer import load_tokenizer
-    from llama.train_config import TrainConfig, base_config
+    from llama.train_config import TrainConfig, base_config, check_base
 
-    detect_format(args.base)  # a missing or unknown base fails here, before the tokenizer is looked for
+    check_base(args.base)  # a missing, unknown, quantized or sharded base fails here, before the tokenizer is looked for
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     given = set(values) - {"out"}
     values["tokenizer"] = str(values.get("tokenizer") or base_tokenizer(args.base))

@@ -165,6 +165,17 @@ class TokenData:
     val_bytes: int
 
 
+def _checked_ids(path: Path, vocab_size: int) -> np.ndarray:
+    """The ids of a reused ``.npy``, all below ``vocab_size``: an id beyond the vocabulary (the file
+    changed by hand, or by another tool) stopped training with an embedding's ``IndexError``."""
+    tokens = load_tokens(path)
+    if tokens.size and (tokens.dtype.kind not in "iu" or int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        bad = tokens.max() if tokens.dtype.kind in "iu" and tokens.min() >= 0 else tokens.min()
+        raise ValueError(f"{path} holds the id {bad}, outside the tokenizer's vocabulary of {vocab_size} ids "
+                         f"(or is not ids): it was changed; delete {path.parent} and the text is tokenized again")
+    return tokens
+
+
 def prepare_tokens(text_path: str | os.PathLike, tokenizer: Tokenizer, tokenizer_sha256: str,
                    directory: str | os.PathLike) -> TokenData:
     """Tokenize ``text_path`` into ``directory/{train,val}.npy`` unless already done.
@@ -179,8 +190,8 @@ def prepare_tokens(text_path: str | os.PathLike, tokenizer: Tokenizer, tokenizer
         meta = json.loads(meta_path.read_text())
         if (meta.get("text_sha256"), meta.get("tokenizer_sha256")) == (text_sha, tokenizer_sha256) \
                 and (directory / "train.npy").is_file() and (directory / "val.npy").is_file():
-            return TokenData(load_tokens(directory / "train.npy"), load_tokens(directory / "val.npy"),
-                             text_sha, meta["train_bytes"], meta["val_bytes"])
+            train, val = (_checked_ids(directory / f"{part}.npy", tokenizer.vocab_size) for part in ("train", "val"))
+            return TokenData(train, val, text_sha, meta["train_bytes"], meta["val_bytes"])
     data = read_text(text_path)
     train_text, val_text = split_bytes(data)
     if not val_text:

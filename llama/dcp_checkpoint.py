@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from llama._files import make_temp_dir
+from llama.checkpoint import check_finite
 from llama.config import ModelConfig
 from llama.distributed import Dist, on_rank0
 from llama.model import Transformer, _check_before_building
@@ -43,6 +44,21 @@ def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
         return (path / "state.json").is_file() and (path / "model").is_dir()
     except OSError:  # a folder this user may not enter: whoever reads it next says so
         return False
+
+
+@contextmanager
+def _damaged_shards(folder: Path):
+    """A shard deleted, truncated or overwritten ended in safetensors' or DCP's traceback, one per
+    rank (a ``CheckpointException`` that wraps every rank's): one line naming the folder instead."""
+    from safetensors import SafetensorError
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (SafetensorError, CheckpointException, OSError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the shards in {folder} cannot be read ({first[:200]}): a shard is missing, truncated or "
+                         "changed; load an earlier checkpoint, or delete this one") from None
 
 
 @contextmanager
@@ -141,7 +157,8 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     tensors = {k: v for k, v in optim.items() if isinstance(v, torch.Tensor)}
     with _quiet(alone):
         for part, values in (("model", weights), ("optimizer", tensors)):
-            dcp.load(values, storage_reader=HuggingFaceStorageReader(str(path / part)), no_dist=alone)
+            with _damaged_shards(path / part):
+                dcp.load(values, storage_reader=HuggingFaceStorageReader(str(path / part)), no_dist=alone)
     set_model_state_dict(model, weights)
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["optimizer_settings"].items()}
     set_optimizer_state_dict(model, optimizer, {**tensors, **settings},
@@ -176,14 +193,16 @@ def read_sharded(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / 'state.json'}: {err}") from None
     # The shapes the shards' headers record, compared with the config before the model is built.
-    stored = HuggingFaceStorageReader(str(path / "model")).read_metadata().state_dict_metadata
+    with _damaged_shards(path / "model"):
+        stored = HuggingFaceStorageReader(str(path / "model")).read_metadata().state_dict_metadata
     _check_before_building(config, {name: tuple(m.size) for name, m in stored.items() if hasattr(m, "size")},
                           path / "model", dtype=dtype)
     model = Transformer(config)
     weights = model.state_dict()
     if config.tie_embeddings:
         del weights["output.weight"]  # the embedding's own tensor: filled through it
-    with _quiet(True):
+    with _quiet(True), _damaged_shards(path / "model"):
         dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(path / "model")), no_dist=True)
+    check_finite(weights, path / "model")  # bytes changed inside a shard read as NaN, as in any checkpoint
     return model.to(dtype).eval()
 # --8<-- [end:read]

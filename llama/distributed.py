@@ -49,6 +49,30 @@ class Dist:
     owns_group: bool = False
 
 
+def _read_env() -> dict[str, int]:
+    """torchrun's four numbers, checked: ``RANK=abc`` or ``LOCAL_WORLD_SIZE=0`` (left by hand, or by
+    another launcher) once ended in a traceback from ``int()`` or a division by zero far from here.
+
+    Raises:
+        ValueError: a variable that is not a whole number, or numbers no launcher would set.
+    """
+    env = {}
+    for name, default, least in (("WORLD_SIZE", 1, 1), ("LOCAL_WORLD_SIZE", 1, 1), ("RANK", 0, 0), ("LOCAL_RANK", 0, 0)):
+        raw = os.environ.get(name, str(default))
+        try:
+            env[name] = int(raw)
+        except ValueError:
+            env[name] = least - 1  # reported just below, with the variable's text
+        if env[name] < least:
+            raise ValueError(f"the environment variable {name}={raw!r} must be a whole number of at least {least}: "
+                             f"start the run with torchrun, which sets it, or unset {name} to train in one process")
+    for rank, size in (("RANK", "WORLD_SIZE"), ("LOCAL_RANK", "LOCAL_WORLD_SIZE")):
+        if env[rank] >= env[size]:
+            raise ValueError(f"the environment variables {rank}={env[rank]} and {size}={env[size]} disagree ({rank} must "
+                             f"be below {size}): start the run with torchrun, or unset them to train in one process")
+    return env
+
+
 # --8<-- [start:ddp]
 def setup() -> Dist:
     """Read torchrun's environment, pick this process's device and, with several processes,
@@ -57,8 +81,7 @@ def setup() -> Dist:
     Returns:
         This process's :class:`Dist`; without torchrun, a single process (rank 0 of 1).
     """
-    env = {k: int(os.environ.get(k, default)) for k, default in
-           (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))}
+    env = _read_env()
     if torch.cuda.is_available():
         device = torch.device("cuda", env["LOCAL_RANK"])  # one GPU per process on a machine
         torch.cuda.set_device(device)

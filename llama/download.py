@@ -10,6 +10,8 @@ renamed into place (``os.replace`` is atomic on one file system).
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import os
 import tempfile
@@ -60,6 +62,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _remove_stale_parts(directory: Path, filename: str) -> None:
+    """Delete what killed downloads of ``filename`` left (``.FILENAME.XXXX.part``): a failed download
+    removes its own, but a killed one cannot, and its megabytes stayed in the cache for good. A part
+    still locked belongs to a download in progress, in another process, and is kept."""
+    for part in directory.glob(f".{glob.escape(filename)}.*.part"):
+        try:
+            with open(part, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                part.unlink()
+        except OSError:  # locked by a download in progress, or already gone
+            continue
+
+
 # --8<-- [start:cached_download]
 def cached_download(url: str, sha256: str, filename: str | None = None,
                     directory: str | os.PathLike | None = None, timeout: float = 30.0,
@@ -87,8 +102,10 @@ def cached_download(url: str, sha256: str, filename: str | None = None,
     if target.is_file() and sha256_file(target) == sha256:
         return target
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(directory, filename)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
     os.fchmod(fd, default_mode())  # mkstemp's 0600 would stay on the cached file
+    fcntl.flock(fd, fcntl.LOCK_EX)  # this file is in use: another download of the same file leaves it alone
     try:
         h, deadline, received = hashlib.sha256(), time.monotonic() + max_time, 0
         with os.fdopen(fd, "wb") as out:

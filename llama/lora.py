@@ -313,13 +313,14 @@ def read_adapter(directory: str | os.PathLike, model_config) -> tuple[LoRAConfig
             or alpha per layer, biases), a tensor for no layer of this model, or a shape that
             does not fit it.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not an adapter folder: {name} is missing")
-    cfg = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg = _adapter_config(directory / "adapter_config.json")
     unsupported = [f"{k}={cfg.get(k)!r}" for k, ok in (("peft_type", "LORA"), ("bias", "none"), ("use_dora", False),
                    ("use_rslora", False), ("fan_in_fan_out", False)) if cfg.get(k, ok) != ok]
     unsupported += [f"{k} (per-layer values)" for k in ("rank_pattern", "alpha_pattern") if cfg.get(k)]
@@ -327,8 +328,18 @@ def read_adapter(directory: str | os.PathLike, model_config) -> tuple[LoRAConfig
         raise ValueError(f"{directory}: this adapter uses {', '.join(unsupported)}; only plain LoRA "
                          "(one rank and alpha, no bias) loads into this model")
     ours = {peft: name for name, peft in _peft_names(model_config.n_layers).items()}
-    tensors = {}
-    for key, value in load_file(directory / "adapter_model.safetensors").items():
+    tensors, weights = {}, directory / "adapter_model.safetensors"
+    # A link is followed, as open() does: Hugging Face's download cache keeps every file of an
+    # adapter as a link into its blobs/ folder, outside the adapter's own. Only plain tensors can
+    # come out of a safetensors file, wherever it lies; what it is not is named below.
+    linked = f" (a link to {weights.resolve()})" if weights.is_symlink() else ""
+    try:
+        stored = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"could not read {weights}{linked}: it is truncated or not a safetensors file ({err}); "
+                         "save the adapter again, or copy it whole") from None
+    shapes = expected_shapes(model_config)
+    for key, value in stored.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"{directory / 'adapter_model.safetensors'}: tensor {key} holds NaN or infinity in "
                              f"{int((~torch.isfinite(value)).sum())} of its {value.numel()} values: the adapter is "
@@ -338,6 +349,12 @@ def read_adapter(directory: str | os.PathLike, model_config) -> tuple[LoRAConfig
             raise ValueError(f"{directory}: tensor {key} belongs to no projection of this model "
                              f"({model_config.n_layers} layers); is the adapter for another base model?")
         name, heads = ours[module], _rope_heads(ours[module], model_config)
+        out_features, in_features = shapes[f"{name}.weight"]
+        fits = value.dim() == 2 and (value.size(1) == in_features if ab == "lora_A" else value.size(0) == out_features)
+        if not fits:  # before the rows of B are reordered, which would fail on the wrong shape with a traceback
+            want = f"[rank, {in_features}]" if ab == "lora_A" else f"[{out_features}, rank]"
+            raise ValueError(f"{weights}: tensor {key} has shape {list(value.shape)} but {name} of this model takes "
+                             f"{want}: the adapter does not fit this model (damaged, or made for another base model)")
         tensors[f"{name}.{ab}"] = value if ab == "lora_A" or heads is None else half_split_to_interleaved(value, heads)
     ranks = {t.size(0) for k, t in tensors.items() if k.endswith("lora_A")}
     if len(ranks) != 1 or ranks != {cfg.get("r")}:
@@ -346,6 +363,26 @@ def read_adapter(directory: str | os.PathLike, model_config) -> tuple[LoRAConfig
     config = LoRAConfig(rank=cfg["r"], alpha=float(cfg.get("lora_alpha", 8)), dropout=float(cfg.get("lora_dropout", 0.0)),
                         targets=targets)
     return config, tensors
+
+
+def _adapter_config(path: Path) -> dict:
+    """``adapter_config.json`` as a dict whose ``r``, ``lora_alpha`` and ``lora_dropout`` are numbers:
+    a list, a ``null`` or a quoted number there once ended in a traceback from ``float()`` or
+    ``.get``, or (``"16"``) was silently taken."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not JSON ({err}): save the adapter again, or fix the file") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not an object of settings "
+                         '({"r": 8, "lora_alpha": 16, ...}): save the adapter again, or fix the file')
+    for key, kind in (("r", int), ("lora_alpha", (int, float)), ("lora_dropout", (int, float))):
+        value = cfg.get(key, 0 if key == "lora_dropout" else 1)
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"{path}: {key} must be {what}, got {json.dumps(value)}: write the adapter's value "
+                             "(e.g. 16), without quotes")
+    return cfg
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

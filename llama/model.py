@@ -280,7 +280,11 @@ def _check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...
     with torch.device("meta"):
         skeleton = Transformer(config)
         if scheme is not None:
-            quantized_layout(skeleton, scheme)
+            try:  # a group size edited in quantized.json: the file is named, not the --group-size flag alone
+                quantized_layout(skeleton, scheme)
+            except ValueError as err:
+                raise ValueError(f"{where}: its quantization scheme does not fit the model: {err}; the "
+                                 "checkpoint was changed: quantize the float model again") from None
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     if config.tie_embeddings:  # the embedding's own tensor, whether a file repeats it or not
         expected.pop("output.weight", None)

@@ -62,7 +62,10 @@ def check_out(out: Path, resume: bool) -> dict[str, Any] | None:
     if not run_file.is_file():
         raise FileNotFoundError(f"nothing to resume in {out}: it has no run.json; drop --resume to start a new run")
     try:
-        return json.loads(run_file.read_text())
+        saved = json.loads(run_file.read_text())
+        if not isinstance(saved, dict):  # a list once failed later, on .get, with a traceback
+            raise ValueError(f"it holds a JSON {type(saved).__name__}, not an object of settings")
+        return saved
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{run_file} is damaged ({err}); restore it, or start a new run in another --out") from None
 

@@ -28,6 +28,11 @@ __all__ = ["Sampling", "apply_temperature", "top_k_filter", "top_p_filter", "min
 
 
 # --8<-- [start:settings]
+#: The smallest positive temperature :class:`Sampling` takes: logits of 1e30 divided by it stay finite
+#: in float32, and below it sampling is greedy decoding anyway.
+MIN_TEMPERATURE = 1e-4
+
+
 def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)  # True is an int, not a setting
 
@@ -77,6 +82,11 @@ class Sampling:
         if not _is_real(t) or not 0 <= t < math.inf:
             raise ValueError(f"temperature must be >= 0 and finite, got {t!r}; use 0 for greedy decoding, "
                              "a positive value to sample")
+        # Logits divided by 1e-45 overflow to infinity and softmax makes NaN of them (a traceback from
+        # torch.multinomial); long before that, sampling is greedy decoding in all but name.
+        if 0 < t < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {t!r}: dividing the "
+                             "logits by less overflows them, and so small a temperature is greedy decoding; use 0")
         if k is not None and (not _is_int(k) or k <= 0):
             raise ValueError(f"top_k must be a positive integer, got {k!r}; use None to disable it")
         if p is not None and (not _is_real(p) or not 0 < p <= 1):

@@ -234,14 +234,39 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     raise ValueError(f"unknown --model {cfg.model!r}; choose one of: {', '.join([*MODEL_SIZES, *PRESETS])}")
 
 
+def check_base(base: str) -> str:
+    """The format of a fine-tuning base (:func:`llama.checkpoint.detect_format`), with a quantized or
+    a sharded checkpoint refused by what it is: both were reported as an "unknown checkpoint format"
+    although ``llama generate`` reads them. LoRA trains beside float weights, so a quantized base
+    would need its float weights back, which it no longer holds exactly; a sharded one converts in one command.
+
+    Raises:
+        FileNotFoundError: nothing at ``base``.
+        ValueError: a quantized or sharded checkpoint, or a format :mod:`llama.checkpoint` does not read.
+    """
+    from pathlib import Path
+
+    from llama.checkpoint import detect_format
+    from llama.quantize import is_quantized_checkpoint
+
+    # llama.dcp_checkpoint.is_sharded_checkpoint's test, written here: that module imports this one.
+    if is_quantized_checkpoint(base):
+        raise ValueError(f"--base {base} is a quantized checkpoint: LoRA fine-tunes float weights; give --base the "
+                         "float checkpoint it was quantized from (quantize the result afterwards if you like)")
+    if (Path(base) / "state.json").is_file() and (Path(base) / "model").is_dir():
+        raise ValueError(f"--base {base} is a sharded checkpoint of a --parallel fsdp run: convert it into one "
+                         f"folder first (llama convert {base} BASE --to hf), then give --base BASE")
+    return detect_format(base)
+
+
 def base_config(base: str) -> ModelConfig:
     """The config of a checkpoint as stored (its context length too), read without building the model."""
     import json
     from pathlib import Path
 
-    from llama.checkpoint import detect_format, read_checkpoint
+    from llama.checkpoint import read_checkpoint
 
-    if detect_format(base) == "hf":  # the sizes alone, without reading the weights
+    if check_base(base) == "hf":  # the sizes alone, without reading the weights
         return ModelConfig.from_hf(json.loads((Path(base) / "config.json").read_text(encoding="utf-8")))
     return read_checkpoint(base)[0]
 

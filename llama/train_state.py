@@ -327,6 +327,7 @@ def resume_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Opti
                "from step 0 with --resume")
     try:
         meta = json.loads((path / "state.json").read_text())
+        _check_types(meta)
         saved = meta["model_config"]
     except (ValueError, KeyError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / 'state.json'} is damaged ({err!r}); {restart}") from None
@@ -341,10 +342,20 @@ def resume_checkpoint(out: Path, model: Transformer, optimizer: torch.optim.Opti
                          f"copy that one back to {tokenizer_file}")
     try:
         return (load or load_checkpoint)(path, model, optimizer, sampler)
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as err:
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"the checkpoint {path} cannot be loaded ({reason}): it is damaged or truncated; "
                          f"{restart}") from None
+
+
+def _check_types(meta: Any) -> None:
+    """``state.json``'s fields of the types written: a hand-edited ``"step": "2"`` or ``"rng": 5``
+    failed later with a traceback (a comparison of int and str, a subscript of an int)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
+    for key, kind in (("step", int), ("elapsed", (int, float)), ("model_config", dict), ("rng", dict)):
+        if key in meta and (isinstance(meta[key], bool) or not isinstance(meta[key], kind)):
+            raise ValueError(f"{key} is {json.dumps(meta[key])}, which is not what a checkpoint stores there")
 
 
 # --8<-- [start:load_checkpoint]

@@ -15,6 +15,7 @@ instructions on AVX2 CPUs. This module has:
   ``torch.ops.llama.quantized_matmul``, with the shape function ``torch.compile`` traces with.
   Without a C++ compiler (or ninja, or AVX2) it warns once and returns ``False``;
 * :func:`kernel_ready`: :func:`load_kernel` as ``torch.compile`` sees it, a constant of the graph;
+  :func:`kernel_loaded`: whether it is loaded, for eager calls, which never build it;
 * :func:`quantized_matmul`: the kernel, for any number of rows;
 * :func:`one_row_product`: the same sums written in PyTorch, which Inductor compiles where the
   kernel cannot be built.
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["KERNEL_SOURCE", "load_kernel", "kernel_ready", "quantized_matmul", "one_row_product"]
+__all__ = ["KERNEL_SOURCE", "load_kernel", "kernel_loaded", "kernel_ready", "quantized_matmul", "one_row_product"]
 
 
 # --8<-- [start:kernel]
@@ -234,6 +235,11 @@ def _cpu_tag() -> str:
 def _output_like(x, qweight, scales, bits, group_size):
     """What ``torch.compile`` knows of the operator's result without running it: its shape and dtype."""
     return x.new_empty(x.size(0), qweight.size(0))
+
+
+def kernel_loaded() -> bool:
+    """Whether the kernel is built and loaded in this process (this never builds it)."""
+    return _state.get("ready", False)
 
 
 @torch.compiler.assume_constant_result

@@ -46,9 +46,9 @@ from torch import nn
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig
 from llama.linear import Linear
-from llama.quant_kernel import kernel_ready, one_row_product, quantized_matmul
+from llama.quant_kernel import kernel_loaded, kernel_ready, one_row_product, quantized_matmul
 
-__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS",
+__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS", "KERNEL_ROWS",
            "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
 
 #: The JSON file of a quantized checkpoint folder (beside ``model.safetensors``).
@@ -57,6 +57,9 @@ SCHEME_FILE = "quantized.json"
 #: The projections :func:`quantize` replaces (the output head is ``output``, chosen separately).
 QUANTIZED_LAYERS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _QMAX = {8: 127, 4: 7}
+#: Up to this many rows (a decode step, a short prompt) the kernel beats dequantizing the whole
+#: weight for ``F.linear``: it converts the integers again for each row, but never writes a float copy.
+KERNEL_ROWS = 32
 
 
 def _check_scheme(bits: int, group_size: int, in_features: int) -> None:
@@ -144,14 +147,16 @@ def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight is held as integers and float16 scales.
 
-    Eagerly, and for more than one row, it dequantizes the weight and calls ``F.linear``: the
-    written-out reference. For one float32 row under ``torch.compile`` (a decode step) it calls
-    the C++ kernel of :mod:`llama.quant_kernel`, which computes, per output ``o`` and group ``g``,
+    For up to :data:`KERNEL_ROWS` float32 rows (a decode step, a short prompt) it calls the C++
+    kernel of :mod:`llama.quant_kernel`, which computes, per output ``o`` and group ``g``,
     ``sum_i q[o, g, i] * x[g, i]`` straight from ``qweight`` with vector instructions, then
-    scales and sums the groups: each weight is read as 1 byte (int8) or half a byte (int4) and no
-    float copy is ever made. Where that kernel cannot be built (no C++ compiler), or for other
-    dtypes, the same sums written in PyTorch (:func:`~llama.quant_kernel.one_row_product`) are
-    compiled by Inductor instead.
+    scales and sums the groups: each weight is read as 1 byte (int8) or half a byte (int4) and
+    no float copy is ever made. ``torch.compile`` builds the kernel when it first traces such a
+    layer (:class:`~llama.generation.CompiledDecoder` builds it before its first prompt); eager
+    calls use it once it is built. Otherwise, and for more rows, the layer dequantizes the weight
+    and calls ``F.linear``: the written-out reference; except for one row under ``torch.compile``
+    where the kernel cannot be built (no C++ compiler): there the same sums written in PyTorch
+    (:func:`~llama.quant_kernel.one_row_product`) are compiled by Inductor.
 
     Args:
         in_features: inputs of the layer (the weight is ``[out_features, in_features]``).
@@ -193,12 +198,14 @@ class QuantizedLinear(nn.Module):
         return dequantize_tensor(self.qweight, self.scales, self.bits, self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.numel() == x.size(-1):  # one row: shapes are static here
-            if x.dtype == torch.float32 and kernel_ready():  # the C++ kernel, built at the first trace
-                out = quantized_matmul(x.reshape(1, -1), self.qweight, self.scales, self.bits, self.group_size)
-            else:  # no compiler for it (or not float32): the same sums, compiled by Inductor
-                out = one_row_product(x, self.qweight, self.scales, self.bits, self.group_size)
+        rows = x.numel() // x.size(-1)
+        compiling = torch.compiler.is_compiling()
+        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
+                and (kernel_ready() if compiling else kernel_loaded())):  # built when torch.compile first traces
+            out = quantized_matmul(x.reshape(rows, -1), self.qweight, self.scales, self.bits, self.group_size)
             return out.view(*x.shape[:-1], -1)
+        if compiling and rows == 1:  # no kernel here: the same sums in PyTorch, compiled by Inductor
+            return one_row_product(x, self.qweight, self.scales, self.bits, self.group_size).view(*x.shape[:-1], -1)
         return F.linear(x, self.dequantized(x.dtype))  # the reference: dequantize, then multiply
 
     def extra_repr(self) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from llama import ModelConfig, Transformer
 from llama import quant_kernel
 from llama.generation import CompiledDecoder, generate
-from llama.quantize import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
+from llama.quantize import KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
 
 # (out, in, bits, group_size): per row, groups of 32, odd output counts, widths that are not a
 # multiple of the 16 floats of a register (tails), the smallest group (2).
@@ -105,19 +105,36 @@ def test_kernel_refuses_what_it_cannot_read(kernel):
 @pytest.mark.compile
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32)])
 def test_layer_calls_the_kernel_under_compile(kernel, bits, group_size):
-    """One row goes to the kernel, inside a fullgraph compile; several rows (prefill, batches) to the reference."""
+    """Up to KERNEL_ROWS rows go to the kernel, inside a fullgraph compile; more rows to the reference."""
     torch.manual_seed(3)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), bits, group_size)
     torch._dynamo.reset()
     recorder = Recorder()
     traced = torch.compile(layer, fullgraph=True, dynamic=False, backend=recorder)
-    for shape in [(1, 1, 64), (64,), (2, 3, 64), (1, 5, 64)]:  # a decode step, one vector, batch x prefill
+    shapes = [(1, 1, 64), (64,), (2, 3, 64), (1, KERNEL_ROWS + 1, 64)]  # a decode step, one vector, batches
+    for shape in shapes:
         x = torch.randn(shape)
         assert close(traced(x), reference(x, layer.qweight, layer.scales, bits, group_size)), shape
-    assert ["quantized_matmul" in code for code in recorder.graphs] == [True, True, False, False]
+    assert ["quantized_matmul" in code for code in recorder.graphs] == [True, True, True, False]
     compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # Inductor calls the operator itself
     x = torch.randn(1, 1, 64)
     assert close(compiled(x), reference(x, layer.qweight, layer.scales, bits, group_size))
+
+
+@pytest.mark.compile
+def test_eager_calls_use_the_kernel_once_it_is_built(kernel, monkeypatch):
+    torch.manual_seed(5)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), 4, 32)
+    calls = []
+    monkeypatch.setattr("llama.quantize.quantized_matmul",
+                        lambda *args: calls.append(args[0].shape) or quant_kernel.quantized_matmul(*args))
+    for shape in [(1, 1, 64), (3, 8, 64), (1, KERNEL_ROWS + 1, 64)]:  # a step, a prompt, a long prompt
+        x = torch.randn(shape)
+        assert close(layer(x), reference(x, layer.qweight, layer.scales, 4, 32))
+    assert calls == [(1, 64), (24, 64)]
+    x = torch.randn(1, 64, requires_grad=True)  # the operator has no backward: the reference has
+    layer(x).sum().backward()
+    assert x.grad is not None and calls == [(1, 64), (24, 64)]
 
 
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (4, 32)])
@@ -134,6 +151,8 @@ def test_without_a_compiler_the_layer_falls_back_to_pytorch_sums(no_kernel, bits
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: the answer is kept
         assert quant_kernel.load_kernel() is False
+    x = torch.randn(2, 64)  # eager calls: the reference itself
+    assert torch.equal(layer(x), reference(x, layer.qweight, layer.scales, bits, group_size))
 
 
 @pytest.mark.compile

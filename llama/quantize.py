@@ -147,16 +147,16 @@ def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight is held as integers and float16 scales.
 
-    For up to :data:`KERNEL_ROWS` float32 rows (a decode step, a short prompt) it calls the C++
-    kernel of :mod:`llama.quant_kernel`, which computes, per output ``o`` and group ``g``,
-    ``sum_i q[o, g, i] * x[g, i]`` straight from ``qweight`` with vector instructions, then
-    scales and sums the groups: each weight is read as 1 byte (int8) or half a byte (int4) and
-    no float copy is ever made. ``torch.compile`` builds the kernel when it first traces such a
-    layer (:class:`~llama.generation.CompiledDecoder` builds it before its first prompt); eager
-    calls use it once it is built. Otherwise, and for more rows, the layer dequantizes the weight
-    and calls ``F.linear``: the written-out reference; except for one row under ``torch.compile``
-    where the kernel cannot be built (no C++ compiler): there the same sums written in PyTorch
-    (:func:`~llama.quant_kernel.one_row_product`) are compiled by Inductor.
+    For up to :data:`KERNEL_ROWS` float32 rows on the CPU (a decode step, a short prompt) it
+    calls the C++ kernel of :mod:`llama.quant_kernel`, which computes, per output ``o`` and
+    group ``g``, ``sum_i q[o, g, i] * x[g, i]`` straight from ``qweight`` with vector
+    instructions, then scales and sums the groups: each weight is read as 1 byte (int8) or half
+    a byte (int4) and no float copy is ever made. ``torch.compile`` builds the kernel when it
+    first traces such a layer (:class:`~llama.generation.CompiledDecoder` builds it before its
+    first prompt); eager calls use it once it is built. Otherwise, and for more rows, the layer
+    dequantizes the weight and calls ``F.linear``: the written-out reference; except for one row
+    under ``torch.compile`` where the kernel cannot be built (no C++ compiler): there the same
+    sums written in PyTorch (:func:`~llama.quant_kernel.one_row_product`) are compiled by Inductor.
 
     Args:
         in_features: inputs of the layer (the weight is ``[out_features, in_features]``).
@@ -200,7 +200,8 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.size(-1)
         compiling = torch.compiler.is_compiling()
-        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
+        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
+                and not (x.requires_grad and torch.is_grad_enabled())  # the kernel has no backward
                 and (kernel_ready() if compiling else kernel_loaded())):  # built when torch.compile first traces
             out = quantized_matmul(x.reshape(rows, -1), self.qweight, self.scales, self.bits, self.group_size)
             return out.view(*x.shape[:-1], -1)

@@ -135,6 +135,8 @@ def test_eager_calls_use_the_kernel_once_it_is_built(kernel, monkeypatch):
     x = torch.randn(1, 64, requires_grad=True)  # the operator has no backward: the reference has
     layer(x).sum().backward()
     assert x.grad is not None and calls == [(1, 64), (24, 64)]
+    meta = layer.to("meta")  # another device: the kernel is for the CPU only
+    assert meta(torch.randn(1, 64, device="meta")).shape == (1, 48) and calls == [(1, 64), (24, 64)]
 
 
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (4, 32)])

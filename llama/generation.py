@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from llama.model import Transformer
+from llama.quant_kernel import load_kernel
+from llama.quantize import QuantizedLinear
 from llama.sampling import Sampling
 
 __all__ = [
@@ -308,7 +310,9 @@ class CompiledDecoder:
     Decoding one token on a CPU is hundreds of small operations: eagerly, the Python and
     dispatch overhead of each costs about as much as reading the weights. Compiled, the step
     becomes a few dozen fused C++ loops called from a C++ wrapper (``cpp_wrapper``), each
-    matrix-vector product one loop streaming its weights (:class:`~llama.linear.Linear`).
+    matrix-vector product one loop streaming its weights (:class:`~llama.linear.Linear`), or for
+    a quantized model one call of the C++ kernel of :mod:`llama.quant_kernel`, which it builds
+    first (once per machine) if the model has quantized layers.
 
     What makes one compiled graph serve every step is that nothing in a decode step changes
     shape: the token is ``[1, 1]``, its position a one-element *tensor*, and the KV cache has a
@@ -340,6 +344,8 @@ class CompiledDecoder:
         if missing:
             raise RuntimeError(f"{missing}; or decode without compiling (llama.generate)")
         self.options = {"cpp_wrapper": True} if options is None else options
+        if any(isinstance(m, QuantizedLinear) for m in model.modules()):
+            load_kernel()  # now rather than at the first step, so that the eager prompt pass uses it too
         # The same cache objects at every call: the compiled step reads them where it found
         # them when it was traced. Positions not yet written are masked, so they need no reset.
         self.caches = model.new_caches(batch_size=1, max_seq_len=self.max_seq_len)

@@ -46,8 +46,9 @@ from torch import nn
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig
 from llama.linear import Linear
+from llama.quant_kernel import kernel_loaded, kernel_ready, one_row_product, quantized_matmul
 
-__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS",
+__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS", "KERNEL_ROWS",
            "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
 
 #: The JSON file of a quantized checkpoint folder (beside ``model.safetensors``).
@@ -56,6 +57,9 @@ SCHEME_FILE = "quantized.json"
 #: The projections :func:`quantize` replaces (the output head is ``output``, chosen separately).
 QUANTIZED_LAYERS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _QMAX = {8: 127, 4: 7}
+#: Up to this many rows (a decode step, a short prompt) the kernel beats dequantizing the whole
+#: weight for ``F.linear``: it converts the integers again for each row, but never writes a float copy.
+KERNEL_ROWS = 32
 
 
 def _check_scheme(bits: int, group_size: int, in_features: int) -> None:
@@ -143,12 +147,16 @@ def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight is held as integers and float16 scales.
 
-    Eagerly, and for more than one row, it dequantizes the weight and calls ``F.linear``. For
-    one row under ``torch.compile`` (a decode step) it computes, per output ``o`` and group ``g``,
-    ``sum_i q[o, g, i] * x[g, i]``, then scales and sums the groups: Inductor turns the
-    integer-to-float conversion and the products into the reduction loop that streams ``qweight``,
-    so each weight is read as 1 byte (int8) or half a byte (int4) and no float copy is ever made
-    (the same one-row trick as :class:`~llama.linear.Linear`).
+    For up to :data:`KERNEL_ROWS` float32 rows on the CPU (a decode step, a short prompt) it
+    calls the C++ kernel of :mod:`llama.quant_kernel`, which computes, per output ``o`` and
+    group ``g``, ``sum_i q[o, g, i] * x[g, i]`` straight from ``qweight`` with vector
+    instructions, then scales and sums the groups: each weight is read as 1 byte (int8) or half
+    a byte (int4) and no float copy is ever made. ``torch.compile`` builds the kernel when it
+    first traces such a layer (:class:`~llama.generation.CompiledDecoder` builds it before its
+    first prompt); eager calls use it once it is built. Otherwise, and for more rows, the layer
+    dequantizes the weight and calls ``F.linear``: the written-out reference; except for one row
+    under ``torch.compile`` where the kernel cannot be built (no C++ compiler): there the same
+    sums written in PyTorch (:func:`~llama.quant_kernel.one_row_product`) are compiled by Inductor.
 
     Args:
         in_features: inputs of the layer (the weight is ``[out_features, in_features]``).
@@ -190,25 +198,16 @@ class QuantizedLinear(nn.Module):
         return dequantize_tensor(self.qweight, self.scales, self.bits, self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.numel() == x.size(-1):  # one row: shapes are static here
-            groups = self.in_features // self.group_size
-            if self.bits == 8:
-                q = self.qweight.view(self.out_features, groups, self.group_size).to(x.dtype)
-                products = q * x.reshape(1, groups, self.group_size)
-            else:  # byte j of a group: column j (low nibble) and column j + group_size / 2 (high)
-                half = self.group_size // 2
-                packed = self.qweight.view(self.out_features, groups, half)
-                xs = x.reshape(1, groups, 2, half)
-                low = (packed & 15).to(x.dtype) - 8
-                high = (packed >> 4).to(x.dtype) - 8
-                products = low * xs[:, :, 0] + high * xs[:, :, 1]
-            scales = self.scales.to(x.dtype)
-            if groups == 1:  # one scale per row: scale the row's sum
-                out = products.sum((-2, -1)) * scales[:, 0]
-            else:  # scale inside the sum: the row stays one reduction loop, with no sum per group
-                out = (products * scales[..., None]).sum((-2, -1))
+        rows = x.numel() // x.size(-1)
+        compiling = torch.compiler.is_compiling()
+        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
+                and not (x.requires_grad and torch.is_grad_enabled())  # the kernel has no backward
+                and (kernel_ready() if compiling else kernel_loaded())):  # built when torch.compile first traces
+            out = quantized_matmul(x.reshape(rows, -1), self.qweight, self.scales, self.bits, self.group_size)
             return out.view(*x.shape[:-1], -1)
-        return F.linear(x, self.dequantized(x.dtype))
+        if compiling and rows == 1:  # no kernel here: the same sums in PyTorch, compiled by Inductor
+            return one_row_product(x, self.qweight, self.scales, self.bits, self.group_size).view(*x.shape[:-1], -1)
+        return F.linear(x, self.dequantized(x.dtype))  # the reference: dequantize, then multiply
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, " \

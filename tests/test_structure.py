@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llama"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 LAYERS = [
-    {"_files", "config", "norm", "rope", "linear", "quantize", "attention", "feed_forward", "reference", "convert"},
+    {"_files", "config", "norm", "rope", "linear", "quant_kernel", "quantize", "attention", "feed_forward", "reference", "convert"},
     {"checkpoint", "gguf", "gguf_quant", "llama2c", "model", "lora"},
     {"protobuf", "spm_vocab", "spm", "pretokenize", "bpe", "tokenizer", "gguf_vocab", "sampling", "generation", "download", "data",
      "distributed", "fsdp", "dcp_checkpoint", "train_config", "run_folder", "train_state", "loss", "precision", "optim",

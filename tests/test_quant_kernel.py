@@ -1,0 +1,174 @@
+"""The one-row product of quantized layers: the C++ kernel and its PyTorch fallback equal the reference.
+
+The reference is the written-out product: dequantize the weight, then ``F.linear``. The kernel and
+the fallback add the same products in another order, so they agree to float32 rounding (a few
+units in the last place of the largest partial sums); greedy ids do not change.
+
+Tests that build the kernel need a C++ compiler, like ``torch.compile``: they are marked
+``compile``. The fallback's tests trace with a recording backend, which needs no compiler.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import unavailable
+
+from llama import ModelConfig, Transformer
+from llama import quant_kernel
+from llama.generation import CompiledDecoder, generate
+from llama.quantize import KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
+
+# (out, in, bits, group_size): per row, groups of 32, odd output counts, widths that are not a
+# multiple of the 16 floats of a register (tails), the smallest group (2).
+CASES = [(48, 64, 8, 64), (48, 64, 8, 32), (48, 64, 4, 32), (33, 96, 4, 96), (7, 288, 8, 288),
+         (7, 288, 4, 32), (5, 6, 8, 6), (5, 6, 4, 2), (9, 40, 8, 2), (9, 40, 4, 20), (3, 172, 8, 172), (3, 172, 4, 172)]
+
+
+def reference(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """The written-out product: the float weight the pair stands for, then a matrix product."""
+    return F.linear(x, dequantize_tensor(q, s, bits, group_size))
+
+
+def pair(out: int, inp: int, bits: int, group_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    w = torch.randn(out, inp) * torch.logspace(-1, 1, out)[:, None]  # rows of different sizes
+    return quantize_tensor(w, bits, group_size)
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal to float32 rounding: sums of ``in`` products of size up to ``|want|.max()``."""
+    return torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.fixture
+def kernel():
+    if not quant_kernel.load_kernel():
+        unavailable("the C++ kernel could not be built here (its warning says why)",
+                    "install a C++ compiler and ninja (apt-get install g++ ninja-build)")
+
+
+class Recorder:
+    """A torch.compile backend that keeps the traced graphs and runs them as they are (no compiler)."""
+
+    def __init__(self) -> None:
+        self.graphs: list[str] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        self.graphs.append(gm.code)
+        return gm.forward
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """A machine where the kernel cannot be built: load_inline fails as it does without a compiler."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error building extension 'llama_quant_kernel': c++: not found")
+
+    monkeypatch.setattr(quant_kernel, "_state", {})
+    monkeypatch.setattr("torch.utils.cpp_extension.load_inline", fail)
+    torch._dynamo.reset()  # traces made with the kernel must not be reused
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("out,inp,bits,group_size", CASES)
+def test_fallback_one_row_product_equals_reference(out, inp, bits, group_size):
+    q, s = pair(out, inp, bits, group_size)
+    x = torch.randn(1, inp)
+    assert close(quant_kernel.one_row_product(x, q, s, bits, group_size), reference(x, q, s, bits, group_size)[0])
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("out,inp,bits,group_size", CASES)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_kernel_equals_reference(kernel, out, inp, bits, group_size, rows):
+    q, s = pair(out, inp, bits, group_size)
+    x = torch.randn(rows, inp)
+    got = quant_kernel.quantized_matmul(x, q, s, bits, group_size)
+    assert got.shape == (rows, out) and got.dtype == torch.float32
+    assert close(got, reference(x, q, s, bits, group_size))
+
+
+@pytest.mark.compile
+def test_kernel_refuses_what_it_cannot_read(kernel):
+    q, s = pair(8, 64, 8, 32)
+    with pytest.raises(RuntimeError, match="must be a contiguous float32"):
+        quant_kernel.quantized_matmul(torch.randn(1, 64, dtype=torch.float64), q, s, 8, 32)
+    with pytest.raises(RuntimeError, match="do not fit bits and group_size"):
+        quant_kernel.quantized_matmul(torch.randn(1, 64), q, s, 4, 32)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32)])
+def test_layer_calls_the_kernel_under_compile(kernel, bits, group_size):
+    """Up to KERNEL_ROWS rows go to the kernel, inside a fullgraph compile; more rows to the reference."""
+    torch.manual_seed(3)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), bits, group_size)
+    torch._dynamo.reset()
+    recorder = Recorder()
+    traced = torch.compile(layer, fullgraph=True, dynamic=False, backend=recorder)
+    shapes = [(1, 1, 64), (64,), (2, 3, 64), (1, KERNEL_ROWS + 1, 64)]  # a decode step, one vector, batches
+    for shape in shapes:
+        x = torch.randn(shape)
+        assert close(traced(x), reference(x, layer.qweight, layer.scales, bits, group_size)), shape
+    assert ["quantized_matmul" in code for code in recorder.graphs] == [True, True, True, False]
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # Inductor calls the operator itself
+    x = torch.randn(1, 1, 64)
+    assert close(compiled(x), reference(x, layer.qweight, layer.scales, bits, group_size))
+
+
+@pytest.mark.compile
+def test_eager_calls_use_the_kernel_once_it_is_built(kernel, monkeypatch):
+    torch.manual_seed(5)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), 4, 32)
+    calls = []
+    monkeypatch.setattr("llama.quantize.quantized_matmul",
+                        lambda *args: calls.append(args[0].shape) or quant_kernel.quantized_matmul(*args))
+    for shape in [(1, 1, 64), (3, 8, 64), (1, KERNEL_ROWS + 1, 64)]:  # a step, a prompt, a long prompt
+        x = torch.randn(shape)
+        assert close(layer(x), reference(x, layer.qweight, layer.scales, 4, 32))
+    assert calls == [(1, 64), (24, 64)]
+    x = torch.randn(1, 64, requires_grad=True)  # the operator has no backward: the reference has
+    layer(x).sum().backward()
+    assert x.grad is not None and calls == [(1, 64), (24, 64)]
+    meta = layer.to("meta")  # another device: the kernel is for the CPU only
+    assert meta(torch.randn(1, 64, device="meta")).shape == (1, 48) and calls == [(1, 64), (24, 64)]
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, 64), (4, 32)])
+def test_without_a_compiler_the_layer_falls_back_to_pytorch_sums(no_kernel, bits, group_size):
+    torch.manual_seed(4)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), bits, group_size)
+    recorder = Recorder()
+    traced = torch.compile(layer, fullgraph=True, dynamic=False, backend=recorder)
+    x = torch.randn(1, 1, 64)
+    with pytest.warns(UserWarning, match="computed in PyTorch instead"):
+        got = traced(x)
+    assert close(got, reference(x, layer.qweight, layer.scales, bits, group_size))
+    assert len(recorder.graphs) == 1 and "quantized_matmul" not in recorder.graphs[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the answer is kept
+        assert quant_kernel.load_kernel() is False
+    x = torch.randn(2, 64)  # eager calls: the reference itself
+    assert torch.equal(layer(x), reference(x, layer.qweight, layer.scales, bits, group_size))
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32)])
+def test_compiled_decoding_with_the_kernel_keeps_the_greedy_ids(kernel, bits, group_size):
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.08)
+    qmodel = quantize(copy.deepcopy(model), bits, group_size)
+    decoder = CompiledDecoder(qmodel, max_seq_len=32)
+    assert decoder.generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)

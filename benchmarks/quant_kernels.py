@@ -43,7 +43,6 @@ import argparse
 import getpass
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,22 +55,14 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llama import quant_kernel  # noqa: E402
 from llama.quantize import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
 FORMATS = [("int8/row", 8, None), ("int8/32", 8, 32), ("int4/32", 4, 32)]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int = 5, seconds: float = 0.1) -> float:
@@ -147,9 +138,7 @@ def kernels(weights: list[torch.Tensor], bits: int, group: int | None, kernel: b
 
 def table(shapes, march: str) -> None:
     kernel = quant_kernel.load_kernel(march=march)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; ATen CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads; torch {torch.__version__}; "
-          f"our kernel built with -march={march}{'' if kernel else ' FAILED'}; "
+    print(f"{machine_line()}; our kernel built with -march={march}{'' if kernel else ' FAILED'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print("| shape | k | format | kernel | GB/s | vs float32 |")
     print("| --- | --- | --- | --- | --- | --- |")

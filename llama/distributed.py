@@ -111,6 +111,12 @@ def _join_group(backend: str, env: dict[str, int]) -> None:
     """
     from torch.distributed.constants import default_pg_timeout
 
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE"):
+        # Started by torchrun: it launched every rank together and hosts their store, so torch's
+        # own rendezvous meets at once; only a process started by hand can wait for ranks that
+        # never come.
+        torch.distributed.init_process_group(backend)
+        return
     world, rank = env["WORLD_SIZE"], env["RANK"]
     given = f"WORLD_SIZE={world} and RANK={rank} are set (this process is rank {rank} of {world})"
     fix = (f"start the run with `torchrun --nproc_per_node {world} $(which llama) train ...`, or unset WORLD_SIZE "

@@ -277,7 +277,10 @@ def one_row_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 
     Args:
         x: one row, ``[in]`` (any leading shape of one element in total).
-        qweight, scales, bits, group_size: as for :func:`quantized_matmul`.
+        qweight: the layer's integers, as for :func:`quantized_matmul`.
+        scales: its float16 scales, ``[out, in // group_size]``.
+        bits: 8 or 4.
+        group_size: inputs per scale.
 
     Returns:
         ``[out]`` in ``x``'s dtype.

@@ -378,3 +378,15 @@ def book_chapters() -> list[NavPage]:
 def book_pages() -> list[NavPage]:
     """Every page of the nav, in order."""
     return nav_pages()
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    """A Hugging Face folder of a random one-layer model: what the refusal tests convert and load."""
+    from helpers import HOSTILE_TINY, random_model
+
+    from llama import ModelConfig
+
+    path = tmp_path / "source"
+    random_model(ModelConfig(**HOSTILE_TINY)).save_pretrained(path)
+    return path

@@ -249,3 +249,75 @@ def local_http_server(folder: Path):
 DECODER_BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=97, hidden_dim=96, max_seq_len=96)
 DECODER_GQA = {**DECODER_BASE, "n_kv_heads": 2, "tie_embeddings": True}
 DECODER_CACHE = 48
+
+
+# --- Hostile inputs: the refusal tests' shared pieces --------------------------------------------
+#: A one-layer model small enough that a test makes dozens of its files in a second.
+HOSTILE_TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """``llama ARGV`` must exit 2 with one line on stderr and print nothing; returns the line."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""
+    return captured.err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` and its bytes: what a refusal must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hf_folder(path: Path, config: ModelConfig | None = None, **config_fields) -> Path:
+    """A Hugging Face folder of a random model whose config.json has ``config_fields`` changed
+    (json.dumps writes float("inf") as Infinity and float("nan") as NaN, as other tools do)."""
+    import json
+
+    random_model(config or ModelConfig(**HOSTILE_TINY)).save_pretrained(path)
+    saved = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**saved, **config_fields}))
+    return path
+
+
+def sharded_folder(path: Path, **config_fields) -> Path:
+    """A checkpoint folder as a --parallel fsdp run writes it (state.json + model/), tiny tensors."""
+    import json
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    model = random_model(ModelConfig(**HOSTILE_TINY))
+    path.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP's note that it saves without a process group
+        dcp.save(model.state_dict(), storage_writer=HuggingFaceStorageWriter(str(path / "model"), save_distributed=True),
+                 no_dist=True)
+    (path / "state.json").write_text(json.dumps({"step": 4, "model_config": {**model.config.to_dict(), **config_fields}}))
+    return path
+
+
+def make_text(path: Path, n_words: int = 6000, seed: int = 0, words: str | None = None) -> Path:
+    """A seeded text of ``n_words`` words from a small vocabulary: it trains a tokenizer and a tiny model in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    vocabulary = (words or "the king and queen of denmark speak to thee my lord what news from rome").split()
+    path.write_text(" ".join(rng.choice(vocabulary) for _ in range(n_words)) + "\n", encoding="utf-8")
+    return path
+
+
+def gguf_file(path: Path, config: ModelConfig, **metadata) -> Path:
+    """A GGUF file of a random model whose ``llama.*`` keys are changed by ``metadata``."""
+    from unittest import mock
+
+    import llama.gguf
+
+    model = random_model(config)
+    real = llama.gguf._metadata
+    with mock.patch.object(llama.gguf, "_metadata", lambda c: {**real(c), **metadata}):
+        llama.gguf.save_gguf(model.state_dict(), model.config, path)
+    return path

@@ -7,45 +7,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
-from helpers import random_model
+import helpers
+from helpers import hf_folder, random_model, refused
 
-import llama.gguf
 from llama import ModelConfig, RopeScaling
-from llama.cli import main
-from llama.gguf import save_gguf
 
 TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32)
 
 
-def hf_folder(directory: Path, **config_fields) -> Path:
-    """A Hugging Face folder of a random tiny model whose config.json has ``config_fields`` changed."""
-    random_model(ModelConfig(**TINY)).save_pretrained(directory)
-    config = json.loads((directory / "config.json").read_text())
-    # json.dumps writes float("inf") as Infinity and float("nan") as NaN, as other tools do.
-    (directory / "config.json").write_text(json.dumps({**config, **config_fields}))
-    return directory
 
 
 def gguf_file(path: Path, **metadata) -> Path:
-    """A GGUF file of a random tiny model whose ``llama.*`` keys are changed by ``metadata``."""
-    model = random_model(ModelConfig(**TINY))
-    real = llama.gguf._metadata
-    with mock.patch.object(llama.gguf, "_metadata", lambda config: {**real(config), **metadata}):
-        save_gguf(model.state_dict(), model.config, path)
-    return path
+    return helpers.gguf_file(path, ModelConfig(**TINY), **metadata)
 
 
-def refused(capsys, argv: list[str]) -> str:
-    """``llama ARGV`` must exit 2 with one line on stderr and print nothing; returns the line."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    assert captured.out == ""
-    return captured.err
 
 
 @pytest.mark.parametrize("fields,named", [

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
-from helpers import HANG_SECONDS, REPO, random_model
+import helpers
+from helpers import HANG_SECONDS, HOSTILE_TINY, REPO, hf_folder, random_model, refused, sharded_folder
 
 import llama.checkpoint
 import llama.cli
@@ -27,27 +26,17 @@ import llama.model
 from llama import ModelConfig, Transformer
 from llama.cli import main
 from llama.config import MAX_SEQ_LEN
-from llama.gguf import save_gguf
 from llama.quantize import quantize, save_quantized
 
-TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)
+TINY = HOSTILE_TINY
 HUGE_WIDTH = dict(dim=40960, n_heads=320, n_kv_heads=320, hidden_dim=64)  # a 27 GB model, from tiny tensors
 
 
 # ------------------------------------------------------------------------------ the hostile files
 def gguf_file(path: Path, **metadata) -> Path:
-    model = random_model(ModelConfig(**TINY))
-    real = llama.gguf._metadata
-    with mock.patch.object(llama.gguf, "_metadata", lambda config: {**real(config), **metadata}):
-        save_gguf(model.state_dict(), model.config, path)
-    return path
+    return helpers.gguf_file(path, ModelConfig(**TINY), **metadata)
 
 
-def hf_folder(path: Path, **config_fields) -> Path:
-    random_model(ModelConfig(**TINY)).save_pretrained(path)
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, **config_fields}))
-    return path
 
 
 def quantized_folder(path: Path, **config_fields) -> Path:
@@ -58,19 +47,6 @@ def quantized_folder(path: Path, **config_fields) -> Path:
     return path
 
 
-def sharded_folder(path: Path, **config_fields) -> Path:
-    """A checkpoint folder as a --parallel fsdp run writes it (state.json + model/), tiny tensors."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    model = random_model(ModelConfig(**TINY))
-    path.mkdir(parents=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DCP's note that it saves without a process group
-        dcp.save(model.state_dict(), storage_writer=HuggingFaceStorageWriter(str(path / "model"), save_distributed=True),
-                 no_dist=True)
-    (path / "state.json").write_text(json.dumps({"step": 4, "model_config": {**model.config.to_dict(), **config_fields}}))
-    return path
 
 
 def meta_folder(path: Path, **params) -> Path:
@@ -119,13 +95,6 @@ def no_allocation(monkeypatch):
     monkeypatch.setattr(llama.checkpoint, "expected_shapes", shapes_guard)
 
 
-def refused(capsys, argv: list[str]) -> str:
-    """``llama ARGV`` must exit 2 with one line on stderr and print nothing; returns the line."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    assert captured.out == ""
-    return captured.err
 
 
 # ------------------------------------------------------------------------------- context length

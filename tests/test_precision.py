@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
+from helpers import make_text
 
 import llama.train
 from llama import precision
@@ -151,11 +151,7 @@ def test_the_probe_measures_without_touching_the_run_s_generator_or_threads():
 # ------------------------------------------------------------------------ a run and its folder
 @pytest.fixture
 def text(tmp_path):
-    rng = random.Random(0)
-    words = "the king and queen of denmark speak to thee my lord what news from rome".split()
-    path = tmp_path / "text.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(3000)) + "\n", encoding="utf-8")
-    return path
+    return make_text(tmp_path / "text.txt", 3000)
 
 
 @pytest.fixture

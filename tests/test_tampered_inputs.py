@@ -5,60 +5,28 @@ wrong and what to do, with exit code 2 and nothing of the user's changed."""
 from __future__ import annotations
 
 import json
-import random
-import warnings
 from pathlib import Path
 
 import pytest
-from helpers import random_model
+from helpers import HOSTILE_TINY, make_text, random_model, refused, sharded_folder, snapshot
 
 from llama import ModelConfig
 from llama.cli import main
 
-TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)
+TINY = HOSTILE_TINY
 
 
-def refused(capsys, argv: list[str]) -> str:
-    """``llama ARGV`` must exit 2 with one line on stderr; returns the line."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    return captured.err
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def source(tmp_path) -> Path:
-    path = tmp_path / "source"
-    random_model(ModelConfig(**TINY)).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
 def text(tmp_path) -> Path:
-    rng = random.Random(0)
-    path = tmp_path / "text.txt"
-    path.write_text(" ".join(rng.choice("the king and queen of denmark".split()) for _ in range(2000)) + "\n")
-    return path
+    return make_text(tmp_path / "text.txt", 2000, words="the king and queen of denmark")
 
 
-def sharded_folder(path: Path) -> Path:
-    """A checkpoint folder as a --parallel fsdp run writes it (state.json + model/), tiny tensors."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    model = random_model(ModelConfig(**TINY))
-    path.mkdir(parents=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DCP's note that it saves without a process group
-        dcp.save(model.state_dict(), storage_writer=HuggingFaceStorageWriter(str(path / "model"), save_distributed=True),
-                 no_dist=True)
-    (path / "state.json").write_text(json.dumps({"step": 4, "model_config": model.config.to_dict()}))
-    return path
 
 
 def quantized_folder(path: Path, bits: int = 8, group_size: int | None = 16) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import HANG_SECONDS
+from helpers import HANG_SECONDS, make_text
 from safetensors.torch import load_file
 
 from llama.bpe import BPETokenizer
@@ -33,11 +32,6 @@ TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batc
         "--threads", "1", "--eval-tokens", "256", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
 
 
-def make_text(path: Path, n_words: int = 6000, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = "the king and queen of denmark speak to thee my lord what news from rome".split()
-    path.write_text(" ".join(rng.choice(words) for _ in range(n_words)) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture

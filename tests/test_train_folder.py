@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import subprocess
 import stat
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 from safetensors.torch import load_file
+from helpers import make_text
 
 import llama.train
 from llama.cli import main as cli_main
@@ -31,11 +31,7 @@ TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batc
 
 @pytest.fixture
 def text(tmp_path):
-    rng = random.Random(0)
-    words = "the king and queen of denmark speak to thee my lord what news from rome".split()
-    path = tmp_path / "text.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(3000)) + "\n", encoding="utf-8")
-    return path
+    return make_text(tmp_path / "text.txt", 3000)
 
 
 def train_cli(capsys, *argv: str) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_model
+from helpers import HOSTILE_TINY, random_model, refused, snapshot
 from safetensors.torch import load_file, save_file
 
 import llama.cli
@@ -17,27 +17,13 @@ from llama import ModelConfig
 from llama.cli import main
 from llama.lora import LoRAConfig, add_lora, load_adapter, merge_into_base, save_adapter
 
-TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)
+TINY = HOSTILE_TINY
 
 
-def refused(capsys, argv: list[str]) -> str:
-    """``llama ARGV`` must exit 2 with one line on stderr and print nothing; returns the line."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    assert captured.out == ""
-    return captured.err
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def source(tmp_path) -> Path:
-    path = tmp_path / "source"
-    random_model(ModelConfig(**TINY)).save_pretrained(path)
-    return path
 
 
 # ------------------------------------------------------------------------ a folder of the user's own

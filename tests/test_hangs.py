@@ -15,6 +15,9 @@ import pytest
 from llama import ModelConfig
 from llama.cli import main
 
+# Each waits (a timeout, a trickling server, a rendezvous that never comes): seconds by design.
+pytestmark = pytest.mark.slow
+
 
 def within(seconds: float, call: Callable[[], Any]) -> Any:
     """``call()``, which must return (or raise) within ``seconds``; a hang fails the test instead of stalling it.

@@ -33,7 +33,7 @@ import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.config import ModelConfig, RopeScaling, _check_field
-from llama.convert import _check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.convert import check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.gguf import MAGIC as GGUF_MAGIC
 from llama.gguf import read_gguf
 from llama.llama2c import read_llama2c
@@ -216,7 +216,7 @@ def read_hf(directory: str | os.PathLike, max_seq_len: int | None = None) -> tup
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json with its shards, or pytorch_model.bin"
         )
-    _check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
+    check_layer_count(config, len(hf_sd), directory)  # before a name is made for every declared layer
     return config, hf_to_llama_state_dict(hf_sd, config)
 # --8<-- [end:read_hf]
 
@@ -297,7 +297,7 @@ def read_meta(directory: str | os.PathLike, max_seq_len: int | None = None) -> t
         config = dataclasses.replace(config, tie_embeddings=True)
         for shard in shards:
             shard.pop("output.weight", None)
-    _check_layer_count(config, len(shards[0]), directory)
+    check_layer_count(config, len(shards[0]), directory)
     full_shapes = expected_shapes(config)
     if config.tie_embeddings:
         del full_shapes["output.weight"]

@@ -14,7 +14,7 @@ import torch
 from llama.config import ModelConfig
 from llama.rope import half_split_to_interleaved, interleaved_to_half_split
 
-__all__ = ["HF_NAMES", "hf_to_llama_state_dict", "llama_to_hf_state_dict", "expected_shapes"]
+__all__ = ["HF_NAMES", "hf_to_llama_state_dict", "llama_to_hf_state_dict", "expected_shapes", "check_layer_count"]
 
 # --8<-- [start:names]
 #: Our name → Hugging Face's name. ``{i}`` stands for the layer index.
@@ -81,7 +81,7 @@ def _check_shapes(sd: dict[str, torch.Tensor], config: ModelConfig, where: str) 
 # --8<-- [end:shapes]
 
 
-def _check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
+def check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
     """Refuse a config with more layers than ``tensors``, the number of tensors a file holds, can make.
 
     Each layer has nine weights (two norms, four attention projections, three feed-forward
@@ -89,7 +89,7 @@ def _check_layer_count(config: ModelConfig, tensors: int, where: str) -> None:
     holds 20 tensors is refused here, before a table of names is made for every declared layer
     (which took a minute, then ran out of memory).
 
-    >>> _check_layer_count(ModelConfig(dim=8, n_layers=3, n_heads=2, vocab_size=5), 11, "model.gguf")
+    >>> check_layer_count(ModelConfig(dim=8, n_layers=3, n_heads=2, vocab_size=5), 11, "model.gguf")
     Traceback (most recent call last):
     ...
     ValueError: model.gguf declares 3 layers, which have at least 29 tensors, but it holds 11: its sizes and its tensors disagree

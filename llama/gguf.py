@@ -30,7 +30,7 @@ import torch
 
 from llama._files import atomic_write, open_for_reading
 from llama.config import ModelConfig
-from llama.convert import _check_layer_count, expected_shapes
+from llama.convert import check_layer_count, expected_shapes
 from llama.gguf_quant import from_ggml_blocks, to_ggml_blocks
 from llama.quantize import dequantize_tensor
 
@@ -327,7 +327,7 @@ def read_gguf(path: str | os.PathLike, max_seq_len: int | None = None) -> tuple[
     if meta["llama.rope.dimension_count"] != config.head_dim:
         raise ValueError(f"{path}: llama.rope.dimension_count is {meta['llama.rope.dimension_count']}, but this "
                          f"model rotates whole heads of {config.head_dim} features (partial RoPE is not supported)")
-    _check_layer_count(config, len(tensors), path)  # before a name is made for every declared layer
+    check_layer_count(config, len(tensors), path)  # before a name is made for every declared layer
     names = _names(config.n_layers)
     if config.tie_embeddings:
         del names["output.weight"]

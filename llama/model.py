@@ -14,7 +14,7 @@ from torch import nn
 from llama.attention import Attention, KVCache, causal_mask
 from llama.checkpoint import read_checkpoint, save_hf
 from llama.config import ModelConfig
-from llama.convert import _check_layer_count
+from llama.convert import check_layer_count
 from llama.feed_forward import FeedForward
 from llama.gguf_quant import quantization_scheme
 from llama.linear import Linear
@@ -276,7 +276,7 @@ def _check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...
         ValueError: a tensor missing, unexpected or of another shape than the config implies, or
             a model (with its RoPE tables) larger than this machine's memory.
     """
-    _check_layer_count(config, len(shapes), str(where))  # before a module is made for every declared layer
+    check_layer_count(config, len(shapes), str(where))  # before a module is made for every declared layer
     with torch.device("meta"):
         skeleton = Transformer(config)
         if scheme is not None:
@@ -299,7 +299,10 @@ def _check_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...
     tensors = {id(t): t for t in (*skeleton.parameters(), *skeleton.buffers())}.values()
     need = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in tensors)
     rope = 2 * skeleton.rope_cos.numel() * dtype.itemsize
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the tensors' check above still holds
+        return
     if need > available:
         raise ValueError(f"{where}: the model it describes needs {need / 1e9:,.1f} GB of memory ({rope / 1e9:,.1f} GB "
                          f"of them for the RoPE tables of max_seq_len={config.max_seq_len}), more than the "

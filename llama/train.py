@@ -329,9 +329,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
             on_step(step)
     if bar is not None:  # the loop's bar gives way to the final evaluation's, saying what still comes
         bar = _final_progress(bar, cfg, step, elapsed, len(data.val) - 1, world)
-    final = log_eval(None, final=True, bar=bar)
-    if bar is not None:
-        bar.close()
+    final = log_eval(None, final=True, bar=bar)  # which closes the bar
     if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
         if rank == 0:

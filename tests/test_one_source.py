@@ -43,6 +43,7 @@ NOT_SHOWN = {
     "config.py:ModelConfig.__post_init__": "fills the derived defaults and calls validate(); dataclass plumbing",
     "config.py:ModelConfig.validate": "input validation: checks that the sizes fit together",
     "config.py:RopeScaling.__post_init__": "input validation of the scaling factors",
+    "convert.py:check_layer_count": "input validation: the layers a file declares against the tensors it holds",
     # The __init__ that @dataclass generates is compiled from a string ("<string>"), not from a
     # file of llama/, so the trace never attributes it to the package: nothing to exempt.
 }

@@ -7,7 +7,7 @@ In ``book/**/*.md``:
 * any other ```` ```python ```` / ```` ```py ```` fence is executed as plain code;
 * info strings may carry attributes (```` ```python title="check.py" ````);
 * fences indented inside Material admonitions (``??? success "Solution"``) count the same;
-* a fence whose body is a snippet include (``--8<-- "llama/rope.py:freqs"``) is skipped: that code
+* a fence whose body is a snippet include (``--8<-- "llama/model/rope.py:freqs"``) is skipped: that code
   is tested where it lives, in ``llama/``, and tests/test_listings.py runs the listing the hook
   hooks/listings.py makes of it.
 

@@ -13,16 +13,16 @@ alternate, so a burst of load from another process hits all alike. The time of a
 whole generation, the prefill included; tokens/s is 128 divided by it. Each cell is the median
 (best) of the repeats. The columns:
 
-- eager: ``llama.generate`` after :func:`llama.generation.prepare_for_decoding` (what ``llama
+- eager: ``llama.generate`` after :func:`llama.inference.generation.prepare_for_decoding` (what ``llama
   generate`` runs without ``--compile``).
-- compiled: :class:`llama.generation.CompiledDecoder` on the model as built (the one-token step
+- compiled: :class:`llama.inference.generation.CompiledDecoder` on the model as built (the one-token step
   compiled by ``torch.compile``, the prefill eager). Its warm-up call compiles; its time is the
   last column (with a cold Inductor cache, ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``, the full
   compile time).
-- int8: the same decoder on :func:`llama.quantize.quantize` ``(model, 8, 32)``: int8 weights in
+- int8: the same decoder on :func:`llama.quantization.weights.quantize` ``(model, 8, 32)``: int8 weights in
   groups of 32 with a float16 scale each, the numbers of llama.cpp's ``Q8_0`` blocks.
 - transformers: ``LlamaForCausalLM.generate`` with our weights converted by
-  :func:`llama.convert.llama_to_hf_state_dict`.
+  :func:`llama.formats.convert.llama_to_hf_state_dict`.
 - llama.cpp F32 and Q8_0: llama.cpp through ``llama-cpp-python`` (``pip install -e ".[peers]"``;
   it compiles llama.cpp, several minutes), ``Llama.generate`` with ``top_k=1`` (greedy), batch 1,
   ``n_threads`` = the thread count, on GGUF files that the project's own ``llama convert --to
@@ -59,9 +59,10 @@ from pathlib import Path
 import torch
 
 from llama import ModelConfig, Transformer
-from llama.convert import llama_to_hf_state_dict
-from llama.generation import CompiledDecoder, generate, prepare_for_decoding
-from llama.quantize import quantize
+from llama.formats.convert import llama_to_hf_state_dict
+from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
+from llama.quantization.weights import quantize
+from llama.formats.load import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
@@ -174,7 +175,7 @@ def llama_cpp_version() -> str | None:
 
 def peer_tokenizer() -> Path | str:
     """Llama 2's ``tokenizer.model`` (the vocabulary of the configs here), or why it is missing."""
-    from llama.download import find_data
+    from llama.data.sources import find_data
 
     found = find_data("llama2-tokenizer.model")
     return found if found is not None else "llama2-tokenizer.model not found: run `llama download llama2-tokenizer`"
@@ -192,7 +193,7 @@ def prompt_ids(vocab_size: int) -> list[int]:
     """The first PROMPT_LEN ids of Llama 2's encoding of PROMPT_TEXT (BOS first); seeded random ids without it."""
     tokenizer = peer_tokenizer()
     if isinstance(tokenizer, Path) and vocab_size == 32000:
-        from llama.tokenizer import load_tokenizer
+        from llama.tokenizers.tokenizer import load_tokenizer
 
         return load_tokenizer(tokenizer).encode(PROMPT_TEXT, bos=True)[:PROMPT_LEN]
     generator = torch.Generator().manual_seed(1)
@@ -201,7 +202,7 @@ def prompt_ids(vocab_size: int) -> list[int]:
 
 def write_gguf_files(model: Transformer, folder: Path, formats) -> dict[str, Path]:
     """``model`` as GGUF files, one per format, written by the project's own ``llama convert``."""
-    from llama.cli import main as llama
+    from llama.cli.main import main as llama
 
     def convert(*argv: str) -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # its "wrote ..." lines; errors go to stderr
@@ -209,7 +210,7 @@ def write_gguf_files(model: Transformer, folder: Path, formats) -> dict[str, Pat
         if status != 0:
             raise RuntimeError(f"llama convert {' '.join(argv)} failed")
 
-    model.save_pretrained(folder / "hf")
+    save_model(model, folder / "hf")
     tokenizer = str(peer_tokenizer())
     paths = {}
     for fmt in formats:

@@ -38,6 +38,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
+from llama.formats.load import load_model
 
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
@@ -59,7 +60,7 @@ PROMPT = "ROMEO:\n"
 # A fresh interpreter per run, so that its peak resident memory is its own.
 _CHILD = """
 import json, resource, sys
-from llama.cli import main
+from llama.cli.main import main
 code = main(sys.argv[1:])
 print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(code)
@@ -78,7 +79,7 @@ def split_speakers(text: str, speakers: tuple[str, ...]) -> tuple[str, str]:
 def write_data(folder: Path) -> tuple[Path, Path]:
     """Step 1: ``folder/lovers.txt`` and ``folder/rest.txt`` from Tiny Shakespeare (found as
     ``llama download`` finds it); returns their paths."""
-    from llama.download import find_data
+    from llama.data.sources import find_data
 
     source = find_data("tinyshakespeare.txt")
     if source is None:
@@ -102,8 +103,8 @@ def llama(*argv: str) -> tuple[float, int, str]:
 
 
 def sample(model, tokenizer, n: int) -> str:
-    from llama.generation import generate
-    from llama.sampling import Sampling
+    from llama.inference.generation import generate
+    from llama.inference.sampling import Sampling
 
     ids = generate(model.eval(), tokenizer.encode(PROMPT), n, Sampling(temperature=0.8, seed=0))
     return tokenizer.decode(ids)
@@ -114,7 +115,7 @@ def singular_values(base, tuned) -> dict[str, list[float]]:
     divided by the largest, averaged over the layers."""
     import torch
 
-    from llama.lora import TARGETS
+    from llama.training.lora import TARGETS
 
     before, after = base.state_dict(), tuned.state_dict()
     out = {}
@@ -142,12 +143,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from llama.lora import load_adapter, trainable_parameters
-    from llama.model import Transformer
-    from llama.tokenizer import load_tokenizer
-    from llama.train import evaluate
-    from llama.data import token_byte_lengths
-    from llama.train_state import read_log
+    from llama.training.lora import load_adapter, trainable_parameters
+    from llama.model.transformer import Transformer
+    from llama.tokenizers.tokenizer import load_tokenizer
+    from llama.training.loop import evaluate
+    from llama.data.pipeline import token_byte_lengths
+    from llama.training.state import read_log
 
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     if RUN.exists():
@@ -165,9 +166,9 @@ def main(argv=None) -> int:
         print("$ llama", shlex.join(argv), flush=True)
         wall, peak, _ = llama(*argv)
         final = read_log(out / "log.jsonl")[-1]
-        model = Transformer.from_pretrained(base_dir)
+        model = load_model(base_dir)
         full = flags[1] == "0"
-        model = Transformer.from_pretrained(out / "model") if full else load_adapter(model, out / "adapter")
+        model = load_model(out / "model") if full else load_adapter(model, out / "adapter")
         trainable = sum(p.numel() for p in model.parameters()) if full else trainable_parameters(model)[0]
         total = sum(p.numel() for n, p in model.named_parameters() if ".lora_" not in n)
         rows.append({"run": name, "val_bpb": round(final["val_bpb"], 4), "trainable": trainable,
@@ -175,11 +176,11 @@ def main(argv=None) -> int:
                      "peak_rss_mb": round(peak / 1024), "train_s": round(final["elapsed"], 1), "wall_s": round(wall, 1),
                      "adapter_bytes": sum(f.stat().st_size for f in (out / "adapter").iterdir()) if (out / "adapter").is_dir() else None})
         samples[name] = sample(model, tokenizer, 200 if not args.quick else 10)
-    base = Transformer.from_pretrained(base_dir)
+    base = load_model(base_dir)
     val = np.load(RUN / "LoRA-r1" / "data" / "val.npy")
     before = evaluate(base.eval(), val, 256, token_byte_lengths(tokenizer))
     samples["base"] = sample(base, tokenizer, 200 if not args.quick else 10)
-    spectra = singular_values(Transformer.from_pretrained(base_dir), Transformer.from_pretrained(RUN / "full-fine-tune" / "model"))
+    spectra = singular_values(load_model(base_dir), load_model(RUN / "full-fine-tune" / "model"))
     result = {"pretrain": "llama train " + shlex.join(PRETRAIN_ARGS), "finetune": "llama finetune " + shlex.join(FINETUNE_ARGS),
               "runs": {name: flags for name, flags in RUNS}, "before_val_bpb": round(before["bpb"], 4),
               "val_tokens": before["tokens"], "val_bytes": before["bytes"], "rows": rows, "samples": samples,

@@ -13,18 +13,18 @@ each timed call multiplies ``x`` by ``k`` distinct matrices of the shape: as man
 in float32 (at most 16; the head: 1), so float32 reads its weights from memory, not from the
 cache. The kernels:
 
-- float32 ``F.linear`` and float32 compiled (:class:`llama.linear.Linear`'s one-row sum under
+- float32 ``F.linear`` and float32 compiled (:class:`llama.model.linear.Linear`'s one-row sum under
   ``torch.compile``): the yardstick, 4 bytes per weight;
-- compiled sums: :func:`llama.quant_kernel.one_row_product` under ``torch.compile``, the path
+- compiled sums: :func:`llama.quantization.kernel.one_row_product` under ``torch.compile``, the path
   quantized layers took before the C++ kernel (and take without a compiler);
 - ATen int8: ``torch.ops.aten._weight_int8pack_mm`` (one float32 scale per row only, so only
   the per-row format); ATen int4: ``torch.ops.aten._weight_int4pack_mm_for_cpu`` on the weight
   converted by ``_convert_weight_to_int4pack_for_cpu`` (values ``q + 8``, float32 scales and
   zero offsets 0: the same numbers as the book's format);
-- C++ kernel: ``torch.ops.llama.quantized_matmul`` (:mod:`llama.quant_kernel`), called eagerly
+- C++ kernel: ``torch.ops.llama.quantized_matmul`` (:mod:`llama.quantization.kernel`), called eagerly
   and from a compiled graph.
 
-Compiled functions are called as :class:`llama.generation.CompiledDecoder` calls its step (C++
+Compiled functions are called as :class:`llama.inference.generation.CompiledDecoder` calls its step (C++
 wrapper, guards skipped), the ``k`` products in one graph. GB/s counts the bytes of the weights
 as stored (integers and float16 scales, or float32 scales and zeros for ATen's int4; 4 bytes per
 float32 weight) over the time of a call: the median of 5 timings of loops of calls, each about
@@ -57,8 +57,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llama import quant_kernel  # noqa: E402
-from llama.quantize import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
+from llama.quantization import kernel as quant_kernel  # noqa: E402
+from llama.quantization.weights import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
@@ -83,7 +83,7 @@ def timed(fn, repeats: int = 5, seconds: float = 0.1) -> float:
 
 
 def compiled(fn):
-    """``fn`` compiled as :class:`llama.generation.CompiledDecoder` compiles a step: C++ wrapper, guards skipped.
+    """``fn`` compiled as :class:`llama.inference.generation.CompiledDecoder` compiles a step: C++ wrapper, guards skipped.
 
     Guards are what tell two compiled lambdas of the same line apart, so Dynamo forgets earlier
     compilations first: time each compiled function before making the next.

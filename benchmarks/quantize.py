@@ -13,14 +13,14 @@ Quality:
   the 893 steps it reaches in its 120 seconds on an idle machine
   (``llama train --max-steps 893 --dtype bfloat16``, trained here into a temporary folder, or
   ``--run DIR`` to use a finished run), evaluated on the whole validation split
-  (:func:`llama.train.evaluate`) in float32, then with int8 and int4 weights.
-- **greedy agreement** on ``stories260K`` (found by :func:`llama.download.find_data`): for each
+  (:func:`llama.training.loop.evaluate`) in float32, then with int8 and int4 weights.
+- **greedy agreement** on ``stories260K`` (found by :func:`llama.data.sources.find_data`): for each
   of 200 prompts (BOS and three random ids), 64 greedy tokens from the float32 model and from
   the quantized one; the table gives how many tokens come out equal before the first
   difference (median and mean) and the share of prompts whose 64 tokens are all equal.
 
 Speed: batch 1, greedy, an 8-token prompt then 128 new tokens, with
-:class:`llama.generation.CompiledDecoder` (the model's own forward compiled) in float32, int8
+:class:`llama.inference.generation.CompiledDecoder` (the model's own forward compiled) in float32, int8
 and int4 (both in groups of 32, the numbers of GGUF's ``Q8_0`` and ``Q4_0`` layouts), beside
 llama.cpp (``llama-cpp-python``, optional: ``pip install -e ".[peers]"``) on GGUF files of the
 same random weights that ``llama convert --to gguf`` writes: ``F32``, ``Q8_0`` and ``Q4_0``, as in
@@ -54,8 +54,9 @@ from machine import machine_line  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 from llama import ModelConfig, Transformer  # noqa: E402
-from llama.generation import CompiledDecoder, generate_batch  # noqa: E402
-from llama.quantize import QuantizedLinear, quantize  # noqa: E402
+from llama.inference.generation import CompiledDecoder, generate_batch  # noqa: E402
+from llama.quantization.weights import QuantizedLinear, quantize  # noqa: E402
+from llama.formats.load import load_model
 
 #: The steps the training chapter's 120-second recipe reached on the book's idle machine
 #: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.
@@ -95,11 +96,11 @@ def _text_path(find_data) -> str | None:
 
 
 def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[str, float]]:
-    from llama.data import load_tokens, token_byte_lengths
-    from llama.download import find_data
-    from llama.tokenizer import load_tokenizer
-    from llama.train import evaluate, train
-    from llama.train_config import TrainConfig
+    from llama.data.pipeline import load_tokens, token_byte_lengths
+    from llama.data.sources import find_data
+    from llama.tokenizers.tokenizer import load_tokenizer
+    from llama.training.loop import evaluate, train
+    from llama.training.config import TrainConfig
 
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as tmp:
         if run is None:
@@ -110,7 +111,7 @@ def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[s
             print(f"training: llama train --out RUN --max-steps {cfg.max_steps} --dtype bfloat16"
                   f"{' --model tiny --block-size 64' if quick else ''}", flush=True)
             train(cfg)
-        model = Transformer.from_pretrained(run / "model")
+        model = load_model(run / "model")
         tok_file = next(p for p in (run / "model").iterdir() if p.name.startswith("tokenizer"))
         tokenizer = load_tokenizer(tok_file)
         val = load_tokens(run / "data" / "val.npy")
@@ -128,12 +129,12 @@ def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[s
 
 
 def greedy_agreement(n_prompts: int, new_tokens: int) -> list[tuple[str, float, float, float]] | str:
-    from llama.download import find_data
+    from llama.data.sources import find_data
 
     path = find_data("stories260K.bin")
     if path is None:
         return "stories260K.bin not found: run `llama download stories260K`"
-    model = Transformer.from_pretrained(path)
+    model = load_model(path)
     g = torch.Generator().manual_seed(0)
     prompts = [[1] + torch.randint(3, model.config.vocab_size, (3,), generator=g).tolist() for _ in range(n_prompts)]
     ref = generate_batch(model, prompts, new_tokens)
@@ -173,7 +174,7 @@ def kernel_read_speeds(count: int = 40, rows: int = 2048, cols: int = 768, repea
     The profile of what limits the speed: if a format's kernel reads its bytes much slower than
     float32's, the integer-to-float work, not memory, is what bounds it.
     """
-    from llama.linear import Linear
+    from llama.model.linear import Linear
 
     torch.manual_seed(0)
     base = [Linear(cols, rows, bias=False) for _ in range(count)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sentencepiece
 
-from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
+from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ Run from the repository root::
     python benchmarks/train.py parallel     # DDP and FSDP on 1, 2 and 4 ranks: bytes per rank, step time
     python benchmarks/train.py --quick throughput precision parts   # tiny sizes, to check the script runs
 
-FLOPs per token are :func:`llama.flops.flops_per_token` (6 x the weights that multiply, plus
+FLOPs per token are :func:`llama.training.flops.flops_per_token` (6 x the weights that multiply, plus
 causal attention, 6 L d (T + 1)); achieved FLOP/s is that times tokens/s; the peak is measured
 here, the best of several ``torch.mm`` of two 2048 x 2048 matrices at the same thread count, in
 float32 and in bfloat16; utilisation (MFU) is achieved over peak at the step's dtype. Peak memory
@@ -26,10 +26,10 @@ two are the same), with Tiny Shakespeare found as ``llama train`` finds it. It p
 validation figures and copies the run's ``log.jsonl`` and ``samples.txt`` to
 ``benchmarks/results/`` (the chapter's loss figure is drawn from that log).
 
-``throughput`` trains the same model two ways: our :class:`llama.model.Transformer` and
+``throughput`` trains the same model two ways: our :class:`llama.model.transformer.Transformer` and
 transformers' ``LlamaForCausalLM`` (``sdpa`` attention), same config (the recipe's model),
 same initial weights, same batch (8 x 256 tokens), the same loss function, the same AdamW
-(:func:`llama.train.make_optimizer`, fused) and gradient clipping, the same thread count. Each
+(:func:`llama.training.loop.make_optimizer`, fused) and gradient clipping, the same thread count. Each
 gets untimed warm-up steps; then timed rounds alternate between the two so that a burst of load
 from another process hits both alike. A round is ``--steps`` optimizer steps; tokens/s is
 tokens in the round over its wall time; the median over rounds is reported.
@@ -38,8 +38,8 @@ tokens in the round over its wall time; the median over rounds is reported.
 ranks with the same global batch (8 windows of 128 tokens of Tiny Shakespeare, the book's model,
 AdamW, float32, 1 thread per rank when ranks outnumber cores), ``--steps`` x 4 optimizer steps.
 Per rank it reports the bytes of weights and optimizer state that rank held (measured from its
-tensors by :func:`llama.fsdp.held_bytes`, saved in the checkpoint's ``state.json``) beside
-:func:`llama.memory.bytes_per_rank`'s count, the peak resident memory of each rank's process
+tensors by :func:`llama.training.fsdp.held_bytes`, saved in the checkpoint's ``state.json``) beside
+:func:`llama.training.memory.bytes_per_rank`'s count, the peak resident memory of each rank's process
 (VmHWM: Python, torch and the data included), and the mean time of a step (the training loop's
 time over its steps, evaluation excluded).
 """
@@ -65,7 +65,7 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
 
-#: The book's recipe: every other setting is ``llama train``'s default (see llama.train_config.TrainConfig).
+#: The book's recipe: every other setting is ``llama train``'s default (see llama.training.config.TrainConfig).
 #: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
 #: sweep (``sweep``).
 #: Its precision is ``--dtype auto``'s choice (bfloat16 autocast where the CPU has it natively, as on
@@ -94,12 +94,12 @@ def _quality_once() -> dict:
         shutil.rmtree(out)
     argv = shlex.split(RECIPE_COMMAND)
     assert argv[:2] == ["llama", "train"]
-    cmd = [sys.executable, "-m", "llama.cli", *argv[1:]]  # the console script, without relying on PATH
+    cmd = [sys.executable, "-m", "llama.cli.main", *argv[1:]]  # the console script, without relying on PATH
     print("$", RECIPE_COMMAND, flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     wall = time.perf_counter() - start
-    from llama.train_state import read_log
+    from llama.training.state import read_log
 
     log = read_log(out / "log.jsonl")
     final = log[-1]
@@ -147,13 +147,13 @@ def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
     """Train each variant of :data:`SWEEP` for ``steps`` optimizer steps (so a busy machine changes
     the time they take, not their result), bfloat16, and append its final whole-validation bits
     per byte, with its training-loop time and the load, to ``results/train-sweep.jsonl``."""
-    from llama.train_state import read_log
+    from llama.training.state import read_log
 
     for name in names or list(SWEEP):
         out = REPO / "runs" / "sweep" / name.replace(" ", "_").replace(",", "")
         if out.exists():
             shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "llama.cli", "train", "--out", str(out), "--dtype", "bfloat16", "--max-steps",
+        cmd = [sys.executable, "-m", "llama.cli.main", "train", "--out", str(out), "--dtype", "bfloat16", "--max-steps",
                str(steps), "--eval-every", str(steps), "--sample-tokens", "0", "--no-progress", "--threads",
                str(threads), *SWEEP[name]]
         load = os.getloadavg()[0]
@@ -173,7 +173,7 @@ def _engines(config, compile_: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llama import Transformer
-    from llama.convert import llama_to_hf_state_dict
+    from llama.formats.convert import llama_to_hf_state_dict
 
     torch.manual_seed(0)
     ours = Transformer(config)
@@ -189,13 +189,13 @@ def _engines(config, compile_: bool):
 
 
 def _step_fn(model, forward, batch, dtype, parts: str = "book"):
-    """One training step. ``parts``: ``"book"`` (llama.loss, llama.optim's AdamW and clipping:
+    """One training step. ``parts``: ``"book"`` (llama.training.loss, llama.training.optim's AdamW and clipping:
     what ``llama train`` runs), ``"muon"`` (the same with Muon), or ``"torch"`` (F.cross_entropy,
     fused torch.optim.AdamW with the same groups, clip_grad_norm_)."""
     import torch.nn.functional as F
 
-    from llama.loss import cross_entropy
-    from llama.optim import clip_grad_norm, make_optimizer
+    from llama.training.loss import cross_entropy
+    from llama.training.optim import clip_grad_norm, make_optimizer
 
     opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="muon" if parts == "muon" else "adamw")
     if parts == "torch":
@@ -233,7 +233,7 @@ def _race(steps_fns: dict, tokens_per_step: int, warmup: int, steps: int, rounds
 
 
 def throughput_config(quick: bool):
-    from llama.train_config import TrainConfig, model_config
+    from llama.training.config import TrainConfig, model_config
 
     if quick:
         return model_config(TrainConfig(out="-", model="tiny", max_steps=1, block_size=32), 256), 2, 32
@@ -251,7 +251,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
 def run_matmul(n: int = 1024, repeats: int = 5) -> dict:
     """The rate of an ``n x n`` product in float32 and in bfloat16 on this CPU (best of ``repeats``,
     at the thread count set), the machine, and what ``--dtype auto`` chooses here and why."""
-    from llama.precision import resolve_dtype
+    from llama.training.precision import resolve_dtype
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
@@ -307,7 +307,7 @@ def peak_memory(quick: bool, dtype: str) -> dict:
 
 def report_flops(config, t: int, tok_s: dict, dtype: str) -> dict:
     """Print FLOPs per token, achieved FLOP/s, the measured matmul peak and MFU for each engine."""
-    from llama.flops import flops_per_token, training_memory
+    from llama.training.flops import flops_per_token, training_memory
 
     per_token = flops_per_token(config, t)
     peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
@@ -397,7 +397,7 @@ def run_parts(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
 
 PARALLEL_CHILD = """
 import os, sys
-from llama.cli import main
+from llama.cli.main import main
 code = main(sys.argv[1:])
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 out = sys.argv[sys.argv.index("--out") + 1]
@@ -410,9 +410,9 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
     """DDP and FSDP on 1, 2 and 4 ranks: bytes held per rank (measured and counted), peak RSS, step time."""
     import tempfile
 
-    from llama.config import ModelConfig
-    from llama.download import find_data
-    from llama.memory import bytes_per_rank
+    from llama.model.config import ModelConfig
+    from llama.data.sources import find_data
+    from llama.training.memory import bytes_per_rank
 
     global_batch, block, n_steps = 8, 128, 4 * steps
     rows = []
@@ -450,7 +450,7 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
                              "step_ms": 1000 * log[-1]["elapsed"] / n_steps})
     print(f"\nDDP and FSDP, global batch {global_batch} x {block} tokens, {n_steps} steps, gloo on this machine "
           f"({os.cpu_count()} cores)")
-    print("| | ranks | weights + AdamW per rank, held (MB) | counted by llama.memory (MB) | peak RSS per rank (MB) | ms per step |")
+    print("| | ranks | weights + AdamW per rank, held (MB) | counted by llama.training.memory (MB) | peak RSS per rank (MB) | ms per step |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['strategy']} | {r['ranks']} | {r['held_mb']:.3f} | {r['counted_mb']:.3f} | "

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from llama.config import PRESETS
-from llama.download import find_data
+from llama.model import PRESETS
+from llama.data import find_data
 from llama.model import Transformer
+from llama.formats import load_model
 
 
 def load_stories260k() -> tuple[Transformer, str]:
-    """The pretrained ``stories260K`` when :func:`llama.download.find_data` finds it, else a seeded
+    """The pretrained ``stories260K`` when :func:`llama.data.sources.find_data` finds it, else a seeded
     random model of its size: ``(model, what it is)`` for a figure's title."""
     path = find_data("stories260K.bin")
     if path is not None:
-        return Transformer.from_pretrained(path), "stories260K"
+        return load_model(path), "stories260K"
     torch.manual_seed(0)
     return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"

@@ -4,7 +4,7 @@ See hooks/figures.py: every function in ``FIGURES`` returns a matplotlib Figure 
 build time, so the pictures always show what the library computes now.
 
 The attention-weight heatmaps use the real pretrained ``stories260K`` model when
-:func:`llama.download.find_data` finds it (``llama download stories260K`` fetches it); otherwise a
+:func:`llama.data.sources.find_data` finds it (``llama download stories260K`` fetches it); otherwise a
 randomly initialised model of the same size, seeded.
 The figure title says which one was drawn.
 """
@@ -18,12 +18,13 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from llama.attention import causal_mask, kv_cache_bytes
-from llama.reference import attention, repeat_kv
-from llama.config import PRESETS
-from llama.download import find_data
+from llama.model import causal_mask, kv_cache_bytes
+from llama.model.reference import attention, repeat_kv
+from llama.model import PRESETS
+from llama.data import find_data
 from llama.model import Transformer, count_parameters
-from llama.rope import apply_rope
+from llama.model import apply_rope
+from llama.formats import load_model
 
 MASK_CMAP = ListedColormap(["#f2f2f2", "#3949ab"])  # not allowed / allowed (indigo, the site colour)
 MASKED = "#9e9e9e"  # -inf cells: a grey that no score colour of RdBu_r (white at 0) can be mistaken for
@@ -33,11 +34,11 @@ BOS = 1  # llama2.c's begin-of-sequence id
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def load_model() -> tuple[Transformer, str]:
+def pretrained_or_random() -> tuple[Transformer, str]:
     """The pretrained stories260K model if it can be loaded, else a seeded random one of its size."""
     path = find_data("stories260K.bin")
     if path is not None:
-        return Transformer.from_pretrained(path).eval(), "stories260K, pretrained"
+        return load_model(path).eval(), "stories260K, pretrained"
     torch.manual_seed(0)
     return Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights (seed 0)"
 
@@ -151,7 +152,7 @@ def scaling_figure():
 @one_thread()
 def weights_pipeline_figure(layer: int = 1, head: int = 2, n_tokens: int = 16):
     """One head of the model: raw scores, masked scores, softmax weights."""
-    model, name = load_model()
+    model, name = pretrained_or_random()
     tokens = greedy_tokens(model, n_tokens)
     scores, weights = attention_maps(model, tokens)
     s, w = scores[layer, head], weights[layer, head]
@@ -182,7 +183,7 @@ def all_heads_figure(n_tokens: int = 24):
     mean weight of a row's two largest cells and of position 0, so the text can refer to numbers
     that are always those of the model drawn.
     """
-    model, name = load_model()
+    model, name = pretrained_or_random()
     tokens = greedy_tokens(model, n_tokens)
     _, weights = attention_maps(model, tokens)
     rows = weights[:, :, 1:, :]

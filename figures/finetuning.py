@@ -12,8 +12,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from llama.linear import Linear
-from llama.lora import LoRAConfig, LoRALinear
+from llama.model import Linear
+from llama.training import LoRAConfig, LoRALinear
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "finetune.json"
 

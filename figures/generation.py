@@ -4,9 +4,9 @@
   KV cache (one position through the model) and without it (all t positions again).
 * ``generation-sampling.svg``: one next-token distribution as each sampling rule leaves it.
 * ``checkpoints-llama2c-layout.svg`` (Checkpoints chapter): what the bytes of a llama2.c ``.bin``
-  hold, block by block, from :func:`llama.llama2c.llama2c_layout`.
+  hold, block by block, from :func:`llama.formats.llama2c.llama2c_layout`.
 
-Both use the pretrained ``stories260K`` when :func:`llama.download.find_data` finds it
+Both use the pretrained ``stories260K`` when :func:`llama.data.sources.find_data` finds it
 (``llama download stories260K`` fetches it), else a seeded random model of its size; the titles
 say which.
 """
@@ -18,10 +18,10 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from _models import load_stories260k as load_model
-from llama.llama2c import llama2c_layout
-from llama.config import PRESETS
-from llama.sampling import min_p_filter, top_k_filter, top_p_filter
+from _models import load_stories260k
+from llama.formats import llama2c_layout
+from llama.model import PRESETS
+from llama.inference import min_p_filter, top_k_filter, top_p_filter
 
 
 def _best_of(fn, repeats: int = 3) -> float:
@@ -39,7 +39,7 @@ def kv_cache_time():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: thread hand-offs would only add noise
     try:
-        model, label = load_model()
+        model, label = load_stories260k()
         positions = list(range(16, 513, 64))
         tokens = torch.randint(0, model.config.vocab_size, (1, positions[-1]),
                                generator=torch.Generator().manual_seed(0))
@@ -67,7 +67,7 @@ def kv_cache_time():
 @torch.inference_mode()
 def sampling():
     """The next-token distribution after a greedy story prefix, under each sampling rule."""
-    model, label = load_model()
+    model, label = load_stories260k()
     tokens = [1]
     for _ in range(6):
         tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))

@@ -1,10 +1,10 @@
 """Figure of the GGUF chapter, drawn from ``llama`` code at build time (see hooks/figures.py).
 
-* ``gguf-layout.svg``: the parts of a real GGUF file written by :func:`llama.gguf.save_gguf`,
-  located by :func:`llama.gguf.gguf_layout` (which reads the file with the ``gguf`` package): the
+* ``gguf-layout.svg``: the parts of a real GGUF file written by :func:`llama.formats.gguf.save_gguf`,
+  located by :func:`llama.formats.gguf.gguf_layout` (which reads the file with the ``gguf`` package): the
   whole file, and its first bytes magnified.
 
-It uses the pretrained ``stories260K`` when :func:`llama.download.find_data` finds it, else a
+It uses the pretrained ``stories260K`` when :func:`llama.data.sources.find_data` finds it, else a
 seeded random model of its size; the title says which.
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from llama.config import PRESETS
-from llama.download import find_data
-from llama.gguf import gguf_layout, save_gguf
+from llama.model import PRESETS
+from llama.data import find_data
+from llama.formats import gguf_layout, save_gguf
 from llama.model import Transformer
+from llama.formats import load_model
 
 GROUPS = {"header": "header", "metadata": "metadata", "tensor infos": "tensor infos", "padding": "padding",
           "token_embd": "embedding", "attn_": "attention (q k v output)", "ffn_gate": "feed-forward (gate down up)",
@@ -35,7 +36,7 @@ def gguf_file_layout():
     """The parts of stories260K written as GGUF (float32), in file order, whole and magnified."""
     path = find_data("stories260K.bin")
     if path is not None:
-        model, label = Transformer.from_pretrained(path), "stories260K"
+        model, label = load_model(path), "stories260K"
     else:
         torch.manual_seed(0)
         model, label = Transformer(PRESETS["stories260K"]).eval(), "stories260K size, random weights"

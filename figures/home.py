@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from llama.config import PRESETS, ModelConfig
+from llama.model import PRESETS, ModelConfig
 
 
 def parameter_split(cfg: ModelConfig) -> dict[str, int]:

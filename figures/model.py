@@ -13,11 +13,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from llama.config import PRESETS, ModelConfig, RopeScaling, llama_hidden_dim
-from llama.feed_forward import FeedForward
-from llama.convert import expected_shapes
+from llama.model import PRESETS, ModelConfig, RopeScaling, llama_hidden_dim
+from llama.model import FeedForward
+from llama.formats import expected_shapes
 from llama.model import Transformer, count_parameters
-from llama.rope import interleaved_to_half_split
+from llama.model import interleaved_to_half_split
 
 
 def _one_thread(make):

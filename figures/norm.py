@@ -1,4 +1,4 @@
-"""Figures of the RMSNorm chapter, drawn with ``llama.norm`` at build time (see hooks/figures.py)."""
+"""Figures of the RMSNorm chapter, drawn with ``llama.model.norm`` at build time (see hooks/figures.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from llama.norm import RMSNorm
+from llama.model import RMSNorm
 
 
 def versus_layernorm():

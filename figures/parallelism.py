@@ -1,6 +1,6 @@
 """Figure of the "Parallel training" chapter, drawn from ``llama`` code at build time (see hooks/figures.py).
 
-``parallelism-memory.svg``: :func:`llama.memory.bytes_per_rank` for Llama 3.1 8B trained with
+``parallelism-memory.svg``: :func:`llama.training.memory.bytes_per_rank` for Llama 3.1 8B trained with
 AdamW on 1 to 64 ranks, each strategy a line, with the weights in float32 and in bfloat16, against
 the 80 GB of an H100.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from llama.config import ModelConfig
-from llama.memory import STRATEGIES, bytes_per_rank
+from llama.model import ModelConfig
+from llama.training import STRATEGIES, bytes_per_rank
 
 LABELS = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "fsdp": "FSDP (ZeRO-3)"}
 WORLD_SIZES = [1, 2, 4, 8, 16, 32, 64]

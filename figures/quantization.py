@@ -4,7 +4,7 @@
   largest magnitudes of its rows and of its 32-wide groups are (what one shared scale would
   have to cover), and the relative error of each quantization scheme, matrix by matrix.
 
-It uses the pretrained ``stories260K`` when :func:`llama.download.find_data` finds it
+It uses the pretrained ``stories260K`` when :func:`llama.data.sources.find_data` finds it
 (``llama download stories260K`` fetches it), else a seeded random model of its size; the title
 says which.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from _models import load_stories260k as load_model
-from llama.quantize import QUANTIZED_LAYERS, dequantize_tensor, quantize_tensor
+from _models import load_stories260k
+from llama.quantization import QUANTIZED_LAYERS, dequantize_tensor, quantize_tensor
 
 
 def relative_error(w: torch.Tensor, bits: int, group_size: int) -> float:
@@ -24,7 +24,7 @@ def relative_error(w: torch.Tensor, bits: int, group_size: int) -> float:
 
 
 def scales():
-    model, label = load_model()
+    model, label = load_stories260k()
     mats = {name.removesuffix(".weight"): p.detach() for name, p in model.named_parameters()
             if name.split(".")[-2] in QUANTIZED_LAYERS}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))

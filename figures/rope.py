@@ -1,4 +1,4 @@
-"""Figures of the RoPE chapter, drawn with ``llama.rope`` at build time (see hooks/figures.py)."""
+"""Figures of the RoPE chapter, drawn with ``llama.model.rope`` at build time (see hooks/figures.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from llama.config import PRESETS, RopeScaling
-from llama.reference import apply_rope_half_split
-from llama.rope import apply_rope, rope_cache, rope_frequencies
+from llama.model import PRESETS, RopeScaling
+from llama.model import apply_rope_half_split
+from llama.model import apply_rope, rope_cache, rope_frequencies
 
 
 def _wavelengths(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:

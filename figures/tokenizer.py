@@ -1,4 +1,4 @@
-"""Figures of the tokenizer chapter, drawn with ``llama.bpe`` at build time (see hooks/figures.py)."""
+"""Figures of the tokenizer chapter, drawn with ``llama.tokenizers.bpe`` at build time (see hooks/figures.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from llama.bpe import BPETokenizer
+from llama.tokenizers import BPETokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

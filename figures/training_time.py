@@ -1,6 +1,6 @@
 """Figures of the "Where the time goes" chapter, drawn from ``llama`` code at build time (see hooks/figures.py).
 
-``training-time-flops.svg`` splits a training step's operations with :func:`llama.flops.flops_per_token`
+``training-time-flops.svg`` splits a training step's operations with :func:`llama.training.flops.flops_per_token`
 for the recipe's model at several context lengths. ``training-time-sweep.svg`` reads the sweep of
 the recipe's variants, committed as ``benchmarks/results/train-sweep.jsonl`` by
 ``python benchmarks/train.py sweep``.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from llama.flops import flops_per_token, training_memory
-from llama.train_config import TrainConfig, model_config
+from llama.training import flops_per_token, training_memory
+from llama.training import TrainConfig, model_config
 
 SWEEP = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-sweep.jsonl"
 

@@ -1,9 +1,9 @@
 """Griffe extension (loaded by mkdocstrings): Sphinx roles in docstrings become links.
 
 The package's docstrings name other objects as Sphinx does, ``:func:`add_lora```,
-``:class:`~llama.model.Transformer```, which a reader of the source (or ``help()``) reads well
+``:class:`~llama.model.transformer.Transformer```, which a reader of the source (or ``help()``) reads well
 and Markdown would show raw. Before mkdocstrings renders a docstring, each role becomes an
-autorefs link to the object's entry in the API reference, ``[`add_lora`][llama.lora.add_lora]``.
+autorefs link to the object's entry in the API reference, ``[`add_lora`][llama.training.lora.add_lora]``.
 
 A name is looked up as Python would from where the docstring is: the class it belongs to (for a
 method), its module (what the module defines or imports), then the package's top level; a dotted

@@ -2,8 +2,8 @@
 
 A chapter includes a snippet section of the library with a fence whose body is an include line:
 
-    ```python title="llama/rope.py"
-    --8<-- "llama/rope.py:frequencies"
+    ```python title="llama/model/rope.py"
+    --8<-- "llama/model/rope.py:frequencies"
     ```
 
 Before Markdown runs, this hook replaces the include by the listing the reader sees:
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A section marker inside a module, as pymdownx.snippets spells it: `# --8<-- [start:name]`.
 MARKER = re.compile(r"-{1,2}8<-{1,2}\s*\[(?P<kind>start|end):(?P<name>[-_0-9A-Za-z]+)\]")
-# One include line inside a fence: `--8<-- "llama/rope.py:frequencies"`.
+# One include line inside a fence: `--8<-- "llama/model/rope.py:frequencies"`.
 INCLUDE = re.compile(r'^(?P<indent>[ \t]*)-{1,2}8<-{1,2}[ \t]+"(?P<path>[^":]+):(?P<section>[-_0-9A-Za-z]+)"[ \t]*$')
 # A fence whose body is nothing but include lines (possibly indented inside an admonition).
 INCLUDE_FENCE = re.compile(

@@ -1,34 +1,34 @@
-"""A LLaMA-style language model built from first principles in PyTorch."""
+"""A LLaMA-style language model built from first principles in PyTorch.
+
+The sub-packages follow the book's parts, and import one way, from the bottom up:
+``llama.model`` (part I), ``llama.quantization``, ``llama.formats``,
+``llama.tokenizers`` and ``llama.inference`` (part II), ``llama.data`` and
+``llama.training`` (parts III and IV), and ``llama.cli`` on top. The names a first example
+needs can be imported from ``llama`` itself.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from llama._exports import lazy_exports
 
 # Where each public name lives. They are imported on first use (PEP 562), not here: importing
 # the package then costs nothing, so ``llama --help`` answers without loading torch (seconds).
 _EXPORTS = {
-    "ModelConfig": "llama.config", "RopeScaling": "llama.config", "PRESETS": "llama.config",
-    "Transformer": "llama.model", "count_parameters": "llama.model",
-    "Sampling": "llama.sampling", "sample_next": "llama.sampling",
-    "generate": "llama.generation", "generate_stream": "llama.generation", "generate_batch": "llama.generation",
+    "ModelConfig": "model.config", "RopeScaling": "model.config", "PRESETS": "model.config",
+    "Transformer": "model.transformer", "count_parameters": "model.transformer",
+    "load_model": "formats.load", "save_model": "formats.load",
+    "Sampling": "inference.sampling", "sample_next": "inference.sampling",
+    "generate": "inference.generation", "generate_stream": "inference.generation",
+    "generate_batch": "inference.generation",
 }
 __all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and the API pages read
-    from llama.config import PRESETS, ModelConfig, RopeScaling
-    from llama.generation import generate, generate_batch, generate_stream
-    from llama.model import Transformer, count_parameters
-    from llama.sampling import Sampling, sample_next
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llama' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups find it directly
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    from llama.formats.load import load_model, save_model
+    from llama.inference.generation import generate, generate_batch, generate_stream
+    from llama.inference.sampling import Sampling, sample_next
+    from llama.model.config import PRESETS, ModelConfig, RopeScaling
+    from llama.model.transformer import Transformer, count_parameters

@@ -385,8 +385,8 @@ def source(tmp_path) -> Path:
     """A Hugging Face folder of a random one-layer model: what the refusal tests convert and load."""
     from helpers import HOSTILE_TINY, random_model
 
-    from llama import ModelConfig
+    from llama import ModelConfig, save_model
 
     path = tmp_path / "source"
-    random_model(ModelConfig(**HOSTILE_TINY)).save_pretrained(path)
+    save_model(random_model(ModelConfig(**HOSTILE_TINY)), path)
     return path

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from llama import ModelConfig, Transformer
-from llama.cli import main
+from llama.cli.main import main
+from llama.formats.load import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 # The timeout of a test's subprocess only stops one that hangs: a run of seconds can take minutes on
@@ -108,7 +109,7 @@ def run_console_blocks(markdown: str, capsys) -> None:
 
 
 def pb_varint(value: int) -> bytes:
-    """Protobuf's base-128 varint, written independently of llama.protobuf (which only reads)."""
+    """Protobuf's base-128 varint, written independently of llama.tokenizers.protobuf (which only reads)."""
     out = bytearray()
     while True:
         out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
@@ -174,7 +175,7 @@ def require_module(name: str):
         unavailable(f"{name} is not installed", "`make install` installs it from requirements-dev.txt")
 
 
-# Code that runs torch.compile, directly or through llama.generation.CompiledDecoder.
+# Code that runs torch.compile, directly or through llama.inference.generation.CompiledDecoder.
 COMPILES = re.compile(r"\bCompiledDecoder\(|\btorch\.compile\(")
 
 
@@ -276,7 +277,7 @@ def hf_folder(path: Path, config: ModelConfig | None = None, **config_fields) ->
     (json.dumps writes float("inf") as Infinity and float("nan") as NaN, as other tools do)."""
     import json
 
-    random_model(config or ModelConfig(**HOSTILE_TINY)).save_pretrained(path)
+    save_model(random_model(config or ModelConfig(**HOSTILE_TINY)), path)
     saved = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**saved, **config_fields}))
     return path
@@ -314,10 +315,10 @@ def gguf_file(path: Path, config: ModelConfig, **metadata) -> Path:
     """A GGUF file of a random model whose ``llama.*`` keys are changed by ``metadata``."""
     from unittest import mock
 
-    import llama.gguf
+    import llama.formats.gguf
 
     model = random_model(config)
-    real = llama.gguf._metadata
-    with mock.patch.object(llama.gguf, "_metadata", lambda c: {**real(c), **metadata}):
-        llama.gguf.save_gguf(model.state_dict(), model.config, path)
+    real = llama.formats.gguf._metadata
+    with mock.patch.object(llama.formats.gguf, "_metadata", lambda c: {**real(c), **metadata}):
+        llama.formats.gguf.save_gguf(model.state_dict(), model.config, path)
     return path

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from llama import ModelConfig
-from llama.attention import Attention, KVCache, causal_mask, kv_cache_bytes
-from llama.reference import attention, repeat_kv
-from llama.rope import apply_rope, rope_cache
+from llama.model.attention import Attention, KVCache, causal_mask, kv_cache_bytes
+from llama.model.reference import attention, repeat_kv
+from llama.model.rope import apply_rope, rope_cache
 
 
 def test_explicit_attention_equals_sdpa():

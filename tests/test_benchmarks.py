@@ -11,8 +11,8 @@ import torch
 from helpers import REPO, load_module
 
 from llama import ModelConfig
-from llama.gguf import read_gguf
-from llama.quantize import quantize
+from llama.formats.gguf import read_gguf
+from llama.quantization.weights import quantize
 
 
 def _bench(name: str):

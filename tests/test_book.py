@@ -2,7 +2,7 @@
 
 The rule, for each fenced block in ``book/**/*.md``:
 
-* ```` ```python ```` whose body is only snippet includes of ``llama/`` (``--8<-- "llama/rope.py:freqs"``):
+* ```` ```python ```` whose body is only snippet includes of ``llama/`` (``--8<-- "llama/model/rope.py:freqs"``):
   library code, tested where it lives;
 * ```` ```pycon ```` (``>>>`` examples) or ```` ```python ```` with plain code: must be collected by the
   Sybil parser in ../conftest.py, and so run by pytest;
@@ -90,8 +90,8 @@ def test_the_book_has_examples():
 SAMPLE = '''\
 # Sample
 
-```python title="llama/rope.py"
---8<-- "llama/rope.py:freqs"
+```python title="llama/model/rope.py"
+--8<-- "llama/model/rope.py:freqs"
 ```
 
 ```pycon

@@ -10,7 +10,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
+from llama.tokenizers.bpe import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer
 
 
 # ---------------------------------------------------------------- an independent reference

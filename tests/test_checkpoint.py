@@ -13,9 +13,10 @@ from helpers import random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer, generate
-from llama.checkpoint import detect_format
-from llama.llama2c import read_llama2c
-from llama.convert import llama_to_hf_state_dict
+from llama.formats.checkpoint import detect_format
+from llama.formats.llama2c import read_llama2c
+from llama.formats.convert import llama_to_hf_state_dict
+from llama.formats.load import load_model, save_model
 
 #: Greedy ids of stories260K from BOS (id 1), recorded from this package and checked below against
 #: an independent NumPy re-implementation of llama2.c's run.c; book/checkpoints.md quotes them.
@@ -73,10 +74,10 @@ def write_meta(model: Transformer, directory, params: dict, shards: int = 1) -> 
 # ------------------------------------------------------------------------------ the real model
 def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path, transformers):
     path = shared_file("stories260K.bin")
-    model = Transformer.from_pretrained(path)
+    model = load_model(path)
     assert model.config == ModelConfig.from_preset("stories260K")
     assert not model.training
-    model.save_pretrained(tmp_path / "hf")
+    save_model(model, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     x = tokens(512, 64)
     with torch.no_grad():
@@ -92,13 +93,13 @@ def test_stories260k_loads_and_matches_transformers(shared_file, tmp_path, trans
 
 
 def test_stories260k_greedy_ids_from_bos(shared_file):
-    model = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    model = load_model(shared_file("stories260K.bin"))
     assert generate(model, [1], 32) == STORIES260K_GREEDY_32
 
 
 def read_runc_file(path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """A llama2.c ``.bin`` read as ``run.c`` maps it (its ``memory_map_weights``), independently of
-    :func:`llama.llama2c.read_llama2c`: the header, then each weight for all layers at once, the
+    :func:`llama.formats.llama2c.read_llama2c`: the header, then each weight for all layers at once, the
     final norm, two RoPE tables that run.c skips, and the classifier only when the vocabulary
     size in the header is negative."""
     with open(path, "rb") as f:
@@ -189,8 +190,8 @@ def test_hf_to_ours_to_hf_gives_identical_tensors(tmp_path, tied, transformers):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(hf_config).eval()
     hf.save_pretrained(tmp_path / "theirs")
-    ours = Transformer.from_pretrained(tmp_path / "theirs")
-    ours.save_pretrained(tmp_path / "back")
+    ours = load_model(tmp_path / "theirs")
+    save_model(ours, tmp_path / "back")
     a, b = load_file(tmp_path / "theirs" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -206,7 +207,7 @@ def test_sharded_hf_checkpoint_loads(tmp_path, transformers):
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="60KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
-    ours = Transformer.from_pretrained(tmp_path / "sharded")
+    ours = load_model(tmp_path / "sharded")
     x = tokens(101)
     with torch.no_grad():
         assert (ours(x) - hf(x).logits).abs().max() <= 1e-5
@@ -218,9 +219,9 @@ def test_meta_to_ours_to_hf_gives_identical_tensors(tmp_path, shards, transforme
     model = random_model(config)
     write_meta(model, tmp_path / "meta", META_PARAMS, shards=shards)
     assert detect_format(tmp_path / "meta") == "meta"
-    loaded = Transformer.from_pretrained(tmp_path / "meta", max_seq_len=64)
+    loaded = load_model(tmp_path / "meta", max_seq_len=64)
     assert loaded.config == ModelConfig(**{**config.to_dict(), "max_seq_len": 64})
-    loaded.save_pretrained(tmp_path / "hf")
+    save_model(loaded, tmp_path / "hf")
     written = load_file(tmp_path / "hf" / "model.safetensors")
     expected = llama_to_hf_state_dict(model.state_dict(), config)
     assert written.keys() == expected.keys()
@@ -235,7 +236,7 @@ def test_meta_to_ours_to_hf_gives_identical_tensors(tmp_path, shards, transforme
 def test_llama2c_round_trip(tmp_path, tied):
     model = random_model(ModelConfig(**TINY, n_kv_heads=2, hidden_dim=80, tie_embeddings=tied))
     write_llama2c(model, tmp_path / "tiny.bin")
-    loaded = Transformer.from_pretrained(tmp_path / "tiny.bin")
+    loaded = load_model(tmp_path / "tiny.bin")
     assert loaded.config == model.config
     sd, back = model.state_dict(), loaded.state_dict()
     assert all(torch.equal(sd[k], back[k]) for k in sd)
@@ -244,10 +245,10 @@ def test_llama2c_round_trip(tmp_path, tied):
 
 def test_saved_folder_has_only_the_two_files_and_a_loadable_dtype(tmp_path):
     model = random_model(ModelConfig(**TINY))
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "out")
+    save_model(model.to(torch.bfloat16), tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]  # no temp files left
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
-    again = Transformer.from_pretrained(tmp_path / "out", dtype=torch.bfloat16)
+    again = load_model(tmp_path / "out", dtype=torch.bfloat16)
     assert again.output.weight.dtype == torch.bfloat16
     assert torch.equal(again.output.weight, model.output.weight)
 
@@ -272,7 +273,7 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
                directory / "consolidated.00.pth")
     # The payload is real: plain pickle-based loading would run it.
     with pytest.raises(ValueError, match=r"is not plain weights: it pickles objects .* refused"):
-        Transformer.from_pretrained(directory)
+        load_model(directory)
     assert not marker.exists()
     torch.load(directory / "consolidated.00.pth", weights_only=False)  # the unsafe way, to prove the point
     assert marker.exists()
@@ -284,81 +285,81 @@ def test_pickle_of_something_else_than_weights_is_refused(tmp_path):
     (directory / "params.json").write_text(json.dumps(META_PARAMS))
     torch.save({"model": {"w": torch.zeros(2)}, "step": 10}, directory / "consolidated.00.pth")
     with pytest.raises(ValueError, match=r"not a dict of weight names to tensors"):
-        Transformer.from_pretrained(directory)
+        load_model(directory)
 
 
 def test_missing_and_truncated_files(tmp_path, shared_file):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        Transformer.from_pretrained(tmp_path / "nothing.bin")
+        load_model(tmp_path / "nothing.bin")
     model = random_model(ModelConfig(**TINY, hidden_dim=80, tie_embeddings=True))
     write_llama2c(model, tmp_path / "tiny.bin")
     data = (tmp_path / "tiny.bin").read_bytes()
     (tmp_path / "cut.bin").write_bytes(data[:-100])
     with pytest.raises(ValueError, match=r"has \d+ bytes but its header .* implies \d+: the file is truncated"):
-        Transformer.from_pretrained(tmp_path / "cut.bin")
+        load_model(tmp_path / "cut.bin")
     (tmp_path / "stub.bin").write_bytes(data[:10])
     with pytest.raises(ValueError, match="less than the 28-byte llama2.c header"):
-        Transformer.from_pretrained(tmp_path / "stub.bin")
-    model.save_pretrained(tmp_path / "hf")
+        load_model(tmp_path / "stub.bin")
+    save_model(model, tmp_path / "hf")
     blob = (tmp_path / "hf" / "model.safetensors").read_bytes()
     (tmp_path / "hf" / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ValueError, match="model.safetensors: it is truncated or not a safetensors file"):
-        Transformer.from_pretrained(tmp_path / "hf")
+        load_model(tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has config.json but no weights"):
-        Transformer.from_pretrained(tmp_path / "hf")
+        load_model(tmp_path / "hf")
     meta = tmp_path / "meta"
     write_meta(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101,
                                         multiple_of=32)), meta, META_PARAMS)
     pth = (meta / "consolidated.00.pth").read_bytes()
     (meta / "consolidated.00.pth").write_bytes(pth[: len(pth) // 2])
     with pytest.raises(ValueError, match="it is truncated or not a PyTorch checkpoint"):
-        Transformer.from_pretrained(meta)
+        load_model(meta)
 
 
 def test_shapes_that_contradict_the_config(tmp_path):
     model = random_model(ModelConfig(**TINY, hidden_dim=80))
-    model.save_pretrained(tmp_path / "hf")
+    save_model(model, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config["intermediate_size"] = 96
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(80, 64\) but the config implies \(96, 64\); the checkpoint and its config disagree"):
-        Transformer.from_pretrained(tmp_path / "hf")
+        load_model(tmp_path / "hf")
     meta = tmp_path / "meta"
     write_meta(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101,
                                         multiple_of=32)), meta, {**META_PARAMS, "multiple_of": 256})
     with pytest.raises(ValueError, match=r"feed_forward.w1.weight has shape \(192, 64\) .* implies \(256, 64\)"):
-        Transformer.from_pretrained(meta)
+        load_model(meta)
 
 
 def test_unknown_formats(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither config.json .* nor params.json .*: unknown checkpoint format"):
-        Transformer.from_pretrained(tmp_path / "empty")
+        load_model(tmp_path / "empty")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="unknown checkpoint format"):
-        Transformer.from_pretrained(tmp_path / "notes.txt")
+        load_model(tmp_path / "notes.txt")
     torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="is a PyTorch/zip archive, not a llama2.c .bin"):
-        Transformer.from_pretrained(tmp_path / "pytorch_model.bin")
+        load_model(tmp_path / "pytorch_model.bin")
     (tmp_path / "v1.bin").write_bytes(struct.pack("<2i", 0x616B3432, 1) + bytes(300))
     with pytest.raises(ValueError, match="llama2.c export version 1; only the legacy layout"):
-        Transformer.from_pretrained(tmp_path / "v1.bin")
+        load_model(tmp_path / "v1.bin")
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / "params.json").write_text(json.dumps({**META_PARAMS, "moe_args": {}}))
     with pytest.raises(ValueError, match=r"params.json has keys this model does not support: \['moe_args'\]"):
-        Transformer.from_pretrained(tmp_path / "meta")
+        load_model(tmp_path / "meta")
 
 
 def test_save_refuses_a_file_as_destination(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"):
-        random_model(ModelConfig(**TINY)).save_pretrained(tmp_path / "file")
+        save_model(random_model(ModelConfig(**TINY)), tmp_path / "file")
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     model = random_model(ModelConfig(**TINY))
-    model.save_pretrained(tmp_path / "out")
+    save_model(model, tmp_path / "out")
     before = (tmp_path / "out" / "model.safetensors").read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -368,7 +369,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr("safetensors.torch.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        random_model(ModelConfig(**TINY), seed=1).save_pretrained(tmp_path / "out")
+        save_model(random_model(ModelConfig(**TINY), seed=1), tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
     save_file  # imported for the monkeypatched name's sake
@@ -381,7 +382,7 @@ GQA_TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=301, hid
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_save_llama2c_round_trip_is_exact(tmp_path, tie):
-    from llama.llama2c import llama2c_layout, save_llama2c
+    from llama.formats.llama2c import llama2c_layout, save_llama2c
 
     config = ModelConfig(**GQA_TINY, tie_embeddings=tie)
     sd = random_model(config).state_dict()
@@ -405,7 +406,7 @@ def test_save_llama2c_round_trip_is_exact(tmp_path, tie):
 
 def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
     from llama import RopeScaling
-    from llama.llama2c import save_llama2c
+    from llama.formats.llama2c import save_llama2c
 
     sd = random_model(ModelConfig(**GQA_TINY)).state_dict()
     path = tmp_path / "model.bin"
@@ -430,7 +431,7 @@ def test_save_llama2c_refuses_what_run_c_cannot_run(tmp_path):
 def test_a_saved_llama2c_file_decodes_in_the_numpy_transcription_of_run_c(tmp_path, tie):
     """save_llama2c's file, read and run as llama2.c's run.c reads and runs it (the NumPy
     transcription above, which shares no code with the package), picks our greedy ids."""
-    from llama.llama2c import save_llama2c
+    from llama.formats.llama2c import save_llama2c
 
     config = ModelConfig(**GQA_TINY, tie_embeddings=tie)
     model = random_model(config, seed=3)

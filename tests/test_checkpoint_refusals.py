@@ -14,8 +14,9 @@ from helpers import as_nobody, random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer
-from llama.checkpoint import read_checkpoint
-from llama.cli import main
+from llama.formats.checkpoint import read_checkpoint
+from llama.cli.main import main
+from llama.formats.load import load_model, save_model
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, max_seq_len=64)
 META_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 101, "multiple_of": 32,
@@ -24,7 +25,7 @@ META_CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_siz
 
 
 def hf_folder(directory: Path) -> Path:
-    random_model(ModelConfig(**TINY)).save_pretrained(directory)
+    save_model(random_model(ModelConfig(**TINY)), directory)
     return directory
 
 
@@ -161,22 +162,22 @@ def test_integer_and_boolean_tensors_are_not_cast(tmp_path, dtype):
     save_file(sd, folder / "model.safetensors")
     name = str(dtype).removeprefix("torch.")
     with pytest.raises(ValueError, match=rf"model.safetensors: tensor model.norm.weight is {name}, not floating point"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 def test_meta_shards_that_disagree_on_a_repeated_tensor(tmp_path):
     folder = meta_folder(tmp_path / "meta", shards=2)
-    assert Transformer.from_pretrained(folder).config.n_kv_heads == 2  # the two shards agree: it loads
+    assert load_model(folder).config.n_kv_heads == 2  # the two shards agree: it loads
     second = torch.load(folder / "consolidated.01.pth", weights_only=True)
     second["layers.1.ffn_norm.weight"] = second["layers.1.ffn_norm.weight"] + 1
     torch.save(second, folder / "consolidated.01.pth")
     with pytest.raises(ValueError, match=r"tensor layers.1.ffn_norm.weight should be repeated identically in every "
                                          r"consolidated.NN.pth, but consolidated.01.pth differs"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
     del second["layers.1.ffn_norm.weight"]
     torch.save(second, folder / "consolidated.01.pth")
     with pytest.raises(ValueError, match=r"consolidated.01.pth and consolidated.00.pth hold different tensors"):
-        Transformer.from_pretrained(folder)
+        load_model(folder)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -195,7 +196,7 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
     (folder / "params.json").write_text(json.dumps(META_PARAMS))
     torch.save({"tok_embeddings.weight": torch.zeros(2), "evil": os.system}, folder / "consolidated.00.pth")
     with pytest.raises(ValueError) as info:
-        Transformer.from_pretrained(folder)
+        load_model(folder)
     message = str(info.value)
     assert "is not plain weights" in message and "system" in message  # the reason is kept
     assert "weights_only" not in message and "trusted" not in message
@@ -230,7 +231,7 @@ def test_unreadable_files_are_named_as_unreadable(capsys, kind, unreadable):
         elif kind == "meta":
             meta_folder(folder)
         else:
-            from llama.llama2c import save_llama2c
+            from llama.formats.llama2c import save_llama2c
 
             folder.mkdir()
             model = random_model(ModelConfig(**TINY, tie_embeddings=True))

@@ -1,4 +1,4 @@
-"""``llama download`` and :func:`llama.download.find_data`, on local files only (``file://`` URLs and a
+"""``llama download`` and :func:`llama.data.sources.find_data`, on local files only (``file://`` URLs and a
 server on 127.0.0.1): the registry's entries are replaced by small files of the test's own."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import local_http_server, run_console_blocks
 
-import llama.download as dl
-from llama.cli import main
+import llama.data.sources as dl
+from llama.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

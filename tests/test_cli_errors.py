@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from llama import cli
+import llama.cli.main as cli
 
 
 @pytest.mark.parametrize("error, code, expected", [

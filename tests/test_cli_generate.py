@@ -12,7 +12,8 @@ import torch
 from helpers import DECODER_CACHE, DECODER_GQA, run_console_blocks, unavailable
 
 from llama import ModelConfig, Transformer, generate
-from llama.cli import main
+from llama.cli.main import main
+from llama.formats.load import load_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = ["generation.md", "checkpoints.md", "quantization.md", "gguf.md"]
@@ -33,7 +34,7 @@ def test_the_chapter_console_blocks_run_as_shown(chapter, shared_file, tmp_path,
 
 
 def test_a_model_name_before_its_download_names_the_command(tmp_path, monkeypatch, capsys):
-    import llama.download as dl
+    import llama.data.sources as dl
 
     monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
     monkeypatch.setattr(dl, "data_dirs", lambda: [tmp_path / "empty"])
@@ -49,7 +50,7 @@ def test_a_model_name_before_its_download_names_the_command(tmp_path, monkeypatc
 def tiny_checkpoint(tmp_path, vocab_size: int = 64) -> Path:
     torch.manual_seed(0)
     model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=vocab_size, max_seq_len=64)).eval()
-    model.save_pretrained(tmp_path / "tiny")
+    save_model(model, tmp_path / "tiny")
     return tmp_path / "tiny"
 
 
@@ -57,7 +58,7 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path)
     assert main(["generate", str(path), "--ids", "1", "7", "-n", "12"]) == 0
     printed = [int(x) for x in capsys.readouterr().out.split()]
-    assert printed == generate(Transformer.from_pretrained(path), [1, 7], 12)
+    assert printed == generate(load_model(path), [1, 7], 12)
     assert main(["generate", str(path), "-n", "6", "--temperature", "1.0", "--min-p", "0.05", "--seed", "3"]) == 0
     a = capsys.readouterr().out
     assert main(["generate", str(path), "-n", "6", "--temperature", "1.0", "--min-p", "0.05", "--seed", "3"]) == 0
@@ -71,7 +72,7 @@ def test_generate_prints_the_ids_the_library_generates(tmp_path, capsys):
 def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
     # The model and cache length of tests/test_generation.py's compiled test: one compile for both.
     torch.manual_seed(0)
-    Transformer(ModelConfig(**DECODER_GQA)).save_pretrained(tmp_path / "model")
+    save_model(Transformer(ModelConfig(**DECODER_GQA)), tmp_path / "model")
     path, n = str(tmp_path / "model"), str(DECODER_CACHE - 2)
     assert main(["generate", path, "--ids", "1", "7", "-n", n]) == 0
     eager = capsys.readouterr().out
@@ -82,29 +83,29 @@ def test_generate_compiled_prints_the_same_ids(tmp_path, capsys):
 
 
 def test_generate_with_a_tokenizer_prints_text(tmp_path, capsys):
-    from llama.tokenizer import train_sentencepiece
+    from llama.tokenizers.tokenizer import train_sentencepiece
 
     tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280, model_path=tmp_path / "tok.model")
     path = tiny_checkpoint(tmp_path, vocab_size=tok.vocab_size)
     assert main(["generate", str(path), "-t", str(tmp_path / "tok.model"), "--prompt", "the cat", "-n", "10"]) == 0
     out = capsys.readouterr().out
     ids = tok.encode("the cat", bos=True)
-    assert out == tok.decode(ids + generate(Transformer.from_pretrained(path), ids, 10)) + "\n"
+    assert out == tok.decode(ids + generate(load_model(path), ids, 10)) + "\n"
     assert out.startswith("the cat")
 
 
 def test_generate_finds_the_tokenizer_saved_with_the_model(tmp_path, capsys):
     """`llama train` leaves OUT/model with its tokenizer.json beside the weights, and a GGUF file can
     store its tokenizer: --prompt uses either without --tokenizer."""
-    from llama.bpe import BPETokenizer
-    from llama.tokenizer import train_sentencepiece
+    from llama.tokenizers.bpe import BPETokenizer
+    from llama.tokenizers.tokenizer import train_sentencepiece
 
     bpe = BPETokenizer.train("the cat sat on the mat\n" * 30, 264)
     path = tiny_checkpoint(tmp_path, vocab_size=bpe.vocab_size)
     bpe.save(path / "tokenizer.json")
     assert main(["generate", str(path), "--prompt", "the cat", "-n", "10"]) == 0
     ids = bpe.encode("the cat")
-    assert capsys.readouterr().out == bpe.decode(ids + generate(Transformer.from_pretrained(path), ids, 10)) + "\n"
+    assert capsys.readouterr().out == bpe.decode(ids + generate(load_model(path), ids, 10)) + "\n"
 
     sp = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280, model_path=tmp_path / "sp.model")
     other = tiny_checkpoint(tmp_path / "sp", vocab_size=sp.vocab_size)
@@ -112,7 +113,7 @@ def test_generate_finds_the_tokenizer_saved_with_the_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(tmp_path / "m.gguf"), "--prompt", "the cat", "-n", "10"]) == 0
     ids = sp.encode("the cat", bos=True)
-    assert capsys.readouterr().out == sp.decode(ids + generate(Transformer.from_pretrained(other), ids, 10)) + "\n"
+    assert capsys.readouterr().out == sp.decode(ids + generate(load_model(other), ids, 10)) + "\n"
     assert main(["convert", str(other), str(tmp_path / "bare.gguf"), "--to", "gguf"]) == 0
     capsys.readouterr()
     assert main(["generate", str(tmp_path / "bare.gguf"), "--prompt", "the cat"]) == 2
@@ -123,7 +124,7 @@ def test_generate_finds_the_tokenizer_saved_with_the_model(tmp_path, capsys):
 def test_a_converted_folder_keeps_the_tokenizer_and_generate_finds_it(tmp_path, capsys, to):
     """`llama convert` takes the tokenizer saved beside the weights into the folder it writes, and
     `llama generate --prompt` reads it there, from a quantized folder as from any other."""
-    from llama.bpe import BPETokenizer
+    from llama.tokenizers.bpe import BPETokenizer
 
     bpe = BPETokenizer.train("the cat sat on the mat\n" * 30, 264)
     path = tiny_checkpoint(tmp_path, vocab_size=bpe.vocab_size)
@@ -133,7 +134,7 @@ def test_a_converted_folder_keeps_the_tokenizer_and_generate_finds_it(tmp_path, 
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (path / "tokenizer.json").read_bytes()
     assert main(["generate", str(tmp_path / "out"), "--prompt", "the cat", "-n", "6"]) == 0
     ids = bpe.encode("the cat")
-    expected = bpe.decode(ids + generate(Transformer.from_pretrained(tmp_path / "out"), ids, 6)) + "\n"
+    expected = bpe.decode(ids + generate(load_model(tmp_path / "out"), ids, 6)) + "\n"
     assert capsys.readouterr().out == expected
 
 
@@ -203,7 +204,7 @@ def test_generate_refuses_stop_ids_outside_the_vocabulary(tmp_path, capsys):
 
 
 def test_the_prompt_is_not_echoed_when_generation_cannot_start(tmp_path, capsys):
-    from llama.tokenizer import train_sentencepiece
+    from llama.tokenizers.tokenizer import train_sentencepiece
 
     tok = train_sentencepiece("the cat sat on the mat\n" * 30, vocab_size=280, model_path=tmp_path / "tok.model")
     path = tiny_checkpoint(tmp_path, vocab_size=tok.vocab_size)
@@ -223,8 +224,8 @@ def test_an_unknown_flag_is_reported_with_the_subcommand_usage(capsys):
 
 
 def run_llama(*args: str, **kwargs) -> subprocess.Popen:
-    """``python -m llama.cli``: this checkout's code, whatever is installed."""
-    return subprocess.Popen([sys.executable, "-m", "llama.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+    """``python -m llama.cli.main``: this checkout's code, whatever is installed."""
+    return subprocess.Popen([sys.executable, "-m", "llama.cli.main", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kwargs)
 
 
@@ -238,7 +239,7 @@ def generating(tmp_path) -> subprocess.Popen:
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=1000, max_seq_len=2048)).eval()
-    model.save_pretrained(tmp_path / "model")
+    save_model(model, tmp_path / "model")
     proc = run_llama("generate", str(tmp_path / "model"), "-n", "2000", "--temperature", "1", "--seed", "0")
     fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     assert proc.stdout.read(1)  # generating: the first token is out
@@ -277,9 +278,9 @@ def test_compile_without_a_cxx_compiler_says_what_is_missing_before_generating(t
 
 
 def test_the_cli_starts_without_importing_torch():
-    code = ("import sys, llama.cli\n"
-            "try:\n    llama.cli.main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
-            "llama.cli.build_parser()\n"
+    code = ("import sys, llama.cli.main\n"
+            "try:\n    llama.cli.main.main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
+            "llama.cli.main.build_parser()\n"
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.endswith("[]\n")  # --help answers at once: torch takes seconds to import

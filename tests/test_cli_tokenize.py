@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from helpers import run_console_blocks
 
-from llama.cli import main
-from llama.tokenizer import BPETokenizer, SentencePieceTokenizer
+from llama.cli.main import main
+from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer
+from llama.formats.load import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "hello world\nthe cat sat on the mat\nhello there, world\n" * 40
@@ -88,8 +89,9 @@ def test_bos_and_eos_need_a_tokenizer_that_has_them(corpus, tmp_path, capsys):
 
 def test_generate_prepends_bos_only_where_the_tokenizer_has_one(tmp_path, monkeypatch, capsys):
     """``llama generate --prompt``: Llama's <s> first with SentencePiece, the bare text with BPE."""
-    from llama import ModelConfig, Transformer, generation
-    from llama.tokenizer import train_sentencepiece
+    from llama import ModelConfig, Transformer
+    from llama.inference import generation
+    from llama.tokenizers.tokenizer import train_sentencepiece
 
     prompts = []
 
@@ -103,7 +105,7 @@ def test_generate_prepends_bos_only_where_the_tokenizer_has_one(tmp_path, monkey
     spm = train_sentencepiece(TEXT, vocab_size=280, model_path=tmp_path / "tok.model")
     for tok, name, bos in ((bpe, "tok.json", []), (spm, "tok.model", [spm.bos_id])):
         model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
-        model.save_pretrained(tmp_path / f"model-{name}")
+        save_model(model, tmp_path / f"model-{name}")
         prompts.clear()
         assert main(["generate", str(tmp_path / f"model-{name}"), "-t", str(tmp_path / name), "--prompt", "the cat"]) == 0
         assert prompts == [bos + tok.encode("the cat")]

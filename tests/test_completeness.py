@@ -19,7 +19,8 @@ from helpers import load_book_collection
 from sybil import Document
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = sorted(p.stem for p in (REPO / "llama").glob("*.py") if not p.stem.startswith("_"))
+MODULES = sorted(".".join(p.relative_to(REPO / "llama").with_suffix("").parts) for p in (REPO / "llama").rglob("*.py")
+                 if not p.name.startswith("_"))  # dotted below llama: model.transformer
 FIGURE = re.compile(r"!\[[^\]]*\]\(figures/[^)\s]+\.svg\)|<img\b[^>]*\bsrc=\"figures/[^\"]+\"")
 EXERCISES = re.compile(r"^## Exercises\s*$", re.MULTILINE)
 # Pages of the nav that are not about a piece of the model: {page: {requirement: why it does not apply}}.
@@ -50,9 +51,10 @@ def test_module_has_an_api_page(module, book_pages):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_is_shown_in_a_chapter(module, book_chapters):
-    include = re.compile(rf'--8<--\s+"llama/{module}\.py[:"]')
+    path = "llama/" + module.replace(".", "/") + ".py"
+    include = re.compile(rf'--8<--\s+"{re.escape(path)}[:"]')
     chapters = [p.path for p in book_chapters if include.search(page_text(p))]
-    assert chapters, f"no chapter includes code from llama/{module}.py (--8<-- \"llama/{module}.py:section\")"
+    assert chapters, f"no chapter includes code from {path} (--8<-- \"{path}:section\")"
 
 
 def exempt(page, requirement: str) -> None:
@@ -120,12 +122,12 @@ def test_api_overview_lists_every_module_page_in_nav_order_with_its_docstring(bo
     import ast
 
     overview = (REPO / "book" / "api" / "index.md").read_text("utf-8")
-    rows = re.findall(r"^- \[`llama\.(\w+)`\]\((\w+)\.md\): (.*)$", overview, re.M)
+    rows = re.findall(r"^- \[`llama\.([\w.]+)`\]\(([\w.]+)\.md\): (.*)$", overview, re.M)
     pages = [p.path for p in book_pages if p.kind == "api" and p.path != "api/index.md"]
     assert [f"api/{page}.md" for _, page, _ in rows] == pages
     for module, page, line in rows:
         assert module == page
-        doc = ast.get_docstring(ast.parse((REPO / "llama" / f"{module}.py").read_text("utf-8")))
+        doc = ast.get_docstring(ast.parse((REPO / "llama" / (module.replace(".", "/") + ".py")).read_text("utf-8")))
         first = re.sub(r"``([^`]+)``", r"`\1`", doc.split("\n\n")[0].replace("\n", " ").strip())
         first = re.sub(r":(?:func|class|meth|data|attr|mod):`~?([\w.]+)`", r"`\1`", first)
         assert line == first, f"api/index.md's line for llama.{module} is not its docstring's first paragraph"

@@ -7,7 +7,7 @@ import torch
 from helpers import random_model
 
 from llama import ModelConfig, RopeScaling, Transformer
-from llama.convert import HF_NAMES, hf_to_llama_state_dict, llama_to_hf_state_dict
+from llama.formats.convert import HF_NAMES, hf_to_llama_state_dict, llama_to_hf_state_dict
 
 BASE = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, hidden_dim=96, max_seq_len=64)
 CONFIGS = {

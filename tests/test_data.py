@@ -1,4 +1,4 @@
-"""llama.data: the split, tokenize-once arrays, window sampling, evaluation windows, byte counts."""
+"""llama.data.pipeline: the split, tokenize-once arrays, window sampling, evaluation windows, byte counts."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from llama import data
-from llama.bpe import BPETokenizer
-from llama.data import (
+from llama.data import pipeline as data
+from llama.tokenizers.bpe import BPETokenizer
+from llama.data.pipeline import (
     TINY_SHAKESPEARE_SHA256,
     WindowSampler,
     eval_windows,
@@ -143,7 +143,7 @@ def test_bpe_byte_lengths_sum_to_the_text_length():
 
 
 def test_sentencepiece_byte_lengths(tmp_path):
-    from llama.tokenizer import train_sentencepiece
+    from llama.tokenizers.tokenizer import train_sentencepiece
 
     text = "\n".join(f"line {i}: the cat sat on the mat, naïvely" for i in range(200)) + "\n"
     tok = train_sentencepiece(text, vocab_size=300)
@@ -168,7 +168,7 @@ def test_data_dir_copy_with_wrong_hash_is_rejected(monkeypatch, tmp_path):
 
 def only_the_cache(monkeypatch, tmp_path):
     """No $LLAMA_DATA_DIR, an empty cache, and no checkout's shared/data: Tiny Shakespeare is nowhere."""
-    from llama import download
+    from llama.data import sources as download
 
     monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
     monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))
@@ -177,11 +177,11 @@ def only_the_cache(monkeypatch, tmp_path):
 
 def test_training_finds_tiny_shakespeare_wherever_llama_download_does(monkeypatch, tmp_path, shared_file, capsys):
     """`llama download tinyshakespeare` and the training data look in the same folders
-    (llama.download.data_dirs): here the checkout's shared/data, which training once skipped."""
+    (llama.data.sources.data_dirs): here the checkout's shared/data, which training once skipped."""
     import shutil
 
-    from llama import download
-    from llama.cli import main
+    from llama.data import sources as download
+    from llama.cli.main import main
 
     monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
     monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))

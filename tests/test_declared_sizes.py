@@ -18,15 +18,16 @@ import torch
 import helpers
 from helpers import HANG_SECONDS, HOSTILE_TINY, REPO, hf_folder, random_model, refused, sharded_folder
 
-import llama.checkpoint
-import llama.cli
-import llama.convert
-import llama.gguf
-import llama.model
+import llama.formats.checkpoint
+import llama.cli.main
+import llama.formats.load
+import llama.formats.convert
+import llama.formats.gguf
+import llama.model.transformer
 from llama import ModelConfig, Transformer
-from llama.cli import main
-from llama.config import MAX_SEQ_LEN
-from llama.quantize import quantize, save_quantized
+from llama.cli.main import main
+from llama.model.config import MAX_SEQ_LEN
+from llama.quantization.weights import quantize, save_quantized
 
 TINY = HOSTILE_TINY
 HUGE_WIDTH = dict(dim=40960, n_heads=320, n_kv_heads=320, hidden_dim=64)  # a 27 GB model, from tiny tensors
@@ -62,7 +63,7 @@ def meta_folder(path: Path, **params) -> Path:
 @pytest.fixture
 def no_allocation(monkeypatch):
     """Fail, instead of allocating, where a declared size would be allocated before it is checked."""
-    real_rope, real_init = llama.model.rope_cache, Transformer.__init__
+    real_rope, real_init = llama.model.transformer.rope_cache, Transformer.__init__
 
     def rope_cache(head_dim, seq_len, *args, **kwargs):
         if seq_len > MAX_SEQ_LEN and torch.empty(0).device.type != "meta":
@@ -86,13 +87,13 @@ def no_allocation(monkeypatch):
     def shapes_guard(config):
         if config.n_layers > 10_000:
             pytest.fail(f"the shapes of {config.n_layers} layers were listed")
-        return llama.convert.expected_shapes(config)
+        return llama.formats.convert.expected_shapes(config)
 
-    monkeypatch.setattr(llama.model, "rope_cache", rope_cache)
+    monkeypatch.setattr(llama.model.transformer, "rope_cache", rope_cache)
     monkeypatch.setattr(Transformer, "__init__", init)
-    monkeypatch.setattr(llama.gguf, "_names", guard(llama.gguf._names))
-    monkeypatch.setattr(llama.convert, "_names", guard(llama.convert._names))
-    monkeypatch.setattr(llama.checkpoint, "expected_shapes", shapes_guard)
+    monkeypatch.setattr(llama.formats.gguf, "_names", guard(llama.formats.gguf._names))
+    monkeypatch.setattr(llama.formats.convert, "_names", guard(llama.formats.convert._names))
+    monkeypatch.setattr(llama.formats.checkpoint, "expected_shapes", shapes_guard)
 
 
 
@@ -114,7 +115,7 @@ def test_a_context_length_of_2e9_in_a_file(tmp_path, capsys, no_allocation, make
 @pytest.mark.parametrize("command", ["generate", "convert"])
 def test_a_max_seq_len_flag_of_2e9(tmp_path, capsys, monkeypatch, no_allocation, command):
     path = hf_folder(tmp_path / "hf")
-    monkeypatch.setattr(llama.cli, "load_model", lambda *a, **k: pytest.fail("the model was read first"))
+    monkeypatch.setattr(llama.formats.load, "load_model", lambda *a, **k: pytest.fail("the model was read first"))
     extra = ["--to", "hf", str(tmp_path / "out")] if command == "convert" else []
     err = refused(capsys, [command, str(path), *extra, "--max-seq-len", "2000000000"])
     assert "--max-seq-len must be a number of positions from 1 to 1,048,576 (2**20), got 2000000000" in err
@@ -181,7 +182,7 @@ def test_the_hostile_files_are_refused_in_2_gib_of_address_space(tmp_path):
         import contextlib, io, json, resource, sys
         limit = 2 * 2**30
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        from llama.cli import main
+        from llama.cli.main import main
         results = []
         for argv in json.loads(sys.argv[1]):
             err = io.StringIO()

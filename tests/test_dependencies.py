@@ -104,7 +104,7 @@ def test_the_book_extra_covers_every_import_of_the_chapters_labs_and_figures():
 
 
 def test_the_library_needs_only_its_dependencies():
-    imports = imports_of({f"llama/{p.name}": p.read_text("utf-8") for p in sorted((REPO / "llama").glob("*.py"))})
+    imports = imports_of({f"llama/{p.relative_to(REPO / 'llama').as_posix()}": p.read_text("utf-8") for p in sorted((REPO / "llama").rglob("*.py"))})
     assert "torch" in imports
     missing = undeclared(imports, declared())
     assert not missing, f"llama/ imports packages that are not in pyproject.toml's dependencies: {missing}"

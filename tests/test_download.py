@@ -1,4 +1,4 @@
-"""llama.download: cached, sha256-checked downloads, tested on file:// URLs and a server on 127.0.0.1."""
+"""llama.data.sources: cached, sha256-checked downloads, tested on file:// URLs and a server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from helpers import local_http_server
 
-from llama.download import DownloadError, cache_dir, cached_download, sha256_file
+from llama.data.sources import DownloadError, cache_dir, cached_download, sha256_file
 
 PAYLOAD = b"To be, or not to be, that is the question.\n" * 100
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llama.feed_forward import FeedForward
+from llama.model.feed_forward import FeedForward
 
 
 def test_matches_the_formula():

@@ -93,7 +93,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask, mode):
 def test_a_downloaded_file_gets_the_umask_mode_not_0600(tmp_path, umask):
     import hashlib
 
-    from llama.download import cached_download
+    from llama.data.sources import cached_download
 
     umask(0o022)
     source = tmp_path / "text.txt"
@@ -120,7 +120,7 @@ def test_an_unwritable_folder_is_a_one_line_error(public_dir):
 
 
 def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir, capsys):
-    from llama.cli import main
+    from llama.cli.main import main
 
     path = public_dir / "tok.json"
     path.write_text("{}")

@@ -1,4 +1,4 @@
-"""Fine-tuning (``llama finetune``, llama.finetune): the training loop on a base checkpoint, with
+"""Fine-tuning (``llama finetune``, llama.training.finetune): the training loop on a base checkpoint, with
 LoRA adapters or every weight; only adapters change, the run resumes exactly after a kill, and the
 adapter it leaves is used by ``llama generate --adapter``."""
 
@@ -15,12 +15,13 @@ from helpers import HANG_SECONDS, random_model
 from safetensors.torch import load_file
 
 from llama import ModelConfig
-from llama.bpe import BPETokenizer
-from llama.cli import main as cli_main
-from llama.lora import load_adapter, lora_state_dict
-from llama.model import Transformer
-from llama.train_config import TrainConfig
-from llama.train_state import read_log
+from llama.tokenizers.bpe import BPETokenizer
+from llama.cli.main import main as cli_main
+from llama.training.lora import load_adapter, lora_state_dict
+from llama.model.transformer import Transformer
+from llama.training.config import TrainConfig
+from llama.training.state import read_log
+from llama.formats.load import load_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-tokens", "256",
@@ -29,9 +30,9 @@ FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-to
 # ``llama finetune FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
 KILLED_RUN = """
 import os, signal, sys
-from llama.cli import build_parser
-from llama.cli_finetune import finetune_config_from_args
-from llama.train import train
+from llama.cli.main import build_parser
+from llama.cli.finetune import finetune_config_from_args
+from llama.training.loop import train
 
 def kill_at(step):
     if step == int(sys.argv[1]):
@@ -46,7 +47,7 @@ train(cfg, resume=resume, given=given, on_step=kill_at)
 def base(tmp_path) -> Path:
     """A small byte-level model saved as ``llama train`` leaves one: model/ with its tokenizer."""
     folder = tmp_path / "base"
-    random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)).save_pretrained(folder)
+    save_model(random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)), folder)
     BPETokenizer([]).save(folder / "tokenizer.json")
     return folder
 
@@ -68,7 +69,7 @@ def test_lora_run_changes_only_adapters_and_leaves_an_adapter(tmp_path, base, te
                     "--eval-every", "3") == 0
     assert "bits per byte" in capsys.readouterr().out
     before = load_file(base / "model.safetensors")
-    model = Transformer.from_pretrained(base)
+    model = load_model(base)
     saved = load_file(out / "checkpoints" / "step-0000006" / "model.safetensors")
     for name, tensor in model.state_dict().items():  # the base, in our names and layout
         if name in saved:
@@ -78,7 +79,7 @@ def test_lora_run_changes_only_adapters_and_leaves_an_adapter(tmp_path, base, te
     assert len(adapters) == 2 * 7 * 2 and any(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_B"))
     assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                                   "tokenizer.json"]
-    tuned = load_adapter(Transformer.from_pretrained(base), out / "adapter")
+    tuned = load_adapter(load_model(base), out / "adapter")
     for k, v in lora_state_dict(tuned).items():
         assert torch.equal(v, adapters[k]), k
     log = read_log(out / "log.jsonl")
@@ -86,11 +87,11 @@ def test_lora_run_changes_only_adapters_and_leaves_an_adapter(tmp_path, base, te
     assert (out / "samples.txt").is_file()
     # llama convert --merge-adapter: a plain checkpoint computing what base + adapter compute
     assert cli_main(["convert", str(base), str(tmp_path / "merged"), "--to", "hf", "--merge-adapter", str(out / "adapter")]) == 0
-    merged = Transformer.from_pretrained(tmp_path / "merged")
+    merged = load_model(tmp_path / "merged")
     tokens = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (merged(tokens) - tuned.eval()(tokens)).abs().max() <= 1e-5
-        assert (merged(tokens) - Transformer.from_pretrained(base)(tokens)).abs().max() > 1e-4
+        assert (merged(tokens) - load_model(base)(tokens)).abs().max() > 1e-4
 
 
 def test_generate_uses_the_adapter(tmp_path, base, text, capsys):
@@ -122,7 +123,7 @@ def test_exact_resume_after_sigkill(tmp_path, base, text):
     numbers must come back too)."""
     flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4",
              "--lora-dropout", "0.1"]
-    commands = {"whole": ["-m", "llama.cli", "finetune"], "killed": ["-c", KILLED_RUN, "5"]}
+    commands = {"whole": ["-m", "llama.cli.main", "finetune"], "killed": ["-c", KILLED_RUN, "5"]}
     procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, command in commands.items()]
@@ -149,7 +150,7 @@ def test_errors(tmp_path, base, text, capsys):
     run = ["--data", str(text), *FLAGS, "--max-steps", "1"]
     assert "no checkpoint at" in error("--base", str(tmp_path / "nothing"), "--out", str(tmp_path / "a"), *run)
     bare = tmp_path / "bare"
-    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)).save_pretrained(bare)
+    save_model(random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)), bare)
     assert "--tokenizer FILE" in error("--base", str(bare), "--out", str(tmp_path / "b"), *run)
     big = tmp_path / "big.json"
     BPETokenizer.train("abababab cdcdcd " * 50, 260).save(big)
@@ -196,7 +197,7 @@ def test_chapter_shows_the_benchmark_s_commands():
     """The worked example's commands are the ones benchmarks/finetune.py runs, and they parse."""
     import importlib.util
 
-    from llama.cli import build_parser
+    from llama.cli.main import build_parser
 
     spec = importlib.util.spec_from_file_location("_bench_finetune", REPO / "benchmarks" / "finetune.py")
     bench = importlib.util.module_from_spec(spec)
@@ -230,9 +231,9 @@ def test_the_chapter_s_first_command_makes_the_files_the_others_read(tmp_path, s
 
 
 def test_memory_check_counts_gradients_and_moments_of_adapters_only():
-    from llama.lora import LoRAConfig, count_lora_parameters
-    from llama.model import count_parameters
-    from llama.train_config import memory_needed
+    from llama.training.lora import LoRAConfig, count_lora_parameters
+    from llama.model.transformer import count_parameters
+    from llama.training.config import memory_needed
 
     config = ModelConfig.from_preset("llama2-7b")
     full = TrainConfig(out="x", max_steps=1, base="somewhere")

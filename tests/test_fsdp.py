@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama.config import ModelConfig
-from llama.dcp_checkpoint import is_sharded_checkpoint, read_sharded
-from llama.fsdp import checkpoint_activations, local_bytes
-from llama.loss import cross_entropy
-from llama.model import Transformer
-from llama.optim import make_optimizer
+from llama.model.config import ModelConfig
+from llama.training.sharded import is_sharded_checkpoint, read_sharded
+from llama.training.fsdp import checkpoint_activations, local_bytes
+from llama.training.loss import cross_entropy
+from llama.model.transformer import Transformer
+from llama.training.optim import make_optimizer
+from llama.formats.load import save_model
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=16)
 
@@ -50,14 +51,14 @@ def test_one_process_holds_everything():
 
 
 def test_a_folder_that_is_not_a_sharded_checkpoint_is_refused(tmp_path):
-    Transformer(CONFIG).save_pretrained(tmp_path / "hf")
+    save_model(Transformer(CONFIG), tmp_path / "hf")
     assert not is_sharded_checkpoint(tmp_path / "hf")
     with pytest.raises(ValueError, match="is not a sharded checkpoint .* give a checkpoints/step-NNNNNNN folder"):
         read_sharded(tmp_path / "hf")
 
 
 def test_flags_that_do_not_go_with_fsdp_are_refused():
-    from llama.train_config import TrainConfig
+    from llama.training.config import TrainConfig
 
     with pytest.raises(ValueError, match="--compile is not supported with --parallel fsdp here; drop one of them"):
         TrainConfig(out="run", max_steps=1, parallel="fsdp", compile=True)

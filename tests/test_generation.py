@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llama import ModelConfig, Sampling, Transformer, generate, generate_batch, generate_stream, sample_next
-from llama.sampling import min_p_filter, top_k_filter, top_p_filter
+from llama.inference.sampling import min_p_filter, top_k_filter, top_p_filter
 
 BASE = DECODER_BASE
 MHA = ModelConfig(**BASE)
@@ -43,7 +43,7 @@ def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("config", [MHA, GQA], ids=["mha", "gqa"])
 def test_greedy_equals_transformers_generate(config, transformers):
-    from llama.convert import llama_to_hf_state_dict
+    from llama.formats.convert import llama_to_hf_state_dict
 
     model = random_model(config)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf())).eval()
@@ -335,7 +335,7 @@ def test_sample_next_refuses_rows_with_no_finite_choice_but_allows_banned_tokens
 # one would not add.
 @pytest.mark.compile
 def test_compiled_decoder_gives_the_eager_greedy_ids():
-    from llama.generation import CompiledDecoder
+    from llama.inference.generation import CompiledDecoder
 
     model = random_model(GQA, seed=3)
     decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)
@@ -348,7 +348,7 @@ def test_compiled_decoder_gives_the_eager_greedy_ids():
 
 @pytest.mark.compile
 def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
-    from llama.generation import CompiledDecoder
+    from llama.inference.generation import CompiledDecoder
 
     model = random_model(GQA, seed=4)
     alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12)
@@ -371,7 +371,7 @@ def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
 
 
 def test_compiled_decoder_checks_lengths_before_compiling():
-    from llama.generation import CompiledDecoder
+    from llama.inference.generation import CompiledDecoder
 
     decoder = CompiledDecoder(random_model(MHA), max_seq_len=16)
     with pytest.raises(ValueError, match="max_seq_len=16"):

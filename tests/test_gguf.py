@@ -11,13 +11,14 @@ import torch
 from helpers import random_model
 
 from llama import ModelConfig, Transformer, generate
-from llama.cli import main
-from llama.gguf import GGUF_NAMES, GGUFVocab, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
-from llama.gguf_quant import to_ggml_blocks
-from llama.gguf_vocab import tokenizer_from_gguf, vocab_from_sentencepiece
-from llama.tokenizer import train_sentencepiece
+from llama.cli.main import main
+from llama.formats.gguf import GGUF_NAMES, GGUFVocab, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
+from llama.formats.gguf_quant import to_ggml_blocks
+from llama.tokenizers.gguf_vocab import tokenizer_from_gguf, vocab_from_sentencepiece
+from llama.tokenizers.tokenizer import train_sentencepiece
+from llama.formats.load import load_model, save_model
 
-import gguf  # noqa: E402  (a dependency of the library: llama/gguf.py writes through it)
+import gguf  # noqa: E402  (a dependency of the library: llama/formats/gguf.py writes through it)
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, hidden_dim=80,
                      max_seq_len=32, rope_theta=500000.0, norm_eps=1e-6)
@@ -38,7 +39,7 @@ def exported(tmp_path_factory, spm_model):
     """A random model saved as a Hugging Face folder, then `llama convert --to gguf` in both dtypes."""
     folder = tmp_path_factory.mktemp("gguf")
     model = random_model(CONFIG)
-    model.save_pretrained(folder / "hf")
+    save_model(model, folder / "hf")
     files = {}
     for dtype in ("float32", "float16"):
         files[dtype] = folder / f"m-{dtype}.gguf"
@@ -117,7 +118,7 @@ def test_round_trip_gives_identical_tensors_and_logits(exported, dtype):
         assert sd[name].dtype == want.dtype and torch.equal(sd[name], want), name
     tokens = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     # Both models in the file's dtype: ours cast to it, and the file's (its float32 norms cast too).
-    again = Transformer.from_pretrained(files[dtype], dtype=getattr(torch, dtype))
+    again = load_model(files[dtype], dtype=getattr(torch, dtype))
     source = copy.deepcopy(model).to(getattr(torch, dtype))
     with torch.no_grad():
         assert torch.equal(again(tokens), source(tokens))
@@ -127,7 +128,7 @@ def test_tied_head_is_left_out_and_comes_back_tied(tmp_path):
     model = random_model(ModelConfig(dim=16, n_layers=1, n_heads=2, vocab_size=40, max_seq_len=8, tie_embeddings=True))
     save_gguf(model.state_dict(), model.config, tmp_path / "t.gguf")
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(tmp_path / "t.gguf").tensors}
-    again = Transformer.from_pretrained(tmp_path / "t.gguf")
+    again = load_model(tmp_path / "t.gguf")
     assert again.config.tie_embeddings
     x = torch.tensor([[1, 5, 9]])
     with torch.no_grad():
@@ -148,11 +149,11 @@ def test_tokenizer_from_gguf_encodes_like_sentencepiece(exported, spm_model):
 def bpe_folder(tmp_path_factory):
     """A random model saved as `llama train` leaves one: OUT/model with its byte-level BPE tokenizer.json
     (GPT-2's pattern, one special token)."""
-    from llama.bpe import BPETokenizer
+    from llama.tokenizers.bpe import BPETokenizer
 
     folder = tmp_path_factory.mktemp("bpe") / "model"
     tok = BPETokenizer.train(TEXT, 300, special_tokens=["<|endoftext|>"])
-    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=32)).save_pretrained(folder)
+    save_model(random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=32)), folder)
     tok.save(folder / "tokenizer.json")
     return folder
 
@@ -160,8 +161,8 @@ def bpe_folder(tmp_path_factory):
 def test_bpe_tokenizer_goes_to_gguf_as_gpt2_and_comes_back(bpe_folder, tmp_path, capsys):
     """`llama convert OUT/model X.gguf --to gguf` stores the model's own byte-level BPE the way
     llama.cpp stores GPT-2's; `llama generate X.gguf --prompt` reads it back, without --tokenizer."""
-    from llama.bpe import BPETokenizer
-    from llama.gguf_vocab import byte_chars
+    from llama.tokenizers.bpe import BPETokenizer
+    from llama.tokenizers.gguf_vocab import byte_chars
 
     tok = BPETokenizer.load(bpe_folder / "tokenizer.json")
     path = tmp_path / "m.gguf"
@@ -187,8 +188,8 @@ def test_bpe_tokenizer_goes_to_gguf_as_gpt2_and_comes_back(bpe_folder, tmp_path,
 
 
 def test_bpe_tokenizers_gguf_cannot_hold_are_refused(tmp_path):
-    from llama.bpe import LLAMA3_PATTERN, BPETokenizer
-    from llama.gguf_vocab import vocab_from_bpe
+    from llama.tokenizers.bpe import LLAMA3_PATTERN, BPETokenizer
+    from llama.tokenizers.gguf_vocab import vocab_from_bpe
 
     with pytest.raises(ValueError, match="another pattern than GPT-2's; llama.cpp runs GPT-2's"):
         vocab_from_bpe(BPETokenizer([], pattern=LLAMA3_PATTERN))
@@ -209,8 +210,8 @@ def test_layout_covers_the_file_in_order(exported):
 def test_stories260K_through_gguf_generates_the_same_ids(shared_file, tmp_path):
     path = shared_file("stories260K.bin")
     assert main(["convert", str(path), str(tmp_path / "s.gguf"), "--to", "gguf"]) == 0
-    assert generate(Transformer.from_pretrained(tmp_path / "s.gguf"), [1], 8) == \
-        generate(Transformer.from_pretrained(path), [1], 8) == [461, 461, 401, 401, 401, 461, 378, 455]
+    assert generate(load_model(tmp_path / "s.gguf"), [1], 8) == \
+        generate(load_model(path), [1], 8) == [461, 461, 401, 401, 401, 461, 378, 455]
 
 
 @pytest.mark.slow
@@ -238,14 +239,14 @@ def _error(capsys, *argv) -> str:
 def test_not_a_gguf_file(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGML" + bytes(100))
     with pytest.raises(ValueError, match=r"x.gguf is not a GGUF file: it does not start with the bytes 'GGUF'"):
-        Transformer.from_pretrained(tmp_path / "x.gguf")
+        load_model(tmp_path / "x.gguf")
 
 
 def test_truncated_file(exported, tmp_path):
     data = exported[1]["float32"].read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[:700])
     with pytest.raises(ValueError, match=r"cut.gguf: it is truncated or damaged"):
-        Transformer.from_pretrained(tmp_path / "cut.gguf")
+        load_model(tmp_path / "cut.gguf")
 
 
 def _foreign(path, arch="llama", quantized=None):
@@ -327,7 +328,7 @@ def _id_vocab(size: int) -> GGUFVocab:
 def test_llama_cpp_generates_the_same_ids(tmp_path, shared_file):
     """llama.cpp itself (through llama-cpp-python, optional) runs the exported stories260K greedily."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
-    model = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    model = load_model(shared_file("stories260K.bin"))
     prompt = [1, 461, 401]
     ours = generate(model, prompt, 64)
     save_gguf(model.state_dict(), model.config, tmp_path / "s.gguf", vocab=_id_vocab(512))
@@ -346,7 +347,7 @@ def test_llama_cpp_runs_the_book_s_own_kind_of_model_with_its_bpe_tokenizer(tmp_
     llama.cpp itself: it tokenizes text to our ids, and greedily continues a prompt with the ids
     `llama generate` prints."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
-    from llama.tokenizer import load_tokenizer
+    from llama.tokenizers.tokenizer import load_tokenizer
 
     text = tmp_path / "text.txt"
     text.write_text(TEXT * 3 + "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo!\n" * 20)
@@ -360,7 +361,7 @@ def test_llama_cpp_runs_the_book_s_own_kind_of_model_with_its_bpe_tokenizer(tmp_
     for sample in samples:
         assert llm.tokenize(sample.encode("utf-8"), add_bos=False, special=True) == tok.encode(sample), sample
     prompt, n = tok.encode("ROMEO:\nBut"), 40
-    ours = generate(Transformer.from_pretrained(tmp_path / "m.gguf"), prompt, n)
+    ours = generate(load_model(tmp_path / "m.gguf"), prompt, n)
     theirs = []
     for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
         theirs.append(token)
@@ -390,9 +391,9 @@ def _widened(base: Transformer) -> Transformer:
 def test_our_q8_0_bytes_beside_ggml_quantizer(shared_file):
     """The chapter's count: our int8 (scale rounded to float16 before dividing) against ggml's
     reference Q8_0 quantizer (dividing by the float32 scale) on the same float weights."""
-    from llama.quantize import quantize
+    from llama.quantization.weights import quantize
 
-    wide = _widened(Transformer.from_pretrained(shared_file("stories260K.bin")))
+    wide = _widened(load_model(shared_file("stories260K.bin")))
     floats = {k: v.clone() for k, v in wide.state_dict().items()}
     model = quantize(wide, 8, 32, head=False)
     differ = total = 0
@@ -412,9 +413,9 @@ def test_llama_cpp_reads_our_q8_0_blocks(tmp_path, shared_file):
     """llama.cpp on our Q8_0 file computes our int8 model's logits, up to its own rounding of the
     activations to 8 bits (ggml's Q8_0 dot product quantizes both sides); a wrong block layout is far off."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: it builds llama.cpp)")
-    from llama.quantize import quantize
+    from llama.quantization.weights import quantize
 
-    base = Transformer.from_pretrained(shared_file("stories260K.bin"))
+    base = load_model(shared_file("stories260K.bin"))
     wide = _widened(base)
     model = quantize(wide, 8, 32, head=False)
     prompt = [1, 461, 401]
@@ -440,7 +441,7 @@ def test_llama_cpp_reads_our_q8_0_blocks(tmp_path, shared_file):
 # ------------------------------------------------------------------------------ Q8_0 and Q4_0
 @pytest.mark.parametrize("bits, kind, file_type", [(8, "Q8_0", 7), (4, "Q4_0", 2)])
 def test_quantized_model_is_written_as_ggml_blocks_and_read_back_exactly(tmp_path, bits, kind, file_type):
-    from llama.quantize import quantize
+    from llama.quantization.weights import quantize
 
     model = quantize(random_model(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96,
                                               hidden_dim=160, max_seq_len=16)), bits, 32)
@@ -457,7 +458,7 @@ def test_quantized_model_is_written_as_ggml_blocks_and_read_back_exactly(tmp_pat
         assert t.tensor_type.name == kind
         # gguf's own dequantizer (ggml's block layout, written by llama.cpp's project) gives our weights.
         assert np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type), layer.dequantized().numpy()), ours
-    again = Transformer.from_pretrained(tmp_path / "q.gguf")
+    again = load_model(tmp_path / "q.gguf")
     assert again.quantization == {"bits": bits, "group_size": 32, "head": True}
     theirs_sd, ours_sd = again.state_dict(), model.state_dict()
     assert set(theirs_sd) == set(ours_sd)
@@ -468,7 +469,7 @@ def test_quantized_model_is_written_as_ggml_blocks_and_read_back_exactly(tmp_pat
 
 
 def test_per_channel_int8_is_refused(tmp_path):
-    from llama.quantize import quantize
+    from llama.quantization.weights import quantize
 
     model = quantize(random_model(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=40, max_seq_len=8)), 8)
     with pytest.raises(ValueError, match=r"layers.0.attention.wq.weight: int8 with one scale per row \(per channel\) "
@@ -482,7 +483,7 @@ def test_blocks_made_by_ggml_quantizer_load_and_compute_as_gguf_dequantizes_them
     """A file quantized by the gguf package itself (ggml's rounding, Q4_0's -8 included): our model
     computes with exactly the weights gguf's dequantizer gives, embedding included."""
     path = _foreign(tmp_path / "f.gguf", quantized=kind)
-    model = Transformer.from_pretrained(path)
+    model = load_model(path)
     assert model.quantization["bits"] == (8 if kind == "Q8_0" else 4)
     plain = {}
     for t in gguf.GGUFReader(path).tensors:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llama import ModelConfig
-from llama.cli import main
+from llama.cli.main import main
 
 # Each waits (a timeout, a trickling server, a rendezvous that never comes): seconds by design.
 pytestmark = pytest.mark.slow
@@ -89,9 +89,9 @@ def free_port() -> int:
 @pytest.mark.parametrize("address", [True, False])
 def test_world_size_left_in_the_environment_without_torchrun(tmp_path, capsys, monkeypatch, address):
     # One process told it is rank 0 of 2: the other never comes. It waited forever, silently.
-    import llama.distributed
+    import llama.training.distributed
 
-    monkeypatch.setattr(llama.distributed, "RENDEZVOUS_TIMEOUT", 2.0, raising=False)
+    monkeypatch.setattr(llama.training.distributed, "RENDEZVOUS_TIMEOUT", 2.0, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE"):
@@ -146,7 +146,7 @@ def test_a_download_that_trickles_ends_at_its_deadline(tmp_path):
     # download stops it: 1,000 bytes at 0.1 s each would take 100 s.
     import hashlib
 
-    from llama.download import DownloadError, cached_download
+    from llama.data.sources import DownloadError, cached_download
 
     body = bytes(range(250)) * 4
     with trickling_server(body, every=0.1) as url:
@@ -167,7 +167,7 @@ def test_a_tokenizer_whose_pattern_backtracks_is_stopped(tmp_path, capsys):
 
 
 def test_training_with_a_pattern_that_backtracks_is_stopped():
-    from llama.bpe import BPETokenizer
+    from llama.tokenizers.bpe import BPETokenizer
 
     with pytest.raises(ValueError, match="the pre-tokenizer pattern .* backtracks"):
         within(60, lambda: BPETokenizer.train("a" * 60 + "!", 300, pattern=r"(?:a|aa)+$|\s+|."))

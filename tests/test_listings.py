@@ -259,8 +259,8 @@ def test_copied_chapter_runs(reader_page, reader_run):
 SAMPLE = '''\
 # Sample
 
-```python title="llama/norm.py"
---8<-- "llama/norm.py:rmsnorm"
+```python title="llama/model/norm.py"
+--8<-- "llama/model/norm.py:rmsnorm"
 ```
 
 ```pycon
@@ -278,8 +278,8 @@ RuntimeError: ...
     assert undefined_name
     ```
 
-```python title="llama/model.py"
---8<-- "llama/model.py:forward"
+```python title="llama/model/transformer.py"
+--8<-- "llama/model/transformer.py:forward"
 ```
 '''
 
@@ -287,7 +287,7 @@ RuntimeError: ...
 def test_reader_blocks_follow_the_page():
     blocks = reader_blocks(SAMPLE, "sample.md")
     assert [(b["where"], b["what"]) for b in blocks] == [
-        ("book/sample.md:3", "listing llama/norm.py:rmsnorm"),
+        ("book/sample.md:3", "listing llama/model/norm.py:rmsnorm"),
         ("book/sample.md:7", "pycon block"),
         ("book/sample.md:18", "python block"),
     ], "the excerpt (Transformer.forward) must not be copied"

@@ -1,4 +1,4 @@
-"""The written-out cross-entropy (llama.loss) against PyTorch's ``F.cross_entropy``: value and
+"""The written-out cross-entropy (llama.training.loss) against PyTorch's ``F.cross_entropy``: value and
 gradient, in float32 and from bfloat16 logits, where a naive formula overflows."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.loss import cross_entropy, log_sum_exp
+from llama.training.loss import cross_entropy, log_sum_exp
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

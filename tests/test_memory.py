@@ -1,4 +1,4 @@
-"""llama/memory.py against what really holds memory and what a ring really sends.
+"""llama/training/memory.py against what really holds memory and what a ring really sends.
 
 * One process: after one optimizer step of a small :class:`Transformer`, the weights, gradients
   and AdamW or Muon state counted equal the bytes of the real tensors, in float32 and bfloat16.
@@ -23,10 +23,10 @@ import pytest
 import torch
 from helpers import unavailable
 
-from llama.config import ModelConfig
-from llama.memory import STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel
-from llama.model import Transformer
-from llama.optim import make_optimizer
+from llama.model.config import ModelConfig
+from llama.training.memory import STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel
+from llama.model.transformer import Transformer
+from llama.training.optim import make_optimizer
 
 # Odd sizes, so that sharding over several ranks needs padding.
 TINY = ModelConfig(dim=24, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, hidden_dim=30)
@@ -184,9 +184,9 @@ def whole_gradient_bytes(model: torch.nn.Module) -> int:
 
 def test_fsdp2_accumulation_without_sync_holds_whole_gradients():
     """The parallelism chapter's statement: skipping the reduce-scatter of a micro-batch
-    (``llama.distributed.no_grad_sync``) leaves every rank holding the gradients of the whole model
+    (``llama.training.distributed.no_grad_sync``) leaves every rank holding the gradients of the whole model
     until the synchronised micro-batch, which leaves only this rank's shard."""
-    from llama.distributed import no_grad_sync
+    from llama.training.distributed import no_grad_sync
 
     world = 4
     dist = fake_process_group(0, world)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llama.norm import RMSNorm
+from llama.model.norm import RMSNorm
 
 
 def test_matches_the_formula_in_float64():

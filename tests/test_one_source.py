@@ -27,6 +27,7 @@ import torch
 
 import llama
 from llama import ModelConfig, RopeScaling, Transformer
+from llama.formats.load import load_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "llama"
@@ -40,23 +41,26 @@ NOT_SHOWN_PREFIXES = {
     "_validate": "input validation, as _check*",
 }
 NOT_SHOWN = {
-    "config.py:ModelConfig.__post_init__": "fills the derived defaults and calls validate(); dataclass plumbing",
-    "config.py:ModelConfig.validate": "input validation: checks that the sizes fit together",
-    "config.py:RopeScaling.__post_init__": "input validation of the scaling factors",
-    "convert.py:check_layer_count": "input validation: the layers a file declares against the tensors it holds",
+    "model/config.py:ModelConfig.__post_init__": "fills the derived defaults and calls validate(); dataclass plumbing",
+    "model/config.py:ModelConfig.validate": "input validation: checks that the sizes fit together",
+    "model/config.py:RopeScaling.__post_init__": "input validation of the scaling factors",
+    "formats/convert.py:check_layer_count": "input validation: the layers a file declares against the tensors it holds",
+    "formats/load.py:check_before_building": "input validation: a file's tensors and this machine's memory against the "
+                                             "config, before the model is built",
     # The __init__ that @dataclass generates is compiled from a string ("<string>"), not from a
     # file of llama/, so the trace never attributes it to the package: nothing to exempt.
 }
 NOT_SHOWN_MODULES = {
     "_files.py": "atomic file writing, plumbing shared by the writers of checkpoints",
-    "__init__.py": "the package's lazy imports of its public names (so the CLI starts without torch)",
+    "__init__.py": "a package's lazy imports of its public names (so the CLI starts without torch)",
+    "_exports.py": "the lazy imports themselves (PEP 562 plumbing)",
 }
 
 # (b) Shown by a model chapter, yet need not run in the model.
-NOT_RUN_MODULES = {"reference.py": "the written-out versions the chapters teach next to what the model calls"}
+NOT_RUN_MODULES = {"model/reference.py": "the written-out versions the chapters teach next to what the model calls"}
 NOT_RUN = {
-    "model.py:count_parameters": "sizing arithmetic about the model, computed from the config alone",
-    "attention.py:kv_cache_bytes": "sizing arithmetic about the model, computed from the config alone",
+    "model/transformer.py:count_parameters": "sizing arithmetic about the model, computed from the config alone",
+    "model/attention.py:kv_cache_bytes": "sizing arithmetic about the model, computed from the config alone",
 }
 
 
@@ -65,7 +69,7 @@ listings = load_listings()
 
 @dataclass(frozen=True)
 class Function:
-    module: str  # file name inside llama/
+    module: str  # path inside llama/, e.g. "model/attention.py"
     qualname: str
     first_line: int  # the def line, or the first decorator's line (what co_firstlineno holds)
 
@@ -85,7 +89,7 @@ def defined_functions(path: Path) -> list[Function]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
-                found.append(Function(path.name, prefix + child.name, first))
+                found.append(Function(path.relative_to(PACKAGE).as_posix(), prefix + child.name, first))
                 visit(child, f"{prefix}{child.name}.<locals>.")
             elif isinstance(child, ast.ClassDef):
                 visit(child, f"{prefix}{child.name}.")
@@ -126,8 +130,8 @@ def reader_session(folder: Path) -> None:
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3, 4]]))
     llama.generate(model, [1, 2, 3], 5)
-    model.save_pretrained(folder)
-    Transformer.from_pretrained(folder)
+    save_model(model, folder)
+    load_model(folder)
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +149,9 @@ def executed(tmp_path_factory) -> list[Function]:
     finally:
         sys.setprofile(None)
     functions = {
-        Function(Path(code.co_filename).name, code.co_qualname, code.co_firstlineno)
+        Function(Path(code.co_filename).resolve().relative_to(PACKAGE).as_posix(), code.co_qualname, code.co_firstlineno)
         for code in codes
-        if Path(code.co_filename).resolve().parent == PACKAGE
+        if PACKAGE in Path(code.co_filename).resolve().parents
         and not code.co_name.startswith("<")  # module bodies, comprehensions and lambdas belong to their function
         # A class body runs once, when the session happens to import its module first: not a function.
         and code.co_flags & inspect.CO_OPTIMIZED
@@ -160,7 +164,7 @@ def exempt_from_showing(function: Function) -> bool:
     name = function.qualname.rsplit(".", 1)[-1]
     return (
         function.key in NOT_SHOWN
-        or function.module in NOT_SHOWN_MODULES
+        or Path(function.module).name in NOT_SHOWN_MODULES
         or any(name.startswith(prefix) for prefix in NOT_SHOWN_PREFIXES)
     )
 
@@ -189,7 +193,7 @@ def test_every_function_the_model_chapters_show_is_executed(executed, book_chapt
     not_run = []
     for section, pages in sorted(included_sections(chapters).items()):
         path, name = section.split(":")
-        module = Path(path).name
+        module = path.removeprefix("llama/")
         if module in NOT_RUN_MODULES:
             continue
         first, last = listings.sections_of((REPO / path).read_text("utf-8"))[name]
@@ -198,12 +202,12 @@ def test_every_function_the_model_chapters_show_is_executed(executed, book_chapt
                 not_run.append(f"  {function}: shown in {', '.join(pages)} ({section}), never run by the model")
     assert not_run == [], (
         "the model chapters teach functions the model does not run (make the model call them, or move "
-        "them to llama/reference.py):\n" + "\n".join(not_run)
+        "them to llama/model/reference.py):\n" + "\n".join(not_run)
     )
 
 
 def test_traced_functions_are_found_in_the_source(executed):
     # Sections are matched by the def line; co_firstlineno and the AST must agree on it (decorators!).
-    defined = {(f.module, f.qualname, f.first_line) for path in PACKAGE.glob("*.py") for f in defined_functions(path)}
+    defined = {(f.module, f.qualname, f.first_line) for path in PACKAGE.rglob("*.py") for f in defined_functions(path)}
     unmatched = [str(f) for f in executed if (f.module, f.qualname, f.first_line) not in defined]
     assert unmatched == [], "traced functions whose def line the source parser places elsewhere:\n" + "\n".join(unmatched)

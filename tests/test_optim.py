@@ -1,4 +1,4 @@
-"""The written-out optimizers (llama.optim) against PyTorch's own, step by step on random
+"""The written-out optimizers (llama.training.optim) against PyTorch's own, step by step on random
 gradients: AdamW against ``torch.optim.AdamW`` (for-each and fused), Muon against
 ``torch.optim.Muon``, clipping against ``clip_grad_norm_``; and Muon's state through a checkpoint."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama.model import Transformer
-from llama.optim import AdamW, Muon, clip_grad_norm, make_optimizer, newton_schulz
-from llama.train_config import TrainConfig, model_config
+from llama.model.transformer import Transformer
+from llama.training.optim import AdamW, Muon, clip_grad_norm, make_optimizer, newton_schulz
+from llama.training.config import TrainConfig, model_config
 
 STEPS = 60
 
@@ -56,7 +56,7 @@ def test_adamw_equals_pytorchs_over_many_steps(fused):
 def test_muon_equals_pytorchs_over_many_steps(monkeypatch):
     # torch.optim.Muon orthogonalises in bfloat16 on every machine; ours does where that is fast
     # (tests/test_precision.py checks which): compare the two in the same precision.
-    monkeypatch.setattr("llama.optim.fast_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr("llama.training.optim.fast_dtype", lambda device: torch.bfloat16)
     ours, theirs = twins([(16, 8), (8, 24), (10, 10)])
     opt = Muon([{"params": ours, "muon": True}], lr=0.02, weight_decay=0.1)
     ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)

@@ -1,4 +1,4 @@
-"""The precision chosen for the machine (llama.precision): ``--dtype auto`` on CPUs with and
+"""The precision chosen for the machine (llama.training.precision): ``--dtype auto`` on CPUs with and
 without native bfloat16 and on CUDA GPUs (all pretended: the capability, the feature list and the
 timed probe are replaced), the warning for bfloat16 forced where it is emulated, what a run
 records in ``run.json``, a resumed run keeping its dtype, the command line, and Muon's
@@ -13,14 +13,14 @@ import pytest
 import torch
 from helpers import make_text
 
-import llama.train
-from llama import precision
-from llama.cli import build_parser
-from llama.cli import main as cli_main
-from llama.cli_train import train_config_from_args
-from llama.optim import Muon, newton_schulz
-from llama.precision import emulation_warning, fast_dtype, measure_bf16_slowdown, resolve_dtype
-from llama.train_config import TrainConfig
+import llama.training.loop
+from llama.training import precision
+from llama.cli.main import build_parser
+from llama.cli.main import main as cli_main
+from llama.cli.train import train_config_from_args
+from llama.training.optim import Muon, newton_schulz
+from llama.training.precision import emulation_warning, fast_dtype, measure_bf16_slowdown, resolve_dtype
+from llama.training.config import TrainConfig
 
 # A tiny run, as in tests/test_train.py; progress stays on, since the dtype line comes with it.
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",
@@ -158,13 +158,13 @@ def text(tmp_path):
 def autocasts(monkeypatch):
     """The ``autocast_dtype`` of every training step the runs of the test take."""
     seen = []
-    real = llama.train.train_step
+    real = llama.training.loop.train_step
 
     def spy(*args):
         seen.append(args[6])
         return real(*args)
 
-    monkeypatch.setattr(llama.train, "train_step", spy)
+    monkeypatch.setattr(llama.training.loop, "train_step", spy)
     return seen
 
 

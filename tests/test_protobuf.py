@@ -1,4 +1,4 @@
-"""``llama.protobuf``: the hand-written wire-format reader, against bytes written independently."""
+"""``llama.tokenizers.protobuf``: the hand-written wire-format reader, against bytes written independently."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from helpers import pb_field, pb_varint
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama.protobuf import as_float32, as_int32, as_text, iter_fields, read_varint
+from llama.tokenizers.protobuf import as_float32, as_int32, as_text, iter_fields, read_varint
 
 
 def test_wire_format_by_hand():

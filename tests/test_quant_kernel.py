@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from helpers import unavailable
 
 from llama import ModelConfig, Transformer
-from llama import quant_kernel
-from llama.generation import CompiledDecoder, generate
-from llama.quantize import KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
+from llama.quantization import kernel as quant_kernel
+from llama.inference.generation import CompiledDecoder, generate
+from llama.quantization.weights import KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
 
 # (out, in, bits, group_size): per row, groups of 32, odd output counts, widths that are not a
 # multiple of the 16 floats of a register (tails), the smallest group (2).
@@ -128,7 +128,7 @@ def test_eager_calls_use_the_kernel_once_it_is_built(kernel, monkeypatch):
     torch.manual_seed(5)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), 4, 32)
     calls = []
-    monkeypatch.setattr("llama.quantize.quantized_matmul",
+    monkeypatch.setattr("llama.quantization.weights.quantized_matmul",
                         lambda *args: calls.append(args[0].shape) or quant_kernel.quantized_matmul(*args))
     for shape in [(1, 1, 64), (3, 8, 64), (1, KERNEL_ROWS + 1, 64)]:  # a step, a prompt, a long prompt
         x = torch.randn(shape)

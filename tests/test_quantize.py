@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from llama import ModelConfig, Transformer
-from llama.quantize import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
+from llama.quantization.weights import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
+from llama.formats.load import load_model, save_model
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
 
@@ -119,10 +120,10 @@ def test_a_group_size_that_fits_no_layer_is_refused_with_sizes_that_fit_every_la
     neither of them all, and the sizes the refusal suggests must each quantize the whole model."""
     import re
 
-    from llama.cli import main
+    from llama.cli.main import main
 
     config = ModelConfig(dim=64, n_layers=1, n_heads=8, n_kv_heads=4, vocab_size=512, hidden_dim=172, max_seq_len=32)
-    Transformer(config).save_pretrained(tmp_path / "m")
+    save_model(Transformer(config), tmp_path / "m")
     assert main(["generate", str(tmp_path / "m"), "--quantize", "int4", "--group-size", "32", "-n", "2"]) == 2
     err = capsys.readouterr().err
     assert err == ("llama generate: error: group_size=32 (--group-size) must be an even number that divides the inputs "
@@ -138,7 +139,7 @@ def test_a_group_size_that_fits_no_layer_is_refused_with_sizes_that_fit_every_la
 @pytest.mark.compile
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32)])
 def test_compiled_one_row_product_equals_eager(bits, group_size):
-    from llama.generation import missing_cxx_compiler
+    from llama.inference.generation import missing_cxx_compiler
 
     if missing_cxx_compiler():
         pytest.skip(missing_cxx_compiler())
@@ -151,18 +152,18 @@ def test_compiled_one_row_product_equals_eager(bits, group_size):
 
 @pytest.mark.parametrize("bits,group_size,head", [(8, None, True), (4, 32, False)])
 def test_save_and_load_give_the_same_model(tmp_path, bits, group_size, head):
-    from llama.quantize import save_quantized
+    from llama.quantization.weights import save_quantized
 
     config = ModelConfig(**{**CONFIG.to_dict(), "tie_embeddings": True})
     torch.manual_seed(0)
     qmodel = quantize(Transformer(config).eval(), bits, group_size, head=head)
     save_quantized(qmodel, tmp_path / "q")
-    loaded = Transformer.from_pretrained(tmp_path / "q", dtype=torch.bfloat16)
+    loaded = load_model(tmp_path / "q", dtype=torch.bfloat16)
     assert loaded.quantization == qmodel.quantization
     for name, t in qmodel.state_dict().items():  # integers and float16 scales exactly as saved
         if name.endswith(("qweight", "scales")):
             assert torch.equal(loaded.state_dict()[name], t), name
-    loaded = Transformer.from_pretrained(tmp_path / "q")
+    loaded = load_model(tmp_path / "q")
     tokens = torch.tensor([[1, 4, 9, 16]])
     assert torch.equal(loaded(tokens), qmodel(tokens))
     with pytest.raises(FileExistsError, match="left as it is"):
@@ -172,7 +173,7 @@ def test_save_and_load_give_the_same_model(tmp_path, bits, group_size, head):
 def test_save_refuses_a_float_model_and_load_refuses_wrong_dtypes(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from llama.quantize import save_quantized
+    from llama.quantization.weights import save_quantized
 
     with pytest.raises(ValueError, match="not quantized"):
         save_quantized(trained_like_model(), tmp_path / "f")
@@ -181,15 +182,15 @@ def test_save_refuses_a_float_model_and_load_refuses_wrong_dtypes(tmp_path):
     sd["layers.0.attention.wq.qweight"] = sd["layers.0.attention.wq.qweight"].float()
     save_file(sd, tmp_path / "q" / "model.safetensors")
     with pytest.raises(ValueError, match="wq.qweight is torch.float32"):
-        Transformer.from_pretrained(tmp_path / "q")
+        load_model(tmp_path / "q")
 
 
 def test_cli_convert_then_generate(tmp_path, capsys):
-    from llama.cli import main
-    from llama.generation import generate
+    from llama.cli.main import main
+    from llama.inference.generation import generate
 
     model = trained_like_model()
-    model.save_pretrained(tmp_path / "f")
+    save_model(model, tmp_path / "f")
     assert main(["convert", str(tmp_path / "f"), str(tmp_path / "q"), "--to", "quantized", "--quantize", "int4",
                  "--group-size", "32"]) == 0
     assert "int4 weights, groups of 32" in capsys.readouterr().out

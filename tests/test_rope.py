@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llama import ModelConfig, RopeScaling
-from llama.reference import apply_rope_half_split
-from llama.rope import (
+from llama.model.reference import apply_rope_half_split
+from llama.model.rope import (
     apply_rope,
     half_split_to_interleaved,
     interleaved_to_half_split,

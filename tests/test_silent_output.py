@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from helpers import random_model
 
-import llama.generation
+import llama.inference.generation
 from llama import ModelConfig
-from llama.bpe import BPETokenizer
-from llama.cli import main
-from llama.llama2c import save_llama2c
+from llama.tokenizers.bpe import BPETokenizer
+from llama.cli.main import main
+from llama.formats.llama2c import save_llama2c
+from llama.formats.load import save_model
 
 
 # ------------------------------------------------------------------------- streaming characters
@@ -23,9 +24,9 @@ def test_generate_streams_whole_characters(tmp_path, capsys, monkeypatch):
     # inside a character. Printing the new part of each decode printed "é€ab��ab�".
     tokenizer = tmp_path / "bytes.json"
     BPETokenizer([]).save(tokenizer)
-    random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)).save_pretrained(tmp_path / "m")
+    save_model(random_model(ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=256, max_seq_len=64)), tmp_path / "m")
     new = list("é€abé€abé".encode()) + [0xE2]  # and a last character whose bytes never all come
-    monkeypatch.setattr(llama.generation, "generate_stream", lambda model, prompt, n, sampling: iter(new))
+    monkeypatch.setattr(llama.inference.generation, "generate_stream", lambda model, prompt, n, sampling: iter(new))
     assert main(["generate", str(tmp_path / "m"), "-t", str(tokenizer), "-p", "x", "-n", str(len(new))]) == 0
     assert capsys.readouterr().out == "xé€abé€abé\ufffd\n"
 
@@ -48,7 +49,7 @@ def test_a_llama2c_header_that_lies_but_keeps_the_file_size(tmp_path, capsys):
 
 
 def test_the_published_stories260K_passes_the_rope_check(shared_file):
-    from llama.llama2c import read_llama2c
+    from llama.formats.llama2c import read_llama2c
 
     assert read_llama2c(shared_file("stories260K.bin"))[0].max_seq_len == 512
 

@@ -62,7 +62,7 @@ def test_no_page_shows_a_raw_sphinx_role(site_dir):
                  for p in site_dir.rglob("*.html")}
     assert {page: found for page, found in offenders.items() if found} == {}
     model = _prose((site_dir / "api/model/index.html").read_text("utf-8"))
-    assert 'href="../attention/#llama.attention.KVCache"' in model  # :class:`~llama.attention.KVCache`
+    assert 'href="../attention/#llama.model.attention.KVCache"' in model  # :class:`~llama.model.attention.KVCache`
 
 
 def test_sphinx_roles_become_links_resolved_where_the_docstring_is():
@@ -70,15 +70,15 @@ def test_sphinx_roles_become_links_resolved_where_the_docstring_is():
 
     hook = load_module("_crossrefs", REPO / "hooks" / "griffe_crossrefs.py")
     pkg = griffe.load("llama", search_paths=[str(REPO)])
-    forward = pkg["model.Transformer.forward"]
-    assert hook.link_roles(":meth:`setup_cache`", forward, pkg) == "[`setup_cache`][llama.model.Transformer.setup_cache]"
-    assert (hook.link_roles("see :class:`~llama.attention.KVCache`.", forward, pkg)
-            == "see [`KVCache`][llama.attention.KVCache].")
+    forward = pkg["model.transformer.Transformer.forward"]
+    assert hook.link_roles(":meth:`setup_cache`", forward, pkg) == "[`setup_cache`][llama.model.transformer.Transformer.setup_cache]"
+    assert (hook.link_roles("see :class:`~llama.model.attention.KVCache`.", forward, pkg)
+            == "see [`KVCache`][llama.model.attention.KVCache].")
     # imported into the module: the link goes where the object is defined
-    assert hook.link_roles(":class:`ModelConfig`", pkg["model"], pkg) == "[`ModelConfig`][llama.config.ModelConfig]"
+    assert hook.link_roles(":class:`ModelConfig`", pkg["model.transformer"], pkg) == "[`ModelConfig`][llama.model.config.ModelConfig]"
     # not shown in the reference (private, or no docstring): code, without the role
-    assert hook.link_roles(":func:`_word_splitter`", pkg["spm"], pkg) == "`_word_splitter`"
-    assert hook.link_roles(":func:`no_such_thing`", pkg["spm"], pkg) == "`no_such_thing`"
+    assert hook.link_roles(":func:`_word_splitter`", pkg["tokenizers.spm"], pkg) == "`_word_splitter`"
+    assert hook.link_roles(":func:`no_such_thing`", pkg["tokenizers.spm"], pkg) == "`no_such_thing`"
 
 
 # --- throwaway builds with the project's settings ----------------------------------------------

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from helpers import pb_field
 
-from llama.protobuf import iter_fields
-from llama.spm import SentencePieceTokenizer, _decode_bytes
-from llama.spm_vocab import SPACE, read_model_proto
-from llama.tokenizer import train_sentencepiece
+from llama.tokenizers.protobuf import iter_fields
+from llama.tokenizers.spm import SentencePieceTokenizer, _decode_bytes
+from llama.tokenizers.spm_vocab import SPACE, read_model_proto
+from llama.tokenizers.tokenizer import train_sentencepiece
 
 REPO = Path(__file__).resolve().parent.parent
 

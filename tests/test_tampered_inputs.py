@@ -11,7 +11,7 @@ import pytest
 from helpers import HOSTILE_TINY, make_text, random_model, refused, sharded_folder, snapshot
 
 from llama import ModelConfig
-from llama.cli import main
+from llama.cli.main import main
 
 TINY = HOSTILE_TINY
 
@@ -30,7 +30,7 @@ def text(tmp_path) -> Path:
 
 
 def quantized_folder(path: Path, bits: int = 8, group_size: int | None = 16) -> Path:
-    from llama.quantize import quantize, save_quantized
+    from llama.quantization.weights import quantize, save_quantized
 
     model = random_model(ModelConfig(**TINY))
     save_quantized(quantize(model, bits, group_size), path)
@@ -93,7 +93,7 @@ def test_finetune_of_a_quantized_or_sharded_base_says_what_it_is(tmp_path, capsy
 def adapter_folder(folder: Path) -> Path:
     import torch
 
-    from llama.lora import LoRAConfig, add_lora, save_adapter
+    from llama.training.lora import LoRAConfig, add_lora, save_adapter
 
     model = random_model(ModelConfig(**TINY))
     add_lora(model, LoRAConfig(rank=2, alpha=8.0))
@@ -236,7 +236,7 @@ def test_a_part_file_left_by_a_killed_download_is_removed_by_the_next(tmp_path):
     import fcntl
     import hashlib
 
-    from llama.download import cached_download
+    from llama.data.sources import cached_download
 
     source = tmp_path / "source.bin"
     source.write_bytes(b"weights" * 1000)

@@ -1,11 +1,11 @@
-"""``llama.tokenizer``: one loader for both kinds of tokenizer file, and the protocol both implement."""
+"""``llama.tokenizers.tokenizer``: one loader for both kinds of tokenizer file, and the protocol both implement."""
 
 from __future__ import annotations
 
 import pytest
 
-from llama.spm_vocab import BYTE, NORMAL, SPACE, USER_DEFINED
-from llama.tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
+from llama.tokenizers.spm_vocab import BYTE, NORMAL, SPACE, USER_DEFINED
+from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
 
 
 def test_load_tokenizer_dispatches_on_the_file(tmp_path):

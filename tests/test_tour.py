@@ -19,7 +19,7 @@ import sys
 import pytest
 from helpers import REPO, require_shared_file, shared_data_dir
 
-from llama.cli import main
+from llama.cli.main import main
 
 pytestmark = pytest.mark.slow  # trains a model and a LoRA adapter: tens of seconds
 

@@ -1,5 +1,5 @@
 """Training: schedule, optimizer groups, bits per byte, checkpoints, exact resume, CLI errors
-(llama.train, llama.train_config, llama.train_state and ``llama train``)."""
+(llama.training.loop, llama.training.config, llama.training.state and ``llama train``)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ import torch
 from helpers import HANG_SECONDS, make_text
 from safetensors.torch import load_file
 
-from llama.bpe import BPETokenizer
-from llama.cli import build_parser
-from llama.cli import main as cli_main
-from llama.cli_train import train_config_from_args
-from llama.model import Transformer
-from llama.optim import lr_at, make_optimizer
-from llama.train import evaluate, train
-from llama.train_config import TrainConfig, model_config
-from llama.train_state import read_log
+from llama.tokenizers.bpe import BPETokenizer
+from llama.cli.main import build_parser
+from llama.cli.main import main as cli_main
+from llama.cli.train import train_config_from_args
+from llama.model.transformer import Transformer
+from llama.training.optim import lr_at, make_optimizer
+from llama.training.loop import evaluate, train
+from llama.training.config import TrainConfig, model_config
+from llama.training.state import read_log
+from llama.formats.load import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny run: 2 layers, 32 wide, byte tokens, one thread so results do not depend on the machine.
@@ -41,7 +42,7 @@ def text(tmp_path):
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``llama train ARGS`` in a subprocess (the console script's module, run from this checkout)."""
-    cmd = [sys.executable, "-m", "llama.cli", "train", *args]
+    cmd = [sys.executable, "-m", "llama.cli.main", "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=HANG_SECONDS)
 
 
@@ -49,9 +50,9 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 # SIGKILL runs no cleanup (no finally, no atexit), like a crash or the out-of-memory killer.
 KILLED_RUN = """
 import os, signal, sys
-from llama.cli import build_parser
-from llama.cli_train import train_config_from_args
-from llama.train import train
+from llama.cli.main import build_parser
+from llama.cli.train import train_config_from_args
+from llama.training.loop import train
 
 def kill_at(step):
     if step == int(sys.argv[1]):
@@ -130,9 +131,9 @@ def test_run_writes_log_checkpoint_model_and_samples(tmp_path, text):
     assert set(state["rng"]) == {"python", "numpy"}
     assert {"rng.torch", "rng.sampler"} <= set(load_file(ckpt / "optimizer.safetensors"))
     assert not list((out / "checkpoints").glob("step-0000003"))  # older checkpoints are pruned
-    from llama.model import Transformer
+    from llama.model.transformer import Transformer
 
-    model = Transformer.from_pretrained(out / "model")  # the final model, as a Hugging Face folder
+    model = load_model(out / "model")  # the final model, as a Hugging Face folder
     assert torch.equal(model.tok_embeddings.weight, load_file(ckpt / "model.safetensors")["tok_embeddings.weight"])
     assert (out / "samples.txt").is_file()
 
@@ -142,7 +143,7 @@ def test_exact_resume_after_sigkill(tmp_path, text):
     """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
     and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
     flags = ["--data", str(text), *TINY, "--max-steps", "12", "--eval-every", "5"]
-    commands = {"whole": ["-m", "llama.cli", "train"], "killed": ["-c", KILLED_RUN, "7"]}
+    commands = {"whole": ["-m", "llama.cli.main", "train"], "killed": ["-c", KILLED_RUN, "7"]}
     procs = [
         subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -266,8 +267,8 @@ def test_console_script_reports_and_fails_in_one_line(tmp_path, text):
 
 @pytest.mark.slow  # a fresh interpreter
 def test_the_module_points_to_the_command():
-    """``python -m llama.train`` has no flags of its own: it says what to run instead of silently doing nothing."""
-    proc = subprocess.run([sys.executable, "-m", "llama.train", "--out", "x"], capture_output=True, text=True,
+    """``python -m llama.training.loop`` has no flags of its own: it says what to run instead of silently doing nothing."""
+    proc = subprocess.run([sys.executable, "-m", "llama.training.loop", "--out", "x"], capture_output=True, text=True,
                           cwd=REPO, timeout=HANG_SECONDS)
     assert proc.returncode == 1 and "llama train --out" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -332,7 +333,7 @@ def test_recipe_command_runs_with_tiny_limits(tmp_path, shared_file, monkeypatch
 def test_max_time_says_what_it_bounds_and_the_final_evaluation_shows_progress(tmp_path, text, monkeypatch, capsys):
     """--max-time bounds the training loop; its help says so, and when it ends the run says what
     still comes (the final evaluation, with its own progress, the model and the sample)."""
-    from llama import train as train_module
+    from llama.training import loop as train_module
 
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "final evaluation, model and sample after it, come on top" in " ".join(help_text.split())

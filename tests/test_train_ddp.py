@@ -12,7 +12,7 @@ import torch
 from helpers import HANG_SECONDS
 from safetensors.torch import load_file
 
-from llama.train_state import read_log
+from llama.training.state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 # float32 written out: the ranks' sums come in another order, and the tolerances below are float32's.
@@ -35,8 +35,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimi
     text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
     common = ["--data", str(text), *TINY, "--max-steps", "6", "--eval-every", "1", "--optimizer", optimizer]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llama.cli", "train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
-    single = [sys.executable, "-m", "llama.cli", "train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
+           "-m", "llama.cli.main", "train", "--out", str(tmp_path / "ddp"), *common, "--batch-size", "2"]
+    single = [sys.executable, "-m", "llama.cli.main", "train", "--out", str(tmp_path / "single"), *common, "--batch-size", "4"]
     env = {**os.environ, **LOOPBACK}
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in (ddp, single)]
@@ -45,7 +45,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimi
         assert p.returncode == 0, err[-3000:]
     assert outputs[0][0].count("final:") == 1  # only rank 0 reports
 
-    # Muon orthogonalises in bfloat16 where that is native (llama.precision.fast_dtype): a
+    # Muon orthogonalises in bfloat16 where that is native (llama.training.precision.fast_dtype): a
     # last-bit difference between the all-reduced and the one-process gradient can round a
     # bfloat16 entry the other way (2^-8 of it), and the Newton-Schulz steps, steep near 0, amplify
     # that in the gradient's weak directions. The losses still agree to 2e-4 (they fall by more
@@ -75,7 +75,7 @@ def test_a_user_error_stops_every_rank(tmp_path):
     out.mkdir()
     (out / "run.json").write_text("{}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llama.cli", "train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
+           "-m", "llama.cli.main", "train", "--out", str(out), "--data", str(tmp_path / "absent.txt"), *TINY, "--max-steps", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **LOOPBACK}, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert proc.returncode != 0
     assert proc.stderr.count("already holds a training run") == 2  # printed by both ranks

@@ -17,12 +17,12 @@ import safetensors.torch
 from safetensors.torch import load_file
 from helpers import make_text
 
-import llama.train
-from llama.cli import main as cli_main
-from llama.run_folder import RunLock
-from llama.train import train
-from llama.train_config import TrainConfig
-from llama.train_state import read_log
+import llama.training.loop
+from llama.cli.main import main as cli_main
+from llama.training.run_folder import RunLock
+from llama.training.loop import train
+from llama.training.config import TrainConfig
+from llama.training.state import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4",
@@ -93,7 +93,7 @@ def test_a_run_folder_in_use_is_refused_with_its_holder(tmp_path, capsys, text):
 def test_the_lock_dies_with_its_process(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from llama.run_folder import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "from llama.training.run_folder import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
                                "print('locked', flush=True); time.sleep(60)", str(out)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -189,7 +189,7 @@ def test_a_latest_that_names_a_missing_checkpoint_deletes_none(tmp_path, capsys,
 
 # ------------------------------------------------------------------------------- a stray tokenizer
 def test_resume_refuses_a_tokenizer_that_is_not_the_runs(tmp_path, capsys, text):
-    from llama.bpe import BPETokenizer
+    from llama.tokenizers.bpe import BPETokenizer
 
     out = tmp_path / "run"
     assert cli_main(["train", "--data", str(text), "--out", str(out), *TINY, "--max-steps", "2", "--eval-every", "2"]) == 0
@@ -226,7 +226,7 @@ def test_every_number_is_checked_before_anything_is_written(tmp_path, capsys, te
 # --------------------------------------------------------------------------------------- divergence
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, text, monkeypatch):
     out = tmp_path / "run"
-    real_step = llama.train.train_step
+    real_step = llama.training.loop.train_step
     done = []
 
     def nan_at_step_3(*args, **kwargs):
@@ -234,7 +234,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, text, monk
         loss = real_step(*args, **kwargs)
         return float("nan") if len(done) == 3 else loss
 
-    monkeypatch.setattr(llama.train, "train_step", nan_at_step_3)
+    monkeypatch.setattr(llama.training.loop, "train_step", nan_at_step_3)
     with pytest.raises(ValueError, match=r"training diverged at step 3: the loss is nan.*step-0000002, stays the "
                                          r"latest. Lower --lr \(it is 0.004\) in a new run"):
         train(tiny_config(out, text, max_steps=6))
@@ -345,7 +345,7 @@ def test_ctrl_c_releases_the_lock_and_leaves_no_partial_folder(tmp_path, text, m
 @pytest.mark.slow
 def test_progress_goes_to_a_terminal_only(tmp_path, text):
     flags = [f for f in TINY if f != "--no-progress"]
-    proc = subprocess.run([sys.executable, "-m", "llama.cli", "train", "--data", str(text), "--out",
+    proc = subprocess.run([sys.executable, "-m", "llama.cli.main", "train", "--data", str(text), "--out",
                            str(tmp_path / "run"), *flags, "--max-steps", "3"],
                           cwd=REPO, capture_output=True, timeout=120)  # bytes: text mode would turn \r into \n
     assert proc.returncode == 0, proc.stderr

@@ -16,9 +16,10 @@ import torch
 from helpers import HANG_SECONDS
 from test_train import KILLED_RUN  # kills itself (every rank) after optimizer step argv[1]
 
-from llama.config import ModelConfig
-from llama.model import Transformer
-from llama.train_state import read_log
+from llama.model.config import ModelConfig
+from llama.model.transformer import Transformer
+from llama.training.state import read_log
+from llama.formats.load import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 # float32 written out: in bfloat16 one process would autocast where several ranks cast their
@@ -65,7 +66,7 @@ def runs(tmp_path_factory):
     common = ["--data", str(text), *TINY, "--max-steps", "8", "--eval-every", "2"]
     (tmp / "killed.py").write_text(KILLED_RUN)
     one, killed = run_all(
-        torchrun(1, "-m", "llama.cli", "train", "--out", str(tmp / "one"), *common, "--batch-size", str(GLOBAL_BATCH)),
+        torchrun(1, "-m", "llama.cli.main", "train", "--out", str(tmp / "one"), *common, "--batch-size", str(GLOBAL_BATCH)),
         torchrun(2, str(tmp / "killed.py"), "5", "--out", str(tmp / "two"), *common, "--batch-size", str(GLOBAL_BATCH // 2)),
     )
     finished([one])
@@ -74,9 +75,9 @@ def runs(tmp_path_factory):
     state_two = json.loads((tmp / "two" / "checkpoints" / "step-0000004" / "state.json").read_text())
     shutil.copytree(tmp / "two", tmp / "two-then-one")
     # The 4 ranks also recompute each block's activations in the backward pass: the same gradients.
-    resumed = run_all(torchrun(4, "-m", "llama.cli", "train", "--out", str(tmp / "two"), "--resume",
+    resumed = run_all(torchrun(4, "-m", "llama.cli.main", "train", "--out", str(tmp / "two"), "--resume",
                                "--checkpoint-activations"),
-                      torchrun(1, "-m", "llama.cli", "train", "--out", str(tmp / "two-then-one"), "--resume"))
+                      torchrun(1, "-m", "llama.cli.main", "train", "--out", str(tmp / "two-then-one"), "--resume"))
     finished(resumed)
     return {"tmp": tmp, "one": tmp / "one", "four": tmp / "two", "single": tmp / "two-then-one",
             "state_two": state_two}
@@ -128,9 +129,9 @@ def test_each_rank_holds_its_share(runs):
 
 
 def test_exported_model_loads_in_transformers_with_identical_logits(runs, transformers, tmp_path):
-    from llama.cli import main
+    from llama.cli.main import main
 
-    ours = Transformer.from_pretrained(runs["four"] / "model")  # gathered from the 4 ranks at the end
+    ours = load_model(runs["four"] / "model")  # gathered from the 4 ranks at the end
     hf = transformers.AutoModelForCausalLM.from_pretrained(runs["four"] / "model").eval()
     x = torch.randint(0, ours.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -139,18 +140,18 @@ def test_exported_model_loads_in_transformers_with_identical_logits(runs, transf
     # A checkpoint of the sharded run, read whole in one process, is the same model at its step.
     step8 = runs["four"] / "checkpoints" / "step-0000008"
     assert main(["convert", str(step8), str(tmp_path / "hf"), "--to", "hf"]) == 0
-    again = Transformer.from_pretrained(tmp_path / "hf")
+    again = load_model(tmp_path / "hf")
     for k, v in ours.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
 
 
 def test_a_sharded_run_resumes_only_on_ranks_that_split_its_batch(runs, capsys):
-    from llama.cli import main
+    from llama.cli.main import main
 
     copy = runs["tmp"] / "uneven"
     shutil.copytree(runs["one"], copy)  # one process, global batch 4: 3 processes cannot split it
-    from llama.train_config import TrainConfig
-    from llama.train_state import merge_resume
+    from llama.training.config import TrainConfig
+    from llama.training.state import merge_resume
 
     saved = json.loads((copy / "run.json").read_text())
     with pytest.raises(ValueError, match="global batch of 4 windows does not split evenly over them"):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llama.run_folder import RunLock, remove_partial
-from llama.train_state import latest_checkpoint, read_log
+from llama.training.run_folder import RunLock, remove_partial
+from llama.training.state import latest_checkpoint, read_log
 
 pytestmark = pytest.mark.slow  # a dozen killed and resumed training runs
 
@@ -36,10 +36,10 @@ FLAGS = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--bat
 SERVER = r"""
 import json, os, shutil, signal, sys, threading, time
 import safetensors.torch
-import llama.train_state as state
-from llama.cli import build_parser
-from llama.cli_train import train_config_from_args
-from llama.train import train
+import llama.training.state as state
+from llama.cli.main import build_parser
+from llama.cli.train import train_config_from_args
+from llama.training.loop import train
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

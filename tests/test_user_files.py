@@ -12,10 +12,12 @@ import torch
 from helpers import HOSTILE_TINY, random_model, refused, snapshot
 from safetensors.torch import load_file, save_file
 
-import llama.cli
+import llama.cli.main
+import llama.formats.load
 from llama import ModelConfig
-from llama.cli import main
-from llama.lora import LoRAConfig, add_lora, load_adapter, merge_into_base, save_adapter
+from llama.cli.main import main
+from llama.training.lora import LoRAConfig, add_lora, load_adapter, merge_into_base, save_adapter
+from llama.formats.load import save_model
 
 TINY = HOSTILE_TINY
 
@@ -30,10 +32,10 @@ TINY = HOSTILE_TINY
 @pytest.mark.parametrize("to", [["--to", "hf"], ["--to", "quantized", "--quantize", "int8"]])
 def test_convert_leaves_a_folder_holding_a_model_as_it_is(tmp_path, capsys, monkeypatch, source, to):
     mine = tmp_path / "mine"
-    random_model(ModelConfig(**TINY), seed=1).save_pretrained(mine)  # the user's own model
+    save_model(random_model(ModelConfig(**TINY), seed=1), mine)  # the user's own model
     (mine / "notes.txt").write_text("mine\n")
     before = snapshot(mine)
-    monkeypatch.setattr(llama.cli, "load_model", lambda *a, **k: pytest.fail("the source was read first"))
+    monkeypatch.setattr(llama.formats.load, "load_model", lambda *a, **k: pytest.fail("the source was read first"))
     err = refused(capsys, ["convert", str(source), str(mine), *to])
     assert f"{mine / 'config.json'} exists: it was left as it is; choose an empty or new folder" in err
     assert snapshot(mine) == before

@@ -77,7 +77,7 @@ def test_rope_chapter_math_and_included_code(new_page, site_url):
 
     text = page.locator(".md-content").inner_text()
     assert "--8<--" not in text and "[start:" not in text, "a snippet marker leaked into the page"
-    # Library code included from llama/rope.py: highlighted by Pygments, with a copy button.
+    # Library code included from llama/model/rope.py: highlighted by Pygments, with a copy button.
     included = page.locator(".md-content .highlight:has(code span.k:text-is('def'))")
     assert included.count() > 0, "no included function definition on the RoPE page"
     block = included.first

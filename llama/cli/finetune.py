@@ -1,0 +1,96 @@
+"""The ``llama finetune`` subcommand: fine-tune a trained model, with LoRA adapters or every weight.
+
+It runs :func:`llama.training.loop.train` (the same loop, log, checkpoints and exact ``--resume`` as
+``llama train``) on a :class:`~llama.training.config.TrainConfig` that names the base checkpoint;
+:mod:`llama.training.finetune` builds the model and saves the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llama.training.config import TrainConfig
+
+# --8<-- [start:defaults]
+#: Where fine-tuning's defaults differ from ``llama train``'s: adapters of rank 8, a learning rate
+#: for a model that already works (no long warm-up), and no weight decay (it would pull the
+#: adapters towards zero, that is towards the base model).
+FINETUNE_DEFAULTS = {"lora_rank": 8, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0}
+# --8<-- [end:defaults]
+
+
+def add(subparsers) -> None:
+    from llama.cli.train import add_loop_flags
+    from llama.training.config import TrainConfig
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a trained model on a text file (LoRA adapters, or every weight)",
+        description="Fine-tune a checkpoint on a text file with LoRA adapters (--lora-rank R) or every "
+        "weight (--lora-rank 0), with the training loop of `llama train`: evaluation in bits per byte, "
+        "checkpoints, exact --resume. A LoRA run leaves OUT/adapter (PEFT's layout); a full one OUT/model.",
+    )
+    d = TrainConfig(out="", max_steps=1)
+    S = argparse.SUPPRESS  # as in `llama train`: a flag not given is absent, so --resume takes the saved value
+    p.add_argument("--base", required=True, help="the checkpoint to fine-tune (e.g. a run's OUT/model folder)")
+    p.add_argument("--data", default=S, help="UTF-8 text file to fine-tune on")
+    p.add_argument("--out", required=True, help="folder for the log, checkpoints and adapter")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
+    p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora-rank", type=int, default=S,
+                   help=f"rank of the adapters; 0 trains every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")
+    g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
+    g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
+    g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
+    # The windows default to 256 tokens, or to the base's context where that is shorter.
+    block = f"{d.block_size}, or the base's context if shorter"
+    add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **FINETUNE_DEFAULTS, "block_size": block}))
+    p.set_defaults(func=run)
+
+
+# --8<-- [start:config_from_args]
+def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
+    """The settings of ``llama finetune``: ``llama train``'s, with the base checkpoint, its
+    tokenizer and vocabulary, :data:`FINETUNE_DEFAULTS` for the flags not given, and windows no
+    longer than the base's context (the model keeps that context unless ``--max-seq-len``).
+
+    Returns:
+        ``(TrainConfig, resume, names of the settings given)``, for :func:`llama.training.loop.train`.
+
+    Raises:
+        FileNotFoundError: no base checkpoint, or no tokenizer beside it and no ``--tokenizer``.
+        ValueError: the flags make no valid run.
+    """
+    import dataclasses
+
+    from llama.training.finetune import base_tokenizer
+    from llama.tokenizers.tokenizer import load_tokenizer
+    from llama.training.config import TrainConfig, base_config, check_base
+
+    check_base(args.base)  # a missing, unknown, quantized or sharded base fails here, before the tokenizer is looked for
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    given = set(values) - {"out"}
+    values["tokenizer"] = str(values.get("tokenizer") or base_tokenizer(args.base))
+    values["vocab_size"] = load_tokenizer(values["tokenizer"]).vocab_size
+    given |= {"tokenizer", "vocab_size"}  # they follow from --base, which is given
+    values = {**FINETUNE_DEFAULTS, **values}
+    if "block_size" not in values and "max_seq_len" not in values:  # the base's context, if shorter
+        values["block_size"] = min(TrainConfig.block_size, base_config(args.base).max_seq_len)
+    if args.resume and "max_steps" not in values and "max_time" not in values:
+        values["max_steps"] = 1  # placeholder; the saved run's length is used
+    return TrainConfig(**values), args.resume, given
+# --8<-- [end:config_from_args]
+
+
+def run(args) -> int:
+    from llama.training.loop import train
+
+    cfg, resume, given = finetune_config_from_args(args)
+    result = train(cfg, resume=resume, given=given)
+    print(f"final: step {result['step']}, {result['elapsed']:.1f} s, val loss {result['val_loss']:.4f} nats/token, "
+          f"{result['val_bpb']:.4f} bits per byte; wrote {cfg.out}/{'adapter' if cfg.lora_rank else 'model'}")
+    return 0

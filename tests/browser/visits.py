@@ -179,6 +179,20 @@ def fetch(url: str) -> tuple[int, frozenset[str]]:
         return err.code, frozenset()
 
 
+def link_problem(href: str, site_url: str, here: str, here_ids: set[str]) -> str | None:
+    """What is wrong with a link of the page ``here`` (whose ids are ``here_ids``) to the served
+    site: a page outside the site's path, or not there, or an anchor the target does not have."""
+    if not href.startswith(site_url):
+        return f"link outside the site's path: {href}"
+    target, fragment = urldefrag(href)
+    status, ids = fetch(target)
+    if status != 200:
+        return f"broken link ({status}): {href}"
+    if fragment and unquote(fragment) not in (here_ids if target == here else ids):
+        return f"broken anchor: {href}"
+    return None
+
+
 def check_links(page, watch, site_url: str):
     origin = origin_of(site_url)
     here = urldefrag(page.url).url
@@ -189,18 +203,9 @@ def check_links(page, watch, site_url: str):
     for href in sorted(set(hrefs)):
         if not href.startswith(origin + "/"):
             continue  # outside links are not followed: the tests make no outside request
-        if not href.startswith(site_url):
-            watch.problems.append(f"link outside the site's path: {href}")
-            continue
-        target, fragment = urldefrag(href)
-        status, ids = fetch(target)
-        if status != 200:
-            watch.problems.append(f"broken link ({status}): {href}")
-        elif fragment:
-            anchor = unquote(fragment)
-            exists = anchor in (here_ids if target == here else ids)
-            if not exists:
-                watch.problems.append(f"broken anchor: {href}")
+        problem = link_problem(href, site_url, here, here_ids)
+        if problem:
+            watch.problems.append(problem)
 
 
 # --- one page, as test_page checks it ------------------------------------------------------------

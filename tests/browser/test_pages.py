@@ -2,7 +2,8 @@
 
 Each page must load with no console error, no failed or outside request and no broken link or
 anchor, with its math typeset, a copy button that copies a ``>>>`` example's code only, in both colour palettes, and fit the screen at desktop and phone
-widths (layout.py); screenshots of every page at both widths go to test-artifacts/screenshots/
+widths (layout.py), and show the book's path: the parts in the navigation, Home's list of the
+chapters, where to go next after each chapter, no raw Sphinx role (reading_path.py); screenshots of every page at both widths go to test-artifacts/screenshots/
 (see README.md).
 """
 
@@ -27,21 +28,22 @@ def open_page(new_page, site_url, url, **options):
 # --- every page ----------------------------------------------------------------------------------
 
 
-def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
+def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots, book_pages):
     # Visited in the background as soon as the site was built (page_visits.py), or now when run alone.
     visits = pytestconfig.stash.get(PAGE_VISITS, None)
     problems = visits.result(nav_page) if visits is not None else None
     if problems is None:
-        with Visitor(browser, site_url, site_dir) as visitor:
+        with Visitor(browser, site_url, site_dir, book_pages) as visitor:
             problems = visitor.visit(nav_page, screenshots)
     assert not problems, "\n".join(problems)
 
 
-def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters):
+def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters,
+                                                          book_pages):
     # The background visits go from page to page in one tab (visits.Visitor); what a page left
     # behind (the dark palette chosen, a phone-sized window, its console) is not the next page's.
     rope = next(chapter for chapter in book_chapters if chapter.path == "rope.md")
-    with Visitor(browser, site_url, site_dir) as visitor:
+    with Visitor(browser, site_url, site_dir, book_pages) as visitor:
         assert visitor.visit(rope, screenshots) == []
         page = visitor.page
         page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()

@@ -226,8 +226,10 @@ class Visitor:
     kept in localStorage), and with a record that holds only this page's events.
     """
 
-    def __init__(self, browser, site_url: str, site_dir: Path) -> None:
-        self.site_url, self.site_dir = site_url, site_dir
+    def __init__(self, browser, site_url: str, site_dir: Path, nav) -> None:
+        # nav: every page of mkdocs.yml's nav in order (tests/conftest.py's nav_pages()), the
+        # book's path that reading_path.py checks the pages against.
+        self.site_url, self.site_dir, self.nav = site_url, site_dir, nav
         self.context, self.page, self.watch = open_context(browser, site_url, color_scheme="light",
                                                            permissions=["clipboard-read", "clipboard-write"])
         self.context.add_init_script("try { localStorage.clear(); } catch (e) {}")
@@ -248,9 +250,12 @@ class Visitor:
 
     def visit(self, nav_page, screenshots: Path) -> list[str]:
         """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
-        broken links, a copy button that copies a ``>>>`` example's prompts, content that does not
-        fit at desktop and phone widths, a palette toggle that does nothing (chapters, labs and
+        broken links, the book's path (reading_path.py: the nav, Home's list, where to go next, no
+        raw Sphinx role), a copy button that copies a ``>>>`` example's prompts, content that does
+        not fit at desktop and phone widths, a palette toggle that does nothing (chapters, labs and
         Home). Screenshots at both widths go to ``screenshots``."""
+        from reading_path import path_problems  # here: it uses this module's link_problem
+
         page, site_url, site_dir = self.page, self.site_url, self.site_dir
         # Leaving the previous page ends its requests (aborted) before this page's record starts.
         page.goto("about:blank")
@@ -260,6 +265,7 @@ class Visitor:
         page.goto(site_url + nav_page.url, wait_until="load")
         wait_for_math(page, watch)
         check_links(page, watch, site_url)
+        watch.problems += path_problems(page, nav_page, self.nav, site_url)
         with EUID_LOCK:
             has_prompts = nav_page.path.endswith(".md") and ">>> " in nav_page.source.read_text("utf-8")
         if has_prompts:

@@ -91,9 +91,10 @@ class PageVisits:
 PAGE_VISITS = pytest.StashKey[PageVisits]()
 
 
-def visit_all(site_dir: Path, prefix: str, pages, screenshots: Path, report) -> None:
-    """Visit ``pages`` on VISITING_THREADS threads, each with its own Chromium and one tab
-    (:class:`Visitor`): a visit also waits, for MathJax, for the palette switch, for a screenshot.
+def visit_all(site_dir: Path, prefix: str, pages, nav, screenshots: Path, report) -> None:
+    """Visit ``pages`` (of ``nav``, every page of mkdocs.yml's nav) on VISITING_THREADS threads,
+    each with its own Chromium and one tab (:class:`Visitor`): a visit also waits, for MathJax,
+    for the palette switch, for a screenshot.
     ``report(path, problems=None, error=None)`` is called once per page, from those threads."""
     from playwright.sync_api import sync_playwright
 
@@ -113,7 +114,7 @@ def visit_all(site_dir: Path, prefix: str, pages, screenshots: Path, report) -> 
                     except queue.Empty:
                         return
                     try:
-                        visitor = visitor or Visitor(browser, server.url, site_dir)
+                        visitor = visitor or Visitor(browser, server.url, site_dir, nav)
                         report(page.path, problems=visitor.visit(page, screenshots))
                     except Exception as err:
                         report(page.path, error=repr(err))
@@ -134,7 +135,7 @@ def visit_all(site_dir: Path, prefix: str, pages, screenshots: Path, report) -> 
 def main() -> None:
     """The visiting process of :class:`PageVisits`: a request on stdin, one JSON line per page on stdout."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before tests/browser/, the script's folder
-    from conftest import NavPage  # tests/conftest.py
+    from conftest import NavPage, nav_pages  # tests/conftest.py
 
     request = json.loads(sys.stdin.readline())
     screenshots = Path(request["screenshots"])
@@ -147,7 +148,7 @@ def main() -> None:
             print(json.dumps(reply), flush=True)
 
     pages = [NavPage(*fields) for fields in request["pages"]]
-    visit_all(Path(request["site_dir"]), request["prefix"], pages, screenshots, report)
+    visit_all(Path(request["site_dir"]), request["prefix"], pages, nav_pages(), screenshots, report)
 
 
 if __name__ == "__main__":

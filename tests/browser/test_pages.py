@@ -2,7 +2,8 @@
 
 Each page must load with no console error, no failed or outside request and no broken link or
 anchor, with its math typeset, a copy button that copies a ``>>>`` example's code only, in both colour palettes, and fit the screen at desktop and phone
-widths (layout.py); screenshots of every page at both widths go to test-artifacts/screenshots/
+widths (layout.py), and show the book's path: the parts in the navigation, Home's list of the
+chapters, where to go next after each chapter, no raw Sphinx role (reading_path.py); screenshots of every page at both widths go to test-artifacts/screenshots/
 (see README.md).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from layout import DESKTOP
 from page_visits import PAGE_VISITS
+from reading_path import part_chapters, path_problems
 from visits import Visitor, check_links, wait_for_math
 
 
@@ -27,21 +29,22 @@ def open_page(new_page, site_url, url, **options):
 # --- every page ----------------------------------------------------------------------------------
 
 
-def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots):
+def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots, book_pages):
     # Visited in the background as soon as the site was built (page_visits.py), or now when run alone.
     visits = pytestconfig.stash.get(PAGE_VISITS, None)
     problems = visits.result(nav_page) if visits is not None else None
     if problems is None:
-        with Visitor(browser, site_url, site_dir) as visitor:
+        with Visitor(browser, site_url, site_dir, book_pages) as visitor:
             problems = visitor.visit(nav_page, screenshots)
     assert not problems, "\n".join(problems)
 
 
-def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters):
+def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters,
+                                                          book_pages):
     # The background visits go from page to page in one tab (visits.Visitor); what a page left
     # behind (the dark palette chosen, a phone-sized window, its console) is not the next page's.
     rope = next(chapter for chapter in book_chapters if chapter.path == "rope.md")
-    with Visitor(browser, site_url, site_dir) as visitor:
+    with Visitor(browser, site_url, site_dir, book_pages) as visitor:
         assert visitor.visit(rope, screenshots) == []
         page = visitor.page
         page.locator('[data-md-component="palette"] label[title="Switch to dark mode"]').click()
@@ -64,6 +67,82 @@ def test_broken_links_and_anchors_are_found(new_page, site_url):
     found = sorted(p.split(":")[0] + ": " + p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in watch.problems)
     assert found == ["broken anchor: attention/#no-such-heading", "broken anchor: rope/#no-such-heading",
                      "broken link (404): no-such-page/"], watch.problems
+
+
+# --- the book's path (reading_path.py): what it finds when the path is broken ---------------------
+
+
+def test_a_broken_path_is_found_on_a_chapter(new_page, site_url, book_pages):
+    # RoPE's "Where to go next" links the next chapter (RMSNorm) and the RoPE lab.
+    chapters = part_chapters(book_pages)
+    rope = next(p for p in chapters if p.path == "rope.md")
+    following = chapters[chapters.index(rope) + 1]
+    page, _ = open_page(new_page, site_url, rope.url)
+    next_section = "document.getElementById('where-to-go-next')"
+    page.evaluate(f"""() => {{
+        // Roles in prose and in a folded solution count; in a listing's source they do not.
+        document.querySelector('.md-content article').insertAdjacentHTML('afterbegin',
+            '<p>See :func:<code>add_lora</code> and :class:`~llama.model.Transformer`.</p>' +
+            '<pre><code>#: set by :func:`listed`</code></pre>' +
+            '<details><summary>Solution</summary><p>Call :meth:<code>folded</code>.</p></details>');
+        const links = {next_section}.nextElementSibling;
+        [...links.querySelectorAll('a')].find((a) => a.href === '{site_url + following.url}').replaceWith('next');
+        links.insertAdjacentHTML('beforeend', '<a href="../no-such-page/">x</a> <a href="#no-such-heading">y</a>');
+        {next_section}.parentElement.insertAdjacentHTML('beforeend', '<h2>Afterwards</h2>');
+        document.querySelector('.md-footer__link--next').href = '../attention/';
+    }}""")
+    problems = path_problems(page, rope, book_pages, site_url)
+    roles = [p for p in problems if p.startswith("raw Sphinx role")]
+    assert len(roles) == 3, problems
+    assert ":func:add_lora" in roles[0] and ":class:`~llama.model.Transformer`" in roles[1] and ":meth:folded" in roles[2]
+    not_linked = f"'Where to go next' does not link the next chapter, {following.title} ({following.url})"
+    assert sorted(p.replace(site_url, "/") for p in problems if p not in roles) == [
+        not_linked,
+        "'Where to go next' is not the last section (the last is 'Afterwards')",
+        f"'Where to go next': broken anchor: /{rope.url}#no-such-heading",
+        "'Where to go next': broken link (404): /no-such-page/",
+        f"the footer's 'Next' goes to /attention/, not to the next page of the nav, /{following.url}",
+    ]
+    # A section without a link into the book, then no section at all.
+    page.evaluate(f"{next_section}.nextElementSibling.querySelectorAll('a').forEach((a) => a.replaceWith(a.textContent))")
+    assert [p for p in path_problems(page, rope, book_pages, site_url) if "Where to go next' " in p] == [
+        "'Where to go next' is not the last section (the last is 'Afterwards')",
+        "'Where to go next' links to no page of the book",
+        not_linked,
+    ]
+    page.evaluate(f"{next_section}.remove()")
+    assert "no 'Where to go next' section" in path_problems(page, rope, book_pages, site_url)
+
+
+def test_a_broken_path_is_found_on_home(new_page, site_url, book_pages):
+    page, _ = open_page(new_page, site_url, "")
+    chapters = part_chapters(book_pages)
+    parts = list(dict.fromkeys(p.section for p in chapters))
+    first, second, last = parts[0], parts[1], parts[-1]
+    moved = chapters[1]  # the second chapter of the first part, moved to the last part
+    appendix = next(p for p in book_pages if p.kind == "chapter" and p not in chapters)  # no longer linked from Home
+    page.evaluate("""([first, second, last, moved, appendix]) => {
+        const items = [...document.querySelectorAll('.md-nav--primary > .md-nav__list > .md-nav__item')];
+        const item = (title) => items.find((li) => li.querySelector(':scope > .md-nav__link').textContent.trim() === title);
+        item(first).before(item(second));
+        item(last).querySelector('ul').append([...item(first).querySelectorAll('a')].find((a) => a.href === moved).closest('li'));
+        item(last).querySelector(':scope > .md-nav__link').style.display = 'none';
+        const list = document.querySelector('.md-content ol');
+        list.prepend(list.children[1]);
+        document.querySelectorAll('.md-content a').forEach((a) => a.href === appendix && a.replaceWith(a.textContent));
+    }""", [first, second, last, site_url + moved.url, site_url + appendix.url])
+    problems = path_problems(page, book_pages[0], book_pages, site_url)
+    kinds = sorted(re.sub(r" (is|has|links) \[.*", r" \1 ...", p) for p in problems)
+    assert kinds == [
+        f"Home does not link {[appendix.url]}",
+        "Home's numbered list links ...",
+        f"the left navigation does not show the part {last!r}",
+        "the left navigation has ...",
+        "the left navigation has ...",
+        "the left navigation's top level is ...",
+    ], problems
+    assert any(f"under {first!r}" in p and moved.url not in p.split(", not")[0] for p in problems)
+    assert any(f"under {last!r}" in p and moved.url in p.split(", not")[0] for p in problems)
 
 
 # --- the RoPE chapter (the first chapter with the full set of features) -----------------------------

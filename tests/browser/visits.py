@@ -179,6 +179,20 @@ def fetch(url: str) -> tuple[int, frozenset[str]]:
         return err.code, frozenset()
 
 
+def link_problem(href: str, site_url: str, here: str, here_ids: set[str]) -> str | None:
+    """What is wrong with a link of the page ``here`` (whose ids are ``here_ids``) to the served
+    site: a page outside the site's path, or not there, or an anchor the target does not have."""
+    if not href.startswith(site_url):
+        return f"link outside the site's path: {href}"
+    target, fragment = urldefrag(href)
+    status, ids = fetch(target)
+    if status != 200:
+        return f"broken link ({status}): {href}"
+    if fragment and unquote(fragment) not in (here_ids if target == here else ids):
+        return f"broken anchor: {href}"
+    return None
+
+
 def check_links(page, watch, site_url: str):
     origin = origin_of(site_url)
     here = urldefrag(page.url).url
@@ -189,18 +203,9 @@ def check_links(page, watch, site_url: str):
     for href in sorted(set(hrefs)):
         if not href.startswith(origin + "/"):
             continue  # outside links are not followed: the tests make no outside request
-        if not href.startswith(site_url):
-            watch.problems.append(f"link outside the site's path: {href}")
-            continue
-        target, fragment = urldefrag(href)
-        status, ids = fetch(target)
-        if status != 200:
-            watch.problems.append(f"broken link ({status}): {href}")
-        elif fragment:
-            anchor = unquote(fragment)
-            exists = anchor in (here_ids if target == here else ids)
-            if not exists:
-                watch.problems.append(f"broken anchor: {href}")
+        problem = link_problem(href, site_url, here, here_ids)
+        if problem:
+            watch.problems.append(problem)
 
 
 # --- one page, as test_page checks it ------------------------------------------------------------
@@ -221,8 +226,10 @@ class Visitor:
     kept in localStorage), and with a record that holds only this page's events.
     """
 
-    def __init__(self, browser, site_url: str, site_dir: Path) -> None:
-        self.site_url, self.site_dir = site_url, site_dir
+    def __init__(self, browser, site_url: str, site_dir: Path, nav) -> None:
+        # nav: every page of mkdocs.yml's nav in order (tests/conftest.py's nav_pages()), the
+        # book's path that reading_path.py checks the pages against.
+        self.site_url, self.site_dir, self.nav = site_url, site_dir, nav
         self.context, self.page, self.watch = open_context(browser, site_url, color_scheme="light",
                                                            permissions=["clipboard-read", "clipboard-write"])
         self.context.add_init_script("try { localStorage.clear(); } catch (e) {}")
@@ -243,9 +250,12 @@ class Visitor:
 
     def visit(self, nav_page, screenshots: Path) -> list[str]:
         """Everything wrong with ``nav_page`` as a reader sees it: errors, outside requests, raw math,
-        broken links, a copy button that copies a ``>>>`` example's prompts, content that does not
-        fit at desktop and phone widths, a palette toggle that does nothing (chapters, labs and
+        broken links, the book's path (reading_path.py: the nav, Home's list, where to go next, no
+        raw Sphinx role), a copy button that copies a ``>>>`` example's prompts, content that does
+        not fit at desktop and phone widths, a palette toggle that does nothing (chapters, labs and
         Home). Screenshots at both widths go to ``screenshots``."""
+        from reading_path import path_problems  # here: it uses this module's link_problem
+
         page, site_url, site_dir = self.page, self.site_url, self.site_dir
         # Leaving the previous page ends its requests (aborted) before this page's record starts.
         page.goto("about:blank")
@@ -255,6 +265,7 @@ class Visitor:
         page.goto(site_url + nav_page.url, wait_until="load")
         wait_for_math(page, watch)
         check_links(page, watch, site_url)
+        watch.problems += path_problems(page, nav_page, self.nav, site_url)
         with EUID_LOCK:
             has_prompts = nav_page.path.endswith(".md") and ">>> " in nav_page.source.read_text("utf-8")
         if has_prompts:

@@ -20,7 +20,11 @@ whole generation, the prefill included; tokens/s is 128 divided by it. Each cell
   last column (with a cold Inductor cache, ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``, the full
   compile time).
 - int8: the same decoder on :func:`llama.quantization.weights.quantize` ``(model, 8, 32)``: int8 weights in
-  groups of 32 with a float16 scale each, the numbers of llama.cpp's ``Q8_0`` blocks.
+  groups of 32 with a float16 scale each, the numbers of llama.cpp's ``Q8_0`` blocks, times
+  float32 activations (the quantized model is exactly the dequantized float model).
+- int8, int8 x: the same int8 model after :func:`llama.quantization.weights.set_int8_activations`: each
+  activation row rounded to int8 per group of 32 and integer products, the math of llama.cpp's
+  ``Q8_0`` product.
 - transformers: ``LlamaForCausalLM.generate`` with our weights converted by
   :func:`llama.formats.convert.llama_to_hf_state_dict`.
 - llama.cpp F32 and Q8_0: llama.cpp through ``llama-cpp-python`` (``pip install -e ".[peers]"``;
@@ -38,7 +42,7 @@ whole generation, the prefill included; tokens/s is 128 divided by it. Each cell
   Weights that partly fit in the last-level cache (the 15M configuration's layers) can be read
   faster, so a tight loop may exceed this bound there.
 - same ids: eager, compiled, transformers and llama.cpp F32 chose the same 128 ids. Q8_0 against
-  int8: how many of the 128 ids agree before the first difference (ggml's Q8_0 product also
+  int8 and against int8, int8 x: how many of the 128 ids agree before the first difference (ggml's Q8_0 product also
   rounds the activations to 8 bits, so the two need not agree to the end).
 """
 
@@ -58,11 +62,10 @@ from pathlib import Path
 
 import torch
 
-from llama import ModelConfig, Transformer
+from llama import ModelConfig, Transformer, save_model
 from llama.formats.convert import llama_to_hf_state_dict
 from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
-from llama.quantization.weights import quantize
-from llama.formats.load import save_model
+from llama.quantization.weights import quantize, set_int8_activations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
@@ -136,7 +139,6 @@ def hf_twin(model: Transformer):
     hf.generation_config.eos_token_id = None  # random weights: no token may end the run early
     hf.generation_config.pad_token_id = 0
     return hf
-
 
 
 def scaled_random_model(config: ModelConfig) -> Transformer:
@@ -286,7 +288,15 @@ def run_engines(engines: dict, prompt: list[int], repeats: int) -> tuple[dict[st
     return ids, rates
 
 
-def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, peer: str | None) -> dict:
+def profile_steps(key: str, fn, prompt: list[int]) -> None:
+    """Where a generation's time goes: ``torch.profiler``'s operators, most self CPU time first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn(prompt)
+    print(f"\n{key}: one generation ({NEW_TOKENS} tokens), profiled")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+
+
+def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, peer: str | None, profile=False) -> dict:
     """Time every engine on one config; ``peer`` is None, or the reason the llama.cpp columns are skipped."""
     model = scaled_random_model(config)
     hf = hf_twin(model)
@@ -304,9 +314,13 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
     int8 = CompiledDecoder(quantize(copy.deepcopy(model), 8, 32), max_seq_len=PROMPT_LEN + NEW_TOKENS)
     compile_s = _timed(lambda: compiled.generate(prompt, NEW_TOKENS))  # the first call compiles the step
     int8.generate(prompt, NEW_TOKENS)
+    int8x = CompiledDecoder(set_int8_activations(quantize(copy.deepcopy(model), 8, 32)),
+                            max_seq_len=PROMPT_LEN + NEW_TOKENS)
+    int8x.generate(prompt, NEW_TOKENS)
     engines = {"eager": lambda ids: generate(laid_out, ids, NEW_TOKENS),
                "compiled": lambda ids: compiled.generate(ids, NEW_TOKENS),
                "int8": lambda ids: int8.generate(ids, NEW_TOKENS),
+               "int8, int8 x": lambda ids: int8x.generate(ids, NEW_TOKENS),
                "transformers": transformers_generate}
     with tempfile.TemporaryDirectory(prefix="decode-bench-") as folder:
         if peer is None:
@@ -314,11 +328,16 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
                 llm = LlamaCpp(path, threads, PROMPT_LEN + NEW_TOKENS)
                 engines[f"llama.cpp {fmt}"] = lambda ids, llm=llm: llm.generate(ids, NEW_TOKENS)
         ids, rates = run_engines(engines, prompt, repeats)
+    if profile:
+        for key in ("compiled", "int8", "int8, int8 x"):
+            profile_steps(key, engines[key], prompt)
     exact = copy.deepcopy(model).double()  # judges a disagreement: how close to a tie were our logits?
     agreement = {k: divergence(exact, prompt, ids["compiled"], ids[k])
                  for k in ("eager", "transformers", "llama.cpp F32") if k in ids}
     if "llama.cpp Q8_0" in ids:
         agreement["llama.cpp Q8_0 vs int8"] = divergence(int8.model, prompt, ids["int8"], ids["llama.cpp Q8_0"])
+        agreement["llama.cpp Q8_0 vs int8, int8 x"] = divergence(int8x.model, prompt, ids["int8, int8 x"],
+                                                                 ids["llama.cpp Q8_0"])
     return {
         "config": name,
         "prompt": prompt,
@@ -332,14 +351,16 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
     }
 
 
-COLUMNS = ["eager", "compiled", "int8", "transformers", "llama.cpp F32", "llama.cpp Q8_0"]
+COLUMNS = ["eager", "compiled", "int8", "int8, int8 x", "transformers", "llama.cpp F32", "llama.cpp Q8_0"]
 
 
 def table(results: list[dict], bandwidth: float) -> list[str]:
     """The Markdown table of :func:`bench_config`'s results: medians (best) and the ratios the book quotes."""
     lines = ["| config | " + " | ".join(f"{c} tok/s" for c in COLUMNS)
              + " | compiled / transformers | compiled / llama.cpp F32 | int8 / llama.cpp Q8_0 | int8 / compiled "
-             "| weights MB/token | bound tok/s | compiled / bound | same ids as compiled | Q8_0 ids = int8's | first compiled call s |"]
+             "| int8, int8 x / llama.cpp Q8_0 | int8, int8 x / compiled "
+             "| weights MB/token | bound tok/s | compiled / bound | same ids as compiled | Q8_0 ids = int8's "
+             "| Q8_0 ids = int8, int8 x's | first compiled call s |"]
     lines.append("| --- " * (lines[0].count("|") - 1) + "|")
 
     def ratio(r, a, b):
@@ -352,11 +373,14 @@ def table(results: list[dict], bandwidth: float) -> list[str]:
         f32 = {k: d for k, d in r["agreement"].items() if "Q8_0" not in k}
         same = "yes" if not any(f32.values()) else "; ".join(f"{k} {agreement_cell(d)}" for k, d in f32.items() if d)
         q8 = r["agreement"].get("llama.cpp Q8_0 vs int8", "-")
+        q8x = r["agreement"].get("llama.cpp Q8_0 vs int8, int8 x", "-")
         lines.append(f"| {r['config']} | " + " | ".join(cells)
                      + f" | {ratio(r, 'compiled', 'transformers')} | {ratio(r, 'compiled', 'llama.cpp F32')} "
                      f"| {ratio(r, 'int8', 'llama.cpp Q8_0')} | {ratio(r, 'int8', 'compiled')} "
+                     f"| {ratio(r, 'int8, int8 x', 'llama.cpp Q8_0')} | {ratio(r, 'int8, int8 x', 'compiled')} "
                      f"| {r['weight_bytes_per_token'] / 1e6:.0f} | {bound:.0f} | {r['median']['compiled'] / bound:.0%} "
                      f"| {same} | {q8 if q8 == '-' else agreement_cell(q8)} "
+                     f"| {q8x if q8x == '-' else agreement_cell(q8x)} "
                      f"| {r['compile_s']:.1f} |")
     return lines
 
@@ -369,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=["15M", "110M"], choices=list(CONFIGS),
                         help="which configs to run (default: 15M 110M)")
     parser.add_argument("--quick", action="store_true", help="tiny config, 2 repeats: a smoke test")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table of one generation")
     parser.add_argument("--save", action="store_true",
                         help="write the results to benchmarks/results/decode.json and decode.md (what the book shows)")
     args = parser.parse_args(argv)
@@ -397,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
           f"tok/s = {NEW_TOKENS} / time of the whole generate call; median (best) of {args.repeats}\n", flush=True)
     results = []
     for name in args.configs:
-        results.append(bench_config(name, CONFIGS[name], args.repeats, args.threads, peer))
+        results.append(bench_config(name, CONFIGS[name], args.repeats, args.threads, peer, args.profile))
         print(f"{name} done", flush=True)
     lines = table(results, bandwidth)
     print("\n" + "\n".join(lines) + "\n")
     for r in results:
         for engine, d in r["agreement"].items():
-            against = "int8" if "Q8_0" in engine else "the compiled decoder"
+            against = engine.split(" vs ")[1] if "Q8_0" in engine else "the compiled decoder"
             print(f"{r['config']}: {engine}: " + ("the same 128 greedy ids as " + against if d is None else
                   f"the same ids as {against} for {d['position']} of {NEW_TOKENS}, then another"
                   + ("" if d["gap"] is None else f", where our logits preferred ours by {d['gap']:.2g} "

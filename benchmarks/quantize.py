@@ -21,7 +21,9 @@ Quality:
 
 Speed: batch 1, greedy, an 8-token prompt then 128 new tokens, with
 :class:`llama.inference.generation.CompiledDecoder` (the model's own forward compiled) in float32, int8
-and int4 (both in groups of 32, the numbers of GGUF's ``Q8_0`` and ``Q4_0`` layouts), beside
+and int4 (both in groups of 32, the numbers of GGUF's ``Q8_0`` and ``Q4_0`` layouts; each with
+float32 activations, and with activations rounded to int8 per group, "int8 x", the math of
+llama.cpp's ``Q8_0`` and ``Q4_0`` products), beside
 llama.cpp (``llama-cpp-python``, optional: ``pip install -e ".[peers]"``) on GGUF files of the
 same random weights that ``llama convert --to gguf`` writes: ``F32``, ``Q8_0`` and ``Q4_0``, as in
 ``benchmarks/decode.py`` (whose helpers this script uses: the configs, the prompt, the bandwidth
@@ -53,17 +55,18 @@ from machine import machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
-from llama import ModelConfig, Transformer  # noqa: E402
+from llama import ModelConfig, Transformer, load_model  # noqa: E402
 from llama.inference.generation import CompiledDecoder, generate_batch  # noqa: E402
-from llama.quantization.weights import QuantizedLinear, quantize  # noqa: E402
-from llama.formats.load import load_model
+from llama.quantization.weights import QuantizedLinear, quantize, set_int8_activations  # noqa: E402
 
 #: The steps the training chapter's 120-second recipe reached on the book's idle machine
 #: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.
 RECIPE_STEPS = 893
-FORMATS = {"float32": None, "int8": (8, 32), "int4": (4, 32)}
+#: (bits, group size, activations rounded to int8: the math of llama.cpp's Q8_0 and Q4_0 products)
+FORMATS = {"float32": None, "int8": (8, 32, False), "int4": (4, 32, False),
+           "int8, int8 x": (8, 32, True), "int4, int8 x": (4, 32, True)}
 #: llama.cpp's format of the same numbers as each of ours.
-GGUF_OF = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_0"}
+GGUF_OF = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_0", "int8, int8 x": "Q8_0", "int4, int8 x": "Q4_0"}
 
 
 def quantized(model: Transformer, fmt: str, group_size: int | None = None) -> Transformer:
@@ -71,8 +74,8 @@ def quantized(model: Transformer, fmt: str, group_size: int | None = None) -> Tr
     model = copy.deepcopy(model)
     if FORMATS[fmt] is None:
         return model
-    bits, default = FORMATS[fmt]
-    return quantize(model, bits, group_size or default)
+    bits, default, int8_activations = FORMATS[fmt]
+    return set_int8_activations(quantize(model, bits, group_size or default), int8_activations)
 
 
 def bytes_per_token(model: Transformer) -> int:
@@ -210,7 +213,7 @@ def bench_speed(name: str, config: ModelConfig, repeats: int, threads: int, peer
     engines = {fmt: (lambda ids, d=d: d.generate(ids, NEW_TOKENS)) for fmt, d in decoders.items()}
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as folder:
         if peer is None:
-            for fmt, path in write_gguf_files(model, Path(folder), GGUF_OF.values()).items():
+            for fmt, path in write_gguf_files(model, Path(folder), dict.fromkeys(GGUF_OF.values())).items():
                 llm = LlamaCpp(path, threads, PROMPT_LEN + NEW_TOKENS)
                 engines[f"llama.cpp {fmt}"] = lambda ids, llm=llm: llm.generate(ids, NEW_TOKENS)
         ids, rates = run_engines(engines, prompt, repeats)
@@ -223,7 +226,7 @@ def bench_speed(name: str, config: ModelConfig, repeats: int, threads: int, peer
         lines.append(f"| {name} | {fmt} | {med[fmt]:.0f} ({max(rates[fmt]):.0f}) | {med[fmt] / med['float32']:.2f}x "
                      f"| {vs_peer} | {b / 1e6:.0f} | {bandwidth / b:.0f} | {med[fmt] * b / bandwidth:.0%} "
                      f"| {first_difference(ids[fmt], ids['float32'])}/{NEW_TOKENS} | {compile_s[fmt]:.0f} |")
-    for fmt in FORMATS:
+    for fmt in ("float32", "int8", "int4"):
         key = f"llama.cpp {GGUF_OF[fmt]}"
         if key not in med:
             lines.append(f"| {name} | {key} | skipped: {peer} | - | - | - | - | - | - | - |")
@@ -253,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.configs, args.repeats = ["tiny"], 2
     torch.set_num_threads(args.threads)
+    # Dynamo compiles the model's forward once per model: five formats per config exceed its default limit of 8.
+    torch._dynamo.config.recompile_limit = 64
     command = f"python benchmarks/quantize.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
     print(f"command: {command}")
     print(machine_line())

@@ -4,6 +4,12 @@ The reference is the written-out product: dequantize the weight, then ``F.linear
 the fallback add the same products in another order, so they agree to float32 rounding (a few
 units in the last place of the largest partial sums); greedy ids do not change.
 
+With ``int8_activations`` the math changes: ``x`` is rounded to int8 per group first (GGUF's
+``Q8_0`` product). The kernel then equals :func:`llama.quantization.weights.rounded_product`, the same math
+written out in PyTorch, to float32 rounding; against the float product it is off by at most what
+the rounding of ``x`` allows (``test_rounded_activations_stay_within_their_error_bound``), and
+greedy ids may change where two logits were closer than that.
+
 Tests that build the kernel need a C++ compiler, like ``torch.compile``: they are marked
 ``compile``. The fallback's tests trace with a recording backend, which needs no compiler.
 """
@@ -11,6 +17,9 @@ Tests that build the kernel need a C++ compiler, like ``torch.compile``: they ar
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -21,12 +30,15 @@ from helpers import unavailable
 from llama import ModelConfig, Transformer
 from llama.quantization import kernel as quant_kernel
 from llama.inference.generation import CompiledDecoder, generate
-from llama.quantization.weights import KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor
+from llama.quantization.weights import (KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, rounded_product,
+                            set_int8_activations)
 
-# (out, in, bits, group_size): per row, groups of 32, odd output counts, widths that are not a
-# multiple of the 16 floats of a register (tails), the smallest group (2).
+# (out, in, bits, group_size): per row, groups of 32 (an odd number of them: 288 = 9 x 32), odd
+# output counts, widths that are not a multiple of the 16 floats of a register (tails), the
+# smallest group (2), groups of 64 and 128, a row of 2048 in one group.
 CASES = [(48, 64, 8, 64), (48, 64, 8, 32), (48, 64, 4, 32), (33, 96, 4, 96), (7, 288, 8, 288),
-         (7, 288, 4, 32), (5, 6, 8, 6), (5, 6, 4, 2), (9, 40, 8, 2), (9, 40, 4, 20), (3, 172, 8, 172), (3, 172, 4, 172)]
+         (7, 288, 4, 32), (5, 6, 8, 6), (5, 6, 4, 2), (9, 40, 8, 2), (9, 40, 4, 20), (3, 172, 8, 172), (3, 172, 4, 172),
+         (17, 288, 8, 32), (5, 256, 8, 128), (5, 256, 4, 64), (3, 2048, 8, 2048), (3, 2048, 4, 2048)]
 
 
 def reference(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -172,3 +184,94 @@ def test_compiled_decoding_with_the_kernel_keeps_the_greedy_ids(kernel, bits, gr
     qmodel = quantize(copy.deepcopy(model), bits, group_size)
     decoder = CompiledDecoder(qmodel, max_seq_len=32)
     assert decoder.generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)
+
+
+# ------------------------------------------------------------------------ int8 activations (Q8_0's math)
+def test_round_activations_is_within_half_a_step():
+    torch.manual_seed(6)
+    x = torch.randn(3, 96) * torch.logspace(-2, 2, 96)
+    x[1, 32:64] = 0  # an all-zero group: scale 0, integers 0
+    q, d = quant_kernel.round_activations(x, 32)
+    assert q.dtype == torch.int8 and d.shape == (3, 3) and int(q.abs().max()) == 127
+    assert d[1, 1] == 0 and not q[1, 32:64].any()
+    step = d.repeat_interleave(32, dim=1)
+    assert ((q * step - x).abs() <= step / 2 * (1 + 1e-6)).all()
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("out,inp,bits,group_size", CASES)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_kernel_with_int8_activations_equals_the_written_out_math(kernel, out, inp, bits, group_size, rows):
+    q, s = pair(out, inp, bits, group_size)
+    torch.manual_seed(1)
+    x = torch.randn(rows, inp)
+    x[-1, :group_size] = 0  # a group of zeros: its scale is 0
+    got = quant_kernel.quantized_matmul(x, q, s, bits, group_size, int8_activations=True)
+    assert close(got, rounded_product(x, q, s, bits, group_size))
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits,group_size", [(8, 32), (4, 32), (8, 256)])
+def test_rounded_activations_stay_within_their_error_bound(kernel, bits, group_size):
+    """Rounding x moves each x_i by at most d_g / 2, so y_o moves by at most sum_i |w_oi| d_g(i) / 2."""
+    q, s = pair(64, 256, bits, group_size)
+    torch.manual_seed(2)
+    x = torch.randn(4, 256)
+    _, d = quant_kernel.round_activations(x, group_size)
+    w = dequantize_tensor(q, s, bits, group_size)
+    bound = w.abs() @ (d.repeat_interleave(group_size, dim=1) / 2).T  # [out, rows]
+    error = (quant_kernel.quantized_matmul(x, q, s, bits, group_size, True) - F.linear(x, w)).abs().T
+    assert (error <= bound * 1.001 + 1e-5).all()
+    assert error.max() > 1e-4  # the math did change: the rounding shows
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_the_avx2_and_the_portable_builds_compute_the_same(march):
+    """Built for AVX2 without AVX-512 (-march=haswell) or for any x86-64 (the plain C++ loops): one build
+    per process, so each in a child process, checked against the written-out math of both kinds."""
+    script = textwrap.dedent(f"""
+        import torch, torch.nn.functional as F
+        from llama.quantization import kernel as qk
+        from llama.quantization.weights import dequantize_tensor, quantize_tensor, rounded_product
+        assert qk.load_kernel(march={march!r})
+        for out, inp, bits, group in {CASES!r}:
+            torch.manual_seed(0)
+            q, s = quantize_tensor(torch.randn(out, inp), bits, group)
+            x = torch.randn(2, inp)
+            for got, want in [(qk.quantized_matmul(x, q, s, bits, group, True), rounded_product(x, q, s, bits, group)),
+                              (qk.quantized_matmul(x, q, s, bits, group), F.linear(x, dequantize_tensor(q, s, bits, group)))]:
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (out, inp, bits, group)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    if "could not be built" in done.stderr:
+        unavailable(f"the kernel could not be built with -march={march}", "install a C++ compiler and ninja")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits", [8, 4])
+def test_int8_activations_are_the_same_math_on_every_path(kernel, bits):
+    """The kernel (a step, a short prompt) and the reference (a long prompt) both round x first."""
+    torch.manual_seed(7)
+    layer = set_int8_activations(QuantizedLinear.from_linear(torch.nn.Linear(64, 48, bias=False), bits, 32))
+    x = torch.randn(1, KERNEL_ROWS + 1, 64)
+    want = rounded_product(x[0], layer.qweight, layer.scales, bits, 32)
+    assert close(layer(x)[0], want)  # more rows than the kernel takes: dequantized x times dequantized W
+    assert close(layer(x[:, :3])[0], want[:3])  # the kernel
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("bits", [8, 4])
+def test_compiled_decoding_with_int8_activations_keeps_eager_greedy_ids(kernel, bits):
+    """Compiled and eager decoding compute the same rounded math: the same ids (the float math's may differ)."""
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.08)
+    qmodel = set_int8_activations(quantize(copy.deepcopy(model), bits, 32))
+    assert CompiledDecoder(qmodel, max_seq_len=32).generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)

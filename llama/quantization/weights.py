@@ -46,10 +46,10 @@ from torch import nn
 from llama._files import atomic_write, atomic_write_text, open_for_reading
 from llama.model.config import ModelConfig
 from llama.model.linear import Linear
-from llama.quantization.kernel import kernel_loaded, kernel_ready, one_row_product, quantized_matmul
+from llama.quantization.kernel import kernel_loaded, kernel_ready, one_row_product, quantized_matmul, round_activations
 
-__all__ = ["QuantizedLinear", "quantize_tensor", "dequantize_tensor", "quantize", "QUANTIZED_LAYERS", "KERNEL_ROWS",
-           "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
+__all__ = ["QuantizedLinear", "set_int8_activations", "quantize_tensor", "dequantize_tensor", "rounded_product", "quantize",
+           "QUANTIZED_LAYERS", "KERNEL_ROWS", "save_quantized", "read_quantized", "is_quantized_checkpoint", "SCHEME_FILE"]
 
 #: The JSON file of a quantized checkpoint folder (beside ``model.safetensors``).
 SCHEME_FILE = "quantized.json"
@@ -143,6 +143,29 @@ def dequantize_tensor(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
 # --8<-- [end:dequantize_tensor]
 
 
+# --8<-- [start:rounded_product]
+def rounded_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,
+                    group_size: int) -> torch.Tensor:
+    """The kernel's ``int8_activations`` math written out: integer sums per group, scaled in float.
+
+    ``y[m, o] = sum_g (scale[o, g] * d[m, g]) * sum_i q[o, g, i] * qx[m, g, i]``, the inner sums
+    exact in int32; the kernel adds the same terms in another order.
+
+    Args:
+        x: float32 ``[rows, in]``.
+        qweight, scales, bits, group_size: the layer's, as for :func:`quantized_matmul`.
+
+    Returns:
+        float32 ``[rows, out]``.
+    """
+    qx, d = round_activations(x, group_size)
+    q = unpack_int4(qweight, group_size) if bits == 4 else qweight
+    out, n = q.shape
+    sums = torch.einsum("ogi,mgi->mog", q.view(out, -1, group_size).int(), qx.view(len(x), -1, group_size).int())
+    return (sums.float() * (scales.float()[None] * d[:, None, :])).sum(-1)
+# --8<-- [end:rounded_product]
+
+
 # --8<-- [start:layer]
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight is held as integers and float16 scales.
@@ -158,6 +181,11 @@ class QuantizedLinear(nn.Module):
     under ``torch.compile`` where the kernel cannot be built (no C++ compiler): there the same
     sums written in PyTorch (:func:`~llama.quantization.kernel.one_row_product`) are compiled by Inductor.
 
+    ``int8_activations`` (default ``False``) switches every path to the math of GGUF's ``Q8_0``
+    product: ``x`` rounded to int8 per group first (:func:`~llama.quantization.kernel.round_activations`),
+    then integer products, which the kernel computes faster; the layer is then no longer exactly the
+    dequantized float model. Set it on a model's layers with :func:`set_int8_activations`.
+
     Args:
         in_features: inputs of the layer (the weight is ``[out_features, in_features]``).
         out_features: outputs of the layer.
@@ -167,6 +195,8 @@ class QuantizedLinear(nn.Module):
     Shape:
         ``x``: ``[..., in_features]`` → ``[..., out_features]``.
     """
+
+    int8_activations = False
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int) -> None:
         super().__init__()
@@ -203,8 +233,12 @@ class QuantizedLinear(nn.Module):
         if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
                 and not (x.requires_grad and torch.is_grad_enabled())  # the kernel has no backward
                 and (kernel_ready() if compiling else kernel_loaded())):  # built when torch.compile first traces
-            out = quantized_matmul(x.reshape(rows, -1), self.qweight, self.scales, self.bits, self.group_size)
+            out = quantized_matmul(x.reshape(rows, -1), self.qweight, self.scales, self.bits, self.group_size,
+                                   self.int8_activations)
             return out.view(*x.shape[:-1], -1)
+        if self.int8_activations:  # every other path rounds x the same way (no gradient through the rounding)
+            q, d = round_activations(x.reshape(rows, -1), self.group_size)
+            x = (q.view(rows, -1, self.group_size) * d[..., None]).to(x.dtype).view(x.shape)
         if compiling and rows == 1:  # no kernel here: the same sums in PyTorch, compiled by Inductor
             return one_row_product(x, self.qweight, self.scales, self.bits, self.group_size).view(*x.shape[:-1], -1)
         return F.linear(x, self.dequantized(x.dtype))  # the reference: dequantize, then multiply
@@ -212,6 +246,18 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, " \
                f"group_size={self.group_size}"
+
+
+def set_int8_activations(model: nn.Module, on: bool = True) -> nn.Module:
+    """Round activations to int8 in every :class:`QuantizedLinear` of ``model`` (``on=False``: not); returns ``model``.
+
+    Set it before a :class:`~llama.inference.generation.CompiledDecoder` is made: a compiled step keeps the
+    choice it was traced with.
+    """
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            module.int8_activations = on
+    return model
 # --8<-- [end:layer]
 
 

@@ -1,0 +1,339 @@
+r"""The C++ source of :mod:`llama.quantization.kernel`'s one-row product, in three sections the chapter shows.
+
+* ``kernel``: the products with ``x`` as it is, in float32: ``sum_g scale[o, g] * sum_i q[o, g, i]
+  * x[g, i]``, with AVX-512 (16 floats a register), AVX2 (8) or plain C++ (1);
+* ``int8_activations``: the products of GGUF's ``Q8_0``: ``x`` rounded to int8 per group, integer
+  sums (AVX-512 VNNI ``vpdpbusd``, AVX2 ``vpmaddubsw``, or plain C++), one float multiply per group;
+* ``operator``: ``torch.ops.llama.quantized_matmul``, which shares the output rows out among threads.
+
+:func:`llama.quantization.kernel.load_kernel` compiles it for the CPU it runs on (``-march=native``), so the
+``#if defined(__AVX512VNNI__)`` and ``__AVX2__`` blocks pick the instructions that CPU has.
+"""
+
+# --8<-- [start:kernel]
+KERNEL_SOURCE = r"""
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+// The few vector operations the kernel needs, for the widest registers the CPU has.
+#if defined(__AVX512F__)
+constexpr int64_t W = 16;  // floats per register
+typedef __m512 vec;
+vec zero() { return _mm512_setzero_ps(); }
+vec load(const float* p) { return _mm512_loadu_ps(p); }
+vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+vec broadcast(float s) { return _mm512_set1_ps(s); }
+float sum(vec v) { return _mm512_reduce_add_ps(v); }
+vec int8_to_floats(const int8_t* p) {  // W int8 values
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+void int4_to_floats(const uint8_t* p, vec& low, vec& high) {  // W bytes: W low and W high nibbles, minus 8
+  const __m512 values = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+  low = _mm512_permutexvar_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)), values);
+  high = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), values);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t W = 8;
+typedef __m256 vec;
+vec zero() { return _mm256_setzero_ps(); }
+vec load(const float* p) { return _mm256_loadu_ps(p); }
+vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+vec broadcast(float s) { return _mm256_set1_ps(s); }
+float sum(vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+vec int8_to_floats(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+void int4_to_floats(const uint8_t* p, vec& low, vec& high) {
+  __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)), eight = _mm256_set1_epi32(8);
+  low = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(bytes, _mm256_set1_epi32(15)), eight));
+  high = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bytes, 4), eight));
+}
+#else  // any other CPU: one float at a time (the compiler vectorises what it can)
+constexpr int64_t W = 1;
+typedef float vec;
+vec zero() { return 0; }
+vec load(const float* p) { return *p; }
+vec fma(vec a, vec b, vec c) { return a * b + c; }
+vec add(vec a, vec b) { return a + b; }
+vec broadcast(float s) { return s; }
+float sum(vec v) { return v; }
+vec int8_to_floats(const int8_t* p) { return *p; }
+void int4_to_floats(const uint8_t* p, vec& low, vec& high) { low = (*p & 15) - 8, high = (*p >> 4) - 8; }
+#endif
+
+#if defined(__F16C__)
+float scale_of(const at::Half* s) { return _cvtsh_ss(s->x); }  // float16 -> float32, one instruction
+#else
+float scale_of(const at::Half* s) { return float(*s); }
+#endif
+
+// One output of int8: sum over groups g of scale[g] * sum_i q[g, i] * x[g, i].
+float row_int8(const int8_t* q, const at::Half* scale, const float* x, int64_t n, int64_t group) {
+  vec acc = zero();
+  float rest = 0;
+  for (int64_t g = 0; g < n / group; ++g, q += group, x += group) {
+    vec a = zero(), b = zero();  // two sums, so that one product need not wait for the other
+    int64_t i = 0;
+    for (; i + 2 * W <= group; i += 2 * W) {
+      a = fma(int8_to_floats(q + i), load(x + i), a);
+      b = fma(int8_to_floats(q + i + W), load(x + i + W), b);
+    }
+    for (; i + W <= group; i += W) a = fma(int8_to_floats(q + i), load(x + i), a);
+    float tail = 0;  // groups that are not a multiple of the register width
+    for (; i < group; ++i) tail += q[i] * x[i];
+    acc = fma(add(a, b), broadcast(scale_of(scale + g)), acc);
+    rest += tail * scale_of(scale + g);
+  }
+  return rest + sum(acc);
+}
+
+// The same for int4: byte j of a group holds column j (low nibble) and j + group / 2 (high), as q + 8.
+float row_int4(const uint8_t* q, const at::Half* scale, const float* x, int64_t n, int64_t group) {
+  const int64_t half = group / 2;
+  vec acc = zero();
+  float rest = 0;
+  for (int64_t g = 0; g < n / group; ++g, q += half, x += group) {
+    vec a = zero(), b = zero(), low, high;
+    int64_t j = 0;
+    for (; j + W <= half; j += W) {
+      int4_to_floats(q + j, low, high);
+      a = fma(low, load(x + j), a);
+      b = fma(high, load(x + half + j), b);
+    }
+    float tail = 0;
+    for (; j < half; ++j) tail += ((q[j] & 15) - 8) * x[j] + ((q[j] >> 4) - 8) * x[half + j];
+    acc = fma(add(a, b), broadcast(scale_of(scale + g)), acc);
+    rest += tail * scale_of(scale + g);
+  }
+  return rest + sum(acc);
+}
+
+"""
+# --8<-- [end:kernel]
+
+# --8<-- [start:int8_activations]
+KERNEL_SOURCE += r"""
+// ----- int8 activations: the math of GGUF's Q8_0 x Q8_0 product -----------------------------------
+// x is rounded once per call, per group of the weight: d = max|x_group| / 127, q = round(x / d).
+// A group's products are then integers, summed exactly in int32; one float multiply per group
+// (by its weight scale times d) adds them to the row's float sum.
+struct Rounded {  // one row of x
+  std::vector<int8_t> q;     // [n] the rounded values
+  std::vector<float> d;      // [groups] their scales
+  std::vector<int32_t> sum;  // [groups] sum of q: the offset of an unsigned operand (below)
+  std::vector<int32_t> init; // AVX-512, groups of 32: start of each pair of groups' int32 sums
+  std::vector<int8_t> perm;  // AVX-512, int4: q of each pair of groups in the order of the nibbles
+};
+
+Rounded round_row(const float* x, int64_t n, int64_t group, int64_t bits) {
+  const int64_t groups = n / group;
+  Rounded r{std::vector<int8_t>(n), std::vector<float>(groups), std::vector<int32_t>(groups), {}, {}};
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* xg = x + g * group;
+    float amax = 0;
+    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(xg[i]));
+    const float d = amax / 127.f;
+    int32_t s = 0;
+    for (int64_t i = 0; i < group; ++i) {  // x / d, not x * (1 / d): the same rounding as PyTorch's reference
+      const int8_t q = d == 0 ? 0 : (int8_t)std::nearbyint(std::min(127.f, std::max(-127.f, xg[i] / d)));
+      r.q[g * group + i] = q;
+      s += q;
+    }
+    r.d[g] = d, r.sum[g] = s;
+  }
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (group == 32) {  // see row_pairs: the offsets sit in lanes 0 and 8 (int8) or 0 and 4 (int4)
+    r.init.assign(groups / 2 * 16, 0);
+    for (int64_t p = 0; p < groups / 2; ++p) {
+      r.init[16 * p] = (bits == 8 ? -128 : -8) * r.sum[2 * p];
+      r.init[16 * p + (bits == 8 ? 8 : 4)] = (bits == 8 ? -128 : -8) * r.sum[2 * p + 1];
+    }
+    if (bits == 4) {  // low nibbles of both groups, then high nibbles: x[0:16] of each, then x[16:32]
+      r.perm.resize(groups / 2 * 64);
+      for (int64_t p = 0; p < groups / 2; ++p)
+        for (int64_t k = 0; k < 4; ++k)
+          std::copy_n(r.q.data() + 64 * p + 32 * (k % 2) + 16 * (k / 2), 16, r.perm.data() + 64 * p + 16 * k);
+    }
+  }
+#endif
+  return r;
+}
+
+#if defined(__AVX2__)
+float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+// 32 products of signed bytes w * x, in 8 int32 sums. The instructions multiply unsigned by
+// signed bytes, so x's sign moves onto w: |x| * (sign(x) w).
+__m256i dot32(__m256i w, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+#else  // pairs summed in int16 (at most 2 * 127 * 127: no overflow), then in int32
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x)),
+                           _mm256_set1_epi16(1));
+#endif
+}
+__m256i dot32u(__m256i u, __m256i x) {  // u unsigned (int4's nibbles, 0..15), x signed
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+// sum_i w[i] x[i] over one group, exact, one value at a time (the compiler vectorises what it
+// can). int4: byte j holds w[j] and w[j + group / 2] as nibbles u = w + 8: sum u x - 8 sum x.
+template <int BITS>
+int32_t group_dot(const uint8_t* w, const int8_t* x, int64_t group, int32_t xsum) {
+  int32_t s = 0;
+  if (BITS == 8) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < group; ++i) s += int32_t((int8_t)w[i]) * x[i];
+    return s;
+  }
+  const int64_t half = group / 2;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < half; ++j) s += (w[j] & 15) * x[j] + (w[j] >> 4) * x[half + j];
+  return s - 8 * xsum;
+}
+
+#if defined(__AVX2__)
+// The same for a group of a multiple of 32 values, in 8 int32 lanes (whose sum it is).
+template <int BITS>
+__m256i group_dot256(const uint8_t* w, const int8_t* x, int64_t group, int32_t xsum) {
+  __m256i acc = _mm256_setzero_si256();
+  if (BITS == 8) {
+    for (int64_t i = 0; i < group; i += 32)
+      acc = _mm256_add_epi32(acc, dot32(_mm256_loadu_si256((const __m256i*)(w + i)),
+                                        _mm256_loadu_si256((const __m256i*)(x + i))));
+    return acc;
+  }
+  const int64_t half = group / 2;
+  const __m128i low4 = _mm_set1_epi8(15);
+  for (int64_t j = 0; j < half; j += 16) {  // 16 bytes: 16 low nibbles (x[j:j+16]), 16 high (x[half+j:...])
+    __m128i b = _mm_loadu_si128((const __m128i*)(w + j));
+    __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4), _mm_and_si128(b, low4));
+    acc = _mm256_add_epi32(acc, dot32u(u, _mm256_loadu2_m128i((const __m128i*)(x + half + j), (const __m128i*)(x + j))));
+  }
+  return _mm256_add_epi32(acc, _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * xsum)));
+}
+#endif
+
+// One output: sum over groups g of (scale[g] d[g]) * group_dot(g).
+template <int BITS>
+float row_rounded(const uint8_t* q, const at::Half* scale, const Rounded& x, int64_t n, int64_t group) {
+  const int64_t groups = n / group, bytes = group * BITS / 8;
+  int64_t g = 0;
+  float total = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (group == 32) {
+    // Two groups per 512-bit register, one instruction for their 64 products (vpdpbusd): the
+    // unsigned operand is w + 128 (int8: w xor 0x80) or int4's nibbles, and the sums start at
+    // -128 sum(x) or -8 sum(x) (x.init) to take the offset back. The int32 sums become floats,
+    // times the pair's scales (lanes 0-7 and 8-15 for int8; 0-3, 8-11 and 4-7, 12-15 for int4).
+    const __m512i flip = _mm512_set1_epi8((char)0x80), low4 = _mm512_set1_epi8(15);
+    const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004, 0x0004000400040004,
+                                            0x0004000400040004, 0x0004000400040004);
+    const __m512i which = BITS == 8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                    : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (; g + 2 <= groups; g += 2) {
+      const __m512i init = _mm512_loadu_si512(x.init.data() + 8 * g);
+      __m512i p;
+      if (BITS == 8) {
+        p = _mm512_dpbusd_epi32(init, _mm512_xor_si512(_mm512_loadu_si512(q + g * 32), flip),
+                                _mm512_loadu_si512(x.q.data() + g * 32));
+      } else {
+        __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(q + g * 16)));
+        p = _mm512_dpbusd_epi32(init, _mm512_and_si512(_mm512_srlv_epi16(b, shift), low4),
+                                _mm512_loadu_si512(x.perm.data() + g * 32));
+      }
+      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const int32_t*)(scale + g))),
+                                  _mm_castpd_ps(_mm_load_sd((const double*)(x.d.data() + g))));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(which, _mm512_castps128_ps512(s)), acc);
+    }
+    total = _mm512_reduce_add_ps(acc);
+  }
+#endif
+#if defined(__AVX2__)
+  if (group % 32 == 0) {  // each group's int32 lanes become floats, times its scale, into 8 float sums
+    __m256 acc = _mm256_setzero_ps();
+    for (; g < groups; ++g)
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_dot256<BITS>(q + g * bytes, x.q.data() + g * group, group, x.sum[g])),
+                            _mm256_set1_ps(scale_of(scale + g) * x.d[g]), acc);
+    total += hsum_ps(acc);
+  }
+#endif
+  for (; g < groups; ++g)  // other group sizes, and CPUs without AVX2
+    total += float(group_dot<BITS>(q + g * bytes, x.q.data() + g * group, group, x.sum[g])) *
+             (scale_of(scale + g) * x.d[g]);
+  return total;
+}
+"""
+# --8<-- [end:int8_activations]
+
+# --8<-- [start:operator]
+KERNEL_SOURCE += r"""
+// y[m, o] for every row m of x and output o; threads share out the outputs.
+at::Tensor quantized_matmul(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                            int64_t bits, int64_t group_size, bool int8_activations) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.is_cpu(),
+              "quantized_matmul: x must be a contiguous float32 CPU matrix [rows, in]");
+  TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == at::kHalf,
+              "quantized_matmul: qweight and scales must be contiguous, scales float16");
+  const int64_t rows = x.size(0), n = x.size(1), out = qweight.size(0);
+  TORCH_CHECK((bits == 8 || bits == 4) && group_size > 0 && group_size % 2 == 0 && n % group_size == 0 &&
+              qweight.dim() == 2 && qweight.size(1) == n * bits / 8 && qweight.element_size() == 1 &&
+              scales.dim() == 2 && scales.size(0) == out && scales.size(1) == n / group_size,
+              "quantized_matmul: the shapes of x, qweight and scales do not fit bits and group_size");
+  at::Tensor y = at::empty({rows, out}, x.options());
+  const float* xs = x.data_ptr<float>();
+  const auto* qs = static_cast<const uint8_t*>(qweight.data_ptr());
+  const at::Half* ss = scales.data_ptr<at::Half>();
+  float* ys = y.data_ptr<float>();
+  const int64_t row_bytes = qweight.size(1), groups = n / group_size;
+  std::vector<Rounded> rounded;  // x rounded to int8, once per call
+  if (int8_activations)
+    for (int64_t m = 0; m < rows; ++m) rounded.push_back(round_row(xs + m * n, n, group_size, bits));
+  // A thread gets at least 32 KiB of weights: waking one costs more than reading less.
+  at::parallel_for(0, out, std::max<int64_t>(1, 32768 / row_bytes), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const uint8_t* q = qs + o * row_bytes;
+      for (int64_t m = 0; m < rows; ++m)
+        ys[m * out + o] = int8_activations
+            ? (bits == 8 ? row_rounded<8>(q, ss + o * groups, rounded[m], n, group_size)
+                         : row_rounded<4>(q, ss + o * groups, rounded[m], n, group_size))
+            : (bits == 8 ? row_int8((const int8_t*)q, ss + o * groups, xs + m * n, n, group_size)
+                         : row_int4(q, ss + o * groups, xs + m * n, n, group_size));
+    }
+  });
+  return y;
+}
+}  // namespace
+
+TORCH_LIBRARY(llama, m) {
+  m.def("quantized_matmul(Tensor x, Tensor qweight, Tensor scales, int bits, int group_size, "
+        "bool int8_activations=False) -> Tensor");
+  m.impl("quantized_matmul", torch::dispatch(c10::DispatchKey::CPU, &quantized_matmul));
+}
+"""
+# --8<-- [end:operator]

@@ -60,8 +60,16 @@ def sweep(records: list[dict]) -> str:
     rows = [[r["name"], "`" + " ".join(r["flags"]) + "`" if r["flags"] else "(the defaults)", number(r["steps"]),
              f"{r['val_bpb']:.3f}", number(r["loop_s"]), f"{r['load_start']:.1f} → {r['load_end']:.1f}"]
             for r in records]
-    # Runs made before the machine line have none; a run that has it says so on its own.
-    machines = list(dict.fromkeys(machine_text(r.get("machine")) for r in records))
+    # Runs made before the machine line have none: where the table mixes machines, each names its rows.
+    groups: list[list] = []
+    for i, r in enumerate(records, 1):
+        text = machine_text(r.get("machine"))
+        if groups and groups[-1][0] == text:
+            groups[-1][2] = i
+        else:
+            groups.append([text, i, i])
+    machines = [text if len(groups) == 1 else f"rows {a}–{b}: {text}" if a < b else f"row {a}: {text}"
+                for text, a, b in groups]
     threads = sorted({r["threads"] for r in records})
     per_run = "one thread per run" if threads == [1] else f"{', '.join(map(str, threads))} threads per run"
     header = ["variant", "flags besides `llama train`'s defaults", "steps", "validation bits per byte",

@@ -166,24 +166,27 @@ def run_quality(args, command: str) -> dict:
     agreement = greedy_agreement(prompts, 64)
     model = (f"the model of `llama train --max-steps {20 if args.quick else BASELINE_STEPS} --dtype bfloat16`"
              if args.run is None else "the model of the run given with --run")
-    return {"command": command, "machine": machine(), "model": model, "bpb": rows, "prompts": prompts,
-            "new_tokens": 64, "agreement": agreement, "load_start": round(load, 2),
-            "load_end": round(os.getloadavg()[0], 2)}
+    if not isinstance(agreement, str):
+        agreement = [{"weights": label, "median": median, "mean": mean, "all_equal": share}
+                     for label, median, mean, share in agreement]
+    return {"command": command, "machine": machine(), "model": model, "prompts": prompts, "new_tokens": 64,
+            "bpb": [{"weights": label, "bpb": bpb, "vs_float32": bpb - rows[0][1]} for label, bpb in rows],
+            "agreement": agreement, "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2)}
 
 
 def quality_markdown(record: dict) -> str:
     """The text of ``results/quantize-quality.md``: bits per byte by format, then greedy agreement."""
-    bpb = record["bpb"]
     tables = [report.table(["Tiny Shakespeare model, weights in", "validation bits per byte", "vs float32"],
-                           [[label, f"{v:.4f}", "" if i == 0 else f"{v - bpb[0][1]:+.4f}"]
-                            for i, (label, v) in enumerate(bpb)])]
+                           [[r["weights"], f"{r['bpb']:.4f}", "" if i == 0 else f"{r['vs_float32']:+.4f}"]
+                            for i, r in enumerate(record["bpb"])])]
     if isinstance(record["agreement"], str):
         tables.append(f"`stories260K` greedy agreement: skipped: {record['agreement']}")
     else:
         tables.append(report.table(
             [f"`stories260K`, {record['prompts']} prompts × {record['new_tokens']} greedy tokens",
              "equal tokens before the first difference: median", "mean", f"all {record['new_tokens']} equal"],
-            [[label, f"{median:.0f}", f"{mean:.1f}", f"{share:.0%}"] for label, median, mean, share in record["agreement"]]))
+            [[r["weights"], f"{r['median']:.0f}", f"{r['mean']:.1f}", f"{r['all_equal']:.0%}"]
+             for r in record["agreement"]]))
     notes = [f"load average {record['load_start']:.2f} at the start, {record['load_end']:.2f} at the end",
              f"{record['model']}, evaluated on the whole validation split in float32, then quantized"]
     return report.markdown(record["command"], record["machine"], notes, tables)

@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/finetune.py              # a few minutes on a 2-core CPU
     python benchmarks/finetune.py --quick      # tiny lengths, to check the script runs
     python benchmarks/finetune.py --data-only  # step 1 alone: the chapter's two texts, then stop
+    python benchmarks/finetune.py --render     # rewrite results/finetune.md from results/finetune.json
 
 1. Tiny Shakespeare is split by speaker: every speech of ROMEO and JULIET goes to ``lovers.txt``,
    everything else to ``rest.txt``.
@@ -15,16 +16,16 @@ Run from the repository root::
    all seven projections, and every weight (``--lora-rank 0``), each for the same number of
    steps, in a fresh process whose peak resident memory is read at its end.
 
-It prints a table (validation bits per byte before and after, trainable parameters and their
-share, the optimizer's state, peak memory, time) and writes it with the samples and the
-singular values of the full fine-tune's weight changes to ``benchmarks/results/finetune.json``,
-from which the chapter's figure is drawn.
+It writes the measurements, the samples and the singular values of the full fine-tune's weight
+changes to ``benchmarks/results/finetune.json``, from which the chapter's figure is drawn, and
+the table the chapter shows (validation bits per byte before and after, trainable parameters and
+their share, the optimizer's state, peak memory, time), with the command and the machine line, to
+``benchmarks/results/finetune.md``; ``--render`` rewrites that table from the stored JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -34,9 +35,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
 from llama.formats.load import load_model
 
@@ -129,13 +130,40 @@ def singular_values(base, tuned) -> dict[str, list[float]]:
     return out
 
 
+def results_markdown(result: dict) -> str:
+    """The text of ``results/finetune.md``: one row per run, after the base model's."""
+    rows = [["base, before fine-tuning", f"{result['before_val_bpb']:.3f}", "", "", "", "", "", ""]]
+    for r in result["rows"]:
+        full = r["share"] == 1
+        # The adapter's tensors in float32 (the file adds a header); a full fine-tune saves the whole model.
+        size = f"({4 * r['trainable'] / 1e6:.1f} MB model)" if full else f"{4 * r['trainable'] / 1e3:.0f} KB"
+        name = {"full fine-tune": "full fine-tune (`--lora-rank 0`)"}.get(r["run"], r["run"].replace(
+            "lr 5e-3", "`--lr 5e-3`"))
+        rows.append([name, f"{r['val_bpb']:.3f}", report.number(r["trainable"]), f"{100 * r['share']:.2f}%" if r["share"] < 0.1 else f"{100 * r['share']:.3g}%",
+                     f"{r['optimizer_bytes'] / 1e6:.{2 if r['optimizer_bytes'] < 1e7 else 1}f} MB", size, f"{r['peak_rss_mb']} MB", f"{r['train_s']:.1f} s"])
+    header = [f"run ({STEPS} steps of 8 × 256 tokens)", "validation bits per byte", "trainable parameters",
+              "share of the model", "gradients + AdamW state", "adapter (float32)", "peak memory of the process",
+              "training time"]
+    notes = [f"`{result['pretrain']}`, then `{result['finetune']}` with each run's flags",
+             f"load average {result['load_average_end']:.2f} at the end",
+             f"validation: the last 10% of the lovers' text, {report.number(result['val_tokens'])} tokens, "
+             f"{report.number(result['val_bytes'])} bytes"]
+    return report.markdown(result.get("command", "python benchmarks/finetune.py"), result.get("machine"), notes,
+                           [report.table(header, rows)])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny lengths: check that the script runs")
     parser.add_argument("--data-only", action="store_true",
                         help="only write runs/finetune/lovers.txt and rest.txt under the current folder (the "
                         "fine-tuning chapter's data, which its commands read), then stop")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite benchmarks/results/finetune.md from finetune.json")
     args = parser.parse_args(argv)
+    if args.render:
+        report.write("finetune", results_markdown(report.read("finetune", "python benchmarks/finetune.py")))
+        return 0
     if args.data_only:
         for path in write_data(Path("runs") / "finetune"):
             print(f"wrote {path} ({path.stat().st_size:,} bytes)")
@@ -186,19 +214,12 @@ def main(argv=None) -> int:
               "val_tokens": before["tokens"], "val_bytes": before["bytes"], "rows": rows, "samples": samples,
               "singular_values": spectra, "threads": torch.get_num_threads(), "machine": machine(),
               "load_average_end": round(os.getloadavg()[0], 2)}
+    result["command"] = "python benchmarks/finetune.py"
     print(machine_line())
-    print(f"\nvalidation of the lovers' text: {before['tokens']} tokens, {before['bytes']} bytes; "
-          f"base model before fine-tuning: {before['bpb']:.4f} bits per byte")
-    print(f"| run | val bits per byte | trainable parameters | share | optimizer state | peak memory | training time |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| base (before) | {before['bpb']:.3f} | 0 | 0 | 0 | | |")
-    for r in rows:
-        print(f"| {r['run']} | {r['val_bpb']:.3f} | {r['trainable']:,} | {100 * r['share']:.2f}% | "
-              f"{r['optimizer_bytes'] / 1e6:.2f} MB | {r['peak_rss_mb']} MB | {r['train_s']} s |")
+    print(results_markdown(result))
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
+        report.write("finetune", results_markdown(result), result)
     return 0
 
 

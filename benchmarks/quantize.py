@@ -6,13 +6,15 @@ Run from the repository root::
     python benchmarks/quantize.py speed           # only the speed table
     python benchmarks/quantize.py quality         # only the quality table
     python benchmarks/quantize.py --quick         # tiny sizes, to check that the script works
+    python benchmarks/quantize.py quality --save  # also write benchmarks/results/quantize-quality.{json,md}
+    python benchmarks/quantize.py quality --render   # rewrite quantize-quality.md from the stored JSON
 
 Quality:
 
-- **bits per byte** of the book's Tiny Shakespeare model: the training chapter's recipe, run for
-  the 893 steps it reaches in its 120 seconds on an idle machine
-  (``llama train --max-steps 893 --dtype bfloat16``, trained here into a temporary folder, or
-  ``--run DIR`` to use a finished run), evaluated on the whole validation split
+- **bits per byte** of a Tiny Shakespeare model: the training chapter's earlier AdamW baseline
+  (``llama train``'s defaults), run for the 893 steps it made in its 120 seconds on an idle
+  machine (``llama train --max-steps 893 --dtype bfloat16``, trained here into a temporary folder,
+  or ``--run DIR`` to use a finished run), evaluated on the whole validation split
   (:func:`llama.training.loop.evaluate`) in float32, then with int8 and int4 weights.
 - **greedy agreement** on ``stories260K`` (found by :func:`llama.data.sources.find_data`): for each
   of 200 prompts (BOS and three random ids), 64 greedy tokens from the float32 model and from
@@ -51,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import (CONFIGS, NEW_TOKENS, PROMPT_LEN, LlamaCpp, _timed, copy_bandwidth, first_difference,  # noqa: E402
                     llama_cpp_unavailable, llama_cpp_version, prompt_ids, run_engines, scaled_random_model,
                     write_gguf_files)
-from machine import machine_line  # noqa: E402
+import report  # noqa: E402
+from machine import machine, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,9 +62,9 @@ from llama import ModelConfig, Transformer, load_model  # noqa: E402
 from llama.inference.generation import CompiledDecoder, generate_batch  # noqa: E402
 from llama.quantization.weights import QuantizedLinear, quantize, set_int8_activations  # noqa: E402
 
-#: The steps the training chapter's 120-second recipe reached on the book's idle machine
-#: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.
-RECIPE_STEPS = 893
+#: The steps the earlier AdamW baseline (``llama train``'s defaults) made in 120 seconds on the book's
+#: idle machine: counted in steps, a loaded machine trains the same model.
+BASELINE_STEPS = 893
 #: (bits, group size, activations rounded to int8: the math of llama.cpp's Q8_0 and Q4_0 products)
 FORMATS = {"float32": None, "int8": (8, 32, False), "int4": (4, 32, False),
            "int8, int8 x": (8, 32, True), "int4, int8 x": (4, 32, True)}
@@ -108,7 +111,7 @@ def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[s
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as tmp:
         if run is None:
             run = Path(tmp) / "run"
-            cfg = TrainConfig(out=str(run), data=_text_path(find_data), max_steps=20 if quick else RECIPE_STEPS,
+            cfg = TrainConfig(out=str(run), data=_text_path(find_data), max_steps=20 if quick else BASELINE_STEPS,
                               dtype="bfloat16", sample_tokens=0, progress=False, threads=threads,
                               **({"model": "tiny", "block_size": 64} if quick else {}))
             print(f"training: llama train --out RUN --max-steps {cfg.max_steps} --dtype bfloat16"
@@ -157,6 +160,40 @@ def greedy_agreement(n_prompts: int, new_tokens: int) -> list[tuple[str, float, 
         rows.append((label, statistics.median(same), statistics.mean(same),
                      sum(s == new_tokens for s in same) / n_prompts))
     return rows
+
+
+def run_quality(args, command: str) -> dict:
+    """Both quality measurements, as the record ``--save`` stores in ``results/quantize-quality.json``."""
+    load = os.getloadavg()[0]
+    rows = shakespeare_bpb(args.run, args.quick, args.threads)
+    prompts = 20 if args.quick else 200
+    agreement = greedy_agreement(prompts, 64)
+    model = (f"the model of `llama train --max-steps {20 if args.quick else BASELINE_STEPS} --dtype bfloat16`"
+             if args.run is None else "the model of the run given with --run")
+    if not isinstance(agreement, str):
+        agreement = [{"weights": label, "median": median, "mean": mean, "all_equal": share}
+                     for label, median, mean, share in agreement]
+    return {"command": command, "machine": machine(), "model": model, "prompts": prompts, "new_tokens": 64,
+            "bpb": [{"weights": label, "bpb": bpb, "vs_float32": bpb - rows[0][1]} for label, bpb in rows],
+            "agreement": agreement, "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2)}
+
+
+def quality_markdown(record: dict) -> str:
+    """The text of ``results/quantize-quality.md``: bits per byte by format, then greedy agreement."""
+    tables = [report.table(["Tiny Shakespeare model, weights in", "validation bits per byte", "vs float32"],
+                           [[r["weights"], f"{r['bpb']:.4f}", "" if i == 0 else f"{r['vs_float32']:+.4f}"]
+                            for i, r in enumerate(record["bpb"])])]
+    if isinstance(record["agreement"], str):
+        tables.append(f"`stories260K` greedy agreement: skipped: {record['agreement']}")
+    else:
+        tables.append(report.table(
+            [f"`stories260K`, {record['prompts']} prompts × {record['new_tokens']} greedy tokens",
+             "equal tokens before the first difference: median", "mean", f"all {record['new_tokens']} equal"],
+            [[r["weights"], f"{r['median']:.0f}", f"{r['mean']:.1f}", f"{r['all_equal']:.0%}"]
+             for r in record["agreement"]]))
+    notes = [f"load average {record['load_start']:.2f} at the start, {record['load_end']:.2f} at the end",
+             f"{record['model']}, evaluated on the whole validation split in float32, then quantized"]
+    return report.markdown(record["command"], record["machine"], notes, tables)
 
 
 # --------------------------------------------------------------------------------------- speed
@@ -248,8 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="a finished `llama train` run folder to use instead of training")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats: a smoke test")
     parser.add_argument("--save", action="store_true",
-                        help="write the speed table to benchmarks/results/quantize-speed.md (what the book shows)")
+                        help="write the tables to benchmarks/results/quantize-speed.md and quantize-quality.{json,md} "
+                        "(what the book shows)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite benchmarks/results/quantize-quality.md from its JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        if args.tables != ["quality"]:
+            parser.error("--render rewrites the quality table only: run `python benchmarks/quantize.py quality --render`")
+        report.write("quantize-quality", quality_markdown(report.read(
+            "quantize-quality", "python benchmarks/quantize.py quality --save")))
+        return 0
+    if args.quick and args.save:
+        parser.error("--quick --save would write the tiny sizes' numbers to benchmarks/results/: drop --quick")
     tables = args.tables or ["quality", "speed"]
     if unknown := set(tables) - {"quality", "speed"}:
         parser.error(f"unknown table(s) {', '.join(sorted(unknown))}: choose quality and/or speed")
@@ -263,19 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     print(f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     if "quality" in tables:
-        rows = shakespeare_bpb(args.run, args.quick, args.threads)
-        print("\n| Tiny Shakespeare model | validation bits per byte | vs float32 |\n| --- | --- | --- |")
-        for label, bpb in rows:
-            print(f"| {label} | {bpb:.4f} | {bpb - rows[0][1]:+.4f} |")
-        agreement = greedy_agreement(20 if args.quick else 200, 64)
-        if isinstance(agreement, str):
-            print(f"\nstories260K greedy agreement: skipped: {agreement}")
-        else:
-            print(f"\n| stories260K, {20 if args.quick else 200} prompts x 64 greedy tokens | equal tokens before the "
-                  "first difference: median | mean | all 64 equal |\n| --- | --- | --- | --- |")
-            for label, median, mean, share in agreement:
-                print(f"| {label} | {median:.0f} | {mean:.1f} | {share:.0%} |")
-        print(flush=True)
+        record = run_quality(args, command)
+        print("\n" + quality_markdown(record), flush=True)
+        if args.save:
+            report.write("quantize-quality", quality_markdown(record), record)
     if "speed" in tables:
         bandwidth = copy_bandwidth()
         count = 4 if args.quick else 40

@@ -13,26 +13,20 @@ Run from the repository root::
     python benchmarks/train.py sweep --sweep-steps 300   # the recipe's variants at a fixed number of steps
     python benchmarks/train.py parallel     # DDP and FSDP on 1, 2 and 4 ranks: bytes per rank, step time
     python benchmarks/train.py --quick throughput precision parts   # tiny sizes, to check the script runs
+    python benchmarks/train.py throughput --save    # also write results/train-throughput.{json,md}
+    python benchmarks/train.py quality sweep --render   # rewrite results/train-*.md from the stored JSON
 
-FLOPs per token are :func:`llama.training.flops.flops_per_token` (6 x the weights that multiply, plus
-causal attention, 6 L d (T + 1)); achieved FLOP/s is that times tokens/s; the peak is measured
-here, the best of several ``torch.mm`` of two 2048 x 2048 matrices at the same thread count, in
-float32 and in bfloat16; utilisation (MFU) is achieved over peak at the step's dtype. Peak memory
-is the high-water mark of the resident set (Linux's ``VmHWM``, reset first) of a fresh process
-while it builds the model and trains three steps, minus what it held just before.
+What the book shows are the results files: ``quality`` and ``sweep`` always write theirs
+(``train-quality.json``, lines of ``train-sweep.jsonl``), the others with ``--save``
+(``train-WHAT.json``; ``matmul`` keeps one row per machine or setting), and each writes
+``train-WHAT.md`` from its JSON (benchmarks/train_report.py) with the command and the machine
+line; ``--render`` rewrites that Markdown from the stored JSON without measuring. The speed
+measurements themselves are in benchmarks/train_speed.py.
 
 ``quality`` runs exactly :data:`RECIPE_COMMAND` (the chapter shows it, and a test checks the
 two are the same), with Tiny Shakespeare found as ``llama train`` finds it. It prints the final
 validation figures and copies the run's ``log.jsonl`` and ``samples.txt`` to
 ``benchmarks/results/`` (the chapter's loss figure is drawn from that log).
-
-``throughput`` trains the same model two ways: our :class:`llama.model.transformer.Transformer` and
-transformers' ``LlamaForCausalLM`` (``sdpa`` attention), same config (the recipe's model),
-same initial weights, same batch (8 x 256 tokens), the same loss function, the same AdamW
-(:func:`llama.training.loop.make_optimizer`, fused) and gradient clipping, the same thread count. Each
-gets untimed warm-up steps; then timed rounds alternate between the two so that a burst of load
-from another process hits both alike. A round is ``--steps`` optimizer steps; tokens/s is
-tokens in the round over its wall time; the median over rounds is reported.
 
 ``parallel`` runs ``llama train --parallel ddp|fsdp`` under ``torchrun`` (gloo) on 1, 2 and 4
 ranks with the same global batch (8 windows of 128 tokens of Tiny Shakespeare, the book's model,
@@ -63,6 +57,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import train_report  # noqa: E402
+from train_speed import run_matmul, run_parts, run_precision, run_throughput  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
 
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.training.config.TrainConfig).
@@ -74,14 +71,17 @@ RECIPE_ARGS = ["--recipe", "shakespeare", "--out", "runs/shakespeare"]
 RECIPE_COMMAND = shlex.join(["llama", "train", *RECIPE_ARGS])
 
 
-def run_quality(repeats: int = 1) -> dict:
-    """Run the recipe ``repeats`` times; the last run's log and sample are kept for the figures."""
+def run_quality(repeats: int = 1, command: str | None = None) -> dict:
+    """Run the recipe ``repeats`` times; the last run's log and sample are kept for the figures.
+    Writes ``results/train-quality.json`` and the ``.md`` the chapter shows."""
     runs = [_quality_once() for _ in range(repeats)]
     bpbs = [r["val_bpb"] for r in runs]
     summary = {**runs[-1], "repeats": repeats, "val_bpb_runs": bpbs, "val_bpb_median": statistics.median(bpbs),
                "val_bpb_spread": max(bpbs) - min(bpbs), "steps_runs": [r["steps"] for r in runs],
-               "machine": machine()}
+               "machine": machine(),
+               "benchmark_command": command or f"python benchmarks/train.py quality --repeats {repeats}"}
     (RESULTS / "train-quality.json").write_text(json.dumps(summary, indent=1) + "\n")
+    render("quality")
     print(f"val bits per byte over {repeats} run(s): median {summary['val_bpb_median']:.4f}, "
           f"spread {summary['val_bpb_spread']:.4f} ({', '.join(f'{b:.4f}' for b in bpbs)}); "
           f"load average {os.getloadavg()[0]:.2f} at the end")
@@ -146,7 +146,8 @@ SWEEP = {
 def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
     """Train each variant of :data:`SWEEP` for ``steps`` optimizer steps (so a busy machine changes
     the time they take, not their result), bfloat16, and append its final whole-validation bits
-    per byte, with its training-loop time and the load, to ``results/train-sweep.jsonl``."""
+    per byte, with its training-loop time, the load and the machine, to ``results/train-sweep.jsonl``,
+    and rewrite ``results/train-sweep.md`` from all its lines."""
     from llama.training.state import read_log
 
     for name in names or list(SWEEP):
@@ -161,238 +162,12 @@ def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
         final = read_log(out / "log.jsonl")[-1]
         record = {"name": name, "flags": SWEEP[name], "steps": steps, "val_bpb": final["val_bpb"],
                   "loop_s": final["elapsed"], "threads": threads, "load_start": round(load, 2),
-                  "load_end": round(os.getloadavg()[0], 2)}
+                  "load_end": round(os.getloadavg()[0], 2), "machine": machine()}
         print(json.dumps(record), flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
         with open(RESULTS / "train-sweep.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-# ------------------------------------------------------------------------------- throughput
-def _engines(config, compile_: bool):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llama import Transformer
-    from llama.formats.convert import llama_to_hf_state_dict
-
-    torch.manual_seed(0)
-    ours = Transformer(config)
-    hf_config = LlamaConfig(**config.to_hf())
-    hf_config._attn_implementation = "sdpa"
-    hf = LlamaForCausalLM(hf_config)
-    hf.load_state_dict(llama_to_hf_state_dict(ours.state_dict(), config), strict=False)
-    fwd_ours = lambda x: ours(x)  # noqa: E731
-    fwd_hf = lambda x: hf(input_ids=x, use_cache=False).logits  # noqa: E731
-    if compile_:
-        fwd_ours, fwd_hf = torch.compile(fwd_ours), torch.compile(fwd_hf)
-    return {"llama (ours)": (ours, fwd_ours), "transformers LlamaForCausalLM": (hf, fwd_hf)}
-
-
-def _step_fn(model, forward, batch, dtype, parts: str = "book"):
-    """One training step. ``parts``: ``"book"`` (llama.training.loss, llama.training.optim's AdamW and clipping:
-    what ``llama train`` runs), ``"muon"`` (the same with Muon), or ``"torch"`` (F.cross_entropy,
-    fused torch.optim.AdamW with the same groups, clip_grad_norm_)."""
-    import torch.nn.functional as F
-
-    from llama.training.loss import cross_entropy
-    from llama.training.optim import clip_grad_norm, make_optimizer
-
-    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), kind="muon" if parts == "muon" else "adamw")
-    if parts == "torch":
-        opt = torch.optim.AdamW([{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in opt.param_groups],
-                                lr=1e-3, betas=(0.9, 0.95), fused=True)
-    x, y = batch
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = forward(x)
-        if parts == "torch":
-            F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        else:
-            cross_entropy(logits, y).backward()
-            clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def _race(steps_fns: dict, tokens_per_step: int, warmup: int, steps: int, rounds: int) -> dict:
-    for fn in steps_fns.values():
-        for _ in range(warmup):
-            fn()
-    rates = {name: [] for name in steps_fns}
-    for _ in range(rounds):
-        for name, fn in steps_fns.items():
-            t = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            rates[name].append(tokens_per_step * steps / (time.perf_counter() - t))
-    return {name: {"median_tok_s": statistics.median(r), "best_tok_s": max(r)} for name, r in rates.items()}
-
-
-def throughput_config(quick: bool):
-    from llama.training.config import TrainConfig, model_config
-
-    if quick:
-        return model_config(TrainConfig(out="-", model="tiny", max_steps=1, block_size=32), 256), 2, 32
-    return model_config(TrainConfig(out="-", max_steps=1), 1024), 8, 256  # the recipe's model, 8 x 256
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of the fastest of ``repeats`` products of two ``n x n`` matrices (2 n^3 operations each)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best
-
-
-def run_matmul(n: int = 1024, repeats: int = 5) -> dict:
-    """The rate of an ``n x n`` product in float32 and in bfloat16 on this CPU (best of ``repeats``,
-    at the thread count set), the machine, and what ``--dtype auto`` chooses here and why."""
-    from llama.training.precision import resolve_dtype
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
-    rates = {name: matmul_peak(getattr(torch, name), n, repeats) / 1e9 for name in ("float32", "bfloat16")}
-    dtype, why = resolve_dtype("auto")
-    print(f"{model}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    ratio = rates["bfloat16"] / rates["float32"]
-    print(f"{n} x {n} matmul: float32 {rates['float32']:.1f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s "
-          f"(bfloat16 {f'{ratio:.2f}x faster' if ratio >= 1 else f'{1 / ratio:.0f}x slower'})")
-    print(f"--dtype auto: {dtype} ({why})")
-    return {"cpu": model, **{f"{k}_gflop_s": v for k, v in rates.items()}, "auto": dtype, "why": why}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-MEMORY_CHILD = """
-import sys, torch
-torch.set_num_threads(int(sys.argv[2]))
-sys.path.insert(0, sys.argv[1])
-import train as bench
-from llama import Transformer
-
-def status(field):  # kB, from the kernel's account of this process
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
-
-config, b, t = bench.throughput_config(sys.argv[3] == "1")
-data = torch.randint(config.vocab_size, (b, t + 1))
-before = status("VmRSS")
-open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from here
-torch.manual_seed(0)
-model = Transformer(config)
-step = bench._step_fn(model, model, (data[:, :-1], data[:, 1:]), sys.argv[4])
-for _ in range(3):
-    step()
-print(before, status("VmHWM"))
-"""
-
-
-def peak_memory(quick: bool, dtype: str) -> dict:
-    """Peak resident memory of a fresh process (Linux) while it builds our model and trains 3 steps:
-    the kernel's high-water mark (VmHWM, reset just before the model is built) minus the resident
-    set at that moment (VmRSS: Python, torch and the data)."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(REPO / "benchmarks"), str(torch.get_num_threads()),
-                          "1" if quick else "0", dtype], cwd=REPO, capture_output=True, text=True, check=True)
-    before, peak = map(int, out.stdout.split())
-    return {"rss_before_model_mb": before / 1024, "peak_rss_mb": peak / 1024, "training_mb": (peak - before) / 1024}
-
-
-def report_flops(config, t: int, tok_s: dict, dtype: str) -> dict:
-    """Print FLOPs per token, achieved FLOP/s, the measured matmul peak and MFU for each engine."""
-    from llama.training.flops import flops_per_token, training_memory
-
-    per_token = flops_per_token(config, t)
-    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-    print(f"FLOPs per token: {per_token['total'] / 1e6:.2f} M (6 x {per_token['weights'] / 6e6:.3f} M matmul "
-          f"weights + causal attention {per_token['attention'] / 1e6:.2f} M; forward 1/3, backward 2/3)")
-    print(f"matmul peak (torch.mm 2048 x 2048, {torch.get_num_threads()} threads): float32 "
-          f"{peaks['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
-    rows = {}
-    for name, rate in tok_s.items():
-        achieved = rate * per_token["total"]
-        rows[name] = {"gflop_s": achieved / 1e9, "mfu": achieved / peaks[dtype]}
-        print(f"{name:32s} {achieved / 1e9:7.1f} GFLOP/s achieved, MFU {100 * rows[name]['mfu']:.1f}% of the "
-              f"{dtype} matmul peak")
-    b = 8 if t == 256 else 2
-    counted = training_memory(config, b, t, autocast=dtype == "bfloat16")
-    print("memory counted (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in counted.items())
-          + f"; total {sum(counted.values()) / 1e6:.1f}")
-    return {"flops_per_token": per_token, "matmul_peak_flop_s": peaks, "engines": rows,
-            "memory_counted_bytes": counted}
-
-
-def run_throughput(quick: bool, compile_: bool, warmup: int, steps: int, rounds: int) -> dict:
-    config, b, t = throughput_config(quick)
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(config.vocab_size, (b, t + 1), generator=g)
-    batch = (data[:, :-1], data[:, 1:])
-    fns = {name: _step_fn(m, f, batch, "float32") for name, (m, f) in _engines(config, compile_).items()}
-    res = _race(fns, b * t, warmup, steps, rounds)
-    names = list(res)
-    ratio = res[names[0]]["median_tok_s"] / res[names[1]]["median_tok_s"]
-    report = {"config": {k: v for k, v in config.to_dict().items() if k != "rope_scaling"}, "batch": [b, t],
-              "threads": torch.get_num_threads(), "compile": compile_, "results": res, "ratio_ours_over_hf": ratio}
-    for name, r in res.items():
-        print(f"{name:32s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
-    print(f"ours / transformers: {ratio:.2f}x  ({b} x {t} tokens per step, AdamW, {torch.get_num_threads()} threads"
-          f"{', torch.compile' if compile_ else ''})")
-    report.update(report_flops(config, t, {n: r["median_tok_s"] for n, r in res.items()}, "float32"))
-    mem = peak_memory(quick, "float32")
-    print(f"peak memory of our training step (float32; VmHWM of a fresh process): {mem['training_mb']:.0f} MB above "
-          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
-    report["peak_memory"] = mem
-    return report
-
-
-def run_precision(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
-    from llama import Transformer
-
-    config, b, t = throughput_config(quick)
-    data = torch.randint(config.vocab_size, (b, t + 1), generator=torch.Generator().manual_seed(0))
-    fns = {}
-    for dtype in ("float32", "bfloat16"):
-        torch.manual_seed(0)
-        model = Transformer(config)
-        fns[dtype] = _step_fn(model, model, (data[:, :-1], data[:, 1:]), dtype)
-    res = _race(fns, b * t, warmup, steps, rounds)
-    for name, r in res.items():
-        print(f"{name:10s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
-    print(f"bfloat16 / float32: {res['bfloat16']['median_tok_s'] / res['float32']['median_tok_s']:.2f}x")
-    report_flops(config, t, {"bfloat16 autocast": res["bfloat16"]["median_tok_s"]}, "bfloat16")
-    mem = peak_memory(quick, "bfloat16")
-    print(f"peak memory of our training step (bfloat16 autocast; VmHWM): {mem['training_mb']:.0f} MB above "
-          f"the {mem['rss_before_model_mb']:.0f} MB it held before building the model")
-    return res
-
-
-def run_parts(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
-    """The step ``llama train`` runs (the book's loss, AdamW and clipping) against the same step with
-    PyTorch's (F.cross_entropy, fused AdamW, clip_grad_norm_), and with Muon; bfloat16 autocast."""
-    from llama import Transformer
-
-    config, b, t = throughput_config(quick)
-    data = torch.randint(config.vocab_size, (b, t + 1), generator=torch.Generator().manual_seed(0))
-    fns = {}
-    for parts in ("book", "torch", "muon"):
-        torch.manual_seed(0)
-        model = Transformer(config)
-        fns[parts] = _step_fn(model, model, (data[:, :-1], data[:, 1:]), "bfloat16", parts)
-    res = _race(fns, b * t, warmup, steps, rounds)
-    labels = {"book": "book's loss + AdamW + clip", "torch": "F.cross_entropy + fused AdamW + clip_grad_norm_",
-              "muon": "book's loss + Muon + clip"}
-    for name, r in res.items():
-        print(f"{labels[name]:48s} {r['median_tok_s']:>9,.0f} tok/s (median of {rounds} rounds; best {r['best_tok_s']:,.0f})")
-    print(f"book / PyTorch: {res['book']['median_tok_s'] / res['torch']['median_tok_s']:.3f}x; "
-          f"Muon / AdamW: {res['muon']['median_tok_s'] / res['book']['median_tok_s']:.3f}x")
-    return res
+        render("sweep")
 
 
 PARALLEL_CHILD = """
@@ -448,14 +223,45 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
                              "counted_mb": (count["weights"] + count["optimizer"]) / 1e6,
                              "peak_rss_mb": max(int((out / f"rss-{r}.txt").read_text()) for r in range(ranks)) / 1024,
                              "step_ms": 1000 * log[-1]["elapsed"] / n_steps})
-    print(f"\nDDP and FSDP, global batch {global_batch} x {block} tokens, {n_steps} steps, gloo on this machine "
-          f"({os.cpu_count()} cores)")
-    print("| | ranks | weights + AdamW per rank, held (MB) | counted by llama.training.memory (MB) | peak RSS per rank (MB) | ms per step |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['strategy']} | {r['ranks']} | {r['held_mb']:.3f} | {r['counted_mb']:.3f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['step_ms']:.0f} |")
-    return rows
+    return {"global_batch": global_batch, "block": block, "steps": n_steps, "cores": os.cpu_count(), "rows": rows}
+
+
+#: What ``--save`` measures and how each record becomes its results file (train_report.py).
+MEASURE = {
+    "throughput": lambda a: run_throughput(a.quick, a.compile, a.warmup, a.steps, a.rounds),
+    "precision": lambda a: run_precision(a.quick, a.warmup, a.steps, a.rounds),
+    "parts": lambda a: run_parts(a.quick, a.warmup, a.steps, a.rounds),
+    "matmul": lambda a: run_matmul(),
+    "parallel": lambda a: run_parallel(a.quick, a.steps),
+}
+RENDER = {"throughput": train_report.throughput, "precision": train_report.precision, "parts": train_report.parts,
+          "matmul": train_report.matmul, "parallel": train_report.parallel}
+
+
+def rendered(what: str) -> str:
+    """The text of ``results/train-WHAT.md``, from what ``results/`` stores, measuring nothing."""
+    name = f"train-{what}"
+    if what == "quality":
+        return train_report.quality(report.read(name, "python benchmarks/train.py quality --repeats 3"),
+                                    report.read("train-log", "python benchmarks/train.py quality --repeats 3"))
+    if what == "sweep":
+        return train_report.sweep(report.read(name, "python benchmarks/train.py sweep"))
+    return RENDER[what](report.read(name, f"python benchmarks/train.py {what} --save"))
+
+
+def render(what: str) -> None:
+    """Rewrite ``results/train-WHAT.md`` from what ``results/`` stores."""
+    report.write(f"train-{what}", rendered(what))
+
+
+def save(what: str, record: dict) -> None:
+    """Store ``record`` as ``results/train-WHAT.json`` (matmul: replace or add its row) and render it."""
+    if what == "matmul":
+        path = RESULTS / "train-matmul.json"
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        record = [*(r for r in rows if r["label"] != record["label"]), record]
+    (RESULTS / f"train-{what}.json").write_text(json.dumps(record, indent=1) + "\n")
+    render(what)
 
 
 def main(argv=None) -> int:
@@ -471,25 +277,34 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--save", action="store_true", help="write results/train-WHAT.json and .md, what the book "
+                        "shows (quality and sweep always write theirs)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite results/train-WHAT.md from the stored JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        for what in args.what:
+            render(what)
+        return 0
+    if args.quick and (args.save or {"quality", "sweep"} & set(args.what)):
+        parser.error("--quick with --save, quality or sweep would write the tiny sizes' numbers to "
+                     "benchmarks/results/: drop --quick")
+    command = "python benchmarks/train.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     print(machine_line())
     print(f"load average {os.getloadavg()[0]:.2f}")
     for what in args.what:
         if what == "quality":
-            run_quality(args.repeats)
+            run_quality(args.repeats, command)
         elif what == "sweep":
             run_sweep(args.sweep_steps, args.threads, args.only)
-        elif what == "parts":
-            run_parts(args.quick, args.warmup, args.steps, args.rounds)
-        elif what == "parallel":
-            run_parallel(args.quick, args.steps)
-        elif what == "matmul":
-            run_matmul()
-        elif what == "throughput":
-            run_throughput(args.quick, args.compile, args.warmup, args.steps, args.rounds)
         else:
-            run_precision(args.quick, args.warmup, args.steps, args.rounds)
+            load = os.getloadavg()[0]
+            record = {"command": command, "machine": machine(), **MEASURE[what](args), "load_start": round(load, 2),
+                      "load_end": round(os.getloadavg()[0], 2)}
+            print(RENDER[what]([record] if what == "matmul" else record))
+            if args.save:
+                save(what, record)
     return 0
 
 

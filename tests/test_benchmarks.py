@@ -3,6 +3,7 @@ line every benchmark prints, and the llama.cpp peer's files, written by our ``ll
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -29,9 +30,9 @@ def test_machine_line_names_cpu_capability_threads_and_torch():
 
 
 def test_every_benchmark_prints_the_machine_line():
-    for path in sorted((REPO / "benchmarks").glob("*.py")):
-        if path.name == "machine.py":
-            continue
+    scripts = [p for p in sorted((REPO / "benchmarks").glob("*.py")) if "__main__" in p.read_text() and p.name != "machine.py"]
+    assert len(scripts) >= 6, "the benchmark scripts are those with a __main__ block"
+    for path in scripts:
         assert "machine_line(" in path.read_text(), f"{path.name} does not print the machine it ran on"
 
 
@@ -108,12 +109,99 @@ def test_a_page_shows_a_results_file_in_place_of_its_marker(tmp_path):
 
 def test_every_results_marker_of_the_book_names_a_committed_file():
     hook = _bench_hook()
-    found = 0
+    found = quoted = 0
     for page in (REPO / "book").glob("*.md"):
         for match in hook.RESULTS.finditer(page.read_text()):
             found += 1
             assert (REPO / match["path"]).is_file(), f"{page.name}: {match['path']}"
-    assert found, "no page shows a benchmark's results file"
+        for match in hook.RESULT.finditer(page.read_text()):
+            quoted += 1
+            format(hook.lookup(match["path"], match["key"], page.name), match["format"])
+    assert found and quoted, "no page shows a benchmark's results file, or quotes one"
+
+
+def test_a_page_quotes_one_figure_of_a_results_json(tmp_path, monkeypatch):
+    hook = _bench_hook()
+    monkeypatch.setattr(hook, "ROOT", tmp_path)
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "q.json").write_text('{"median": 2.17131, "runs": [577, 598, 450], "n": 43620}')
+    (results / "s.jsonl").write_text('{"name": "muon, lr 8e-3", "steps": 300, "bpb": 2.4171}\n'
+                                     '{"name": "muon, lr 8e-3", "steps": 700, "bpb": 2.1889}\n')
+    text = ("median <!-- result: benchmarks/results/q.json median .3f --> bits, steps "
+            "<!-- result: benchmarks/results/q.json runs/-1 d -->, <!-- result: benchmarks/results/q.json n , --> tokens; "
+            "<!-- result: benchmarks/results/s.jsonl name=muon, lr 8e-3&steps=700/bpb .3f -->×")
+    assert hook.render_results(text, "t.md") == "median 2.171 bits, steps 450, 43,620 tokens; 2.189×"
+    for marker, error in [
+        ("s.jsonl name=muon, lr 8e-3/bpb .3f", "t.md: benchmarks/results/s.jsonl: 2 objects have name=muon, lr 8e-3"),
+        ("q.json runs/3 d", "t.md: benchmarks/results/q.json has no '3' \\(in runs/3\\)"),
+        ("q.json mean .3f", "t.md: benchmarks/results/q.json has no 'mean'"),
+        ("q.json runs .3f", "t.md: benchmarks/results/q.json runs: format '.3f' does not apply"),
+        ("x.json a .3f", "t.md: benchmarks/results/x.json not found"),
+    ]:
+        with pytest.raises(hook.PluginError, match=error):
+            hook.render_results(f"<!-- result: benchmarks/results/{marker} -->", "t.md")
+
+
+def test_the_committed_results_files_are_what_their_json_renders():
+    """A results .md is written from its JSON, never edited: each is what --render would write."""
+    train, finetune = _bench("train"), _bench("finetune")
+    results = REPO / "benchmarks" / "results"
+    checked = []
+    for path in sorted(results.glob("train-*.md")):
+        checked.append(path.name)
+        assert path.read_text() == train.rendered(path.stem.removeprefix("train-")), path.name
+    assert (results / "finetune.md").read_text() == finetune.results_markdown(json.loads((results / "finetune.json").read_text()))
+    if (results / "quantize-quality.json").is_file():
+        quantize = _bench("quantize")
+        assert (results / "quantize-quality.md").read_text() == quantize.quality_markdown(
+            json.loads((results / "quantize-quality.json").read_text()))
+    assert {"train-quality.md", "train-sweep.md"} <= set(checked)
+
+
+def _race(names, extra=None):
+    return {"command": "python benchmarks/train.py x --save", "machine": _bench("machine").machine(), "load_start": 0.4,
+            "load_end": 1.9, "config": {"n_layers": 4, "dim": 128, "vocab_size": 1024}, "batch": [8, 256], "threads": 2,
+            "rounds": 10, "steps": 1, "results": {n: {"median_tok_s": 16599.4 - 100 * i, "best_tok_s": 16708.0}
+                                                   for i, n in enumerate(names)}, **(extra or {})}
+
+
+def test_the_training_benchmarks_write_their_tables_from_their_records():
+    """The records `train.py WHAT --save` stores become tables: the cells a chapter reads, with the
+    command and the machine line first (no measurement here: the records are made up)."""
+    report = _bench("train_report")
+    flops = {"flops_per_token": {"total": 6392832, "weights": 5603328, "attention": 789504},
+             "matmul_peak_flop_s": {"float32": 365.2e9, "bfloat16": 820.0e9},
+             "memory_counted_bytes": {"weights": 4.3e6, "logits": 16.8e6},
+             "peak_memory": {"training_mb": 254.2, "rss_before_model_mb": 400.0}}
+    names = ["llama (ours)", "transformers LlamaForCausalLM"]
+    text = report.throughput(_race(names, {**flops, "compile": False, "ratio_ours_over_hf": 1.0061,
+                                           "engines": {n: {"gflop_s": 106.12, "mfu": 0.2906} for n in names}}))
+    assert text.startswith("`python benchmarks/train.py x --save`; machine: ")
+    assert "| llama (ours) | 16,599 (16,708) | 106.1 | 365.2 | 29% |" in text and "| ours / transformers | 1.01x |" in text
+    assert "6.39 M FLOPs per token" in text and "| peak resident memory of a training step (float32)" in text
+    text = report.precision(_race(["float32", "bfloat16"], {**flops, "ratio_bf16_over_f32": 1.2644, "engines": {
+        n: {"gflop_s": 95.6, "mfu": 0.26} for n in ("float32", "bfloat16")}}))
+    assert "| bfloat16 autocast | 16,499 (16,708) | 95.6 | 820.0 | 26% |" in text and "| 1.26x |" in text
+    text = report.parts(_race(["book", "torch", "muon"]))
+    assert "| the book's, with Muon for the blocks' matrices | 16,399 (16,708) | 0.99x |" in text
+    row = {"label": "AMD EPYC, capability AVX512, 1 thread(s)", "n": 1024, "repeats": 5, "float32_gflop_s": 96.2,
+           "bfloat16_gflop_s": 0.96, "auto": "float32", "command": "python benchmarks/train.py matmul --save",
+           "machine": None, "load_start": 2.4}
+    assert "| AMD EPYC, capability AVX512, 1 thread(s) | 96.2 | 1.0 | 100x slower | float32 |" in report.matmul([row])
+    text = report.parallel({**_race([]), "global_batch": 8, "block": 128, "cores": 2, "steps": 20, "rows": [
+        {"strategy": "fsdp", "ranks": 2, "held_mb": 5.2171, "counted_mb": 5.2171, "peak_rss_mb": 382.4, "step_ms": 128.3}]})
+    assert "| fsdp | 2 | 5.217 | 5.217 | 382 | 128 |" in text
+
+
+def test_render_without_a_stored_run_says_which_command_writes_it(tmp_path, monkeypatch):
+    train = _bench("train")
+    monkeypatch.setattr(train.report, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit, match="benchmarks/results/train-parts.json not found: run `python benchmarks/train.py "
+                                         "parts --save` first"):
+        train.main(["parts", "--render"])
+    with pytest.raises(SystemExit):
+        train.main(["throughput", "--quick", "--save"])
 
 
 def _bench_hook():

@@ -18,7 +18,7 @@ windows for training.
 
 >>> from llama.tokenizers.bpe import BPETokenizer
 >>> from llama.posttraining.special_tokens import add_special_tokens
->>> tok = add_special_tokens(BPETokenizer.train("hello there", 270), CHAT_TOKENS)
+>>> tok = add_special_tokens(BPETokenizer.train("hello there, hello here", 262), CHAT_TOKENS)
 >>> chat = ChatFormat(tok)
 >>> ids, mask = chat.encode([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
 >>> tok.decode(i for i, m in zip(ids, mask) if m)

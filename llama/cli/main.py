@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 #: The subcommands, in the order a reader meets them in the book: each is ``llama.cli.<name>``.
-SUBCOMMANDS = ["download", "tokenize", "generate", "convert", "train", "finetune"]
+SUBCOMMANDS = ["download", "tokenize", "generate", "convert", "train", "finetune", "chat"]
 
 
 def build_parser() -> argparse.ArgumentParser:

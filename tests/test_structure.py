@@ -22,7 +22,7 @@ MODULES = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in
 SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
 #: Bottom to top. ``_files`` and ``_exports`` are private helpers every package may use.
-LAYERS = ["_files", "_exports", "model", "quantization", "formats", "tokenizers", "inference", "data", "training", "cli"]
+LAYERS = ["_files", "_exports", "model", "quantization", "formats", "tokenizers", "inference", "data", "training", "posttraining", "cli"]
 MAX_LINES = 450  # "about 400": a module past this does more than one job
 
 

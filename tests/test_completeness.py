@@ -86,7 +86,7 @@ def test_chapter_has_exercises(chapter_page):
 
 
 # --- One path through the book: parts, Home's list, where to go next, the API's landing page ------
-PARTS = ["I. The model", "II. Text in, text out", "III. Training", "IV. Adapting and shipping"]
+PARTS = ["I. The model", "II. Text in, text out", "III. Training", "IV. Adapting and shipping", "V. After pre-training"]
 LINK = re.compile(r"\[[^\]]*\]\(([^)#\s]+\.(?:md|ipynb))(?:#[^)]*)?\)")
 
 

@@ -121,7 +121,7 @@ def test_the_parsers_take_linear_time_on_long_garbage():
     for task in (make_task("sort_words"), make_task("addition")):
         task.grade("Answer: " + "ab " * 3000 + "1", Problem("p", "x"))
         task.grade("Answer: " + "1," * 3000 + "1x", Problem("p", "x"))
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0  # backtracking would take minutes
 
 
 def test_grader_refuses_what_is_not_a_reply_or_a_problem():

@@ -44,6 +44,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     each in [0, 1]: no binomial coefficient is formed, so nothing overflows (``comb(200, 100)``
     has 59 digits) and the result is exact to a few units in the last place.
 
+    Args:
+        n: the samples drawn for the problem.
+        c: how many of them are correct.
+        k: the tries allowed.
+
+    Returns:
+        The probability that ``k`` of the ``n`` samples, chosen without replacement, hold a correct one.
+
     Raises:
         ValueError: a count that is not a non-negative integer, ``c > n``, ``k < 1`` or ``k > n``.
     """
@@ -88,6 +96,19 @@ def replies(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str], ma
     sampling, batch ``i`` draws with seed ``sampling.seed + i``, so two batches of the same prompts
     do not draw the same replies.
 
+    Args:
+        model: the language model.
+        tokenizer: its tokenizer.
+        prompts: the problems' prompts.
+        max_new_tokens: the longest reply, in tokens.
+        sampling: how tokens are chosen (default: greedy).
+        batch_size: prompts generated together.
+        format_prompt: turns a prompt into the model's input text.
+        stop: strings that end a reply.
+
+    Returns:
+        The reply to each prompt, in order.
+
     Raises:
         ValueError: a prompt plus ``max_new_tokens`` longer than the model's ``max_seq_len``, or
             ``batch_size`` below 1.
@@ -118,6 +139,12 @@ def bits_per_byte(model: Transformer, tokenizer: Tokenizer, tokens: np.ndarray |
         tokens: the token ids of the text (e.g. a run's ``data/val.npy``), or the text itself.
         block_size: the window of each forward pass (default: the model's ``max_seq_len``).
         max_tokens: predict only this many tokens (default: all).
+
+    Returns:
+        Bits per byte: the total loss in bits over the bytes the predicted tokens decode to.
+
+    Raises:
+        ValueError: fewer than 2 tokens.
     """
     if isinstance(tokens, str):
         tokens = np.asarray(tokenizer.encode(tokens), dtype=np.int64)
@@ -177,7 +204,8 @@ def evaluate_task(model: Transformer, tokenizer: Tokenizer, task: Task, problems
         max_new_tokens: the longest reply, in tokens.
         samples: sampled replies per problem for pass@k (0: greedy only).
         ks: the k of each pass@k to report, each at most ``samples``.
-        temperature, seed: how the samples are drawn (:class:`~llama.inference.sampling.Sampling`).
+        temperature: the temperature the samples are drawn at (:class:`~llama.inference.sampling.Sampling`).
+        seed: the seed of the samples' random stream.
         format_prompt: turns a prompt into the model's input text (a chat format, say).
         stop: strings that end a reply (see :func:`replies`).
         bpb_tokens: the pre-training validation tokens (or text) to measure bits per byte on.

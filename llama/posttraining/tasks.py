@@ -52,6 +52,12 @@ def parse_answer(reply: str) -> str | None:
     after it. Refused (``None``): no line that starts with ``Answer:``, or an empty value. Whether
     the value itself is well formed (a number, a list of words) is the task's to say.
 
+    Args:
+        reply: the model's reply, decoded to text.
+
+    Returns:
+        The value, stripped, or ``None``.
+
     Raises:
         TypeError: ``reply`` is not a string (token ids must be decoded first).
 
@@ -237,6 +243,13 @@ class Task:
     def grade(self, reply: str, problem: Problem) -> Grade:
         """Grade one reply to ``problem``: read its ``Answer:`` value, normalise it, compare.
 
+        Args:
+            reply: the model's reply, decoded to text.
+            problem: the problem it answers.
+
+        Returns:
+            The reward, whether the reply kept the format, and the value read.
+
         Raises:
             TypeError: ``reply`` is not a string, or ``problem`` not a :class:`Problem`.
         """
@@ -288,6 +301,17 @@ def corpus(tasks: Sequence[Task], n: int, seed: int) -> str:
     """``n`` training problems with their answers, from ``tasks`` taken at random, one blank line between.
 
     No held-out problem is among them (each task's :meth:`Task.train` stream).
+
+    Args:
+        tasks: the tasks to draw from, each problem's task chosen at random.
+        n: how many problems.
+        seed: seeds the choice of tasks and each task's stream.
+
+    Returns:
+        The text, each problem as :func:`document` writes it.
+
+    Raises:
+        ValueError: ``n`` is not a positive integer, or ``tasks`` holds something that is not a task.
     """
     _check_count(n)
     if not tasks or not all(isinstance(t, Task) for t in tasks):

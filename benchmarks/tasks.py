@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/tasks.py            # eight training runs of at most two minutes each (about 17 minutes on 2 cores)
+    python benchmarks/tasks.py            # eight training runs of at most two minutes each (about 20 minutes on 2 cores)
     python benchmarks/tasks.py --save     # the same, then benchmarks/results/tasks.{json,md}
     python benchmarks/tasks.py --quick    # the tiny model, a few steps, two runs: check that the script runs
 

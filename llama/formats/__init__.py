@@ -1,6 +1,9 @@
-"""Model files: the checkpoint formats a reader meets (Hugging Face, Meta, llama2.c, GGUF, quantized), read into our names and written back.
+"""Model files: the checkpoint formats a reader meets (Hugging Face, Meta, llama2.c, GGUF, quantized), read
+into our names and written back.
 
-Modules, in the order the book meets them: :mod:`~llama.formats.convert`, :mod:`~llama.formats.checkpoint`, :mod:`~llama.formats.llama2c`, :mod:`~llama.formats.gguf`, :mod:`~llama.formats.gguf_quant`, :mod:`~llama.formats.load`.
+Modules, in the order the book meets them: :mod:`~llama.formats.convert`,
+:mod:`~llama.formats.checkpoint`, :mod:`~llama.formats.llama2c`, :mod:`~llama.formats.gguf`,
+:mod:`~llama.formats.gguf_quant`, :mod:`~llama.formats.load`.
 Every public name of these modules can be imported from the package itself
 (``from llama.formats import ...``): it is loaded on first use.
 """

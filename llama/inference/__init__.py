@@ -1,6 +1,7 @@
 """Inference (part II): sampling the next token and the decoding loops around the model.
 
-Modules, in the order the book meets them: :mod:`~llama.inference.sampling`, :mod:`~llama.inference.generation`.
+Modules, in the order the book meets them: :mod:`~llama.inference.sampling`,
+:mod:`~llama.inference.generation`.
 Every public name of these modules can be imported from the package itself
 (``from llama.inference import ...``): it is loaded on first use.
 """

@@ -1,6 +1,8 @@
 """The model (part I of the book): its configuration, its layers and the Transformer that stacks them.
 
-Modules, in the order the book meets them: :mod:`~llama.model.config`, :mod:`~llama.model.norm`, :mod:`~llama.model.rope`, :mod:`~llama.model.linear`, :mod:`~llama.model.attention`, :mod:`~llama.model.feed_forward`, :mod:`~llama.model.transformer`, :mod:`~llama.model.reference`.
+Modules, in the order the book meets them: :mod:`~llama.model.config`, :mod:`~llama.model.norm`,
+:mod:`~llama.model.rope`, :mod:`~llama.model.linear`, :mod:`~llama.model.attention`,
+:mod:`~llama.model.feed_forward`, :mod:`~llama.model.transformer`, :mod:`~llama.model.reference`.
 Every public name of these modules can be imported from the package itself
 (``from llama.model import ...``): it is loaded on first use.
 """

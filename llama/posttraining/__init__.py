@@ -1,6 +1,9 @@
-"""After pre-training (part V of the book): the chat format, and what turns a model of text into an assistant.
+"""After pre-training (part V): a chat format for the book's models, tasks whose answers a program can
+check, and their evaluation.
 
-Modules, in the order the book meets them: :mod:`~llama.posttraining.special_tokens`, :mod:`~llama.posttraining.chat`, :mod:`~llama.posttraining.chat_session`.
+Modules, in the order the book meets them: :mod:`~llama.posttraining.special_tokens`,
+:mod:`~llama.posttraining.chat`, :mod:`~llama.posttraining.chat_session`,
+:mod:`~llama.posttraining.tasks`, :mod:`~llama.posttraining.evaluate`.
 Every public name of these modules can be imported from the package itself
 (``from llama.posttraining import ...``): it is loaded on first use.
 """
@@ -12,11 +15,17 @@ from typing import TYPE_CHECKING
 from llama._exports import lazy_exports
 
 _EXPORTS = {
-    "add_special_tokens": "special_tokens", "special_token_ids": "special_tokens", "save_tokenizer": "special_tokens",
-    "write_model_proto": "special_tokens", "resize_vocab": "special_tokens",
+    "add_special_tokens": "special_tokens", "special_token_ids": "special_tokens",
+    "save_tokenizer": "special_tokens", "write_model_proto": "special_tokens",
+    "resize_vocab": "special_tokens",
     "CHAT_TOKENS": "chat", "ROLES": "chat", "LLAMA3_CHAT_TEMPLATE": "chat", "ChatFormat": "chat",
     "check_template": "chat", "pack": "chat",
     "ChatSession": "chat_session",
+    "ANSWER_PREFIX": "tasks", "HELD_OUT_FRACTION": "tasks", "HELD_OUT_SEED": "tasks", "WORDS": "tasks",
+    "TASKS": "tasks", "Problem": "tasks", "Grade": "tasks", "Task": "tasks", "make_task": "tasks",
+    "parse_answer": "tasks", "document": "tasks", "corpus": "tasks", "write_corpus": "tasks",
+    "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "replies": "evaluate",
+    "bits_per_byte": "evaluate", "TaskEvaluation": "evaluate", "evaluate_task": "evaluate",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -25,5 +34,14 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
     from llama.posttraining.special_tokens import (
         add_special_tokens, resize_vocab, save_tokenizer, special_token_ids, write_model_proto,
     )
-    from llama.posttraining.chat import CHAT_TOKENS, LLAMA3_CHAT_TEMPLATE, ROLES, ChatFormat, check_template, pack
+    from llama.posttraining.chat import (
+        CHAT_TOKENS, ChatFormat, LLAMA3_CHAT_TEMPLATE, ROLES, check_template, pack,
+    )
     from llama.posttraining.chat_session import ChatSession
+    from llama.posttraining.tasks import (
+        ANSWER_PREFIX, Grade, HELD_OUT_FRACTION, HELD_OUT_SEED, Problem, TASKS, Task, WORDS, corpus,
+        document, make_task, parse_answer, write_corpus,
+    )
+    from llama.posttraining.evaluate import (
+        TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, replies,
+    )

@@ -1,6 +1,8 @@
 """Tokenizers (part II): byte-level BPE and SentencePiece, written by hand, and one loader for both.
 
-Modules, in the order the book meets them: :mod:`~llama.tokenizers.pretokenize`, :mod:`~llama.tokenizers.bpe`, :mod:`~llama.tokenizers.protobuf`, :mod:`~llama.tokenizers.spm_vocab`, :mod:`~llama.tokenizers.spm`, :mod:`~llama.tokenizers.tokenizer`, :mod:`~llama.tokenizers.gguf_vocab`.
+Modules, in the order the book meets them: :mod:`~llama.tokenizers.pretokenize`,
+:mod:`~llama.tokenizers.bpe`, :mod:`~llama.tokenizers.protobuf`, :mod:`~llama.tokenizers.spm_vocab`,
+:mod:`~llama.tokenizers.spm`, :mod:`~llama.tokenizers.tokenizer`, :mod:`~llama.tokenizers.gguf_vocab`.
 Every public name of these modules can be imported from the package itself
 (``from llama.tokenizers import ...``): it is loaded on first use.
 """

@@ -1,6 +1,12 @@
-"""Training (parts III and IV): the settings of a run, its loss, optimizers and precision, the loop, its checkpoints, data parallelism and fine-tuning.
+"""Training (parts III and IV): the settings of a run, its loss, optimizers and precision, the loop, its
+checkpoints, data parallelism and fine-tuning.
 
-Modules, in the order the book meets them: :mod:`~llama.training.config`, :mod:`~llama.training.precision`, :mod:`~llama.training.loss`, :mod:`~llama.training.optim`, :mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.run_folder`, :mod:`~llama.training.state`, :mod:`~llama.training.distributed`, :mod:`~llama.training.fsdp`, :mod:`~llama.training.sharded`, :mod:`~llama.training.lora`, :mod:`~llama.training.finetune`, :mod:`~llama.training.loop`.
+Modules, in the order the book meets them: :mod:`~llama.training.config`,
+:mod:`~llama.training.precision`, :mod:`~llama.training.loss`, :mod:`~llama.training.optim`,
+:mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.run_folder`,
+:mod:`~llama.training.state`, :mod:`~llama.training.distributed`, :mod:`~llama.training.fsdp`,
+:mod:`~llama.training.sharded`, :mod:`~llama.training.lora`, :mod:`~llama.training.finetune`,
+:mod:`~llama.training.loop`.
 Every public name of these modules can be imported from the package itself
 (``from llama.training import ...``): it is loaded on first use.
 """

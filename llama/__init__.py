@@ -3,7 +3,7 @@
 The sub-packages follow the book's parts, and import one way, from the bottom up:
 ``llama.model`` (part I), ``llama.quantization``, ``llama.formats``,
 ``llama.tokenizers`` and ``llama.inference`` (part II), ``llama.data`` and
-``llama.training`` (parts III and IV), and ``llama.cli`` on top. The names a first example
+``llama.training`` (parts III and IV), ``llama.posttraining`` (part V), and ``llama.cli`` on top. The names a first example
 needs can be imported from ``llama`` itself.
 """
 

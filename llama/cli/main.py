@@ -1,7 +1,7 @@
 """The ``llama`` command line: the parser, and one place where a user's mistake becomes one line.
 
 Each subcommand is a module of this package (``download``, ``tokenize``, ``generate``,
-``convert``, ``train``, ``finetune``) with an ``add`` function that declares its flags and a
+``convert``, ``train``, ``finetune``, ``chat``) with an ``add`` function that declares its flags and a
 ``run`` function that does the work by calling the library. Errors that a user can fix (a
 missing file, a bad flag) are raised as ``ValueError``/``FileNotFoundError`` by the library and
 printed here as one line, without a traceback.

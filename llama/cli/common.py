@@ -71,6 +71,22 @@ def quantize_flags(args) -> tuple[int, int | None] | None:
     return (8 if args.quantize == "int8" else 4), args.group_size
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag of each setting a (sub)command's parser fills: ``{"batch_size": "--batch-size", ...}``.
+
+    The one mapping from a setting's name (argparse's ``dest``, a field of
+    :class:`~llama.training.config.TrainConfig`) to the flag that sets it, read from the parser
+    itself so that it cannot disagree with it: the longest of the flag's spellings.
+
+    Args:
+        parser: the parser of the command that ran (``llama train``'s, say).
+
+    Returns:
+        Setting name -> flag.
+    """
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+
+
 # --8<-- [start:config_from_args]
 def config_from_args(args: argparse.Namespace, preset: Mapping[str, Any] | None = None,
                      defaults: Mapping[str, Any] | None = None) -> tuple[TrainConfig, bool, set[str]]:

@@ -40,6 +40,9 @@ def add(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for the log, checkpoints and adapter")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
     p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
+    # What the refusal of windows longer than the base's context offers: lengthening it knowingly.
+    p.add_argument("--max-seq-len", type=int, default=S,
+                   help="the model's longest sequence (default: the base's context)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-rank", type=int, default=S,
                    help=f"rank of the adapters; 0 trains every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")

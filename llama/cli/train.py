@@ -43,6 +43,7 @@ def add(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+# --8<-- [start:config_from_args]
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
     """The settings of ``llama train`` from its parsed flags: a ``--recipe``'s values count as
     given, and the flags given beside it override them (:func:`llama.cli.common.config_from_args`).
@@ -61,6 +62,7 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
     from llama.training.config import RECIPES
 
     return config_from_args(args, preset=RECIPES.get(getattr(args, "recipe", None), {}))
+# --8<-- [end:config_from_args]
 
 
 def run(args) -> int:

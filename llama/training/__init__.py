@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from llama._exports import lazy_exports
 
 _EXPORTS = {
-    "MODEL_SIZES": "config", "RECIPES": "config", "TrainConfig": "config", "model_config": "config",
+    "MODEL_SIZES": "config", "RECIPES": "config", "SettingError": "config", "TrainConfig": "config", "model_config": "config",
     "base_config": "config", "memory_needed": "config", "check_memory": "config",
     "DTYPES": "precision", "BF16_FEATURES": "precision", "resolve_dtype": "precision",
     "bf16_support": "precision", "fast_dtype": "precision", "cpu_bf16_features": "precision",
@@ -49,7 +49,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and the API pages read
     from llama.training.config import (
-        MODEL_SIZES, RECIPES, TrainConfig, base_config, check_memory, memory_needed, model_config,
+        MODEL_SIZES, RECIPES, SettingError, TrainConfig, base_config, check_memory, memory_needed, model_config,
     )
     from llama.training.precision import (
         BF16_FEATURES, DTYPES, bf16_support, cpu_bf16_features, emulation_warning, fast_dtype,

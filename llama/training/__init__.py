@@ -16,7 +16,7 @@ _EXPORTS = {
     "base_config": "config", "memory_needed": "config", "check_memory": "config",
     "DTYPES": "precision", "BF16_FEATURES": "precision", "resolve_dtype": "precision",
     "bf16_support": "precision", "fast_dtype": "precision", "cpu_bf16_features": "precision",
-    "measure_bf16_slowdown": "precision", "emulation_warning": "precision",
+    "measure_bf16_slowdown": "precision", "emulation_warning": "precision", "choose_dtype": "precision",
     "log_sum_exp": "loss", "CrossEntropy": "loss", "cross_entropy": "loss",
     "lr_at": "optim", "AdamW": "optim", "Muon": "optim", "newton_schulz": "optim", "clip_grad_norm": "optim",
     "make_optimizer": "optim", "OPTIMIZERS": "optim",
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         MODEL_SIZES, RECIPES, SettingError, TrainConfig, base_config, check_memory, memory_needed, model_config,
     )
     from llama.training.precision import (
-        BF16_FEATURES, DTYPES, bf16_support, cpu_bf16_features, emulation_warning, fast_dtype,
+        BF16_FEATURES, DTYPES, bf16_support, choose_dtype, cpu_bf16_features, emulation_warning, fast_dtype,
         measure_bf16_slowdown, resolve_dtype,
     )
     from llama.training.loss import CrossEntropy, cross_entropy, log_sum_exp

@@ -23,8 +23,7 @@ import os
 import struct
 from pathlib import Path
 
-from llama._files import open_for_reading
-from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer
+from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer, is_bpe_file
 from llama.formats.gguf import GGUFVocab, read_gguf_vocab
 from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.spm_vocab import CONTROL
@@ -43,11 +42,7 @@ def vocab_from_sentencepiece(path: str | os.PathLike) -> GGUFVocab:
             file that is not a SentencePiece BPE model, or one whose normalization GGUF cannot record.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
-    with open_for_reading(path) as f:
-        head = f.read(1)
-    if head == b"{":
+    if is_bpe_file(path):
         raise ValueError(f"{path} is a byte-level BPE tokenizer (.json), not SentencePiece: read it with "
                          "vocab_from_tokenizer, which takes either")
     tok = SentencePieceTokenizer(path)
@@ -119,11 +114,9 @@ def vocab_from_tokenizer(path: str | os.PathLike) -> GGUFVocab:
         ValueError: a file neither reads, or a tokenizer that GGUF cannot hold as it encodes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
-    with open_for_reading(path) as f:
-        head = f.read(1)
-    return vocab_from_bpe(BPETokenizer.load(path), str(path)) if head == b"{" else vocab_from_sentencepiece(path)
+    if is_bpe_file(path):
+        return vocab_from_bpe(BPETokenizer.load(path), str(path))
+    return vocab_from_sentencepiece(path)
 
 
 def _bpe_from_vocab(vocab: GGUFVocab, path: str | os.PathLike) -> BPETokenizer:

@@ -1,6 +1,6 @@
 """Training (parts III and IV): the settings of a run, its loss, optimizers and precision, the loop, its checkpoints, data parallelism and fine-tuning.
 
-Modules, in the order the book meets them: :mod:`~llama.training.config`, :mod:`~llama.training.precision`, :mod:`~llama.training.loss`, :mod:`~llama.training.optim`, :mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.run_folder`, :mod:`~llama.training.state`, :mod:`~llama.training.distributed`, :mod:`~llama.training.fsdp`, :mod:`~llama.training.sharded`, :mod:`~llama.training.lora`, :mod:`~llama.training.finetune`, :mod:`~llama.training.loop`.
+Modules, in the order the book meets them: :mod:`~llama.training.config`, :mod:`~llama.training.precision`, :mod:`~llama.training.loss`, :mod:`~llama.training.optim`, :mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.run_folder`, :mod:`~llama.training.state`, :mod:`~llama.training.tokenizer`, :mod:`~llama.training.distributed`, :mod:`~llama.training.fsdp`, :mod:`~llama.training.sharded`, :mod:`~llama.training.lora`, :mod:`~llama.training.finetune`, :mod:`~llama.training.loop`.
 Every public name of these modules can be imported from the package itself
 (``from llama.training import ...``): it is loaded on first use.
 """
@@ -29,6 +29,7 @@ _EXPORTS = {
     "merge_resume": "state", "preflight": "state", "prepare_run": "state", "save_checkpoint": "state",
     "publish_checkpoint": "state", "latest_checkpoint": "state", "resume_checkpoint": "state",
     "load_checkpoint": "state", "restore_generators": "state", "read_log": "state", "trim_log": "state",
+    "build_tokenizer": "tokenizer",
     "RENDEZVOUS_TIMEOUT": "distributed", "Dist": "distributed", "setup": "distributed",
     "teardown": "distributed", "wrap_model": "distributed", "no_grad_sync": "distributed",
     "local_part": "distributed", "all_finite": "distributed", "on_rank0": "distributed",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         latest_checkpoint, load_checkpoint, merge_resume, preflight, prepare_run, publish_checkpoint,
         read_log, restore_generators, resume_checkpoint, save_checkpoint, trim_log,
     )
+    from llama.training.tokenizer import build_tokenizer
     from llama.training.distributed import (
         Dist, RENDEZVOUS_TIMEOUT, all_finite, broadcast_from_rank0, local_part, no_grad_sync, on_rank0,
         setup, teardown, wrap_model,

@@ -4,7 +4,7 @@ What one run writes into ``--out DIR`` (only rank 0 writes):
 
 * ``run.json``: the run's settings (a later ``--resume`` must agree with them), ``dtype`` being
   the one ``--dtype auto`` chose, with why (``dtype_reason``);
-* ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece);
+* ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece): :mod:`llama.training.tokenizer`;
 * ``data/{train,val}.npy``: the token ids, tokenized once, memory-mapped;
 * ``log.jsonl``: one JSON record per evaluation (loss, perplexity, bits per byte, lr, time);
 * ``checkpoints/step-NNNNNNN/``: weights and optimizer state as safetensors, everything else
@@ -37,6 +37,7 @@ from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer
 from llama.training.run_folder import latest_name
 from llama.training.config import TrainConfig, check_memory, model_config
+from llama.training.tokenizer import build_tokenizer
 
 __all__ = [
     "merge_resume",
@@ -113,52 +114,6 @@ def preflight(cfg: TrainConfig, device: torch.device) -> None:
     check_memory(cfg, model_config(cfg, 256 if cfg.tokenizer == "bytes" else cfg.vocab_size), device)
 
 
-def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path, saved: dict[str, Any] | None):
-    """Train or load the tokenizer into ``out``; returns (tokenizer, its file)."""
-    from llama.tokenizers.tokenizer import BPETokenizer, load_tokenizer, train_sentencepiece
-
-    found = [p for p in (out / "tokenizer.json", out / "tokenizer.model") if p.is_file()]
-    if found:
-        tok = load_tokenizer(found[0])
-        _check_tokenizer(cfg, tok, found, saved)
-        return tok, found[0]
-    if cfg.tokenizer in ("bytes", "bpe", "sentencepiece"):
-        train_text = split_bytes(read_text(text_path))[0].decode("utf-8")  # never the validation text
-        if cfg.tokenizer == "sentencepiece":
-            path = out / "tokenizer.model"
-            return train_sentencepiece(train_text, cfg.vocab_size, path), path
-        tok = BPETokenizer([]) if cfg.tokenizer == "bytes" else BPETokenizer.train(train_text, cfg.vocab_size)
-        path = out / "tokenizer.json"
-        tok.save(path)
-        return tok, path
-    source = Path(cfg.tokenizer)
-    if not source.is_file():
-        raise FileNotFoundError(f"--tokenizer {source}: no such file; give bytes, bpe, sentencepiece or a saved tokenizer")
-    tok = load_tokenizer(source)
-    path = out / ("tokenizer.json" if source.read_bytes()[:1] == b"{" else "tokenizer.model")
-    atomic_write_bytes(path, source.read_bytes())
-    return tok, path
-
-
-def _check_tokenizer(cfg: TrainConfig, tok: Any, found: list[Path], saved: dict[str, Any] | None) -> None:
-    """The tokenizer file in a run folder must be the one its settings made: a run trained with
-    another one would learn, and report, something other than what ``run.json`` says."""
-    path = found[0]
-    wanted = {"bytes": (".json", 256), "bpe": (".json", cfg.vocab_size),
-              "sentencepiece": (".model", cfg.vocab_size)}.get(cfg.tokenizer)
-    problem = None
-    if len(found) > 1:
-        problem = "the folder holds both tokenizer.json and tokenizer.model"
-    elif saved is not None and saved.get("tokenizer_sha256") not in (None, sha256_file(path)):
-        problem = "it is not the file the run was started with (its sha256 differs)"
-    elif wanted is not None and (path.suffix, tok.vocab_size) != wanted:
-        problem = f"that makes a {wanted[0]} file of {wanted[1]} tokens, but it is a {path.suffix} file of {tok.vocab_size}"
-    if problem:
-        raise ValueError(f"{path} does not belong to this run (--tokenizer {cfg.tokenizer}, --vocab-size "
-                         f"{cfg.vocab_size}): {problem}. Put back the run's tokenizer (every checkpoint folder "
-                         "holds a copy), or start a new run in another --out")
-
-
 def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
                 write: bool, notes: dict[str, Any] | None = None) -> tuple[Any, Path, TokenData]:
     """The run's tokenizer and token ids, made in its folder the first time and read after that.
@@ -166,7 +121,8 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
     With ``write`` (rank 0 only, before the others call this without it): a new run records its
     settings in ``run.json``, with the number of processes, the text's sha256 and ``notes``
     (why the run computes in its dtype, ``dtype_reason``); a resumed run
-    checks that the text is the one it was trained on. Then the tokenizer is trained (or copied)
+    checks that the text is the one it was trained on. Then the tokenizer is trained (or copied:
+    :func:`llama.training.tokenizer.build_tokenizer`)
     and the text tokenized, unless their files are already there.
 
     Args:
@@ -195,7 +151,7 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
-    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out, saved)
+    tokenizer, tok_file = build_tokenizer(cfg, text_path, out, saved)
     tok_sha = sha256_file(tok_file)
     if write and (saved or {}).get("tokenizer_sha256") != tok_sha:  # recorded once it exists; checked on resume
         run = json.loads((out / "run.json").read_text())

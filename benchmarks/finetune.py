@@ -38,7 +38,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from llama.formats.load import load_model
+from llama.formats.load import load_model  # noqa: E402
 
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
@@ -144,7 +144,6 @@ def main(argv=None) -> int:
     import torch
 
     from llama.training.lora import load_adapter, trainable_parameters
-    from llama.model.transformer import Transformer
     from llama.tokenizers.tokenizer import load_tokenizer
     from llama.training.loop import evaluate
     from llama.data.pipeline import token_byte_lengths
@@ -189,7 +188,7 @@ def main(argv=None) -> int:
     print(machine_line())
     print(f"\nvalidation of the lovers' text: {before['tokens']} tokens, {before['bytes']} bytes; "
           f"base model before fine-tuning: {before['bpb']:.4f} bits per byte")
-    print(f"| run | val bits per byte | trainable parameters | share | optimizer state | peak memory | training time |")
+    print("| run | val bits per byte | trainable parameters | share | optimizer state | peak memory | training time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| base (before) | {before['bpb']:.3f} | 0 | 0 | 0 | | |")
     for r in rows:

@@ -150,7 +150,7 @@ def table(shapes, march: str) -> None:
         with torch.no_grad():
             step = compiled(lambda x: [(w * x).sum(-1) for w in weights])  # Linear's one-row product
             f32 = {"F.linear": timed(lambda: [F.linear(x, w) for w in weights]), "compiled": timed(lambda: step(x))}
-            del step
+            step = None  # frees the compiled function before the next shape
             for name, seconds in f32.items():
                 rate = 4 * out * inp * k / seconds / 1e9
                 print(f"| {out}x{inp} | {k} | float32 | {name} | {rate:.1f} | {f32['compiled'] / seconds:.2f}x |")

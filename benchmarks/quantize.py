@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 from llama import ModelConfig, Transformer  # noqa: E402
 from llama.inference.generation import CompiledDecoder, generate_batch  # noqa: E402
 from llama.quantization.weights import QuantizedLinear, quantize  # noqa: E402
-from llama.formats.load import load_model
+from llama.formats.load import load_model  # noqa: E402
 
 #: The steps the training chapter's 120-second recipe reached on the book's idle machine
 #: (benchmarks/results/train-log.jsonl): counted in steps, a loaded machine trains the same model.

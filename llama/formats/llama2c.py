@@ -196,7 +196,7 @@ def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.Path
             "w2": "feed_forward.w2", "w3": "feed_forward.w3"}
 
     def blocks():
-        for name, _, copies in llama2c_layout(config):
+        for name, _, _copies in llama2c_layout(config):
             if name in rope:
                 yield rope[name]
             elif name in ("tok_embeddings", "norm", "output"):  # not copies == 1: a one-layer model has one of each

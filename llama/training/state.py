@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama._files import atomic_write_bytes, atomic_write_text, default_mode, make_temp_dir
+from llama._files import atomic_write_text, default_mode, make_temp_dir
 from llama.data.pipeline import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer

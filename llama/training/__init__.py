@@ -28,7 +28,8 @@ _EXPORTS = {
     "kept_after_stop": "run_folder",
     "merge_resume": "state", "preflight": "state", "prepare_run": "state", "save_checkpoint": "state",
     "publish_checkpoint": "state", "latest_checkpoint": "state", "resume_checkpoint": "state",
-    "load_checkpoint": "state", "restore_generators": "state", "read_log": "state", "trim_log": "state",
+    "load_checkpoint": "state", "restore_generators": "state", "read_log": "state", "append_log": "state",
+    "trim_log": "state", "finish_run": "state",
     "build_tokenizer": "tokenizer",
     "RENDEZVOUS_TIMEOUT": "distributed", "Dist": "distributed", "setup": "distributed",
     "teardown": "distributed", "wrap_model": "distributed", "no_grad_sync": "distributed",
@@ -69,8 +70,8 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         remove_partial,
     )
     from llama.training.state import (
-        latest_checkpoint, load_checkpoint, merge_resume, preflight, prepare_run, publish_checkpoint,
-        read_log, restore_generators, resume_checkpoint, save_checkpoint, trim_log,
+        append_log, finish_run, latest_checkpoint, load_checkpoint, merge_resume, preflight, prepare_run,
+        publish_checkpoint, read_log, restore_generators, resume_checkpoint, save_checkpoint, trim_log,
     )
     from llama.training.tokenizer import build_tokenizer
     from llama.training.distributed import (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
 import os
 import sys
@@ -24,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama._files import atomic_write_text
 from llama.data.pipeline import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
 from llama.training.distributed import Dist, all_finite, broadcast_from_rank0, no_grad_sync, on_rank0, setup, teardown, wrap_model
 from llama.training.sharded import load_sharded, save_sharded
-from llama.training.finetune import build_model, save_final
+from llama.training.finetune import build_model
 from llama.training.fsdp import checkpoint_activations, full_state_dict, held_bytes, shard
 from llama.training.loss import cross_entropy
 from llama.model.transformer import Transformer
@@ -36,7 +34,8 @@ from llama.training.optim import clip_grad_norm, lr_at, make_optimizer
 from llama.training.precision import choose_dtype
 from llama.training.run_folder import RunLock, check_out, kept_after_stop, remove_new_run, remove_partial
 from llama.training.config import TrainConfig, check_memory, model_config
-from llama.training.state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
+from llama.training.state import (append_log, finish_run, merge_resume, preflight, prepare_run, resume_checkpoint,
+                                  save_checkpoint, trim_log)
 
 __all__ = ["evaluate", "train_step", "train"]
 
@@ -275,7 +274,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
                 raise _diverged(cfg, resume, step, f"the loss was {loss:.4g}, but the update made weights non-finite")
             record = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3), "lr": lr,
                       "train_loss": sum(losses) / len(losses), **_validate(net, model, cfg, dist, data.val, byte_lengths)}
-            _append_log(log, record, dist)
+            if rank == 0:
+                append_log(log, record)
             losses.clear()
             state = {"step": step, "elapsed": time.perf_counter() - start, "model_config": mconf.to_dict(),
                      "train_config": dataclasses.asdict(cfg), "bytes_per_rank": held_bytes(model, optimizer, dist)}
@@ -295,14 +295,15 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         bar = _final_progress(bar, cfg, step, elapsed, len(data.val) - 1, world)
     final = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3), "lr": lr, "train_loss": None,
              **_validate(net, model, cfg, dist, data.val, byte_lengths, final=True, bar=bar), "final": True}
-    _append_log(log, final, dist)
+    if rank == 0:
+        append_log(log, final)
     if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
         if rank == 0:
             model = Transformer(mconf)
             model.load_state_dict(whole)
     if rank == 0:
-        _finish(out, model, tokenizer, tok_file, cfg)
+        finish_run(out, model, tokenizer, tok_file, cfg)
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the model
     return final
@@ -311,10 +312,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
 def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
     """The fraction of the run done at ``step``, ``elapsed`` seconds in: of its steps, of its time,
     or the larger of the two."""
-    fractions = [step / cfg.max_steps] if cfg.max_steps else []
-    if cfg.max_time:
-        fractions.append(elapsed / cfg.max_time)
-    return max(fractions)
+    return max(step / cfg.max_steps if cfg.max_steps else 0.0, elapsed / cfg.max_time if cfg.max_time else 0.0)
 
 
 def _clock(start: float, cfg: TrainConfig, dist: Dist) -> float:
@@ -338,13 +336,6 @@ def _validate(net: torch.nn.Module, model: torch.nn.Module, cfg: TrainConfig, di
         model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
     net.train()
     return {f"val_{k}": v for k, v in result.items()}
-
-
-def _append_log(log: Path, record: dict[str, Any], dist: Dist) -> None:
-    """Rank 0 appends ``record`` to ``log.jsonl``, one JSON object a line."""
-    if dist.rank == 0:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def _write_run_files(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world: int,
@@ -425,22 +416,6 @@ def _save(cfg: TrainConfig, resume: bool, step: int, write: Callable[..., Any], 
         raise ValueError(f"could not write the checkpoint of step {step} into {Path(cfg.out) / 'checkpoints'} "
                          f"({reason}); the partial checkpoint was removed and {kept}. Free some space, then "
                          f"{'continue with --resume' if resumable else 'run the command again'}") from None
-
-
-def _finish(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:
-    """Write the final model (Hugging Face folder, or adapter folder after LoRA) with its tokenizer, and a sample."""
-    import shutil
-
-    from llama.inference.generation import generate
-    from llama.inference.sampling import Sampling
-
-    shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
-    if cfg.sample_tokens > 0:
-        model.eval()
-        prompt = tokenizer.encode("\n")
-        n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
-        ids = generate(model, prompt, n, Sampling(temperature=0.8, seed=cfg.seed))
-        atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")
 
 
 if __name__ == "__main__":  # the loop has no flags of its own: they belong to the command line

@@ -37,6 +37,7 @@ from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer
 from llama.training.run_folder import latest_name
 from llama.training.config import TrainConfig, check_memory, model_config
+from llama.training.finetune import save_final
 from llama.training.tokenizer import build_tokenizer
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "load_checkpoint",
     "restore_generators",
     "read_log",
+    "append_log",
+    "finish_run",
     "trim_log",
 ]
 
@@ -369,6 +372,12 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``log.jsonl``, one JSON object a line (rank 0 alone calls this)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def trim_log(path: Path, step: int) -> None:
     """Forget the records of ``log.jsonl`` made after ``step`` (and the final one): a run resumed
     from the checkpoint of ``step`` makes them again, and the log must read as one run's.
@@ -387,3 +396,27 @@ def trim_log(path: Path, step: int) -> None:
                 raise ValueError(f"{path}: line {i + 1} is not JSON; repair or delete that line, then --resume") from None
     kept = [r for r in records if r["step"] <= step and not r.get("final")]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ---------------------------------------------------------------------------------- the end of a run
+def finish_run(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:
+    """Write the final model (a Hugging Face folder, or an adapter folder after LoRA) with its
+    tokenizer, and a sample of ``cfg.sample_tokens`` tokens from it into ``samples.txt``.
+
+    Args:
+        out: the run folder.
+        model: the trained model, whole (on rank 0).
+        tokenizer: the run's tokenizer, whose file ``tok_file`` is copied beside the model.
+        tok_file: the tokenizer's file in ``out``.
+        cfg: the run's settings (``base``, ``sample_tokens``, ``seed``).
+    """
+    from llama.inference.generation import generate
+    from llama.inference.sampling import Sampling
+
+    shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
+    if cfg.sample_tokens > 0:
+        model.eval()
+        prompt = tokenizer.encode("\n")
+        n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
+        ids = generate(model, prompt, n, Sampling(temperature=0.8, seed=cfg.seed))
+        atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")

@@ -60,9 +60,9 @@ import torch
 
 from llama import ModelConfig, Transformer
 from llama.formats.convert import llama_to_hf_state_dict
+from llama.formats.load import save_model
 from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
 from llama.quantization.weights import quantize
-from llama.formats.load import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402

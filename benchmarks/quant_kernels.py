@@ -57,9 +57,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_line  # noqa: E402
+
 from llama.quantization import kernel as quant_kernel  # noqa: E402
 from llama.quantization.weights import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
-from machine import machine_line  # noqa: E402
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
 FORMATS = [("int8/row", 8, None), ("int8/32", 8, 32), ("int4/32", 4, 32)]

@@ -410,8 +410,8 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
     """DDP and FSDP on 1, 2 and 4 ranks: bytes held per rank (measured and counted), peak RSS, step time."""
     import tempfile
 
-    from llama.model.config import ModelConfig
     from llama.data.sources import find_data
+    from llama.model.config import ModelConfig
     from llama.training.memory import bytes_per_rank
 
     global_batch, block, n_steps = 8, 128, 4 * steps

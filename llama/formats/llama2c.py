@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write
-from llama.model.config import ModelConfig
 from llama.formats.convert import expected_shapes
+from llama.model.config import ModelConfig
 
 __all__ = ["LLAMA2C_HEADER", "llama2c_layout", "read_llama2c", "save_llama2c"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer, is_bpe_file
 from llama.formats.gguf import GGUFVocab, read_gguf_vocab
+from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer, is_bpe_file
 from llama.tokenizers.protobuf import encode_field
 from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.spm_vocab import CONTROL

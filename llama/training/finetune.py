@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama.model.config import ModelConfig
-from llama.training.lora import add_lora, lora_modules, save_adapter
-from llama.model.transformer import Transformer
-from llama.training.config import TrainConfig
-from llama.tokenizers.tokenizer import tokenizer_file
 from llama.formats.load import load_model, save_model
+from llama.model.config import ModelConfig
+from llama.model.transformer import Transformer
+from llama.tokenizers.tokenizer import tokenizer_file
+from llama.training.config import TrainConfig
+from llama.training.lora import add_lora, lora_modules, save_adapter
 
 __all__ = ["build_model", "save_final", "base_tokenizer"]
 

@@ -24,18 +24,35 @@ import numpy as np
 import torch
 
 from llama.data.pipeline import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
-from llama.training.distributed import Dist, all_finite, broadcast_from_rank0, no_grad_sync, on_rank0, setup, teardown, wrap_model
-from llama.training.sharded import load_sharded, save_sharded
+from llama.model.transformer import Transformer
+from llama.training.config import TrainConfig, check_memory, model_config
+from llama.training.distributed import (
+    Dist,
+    all_finite,
+    broadcast_from_rank0,
+    no_grad_sync,
+    on_rank0,
+    setup,
+    teardown,
+    wrap_model,
+)
 from llama.training.finetune import build_model
 from llama.training.fsdp import checkpoint_activations, full_state_dict, held_bytes, shard
 from llama.training.loss import cross_entropy
-from llama.model.transformer import Transformer
 from llama.training.optim import clip_grad_norm, lr_at, make_optimizer
 from llama.training.precision import choose_dtype
 from llama.training.run_folder import RunLock, check_out, kept_after_stop, remove_new_run, remove_partial
-from llama.training.config import TrainConfig, check_memory, model_config
-from llama.training.state import (append_log, finish_run, merge_resume, preflight, prepare_run, resume_checkpoint,
-                                  save_checkpoint, trim_log)
+from llama.training.sharded import load_sharded, save_sharded
+from llama.training.state import (
+    append_log,
+    finish_run,
+    merge_resume,
+    preflight,
+    prepare_run,
+    resume_checkpoint,
+    save_checkpoint,
+    trim_log,
+)
 
 __all__ = ["evaluate", "train_step", "train"]
 

@@ -35,9 +35,9 @@ from llama._files import atomic_write_text, default_mode, make_temp_dir
 from llama.data.pipeline import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer
-from llama.training.run_folder import latest_name
 from llama.training.config import TrainConfig, check_memory, model_config
 from llama.training.finetune import save_final
+from llama.training.run_folder import latest_name
 from llama.training.tokenizer import build_tokenizer
 
 __all__ = [

@@ -62,8 +62,9 @@ from pathlib import Path
 
 import torch
 
-from llama import ModelConfig, Transformer, save_model
+from llama import ModelConfig, Transformer
 from llama.formats.convert import llama_to_hf_state_dict
+from llama.formats.load import save_model
 from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
 from llama.quantization.weights import quantize, set_int8_activations
 

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
-from llama.formats.load import load_model
+
+from llama.formats.load import load_model  # noqa: E402
 
 RUN = REPO / "runs" / "finetune"
 SPEAKERS = ("ROMEO", "JULIET")
@@ -171,11 +172,10 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from llama.training.lora import load_adapter, trainable_parameters
-    from llama.model.transformer import Transformer
+    from llama.data.pipeline import token_byte_lengths
     from llama.tokenizers.tokenizer import load_tokenizer
     from llama.training.loop import evaluate
-    from llama.data.pipeline import token_byte_lengths
+    from llama.training.lora import load_adapter, trainable_parameters
     from llama.training.state import read_log
 
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)

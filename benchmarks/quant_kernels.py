@@ -57,9 +57,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_line  # noqa: E402
+
 from llama.quantization import kernel as quant_kernel  # noqa: E402
 from llama.quantization.weights import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
-from machine import machine_line  # noqa: E402
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
 FORMATS = [("int8/row", 8, None), ("int8/32", 8, 32), ("int4/32", 4, 32)]
@@ -150,7 +151,7 @@ def table(shapes, march: str) -> None:
         with torch.no_grad():
             step = compiled(lambda x: [(w * x).sum(-1) for w in weights])  # Linear's one-row product
             f32 = {"F.linear": timed(lambda: [F.linear(x, w) for w in weights]), "compiled": timed(lambda: step(x))}
-            del step
+            step = None  # frees the compiled function before the next shape
             for name, seconds in f32.items():
                 rate = 4 * out * inp * k / seconds / 1e9
                 print(f"| {out}x{inp} | {k} | float32 | {name} | {rate:.1f} | {f32['compiled'] / seconds:.2f}x |")

@@ -50,15 +50,28 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import (CONFIGS, NEW_TOKENS, PROMPT_LEN, LlamaCpp, _timed, copy_bandwidth, first_difference,  # noqa: E402
-                    llama_cpp_unavailable, llama_cpp_version, prompt_ids, run_engines, scaled_random_model,
-                    write_gguf_files)
 import report  # noqa: E402
+from decode import (  # noqa: E402
+    CONFIGS,
+    NEW_TOKENS,
+    PROMPT_LEN,
+    LlamaCpp,
+    _timed,
+    copy_bandwidth,
+    first_difference,
+    llama_cpp_unavailable,
+    llama_cpp_version,
+    prompt_ids,
+    run_engines,
+    scaled_random_model,
+    write_gguf_files,
+)
 from machine import machine, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
-from llama import ModelConfig, Transformer, load_model  # noqa: E402
+from llama import ModelConfig, Transformer  # noqa: E402
+from llama.formats.load import load_model  # noqa: E402
 from llama.inference.generation import CompiledDecoder, generate_batch  # noqa: E402
 from llama.quantization.weights import QuantizedLinear, quantize, set_int8_activations  # noqa: E402
 
@@ -105,8 +118,8 @@ def shakespeare_bpb(run: Path | None, quick: bool, threads: int) -> list[tuple[s
     from llama.data.pipeline import load_tokens, token_byte_lengths
     from llama.data.sources import find_data
     from llama.tokenizers.tokenizer import load_tokenizer
-    from llama.training.loop import evaluate, train
     from llama.training.config import TrainConfig
+    from llama.training.loop import evaluate, train
 
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as tmp:
         if run is None:

@@ -59,8 +59,8 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 import train_report  # noqa: E402
-from train_speed import run_matmul, run_parts, run_precision, run_throughput  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
+from train_speed import run_matmul, run_parts, run_precision, run_throughput  # noqa: E402
 
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.training.config.TrainConfig).
 #: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
@@ -185,8 +185,8 @@ def run_parallel(quick: bool, steps: int) -> list[dict]:
     """DDP and FSDP on 1, 2 and 4 ranks: bytes held per rank (measured and counted), peak RSS, step time."""
     import tempfile
 
-    from llama.model.config import ModelConfig
     from llama.data.sources import find_data
+    from llama.model.config import ModelConfig
     from llama.training.memory import bytes_per_rank
 
     global_batch, block, n_steps = 8, 128, 4 * steps

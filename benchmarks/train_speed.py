@@ -115,6 +115,7 @@ def run_matmul(n: int = 1024, repeats: int = 5) -> dict:
     """The rate of an ``n x n`` product in float32 and in bfloat16 on this CPU (best of ``repeats``,
     at the thread count set), the machine, and what ``--dtype auto`` chooses here and why."""
     from machine import cpu_model
+
     from llama.training.precision import resolve_dtype
 
     rates = {name: matmul_peak(getattr(torch, name), n, repeats) / 1e9 for name in ("float32", "bfloat16")}

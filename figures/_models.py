@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from llama.model import PRESETS
 from llama.data import find_data
-from llama.model import Transformer
 from llama.formats import load_model
+from llama.model import PRESETS, Transformer
 
 
 def load_stories260k() -> tuple[Transformer, str]:

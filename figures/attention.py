@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from llama.model import causal_mask, kv_cache_bytes
-from llama.model.reference import attention, repeat_kv
-from llama.model import PRESETS
 from llama.data import find_data
-from llama.model import Transformer, count_parameters
-from llama.model import apply_rope
 from llama.formats import load_model
+from llama.model import PRESETS, Transformer, apply_rope, causal_mask, count_parameters, kv_cache_bytes
+from llama.model.reference import attention, repeat_kv
 
 MASK_CMAP = ListedColormap(["#f2f2f2", "#3949ab"])  # not allowed / allowed (indigo, the site colour)
 MASKED = "#9e9e9e"  # -inf cells: a grey that no score colour of RdBu_r (white at 0) can be mistaken for

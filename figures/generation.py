@@ -17,11 +17,11 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-
 from _models import load_stories260k
+
 from llama.formats import llama2c_layout
-from llama.model import PRESETS
 from llama.inference import min_p_filter, top_k_filter, top_p_filter
+from llama.model import PRESETS
 
 
 def _best_of(fn, repeats: int = 3) -> float:

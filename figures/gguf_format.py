@@ -16,11 +16,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from llama.model import PRESETS
 from llama.data import find_data
-from llama.formats import gguf_layout, save_gguf
-from llama.model import Transformer
-from llama.formats import load_model
+from llama.formats import gguf_layout, load_model, save_gguf
+from llama.model import PRESETS, Transformer
 
 GROUPS = {"header": "header", "metadata": "metadata", "tensor infos": "tensor infos", "padding": "padding",
           "token_embd": "embedding", "attn_": "attention (q k v output)", "ffn_gate": "feed-forward (gate down up)",

@@ -13,11 +13,17 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from llama.model import PRESETS, ModelConfig, RopeScaling, llama_hidden_dim
-from llama.model import FeedForward
 from llama.formats import expected_shapes
-from llama.model import Transformer, count_parameters
-from llama.model import interleaved_to_half_split
+from llama.model import (
+    PRESETS,
+    FeedForward,
+    ModelConfig,
+    RopeScaling,
+    Transformer,
+    count_parameters,
+    interleaved_to_half_split,
+    llama_hidden_dim,
+)
 
 
 def _one_thread(make):

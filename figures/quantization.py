@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
-
 from _models import load_stories260k
+
 from llama.quantization import QUANTIZED_LAYERS, dequantize_tensor, quantize_tensor
 
 

@@ -7,9 +7,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from llama.model import PRESETS, RopeScaling
-from llama.model import apply_rope_half_split
-from llama.model import apply_rope, rope_cache, rope_frequencies
+from llama.model import PRESETS, RopeScaling, apply_rope, apply_rope_half_split, rope_cache, rope_frequencies
 
 
 def _wavelengths(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:

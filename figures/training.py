@@ -14,9 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from llama.training import lr_at
-from llama.training import TrainConfig
-from llama.training import read_log
+from llama.training import TrainConfig, lr_at, read_log
 
 LOG = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-log.jsonl"
 # nanoGPT's README: its CPU recipe reaches a validation loss of "1.88" nats per character, estimated

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from llama.training import flops_per_token, training_memory
-from llama.training import TrainConfig, model_config
+from llama.training import TrainConfig, flops_per_token, model_config, training_memory
 
 SWEEP = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-sweep.jsonl"
 

@@ -15,6 +15,7 @@ from helpers import hf_folder, random_model, refused
 
 from llama import ModelConfig, RopeScaling
 from llama.formats.load import save_model
+from llama.training.config import SettingError
 
 TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32)
 
@@ -107,3 +108,80 @@ def test_model_config_refuses_values_that_cannot_work(fields, message):
 def test_rope_scaling_refuses_values_that_cannot_work(fields, message):
     with pytest.raises(ValueError, match=message):
         RopeScaling(**fields)
+
+
+# --------------------------------------------- a training setting: named by the library, flagged by the CLI
+@pytest.mark.parametrize("fields,message", [
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(max_time=math.nan), "max_time must be a positive number of seconds, got nan"),
+    (dict(block_size=64, max_seq_len=32), "block_size 64 is larger than max_seq_len 32: the model cannot see windows "
+                                          "longer than its maximum sequence; lower block_size or raise max_seq_len"),
+    (dict(base="model", lora_rank=4, lora_alpha=-1.0), "lora_alpha must be a positive number, got -1.0"),
+    (dict(base="model", lora_rank=4, lora_dropout=1.0), "lora_dropout must be a number in [0, 1), got 1.0"),
+    (dict(base="model", lora_rank=4, lora_targets="q_proj"), "lora_targets: the LoRA targets must be some of wq, wk"),
+])
+def test_a_training_setting_is_named_as_the_library_calls_it(fields, message):
+    from llama.training.config import TrainConfig
+
+    with pytest.raises(SettingError) as refusal:
+        TrainConfig(out="run", **{"max_steps": 1, **fields})
+    assert str(refusal.value).startswith(message) and "--" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--block-size", "64", "--max-seq-len", "32"], "--block-size 64 is larger than --max-seq-len 32: the model cannot "
+                                                    "see windows longer than its maximum sequence; lower --block-size "
+                                                    "or raise --max-seq-len"),
+    (["--model", "huge"], "unknown --model 'huge'; choose one of: tiny, book, small, "),
+])
+def test_the_command_line_names_the_setting_as_its_flag(tmp_path, capsys, flags, message):
+    from llama.cli.main import main
+
+    assert main(["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"llama train: error: {message}") and err.count("\n") == 1
+
+
+def test_a_value_spelled_like_a_setting_keeps_its_spelling():
+    # A folder called "base" given as --base: only the setting is written as the flag, not the path.
+    err = SettingError("{base} {path} is a quantized checkpoint: give {base} the float one", path="base")
+    assert str(err) == "base base is a quantized checkpoint: give base the float one"
+    assert err.naming({"base": "--base"}) == "--base base is a quantized checkpoint: give --base the float one"
+    braces = SettingError("{lr} must be positive, got {value!r} ({{literal}})", value="{lr}")
+    assert braces.settings == ("lr",) and braces.naming({"lr": "--lr"}) == "--lr must be positive, got '{lr}' ({literal})"
+
+
+def test_a_setting_error_travels_as_text_and_still_names_its_settings():
+    # What on_rank0 sends to the other ranks (JSON), and what pickle copies.
+    import pickle
+
+    err = SettingError("{block_size} {value} is larger than {max_seq_len} in {path}", value=64, path="{odd}")
+    for copy in (err.without_values(), pickle.loads(pickle.dumps(err))):
+        assert copy.settings == ("block_size", "max_seq_len") and str(copy) == str(err)
+        assert copy.naming({"block_size": "--block-size"}) == "--block-size 64 is larger than max_seq_len in {odd}"
+
+
+@pytest.mark.parametrize("error,kind", [
+    (lambda: SettingError("{batch_size} must be a positive integer, got {value!r}", value=0), "SettingError"),
+    (lambda: json.JSONDecodeError("Expecting value", "x", 0), "ValueError"),  # a subclass travels as its user error
+])
+def test_an_error_on_rank0_is_raised_on_every_rank(monkeypatch, error, kind):
+    # The two ranks' broadcasts, replayed in one process: what rank 0 sends, rank 1 receives.
+    from llama.training.distributed import Dist, on_rank0
+
+    def work():
+        raise error()
+
+    sent = []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda tensor, src: sent.append(tensor.clone()))
+    with pytest.raises(ValueError) as on_0:
+        on_rank0(Dist(rank=0, world_size=2), work)
+    received = iter(sent)
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda tensor, src: tensor.copy_(next(received)))
+    with pytest.raises(ValueError) as on_1:
+        on_rank0(Dist(rank=1, world_size=2), work)
+    for raised in on_0.value, on_1.value:
+        assert type(raised).__name__ == kind and str(raised) == str(error())
+    if kind == "SettingError":
+        assert on_1.value.naming({"batch_size": "--batch-size"}) == "--batch-size must be a positive integer, got 0"

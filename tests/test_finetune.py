@@ -160,7 +160,7 @@ def test_errors(tmp_path, base, text, capsys):
     assert finetune("--base", str(base), "--out", str(tmp_path / "f"), *run) == 0
     err = error("--base", str(base), "--out", str(tmp_path / "f"), "--resume", "--lora-rank", "4")
     assert "--lora-rank 4 (the run used 2)" in err
-    with pytest.raises(ValueError, match="give its checkpoint with --base"):
+    with pytest.raises(ValueError, match="give its checkpoint with base$"):
         TrainConfig(out="x", max_steps=1, lora_rank=4)
 
 
@@ -181,6 +181,10 @@ def test_fine_tuning_keeps_the_base_s_context(tmp_path, base, text, capsys):
         "saw later positions: fine-tune with --block-size 64 or less (or lengthen the context knowingly with "
         "--max-seq-len)\n")
     assert not (tmp_path / "long").exists()
+    # What the message offers works: the context lengthened knowingly.
+    assert finetune("--base", str(base), "--out", str(tmp_path / "long"), "--block-size", "128", "--max-seq-len", "128",
+                    "--lora-rank", "0", *flags) == 0
+    assert json.loads((tmp_path / "long" / "model" / "config.json").read_text())["max_position_embeddings"] == 128
 
 
 def chapter_commands() -> list[list[str]]:

@@ -128,7 +128,7 @@ def test_a_resumed_run_keeps_its_dtype(machine):
 def test_an_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match=r"--dtype must be one of auto, float32, bfloat16, got 'float16'"):
         resolve_dtype("float16")
-    with pytest.raises(ValueError, match=r"--dtype must be auto, float32 or bfloat16, got 'fp32'"):
+    with pytest.raises(ValueError, match=r"^dtype must be auto, float32 or bfloat16, got 'fp32'"):
         TrainConfig(out="run", max_steps=1, dtype="fp32")
 
 

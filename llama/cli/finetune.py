@@ -40,6 +40,9 @@ def add(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for the log, checkpoints and adapter")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
     p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
+    # What the refusal of windows longer than the base's context offers: lengthening it knowingly.
+    p.add_argument("--max-seq-len", type=int, default=S,
+                   help="the model's longest sequence (default: the base's context)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-rank", type=int, default=S,
                    help=f"rank of the adapters; 0 trains every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")
@@ -52,11 +55,14 @@ def add(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-# --8<-- [start:config_from_args]
 def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
     """The settings of ``llama finetune``: ``llama train``'s, with the base checkpoint, its
-    tokenizer and vocabulary, :data:`FINETUNE_DEFAULTS` for the flags not given, and windows no
-    longer than the base's context (the model keeps that context unless ``--max-seq-len``).
+    tokenizer and vocabulary (given, as ``--base`` is), :data:`FINETUNE_DEFAULTS` for the flags not
+    given, and windows no longer than the base's context (the model keeps that context unless
+    ``--max-seq-len``).
+
+    Args:
+        args: the namespace :func:`llama.cli.main.build_parser` made of ``["finetune", ...]``.
 
     Returns:
         ``(TrainConfig, resume, names of the settings given)``, for :func:`llama.training.loop.train`.
@@ -65,25 +71,20 @@ def finetune_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bo
         FileNotFoundError: no base checkpoint, or no tokenizer beside it and no ``--tokenizer``.
         ValueError: the flags make no valid run.
     """
-    import dataclasses
-
-    from llama.training.finetune import base_tokenizer
+    from llama.cli.common import config_from_args
     from llama.tokenizers.tokenizer import load_tokenizer
     from llama.training.config import TrainConfig, base_config, check_base
+    from llama.training.finetune import base_tokenizer
 
     check_base(args.base)  # a missing, unknown, quantized or sharded base fails here, before the tokenizer is looked for
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    given = set(values) - {"out"}
-    values["tokenizer"] = str(values.get("tokenizer") or base_tokenizer(args.base))
-    values["vocab_size"] = load_tokenizer(values["tokenizer"]).vocab_size
-    given |= {"tokenizer", "vocab_size"}  # they follow from --base, which is given
-    values = {**FINETUNE_DEFAULTS, **values}
-    if "block_size" not in values and "max_seq_len" not in values:  # the base's context, if shorter
-        values["block_size"] = min(TrainConfig.block_size, base_config(args.base).max_seq_len)
-    if args.resume and "max_steps" not in values and "max_time" not in values:
-        values["max_steps"] = 1  # placeholder; the saved run's length is used
-    return TrainConfig(**values), args.resume, given
-# --8<-- [end:config_from_args]
+    # The tokenizer and its vocabulary follow from --base, which is given: they count as given too.
+    tokenizer = str(getattr(args, "tokenizer", None) or base_tokenizer(args.base))
+    vocab_size = load_tokenizer(tokenizer).vocab_size
+    defaults = dict(FINETUNE_DEFAULTS)
+    if not {"block_size", "max_seq_len"} & set(vars(args)):  # the base's context, if shorter
+        defaults["block_size"] = min(TrainConfig.block_size, base_config(args.base).max_seq_len)
+    args = argparse.Namespace(**{**vars(args), "tokenizer": tokenizer, "vocab_size": vocab_size})
+    return config_from_args(args, defaults=defaults)
 
 
 def run(args) -> int:

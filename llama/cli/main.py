@@ -39,6 +39,18 @@ def _innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser = sub.choices[getattr(args, sub.dest)]
 
 
+def _message(err: Exception, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """An error in the command line's words: the library names a setting (``batch_size``), the
+    user typed its flag (``--batch-size``), one of the flags of the command that ran."""
+    from llama.training.config import SettingError
+
+    if isinstance(err, SettingError):
+        from llama.cli.common import flag_names
+
+        return err.naming(flag_names(_innermost_parser(parser, args)))
+    return str(err)
+
+
 # --8<-- [start:main]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llama`` console script; returns the process exit code.
@@ -59,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.func(args) or 0)
         except (ValueError, FileNotFoundError, FileExistsError) as err:
-            print(f"llama {args.command}: error: {err}", file=sys.stderr)
+            print(f"llama {args.command}: error: {_message(err, parser, args)}", file=sys.stderr)
             return 2
         except BrokenPipeError:
             raise  # handled below, not an error of the machine

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def utf8_text(path) -> str:
     """The text of ``path``; a binary file (an image, a ``.npy``) is refused by name: Python's
     message alone ("'utf-8' codec can't decode byte 0x80 ...") said neither which file nor what to do."""
@@ -48,7 +47,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from llama._files import refuse_to_overwrite
-    from llama.tokenizers.tokenizer import GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, load_tokenizer, train_sentencepiece
+    from llama.tokenizers.tokenizer import (
+        GPT2_PATTERN,
+        LLAMA3_PATTERN,
+        BPETokenizer,
+        load_tokenizer,
+        train_sentencepiece,
+    )
 
     if args.action == "train":
         source = Path(args.input)

@@ -45,10 +45,11 @@ def add(subparsers) -> None:
 
 # --8<-- [start:config_from_args]
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, set[str]]:
-    """The settings of ``llama train`` from its parsed flags.
+    """The settings of ``llama train`` from its parsed flags: a ``--recipe``'s values count as
+    given, and the flags given beside it override them (:func:`llama.cli.common.config_from_args`).
 
     Args:
-        args: the namespace :func:`build_parser` made of ``["train", ...]``.
+        args: the namespace :func:`llama.cli.main.build_parser` made of ``["train", ...]``.
 
     Returns:
         ``(TrainConfig, resume, names of the settings given)``: the arguments of
@@ -57,17 +58,10 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool,
     Raises:
         ValueError: the flags make no valid run (no length, a negative size, ...).
     """
-    import dataclasses
+    from llama.cli.common import config_from_args
+    from llama.training.config import RECIPES
 
-    from llama.training.config import RECIPES, TrainConfig
-
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    values = {**RECIPES.get(getattr(args, "recipe", None), {}), **values}  # the flags given win
-    given = set(values) - {"out"}
-    if args.resume and "max_steps" not in values and "max_time" not in values:
-        values["max_steps"] = 1  # placeholder; the saved run's length is used
-        given.discard("max_steps")
-    return TrainConfig(**values), args.resume, given
+    return config_from_args(args, preset=RECIPES.get(getattr(args, "recipe", None), {}))
 # --8<-- [end:config_from_args]
 
 

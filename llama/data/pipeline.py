@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write, atomic_write_text
-from llama.data.sources import DATA_DIR_ENV, DATASETS, cached_download, cache_dir, find_data, sha256_file
+from llama.data.sources import DATA_DIR_ENV, DATASETS, cache_dir, cached_download, find_data, sha256_file
 from llama.tokenizers.tokenizer import Tokenizer
 
 __all__ = [

@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from llama._files import atomic_write, atomic_write_text, open_for_reading
-from llama.model.config import ModelConfig, RopeScaling, _check_field
 from llama.formats.convert import check_layer_count, expected_shapes, hf_to_llama_state_dict, llama_to_hf_state_dict
 from llama.formats.gguf import MAGIC as GGUF_MAGIC
 from llama.formats.gguf import read_gguf
 from llama.formats.llama2c import read_llama2c
+from llama.model.config import ModelConfig, RopeScaling, _check_field
 
 __all__ = [
     "detect_format",

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write, open_for_reading
-from llama.model.config import ModelConfig
 from llama.formats.convert import check_layer_count, expected_shapes
 from llama.formats.gguf_quant import from_ggml_blocks, to_ggml_blocks
+from llama.model.config import ModelConfig
 from llama.quantization.weights import dequantize_tensor
 
 __all__ = ["GGUF_NAMES", "GGUFVocab", "save_gguf", "read_gguf", "read_gguf_vocab", "gguf_layout", "check_gguf"]

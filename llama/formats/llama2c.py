@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from llama._files import atomic_write
-from llama.model.config import ModelConfig
 from llama.formats.convert import expected_shapes
+from llama.model.config import ModelConfig
 
 __all__ = ["LLAMA2C_HEADER", "llama2c_layout", "read_llama2c", "save_llama2c"]
 
@@ -196,7 +196,7 @@ def save_llama2c(state_dict: StateDict, config: ModelConfig, path: str | os.Path
             "w2": "feed_forward.w2", "w3": "feed_forward.w3"}
 
     def blocks():
-        for name, _, copies in llama2c_layout(config):
+        for name, _, _copies in llama2c_layout(config):
             if name in rope:
                 yield rope[name]
             elif name in ("tok_embeddings", "norm", "output"):  # not copies == 1: a one-layer model has one of each

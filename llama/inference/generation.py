@@ -34,10 +34,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.quantization.kernel import load_kernel
 from llama.quantization.weights import QuantizedLinear
-from llama.inference.sampling import Sampling
 
 __all__ = [
     "generate_stream",

@@ -207,7 +207,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, in_features // group_size, dtype=torch.float16))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> "QuantizedLinear":
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> QuantizedLinear:
         """The quantized version of ``linear`` (which must have no bias)."""
         if linear.bias is not None:
             raise ValueError("QuantizedLinear has no bias; the model's projections have none")
@@ -291,7 +291,7 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, hea
     if group_size is not None and not (isinstance(group_size, int) and group_size >= 2 and group_size % 2 == 0
                                        and all(w % group_size == 0 for w in widths)):
         raise ValueError(_no_common_group(group_size, widths))
-    for parent, name, child in targets:  # check every layer before changing any
+    for _, _, child in targets:  # check every layer before changing any
         _check_scheme(bits, group_size or child.in_features, child.in_features)
     for parent, name, child in targets:
         size = group_size or child.in_features

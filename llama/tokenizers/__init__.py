@@ -15,9 +15,9 @@ from llama._exports import lazy_exports
 
 _EXPORTS = {
     "GPT2_PATTERN": "pretokenize", "LLAMA3_PATTERN": "pretokenize", "pre_tokenize": "pretokenize",
-    "MAX_VOCAB_BYTES": "bpe", "BPETokenizer": "bpe",
+    "MAX_VOCAB_BYTES": "bpe", "BPETokenizer": "bpe", "is_bpe_file": "bpe",
     "read_varint": "protobuf", "iter_fields": "protobuf", "as_int32": "protobuf", "as_float32": "protobuf",
-    "as_text": "protobuf",
+    "as_text": "protobuf", "encode_varint": "protobuf", "encode_field": "protobuf",
     "SentencePieceVocab": "spm_vocab", "ModelProto": "spm_vocab", "Piece": "spm_vocab",
     "read_model_proto": "spm_vocab", "SPACE": "spm_vocab",
     "SentencePieceTokenizer": "spm",
@@ -32,8 +32,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and the API pages read
     from llama.tokenizers.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN, pre_tokenize
-    from llama.tokenizers.bpe import BPETokenizer, MAX_VOCAB_BYTES
-    from llama.tokenizers.protobuf import as_float32, as_int32, as_text, iter_fields, read_varint
+    from llama.tokenizers.bpe import BPETokenizer, MAX_VOCAB_BYTES, is_bpe_file
+    from llama.tokenizers.protobuf import (
+        as_float32, as_int32, as_text, encode_field, encode_varint, iter_fields, read_varint,
+    )
     from llama.tokenizers.spm_vocab import ModelProto, Piece, SPACE, SentencePieceVocab, read_model_proto
     from llama.tokenizers.spm import SentencePieceTokenizer
     from llama.tokenizers.tokenizer import (

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import regex
 
-from llama._files import atomic_write_text
+from llama._files import atomic_write_text, open_for_reading
 from llama.tokenizers.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN, pre_tokenize  # noqa: F401 (the patterns, as before)
 
-__all__ = ["MAX_VOCAB_BYTES", "BPETokenizer"]
+__all__ = ["MAX_VOCAB_BYTES", "BPETokenizer", "is_bpe_file"]
 
 _FORMAT = "llama-bpe"
 _VERSION = 1
@@ -407,6 +407,21 @@ class BPETokenizer:
             raise ValueError(f"{path} is corrupt: {err}") from None
         tok._source = f"{path}: "
         return tok
+
+
+def is_bpe_file(path: str | os.PathLike) -> bool:
+    """Whether a tokenizer file is byte-level BPE as :meth:`BPETokenizer.save` writes it, told by
+    its first byte whatever its name: a JSON object opens with ``{``, a SentencePiece ``.model``
+    (a protocol buffer, whose first byte is a field's tag) never does.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: the file may not be read (no permission).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    with open_for_reading(path) as f:
+        return f.read(1) == b"{"
 
 
 def _check_utf8(text: str) -> None:

@@ -20,12 +20,11 @@ llama.cpp pairs it with a whole-word lookup that this encoder does not make.
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-from llama._files import open_for_reading
-from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer
 from llama.formats.gguf import GGUFVocab, read_gguf_vocab
+from llama.tokenizers.bpe import GPT2_PATTERN, BPETokenizer, is_bpe_file
+from llama.tokenizers.protobuf import encode_field
 from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.spm_vocab import CONTROL
 
@@ -43,11 +42,7 @@ def vocab_from_sentencepiece(path: str | os.PathLike) -> GGUFVocab:
             file that is not a SentencePiece BPE model, or one whose normalization GGUF cannot record.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
-    with open_for_reading(path) as f:
-        head = f.read(1)
-    if head == b"{":
+    if is_bpe_file(path):
         raise ValueError(f"{path} is a byte-level BPE tokenizer (.json), not SentencePiece: read it with "
                          "vocab_from_tokenizer, which takes either")
     tok = SentencePieceTokenizer(path)
@@ -119,11 +114,9 @@ def vocab_from_tokenizer(path: str | os.PathLike) -> GGUFVocab:
         ValueError: a file neither reads, or a tokenizer that GGUF cannot hold as it encodes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
-    with open_for_reading(path) as f:
-        head = f.read(1)
-    return vocab_from_bpe(BPETokenizer.load(path), str(path)) if head == b"{" else vocab_from_sentencepiece(path)
+    if is_bpe_file(path):
+        return vocab_from_bpe(BPETokenizer.load(path), str(path))
+    return vocab_from_sentencepiece(path)
 
 
 def _bpe_from_vocab(vocab: GGUFVocab, path: str | os.PathLike) -> BPETokenizer:
@@ -141,26 +134,6 @@ def _bpe_from_vocab(vocab: GGUFVocab, path: str | os.PathLike) -> BPETokenizer:
     return BPETokenizer([(ids[a], ids[b]) for a, b in merges], vocab.pieces[256 + len(merges):], GPT2_PATTERN)
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int32 values are sent as 10-byte two's complement, as protobuf does
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: int | float | str | bytes) -> bytes:
-    """One protobuf field: varint (int, bool), fixed32 float, or length-delimited text/bytes."""
-    if isinstance(value, float):
-        return _varint(number << 3 | 5) + struct.pack("<f", value)
-    if isinstance(value, int):
-        return _varint(number << 3 | 0) + _varint(value)
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 # --8<-- [start:to_spm]
 def sentencepiece_model_bytes(vocab: GGUFVocab) -> bytes:
     """A SentencePiece ``ModelProto`` (the bytes of a ``.model``) equivalent to a GGUF vocabulary.
@@ -174,12 +147,12 @@ def sentencepiece_model_bytes(vocab: GGUFVocab) -> bytes:
 
     out = bytearray()
     for piece, score, kind in zip(vocab.pieces, vocab.scores, vocab.types):
-        out += _field(1, _field(1, piece) + _field(2, float(score)) + _field(3, int(kind)))
-    trainer = (_field(3, 2) + _field(4, len(vocab.pieces)) + _field(35, int(6 in vocab.types))
-               + _field(45, piece_at(vocab.unk_id, "<unk>")) + _field(46, piece_at(vocab.bos_id, "<s>"))
-               + _field(47, piece_at(vocab.eos_id, "</s>")))
-    normalizer = _field(1, "identity") + _field(3, int(vocab.add_space_prefix)) + _field(4, 0)
-    return bytes(out + _field(2, trainer) + _field(3, normalizer))
+        out += encode_field(1, encode_field(1, piece) + encode_field(2, float(score)) + encode_field(3, int(kind)))
+    trainer = (encode_field(3, 2) + encode_field(4, len(vocab.pieces)) + encode_field(35, int(6 in vocab.types))
+               + encode_field(45, piece_at(vocab.unk_id, "<unk>")) + encode_field(46, piece_at(vocab.bos_id, "<s>"))
+               + encode_field(47, piece_at(vocab.eos_id, "</s>")))
+    normalizer = encode_field(1, "identity") + encode_field(3, int(vocab.add_space_prefix)) + encode_field(4, 0)
+    return bytes(out + encode_field(2, trainer) + encode_field(3, normalizer))
 # --8<-- [end:to_spm]
 
 

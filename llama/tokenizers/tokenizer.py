@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from llama._files import atomic_write_bytes, open_for_reading
-from llama.tokenizers.bpe import BPETokenizer
+from llama._files import atomic_write_bytes
+from llama.tokenizers.bpe import BPETokenizer, is_bpe_file
 from llama.tokenizers.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN
 from llama.tokenizers.spm import SentencePieceTokenizer
 
@@ -159,20 +159,14 @@ def train_sentencepiece(
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Open a tokenizer file: a BPE JSON file from :meth:`BPETokenizer.save`, else a ``.model``.
+    """Open a tokenizer file: a BPE JSON file from :meth:`BPETokenizer.save`, else a ``.model``
+    (:func:`llama.tokenizers.bpe.is_bpe_file` tells them apart).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is neither kind of tokenizer, or may not be read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
-    with open_for_reading(path) as f:
-        head = f.read(1)
-    if head == b"{":
-        return BPETokenizer.load(path)
-    return SentencePieceTokenizer(path)
+    return BPETokenizer.load(path) if is_bpe_file(path) else SentencePieceTokenizer(Path(path))
 
 
 def tokenizer_file(folder: str | os.PathLike) -> Path | None:

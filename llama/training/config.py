@@ -3,7 +3,9 @@ the model sizes it can name.
 
 The settings are plain data, checked when they are made, so that a bad flag fails before any
 data is read or any process group is joined; :mod:`llama.training.loop` runs them and
-:mod:`llama.training.state` saves them with the run.
+:mod:`llama.training.state` saves them with the run. A bad setting raises a :class:`SettingError`,
+whose message names the setting as the library does (``batch_size``); the command line names it
+as its flag (``--batch-size``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +23,8 @@ from llama.model.config import MAX_SEQ_LEN, PRESETS, ModelConfig
 if TYPE_CHECKING:
     from llama.training.lora import LoRAConfig
 
-__all__ = ["MODEL_SIZES", "RECIPES", "TrainConfig", "model_config", "base_config", "memory_needed", "check_memory"]
+__all__ = ["MODEL_SIZES", "RECIPES", "SettingError", "TrainConfig", "model_config", "base_config", "memory_needed",
+           "check_memory"]
 
 # --8<-- [start:sizes]
 #: Model sizes for training from scratch; ``--model`` also accepts the names in :data:`llama.model.config.PRESETS`.
@@ -39,6 +44,60 @@ RECIPES: dict[str, dict[str, Any]] = {
     "shakespeare": dict(max_time=120.0, optimizer="muon", vocab_size=2048, lr=0.008, batch_size=16, block_size=128),
 }
 # --8<-- [end:recipes]
+
+
+class SettingError(ValueError):
+    """A setting that makes no valid run, in a message that names each setting it is about.
+
+    The message is a template (:meth:`str.format`'s): a field that is not one of ``values`` is a
+    setting, written as its name (``"{batch_size} must be ..."`` reads ``batch_size must be ...``).
+    A front end names the settings its own way with :meth:`naming` (the command line: as its
+    flags), without searching the text, where a value (a path) could look like a setting's name.
+
+    Args:
+        template: the message, ``{setting}`` for each setting and ``{name}`` for each value.
+        **values: the values the message quotes.
+
+    >>> err = SettingError("{block_size} {value} is larger than {max_seq_len}", value=512)
+    >>> str(err), err.settings
+    ('block_size 512 is larger than max_seq_len', ('block_size', 'max_seq_len'))
+    >>> err.naming({"block_size": "--block-size", "max_seq_len": "--max-seq-len"})
+    '--block-size 512 is larger than --max-seq-len'
+    """
+
+    def __init__(self, template: str, **values: Any) -> None:
+        self.template, self.values = template, values
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+        self.settings = tuple(dict.fromkeys(f for f in fields if f not in values))
+        super().__init__(self.naming({}))
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each setting written as ``names[setting]`` (as its own name where absent).
+
+        Args:
+            names: setting -> how to write it, e.g. ``{"batch_size": "--batch-size"}``.
+
+        Returns:
+            The message.
+        """
+        return self.template.format(**{s: names.get(s, s) for s in self.settings}, **self.values)
+
+    def without_values(self) -> SettingError:
+        """The same error with its values written into the template: it holds text alone, which
+        JSON carries to another process (:func:`llama.training.distributed.on_rank0`) and pickle can
+        copy, and still names its settings.
+
+        Returns:
+            A :class:`SettingError` without ``values``.
+        """
+        marks = {s: f"\0{s}\0" for s in self.settings}  # no value holds a NUL: they are paths, numbers, names
+        text = self.template.format(**marks, **self.values).replace("{", "{{").replace("}", "}}")
+        for s in self.settings:
+            text = text.replace(marks[s], "{" + s + "}")
+        return SettingError(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SettingError, (self.without_values().template,)
 
 
 @dataclass
@@ -87,6 +146,10 @@ class TrainConfig:
         lora_rank: with ``base``, train LoRA adapters of this rank on ``lora_targets`` (a comma-separated
             subset of ``wq,wk,wv,wo,w1,w2,w3``) with ``lora_alpha`` and ``lora_dropout``
             (:class:`llama.training.lora.LoRAConfig`); 0 trains every weight.
+
+    Raises:
+        SettingError: a setting that makes no valid run (no length, a negative size, a NaN, two
+            settings that do not go together), named as the field it is.
     """
 
     out: str
@@ -136,55 +199,59 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None:
-            raise ValueError("give --max-steps, --max-time or both: the run needs an end")
+            raise SettingError("give {max_steps}, {max_time} or both: the run needs an end")
         # Every number is checked here, once: a NaN, an infinity or a negative count would
         # otherwise surface much later (a loop that never ends, an overflow, a traceback).
         optional = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "max_steps", "threads")
         for name in ("vocab_size", "block_size", "batch_size", "accum", "eval_every", "eval_tokens", *optional):
             value = getattr(self, name)
             if not (value is None and name in optional) and not (_is_int(value) and value > 0):
-                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+                raise SettingError("{" + name + "} must be a positive integer, got {value!r}", value=value)
         for name in ("warmup_steps", "sample_tokens"):
             if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {getattr(self, name)!r}")
+                raise SettingError("{" + name + "} must be an integer >= 0, got {value!r}", value=getattr(self, name))
         if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
-            raise ValueError(f"--seed must be an integer from 0 to {2**64 - 1} (what torch's generators take), "
-                             f"got {self.seed!r}")
+            raise SettingError("{seed} must be an integer from 0 to {high} (what torch's generators take), "
+                               "got {value!r}", high=2**64 - 1, value=self.seed)
         ranges = {"lr": (0, math.inf, "a positive number"), "muon_lr": (0, math.inf, "a positive number"),
                   "max_time": (0, math.inf, "a positive number of seconds"),
                   "min_lr_ratio": (0, 1, "a number in [0, 1]"), "weight_decay": (0, math.inf, "a number >= 0"),
                   "grad_clip": (0, math.inf, "a number >= 0 (0 = off)"), "beta1": (0, 1, "a number in [0, 1)"),
-                  "beta2": (0, 1, "a number in [0, 1)")}
+                  "beta2": (0, 1, "a number in [0, 1)"), "lora_alpha": (0, math.inf, "a positive number"),
+                  "lora_dropout": (0, 1, "a number in [0, 1)")}
         for name, (low, high, what) in ranges.items():
             value = getattr(self, name)
             if value is None and name == "max_time":
                 continue
             inside = _is_number(value) and math.isfinite(value) and low <= value <= high
-            if not inside or (name in ("lr", "muon_lr", "max_time") and value == 0) or (name.startswith("beta") and value == 1):
-                raise ValueError(f"--{_flag(name)} must be {what}, got {value!r}")
+            if (not inside or (name in ("lr", "muon_lr", "max_time", "lora_alpha") and value == 0)
+                    or (name in ("beta1", "beta2", "lora_dropout") and value == 1)):
+                raise SettingError("{" + name + "} must be {what}, got {value!r}", what=what, value=value)
         if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+            raise SettingError("{optimizer} must be adamw or muon, got {value!r}", value=self.optimizer)
         if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"--parallel must be ddp or fsdp, got {self.parallel!r}")
+            raise SettingError("{parallel} must be ddp or fsdp, got {value!r}", value=self.parallel)
         if self.parallel == "fsdp" and self.compile:
-            raise ValueError("--compile is not supported with --parallel fsdp here; drop one of them")
+            raise SettingError("{compile} is not supported with {parallel} fsdp here; drop one of them")
         if self.parallel == "fsdp" and self.lora_rank:
-            raise ValueError("LoRA fine-tuning trains a few small adapters: use --parallel ddp, not fsdp")
+            raise SettingError("LoRA fine-tuning trains a few small adapters: use {parallel} ddp, not fsdp")
         if self.dtype not in ("auto", "float32", "bfloat16"):  # llama.training.precision.DTYPES (without importing torch)
-            raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+            raise SettingError("{dtype} must be auto, float32 or bfloat16, got {value!r}", value=self.dtype)
         if self.max_seq_len is not None and self.max_seq_len > MAX_SEQ_LEN:
-            raise ValueError(f"--max-seq-len must be a number of positions from 1 to {MAX_SEQ_LEN:,} (2**20), got "
-                             f"{self.max_seq_len}: the model's RoPE tables are made for every position")
+            raise SettingError("{max_seq_len} must be a number of positions from 1 to {high:,} (2**20), got "
+                               "{value}: the model's RoPE tables are made for every position",
+                               high=MAX_SEQ_LEN, value=self.max_seq_len)
         if self.max_seq_len is not None and self.block_size > self.max_seq_len:
-            raise ValueError(
-                f"--block-size {self.block_size} is larger than --max-seq-len {self.max_seq_len}: the "
-                "model cannot see windows longer than its maximum sequence; lower --block-size or raise --max-seq-len"
-            )
+            raise SettingError(
+                "{block_size} {block} is larger than {max_seq_len} {longest}: the model cannot see windows longer "
+                "than its maximum sequence; lower {block_size} or raise {max_seq_len}",
+                block=self.block_size, longest=self.max_seq_len)
         if not (_is_int(self.lora_rank) and self.lora_rank >= 0):
-            raise ValueError(f"--lora-rank must be an integer >= 0 (0: train every weight), got {self.lora_rank!r}")
+            raise SettingError("{lora_rank} must be an integer >= 0 (0: train every weight), got {value!r}",
+                               value=self.lora_rank)
         if self.lora_rank and self.base is None:
-            raise ValueError("LoRA adapters fine-tune a trained model: give its checkpoint with --base")
-        self.lora_config()  # its own checks, with the flags' names
+            raise SettingError("LoRA adapters fine-tune a trained model: give its checkpoint with {base}")
+        self.lora_config()  # the targets, checked where they are known
 
     def lora_config(self) -> LoRAConfig | None:
         """The :class:`llama.training.lora.LoRAConfig` of a LoRA fine-tuning run, or ``None``."""
@@ -193,7 +260,10 @@ class TrainConfig:
         from llama.training.lora import LoRAConfig  # imports torch: `llama --help` must not wait for it
 
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
-        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=targets)
+        try:
+            return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=targets)
+        except ValueError as err:  # the numbers are checked when the settings are made: this is the targets
+            raise SettingError("{lora_targets}: {problem}", problem=str(err)) from None
 
     def run_settings(self) -> dict[str, Any]:
         """The fields that define the run (all but :attr:`RESUMABLE_CHANGES`)."""
@@ -212,7 +282,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         ``cfg.block_size`` for a new model and the base's own context for a fine-tuned one.
 
     Raises:
-        ValueError: ``cfg.model`` names neither a size of :data:`MODEL_SIZES` nor a preset, or
+        SettingError: ``cfg.model`` names neither a size of :data:`MODEL_SIZES` nor a preset, or
             ``cfg.block_size`` is longer than the context of ``cfg.base``.
 
     >>> model_config(TrainConfig(out="run", model="tiny", max_steps=1, block_size=64), 256).dim
@@ -231,7 +301,8 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         if "n_heads" in overrides and "n_kv_heads" not in overrides:
             overrides["n_kv_heads"] = overrides["n_heads"]
         return ModelConfig.from_preset(cfg.model, vocab_size=vocab_size, max_seq_len=max_seq_len, **overrides)
-    raise ValueError(f"unknown --model {cfg.model!r}; choose one of: {', '.join([*MODEL_SIZES, *PRESETS])}")
+    raise SettingError("unknown {model} {value!r}; choose one of: {names}", value=cfg.model,
+                       names=", ".join([*MODEL_SIZES, *PRESETS]))
 
 
 def check_base(base: str) -> str:
@@ -242,7 +313,8 @@ def check_base(base: str) -> str:
 
     Raises:
         FileNotFoundError: nothing at ``base``.
-        ValueError: a quantized or sharded checkpoint, or a format :mod:`llama.formats.checkpoint` does not read.
+        SettingError: a quantized or sharded checkpoint.
+        ValueError: a format :mod:`llama.formats.checkpoint` does not read.
     """
     from pathlib import Path
 
@@ -251,11 +323,12 @@ def check_base(base: str) -> str:
 
     # llama.training.sharded.is_sharded_checkpoint's test, written here: that module imports this one.
     if is_quantized_checkpoint(base):
-        raise ValueError(f"--base {base} is a quantized checkpoint: LoRA fine-tunes float weights; give --base the "
-                         "float checkpoint it was quantized from (quantize the result afterwards if you like)")
+        raise SettingError("{base} {path} is a quantized checkpoint: LoRA fine-tunes float weights; give {base} the "
+                           "float checkpoint it was quantized from (quantize the result afterwards if you like)",
+                           path=base)
     if (Path(base) / "state.json").is_file() and (Path(base) / "model").is_dir():
-        raise ValueError(f"--base {base} is a sharded checkpoint of a --parallel fsdp run: convert it into one "
-                         f"folder first (llama convert {base} BASE --to hf), then give --base BASE")
+        raise SettingError("{base} {path} is a sharded checkpoint of a {parallel} fsdp run: convert it into one "
+                           "folder first (llama convert {path} BASE --to hf), then give {base} BASE", path=base)
     return detect_format(base)
 
 
@@ -277,19 +350,17 @@ def _base_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     positions the base never saw."""
     config = base_config(cfg.base)
     if vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but the base model {cfg.base} only {config.vocab_size}; "
-                         "fine-tune with the tokenizer the base was trained with (--tokenizer)")
+        raise SettingError("the tokenizer has {n} tokens but the base model {path} only {base_n}; fine-tune with "
+                           "the tokenizer the base was trained with ({tokenizer})", n=vocab_size, path=cfg.base,
+                           base_n=config.vocab_size)
     if cfg.max_seq_len is not None:
         return dataclasses.replace(config, max_seq_len=cfg.max_seq_len)
     if cfg.block_size > config.max_seq_len:
-        raise ValueError(f"--block-size {cfg.block_size} is longer than the {config.max_seq_len}-token context of the "
-                         f"base {cfg.base}, which never saw later positions: fine-tune with --block-size "
-                         f"{config.max_seq_len} or less (or lengthen the context knowingly with --max-seq-len)")
+        raise SettingError("{block_size} {block} is longer than the {context}-token context of the base {path}, "
+                           "which never saw later positions: fine-tune with {block_size} {context} or less (or "
+                           "lengthen the context knowingly with {max_seq_len})", block=cfg.block_size,
+                           context=config.max_seq_len, path=cfg.base)
     return config
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _is_int(value: Any) -> bool:
@@ -332,7 +403,7 @@ def check_memory(cfg: TrainConfig, config: ModelConfig, device: Any = "cpu") -> 
     ``device`` (a GPU's, or the machine's for the CPU).
 
     Raises:
-        ValueError: the message says how much each part needs and which flags lower it.
+        SettingError: the message says how much each part needs and which settings lower it.
     """
     import torch
 
@@ -343,12 +414,13 @@ def check_memory(cfg: TrainConfig, config: ModelConfig, device: Any = "cpu") -> 
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
     need = memory_needed(cfg, config)
     if sum(need.values()) > available:
-        raise ValueError(
-            f"this run needs at least {_size(sum(need.values()))} of memory, more than the {_size(available)} of "
-            f"{where}: {_size(need['weights'])} for the weights of --model {cfg.model} with their gradients and "
-            f"AdamW state, {_size(need['rope'])} for the RoPE tables of --max-seq-len {config.max_seq_len}, "
-            f"{_size(need['logits'])} for one micro-batch's logits; lower --max-seq-len, the model size, "
-            "--batch-size or --block-size")
+        raise SettingError(
+            "this run needs at least {total} of memory, more than the {available} of {where}: {weights} for the "
+            "weights of {model} {size} with their gradients and AdamW state, {rope} for the RoPE tables of "
+            "{max_seq_len} {positions}, {logits} for one micro-batch's logits; lower {max_seq_len}, the model size, "
+            "{batch_size} or {block_size}", total=_size(sum(need.values())), available=_size(available), where=where,
+            weights=_size(need["weights"]), size=cfg.model, rope=_size(need["rope"]), positions=config.max_seq_len,
+            logits=_size(need["logits"]))
 
 
 def _size(n: int) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from llama.training.config import SettingError
+
 __all__ = ["RENDEZVOUS_TIMEOUT", "Dist", "setup", "teardown", "wrap_model", "no_grad_sync", "local_part", "all_finite", "on_rank0",
            "broadcast_from_rank0"]
 
@@ -195,7 +197,8 @@ def teardown(dist: Dist) -> None:
 
 
 # User errors that cross from rank 0 to the other ranks, by name (never by pickle).
-_USER_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
+_USER_ERRORS = {"SettingError": SettingError, "ValueError": ValueError, "FileNotFoundError": FileNotFoundError,
+                "FileExistsError": FileExistsError}
 
 
 def on_rank0(dist: Dist, work: Callable[[], Any]) -> Any:
@@ -226,7 +229,11 @@ def on_rank0(dist: Dist, work: Callable[[], Any]) -> Any:
         except tuple(_USER_ERRORS.values()) as err:
             if dist.world_size == 1:
                 raise
-            result = {"error": type(err).__name__, "message": str(err)}
+            if isinstance(err, SettingError):  # the same error on every rank, so that each names the settings
+                result = {"error": "SettingError", "message": err.without_values().template}
+            else:  # a subclass (json's JSONDecodeError, say) travels as the user error it is
+                name = next(name for name, kind in _USER_ERRORS.items() if isinstance(err, kind))
+                result = {"error": name, "message": str(err)}
     if dist.world_size > 1:
         # On the process's device: NCCL moves only GPU tensors.
         data = list(json.dumps(result).encode()) if dist.rank == 0 else []

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama.model.config import ModelConfig
-from llama.training.lora import add_lora, lora_modules, save_adapter
-from llama.model.transformer import Transformer
-from llama.training.config import TrainConfig
 from llama.formats.load import load_model, save_model
+from llama.model.config import ModelConfig
+from llama.model.transformer import Transformer
+from llama.tokenizers.tokenizer import tokenizer_file
+from llama.training.config import TrainConfig
+from llama.training.lora import add_lora, lora_modules, save_adapter
 
 __all__ = ["build_model", "save_final", "base_tokenizer"]
 
@@ -60,9 +61,9 @@ def base_tokenizer(base: str | Path) -> Path:
     """
     base = Path(base)
     folder = base if base.is_dir() else base.parent
-    found = [p for p in (folder / "tokenizer.json", folder / "tokenizer.model") if p.is_file()]
-    if not found:
+    found = tokenizer_file(folder)
+    if found is None:
         raise FileNotFoundError(f"{folder} has no tokenizer.json or tokenizer.model beside the base model; "
                                 "pass the tokenizer it was trained with as --tokenizer FILE")
-    return found[0]
+    return found
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from llama.training.distributed import Dist, local_part
 from llama.model.transformer import Transformer
+from llama.training.distributed import Dist, local_part
 
 __all__ = ["shard", "checkpoint_activations", "full_state_dict", "local_bytes", "held_bytes"]
 

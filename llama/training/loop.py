@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
 import os
 import sys
@@ -24,19 +23,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama._files import atomic_write_text
 from llama.data.pipeline import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
-from llama.training.distributed import Dist, all_finite, broadcast_from_rank0, no_grad_sync, on_rank0, setup, teardown, wrap_model
-from llama.training.sharded import load_sharded, save_sharded
-from llama.training.finetune import build_model, save_final
+from llama.model.transformer import Transformer
+from llama.training.config import TrainConfig, check_memory, model_config
+from llama.training.distributed import (
+    Dist,
+    all_finite,
+    broadcast_from_rank0,
+    no_grad_sync,
+    on_rank0,
+    setup,
+    teardown,
+    wrap_model,
+)
+from llama.training.finetune import build_model
 from llama.training.fsdp import checkpoint_activations, full_state_dict, held_bytes, shard
 from llama.training.loss import cross_entropy
-from llama.model.transformer import Transformer
 from llama.training.optim import clip_grad_norm, lr_at, make_optimizer
-from llama.training.precision import emulation_warning, resolve_dtype
+from llama.training.precision import choose_dtype
 from llama.training.run_folder import RunLock, check_out, kept_after_stop, remove_new_run, remove_partial
-from llama.training.config import TrainConfig, check_memory, model_config
-from llama.training.state import merge_resume, preflight, prepare_run, resume_checkpoint, save_checkpoint, trim_log
+from llama.training.sharded import load_sharded, save_sharded
+from llama.training.state import (
+    append_log,
+    finish_run,
+    merge_resume,
+    preflight,
+    prepare_run,
+    resume_checkpoint,
+    save_checkpoint,
+    trim_log,
+)
 
 __all__ = ["evaluate", "train_step", "train"]
 
@@ -195,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
         # The processes of one machine share its cores.
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
         try:
-            dtype, why = on_rank0(dist, lambda: _choose_dtype(requested, saved, dist.device, cfg.progress))
+            dtype, why = on_rank0(dist, lambda: choose_dtype(requested, saved, dist.device, cfg.progress))
             cfg = dataclasses.replace(cfg, dtype=dtype)
             return _train_loop(cfg, resume, saved, dist, on_step, why)
         except BaseException:
@@ -226,11 +242,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     out, rank, world = Path(cfg.out), dist.rank, dist.world_size
     # Data and tokenizer: rank 0 writes the files, then every rank reads them.
     text_path = resolve_text_path(cfg.data)
-
-    def write_run_files() -> None:
-        prepare_run(cfg, text_path, saved, world, write=True, notes={"dtype_reason": dtype_reason})
-
-    on_rank0(dist, write_run_files)
+    on_rank0(dist, lambda: _write_run_files(cfg, text_path, saved, world, dtype_reason))
     tokenizer, tok_file, data = prepare_run(cfg, text_path, saved, world, write=False)  # reads them
     if len(data.val) < 2:
         raise ValueError(f"the validation text of {text_path} has {len(data.val)} token(s); use a longer text")
@@ -258,60 +270,29 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
     net = model if sharded else wrap_model(torch.compile(model) if cfg.compile else model, dist)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.accum * world
 
-    def progress_of(step: int, elapsed: float) -> float:
-        """The fraction of the run done: of its steps, of its time, or the larger of the two."""
-        fractions = []
-        if cfg.max_steps:
-            fractions.append(step / cfg.max_steps)
-        if cfg.max_time:
-            fractions.append(elapsed / cfg.max_time)
-        return max(fractions)
-
-    def log_eval(train_loss: float | None, final: bool = False, bar: Any = None) -> dict[str, Any]:
-        net.eval()
-        result = evaluate(model, data.val, cfg.block_size, byte_lengths, None if final else cfg.eval_tokens,
-                          rank=rank, world_size=world, lockstep=sharded, progress=bar and bar.update)
-        if bar is not None:
-            bar.close()
-        if sharded and world > 1:
-            model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
-        net.train()
-        record = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3),
-                  "lr": lr, "train_loss": train_loss, **{f"val_{k}": v for k, v in result.items()}}
-        if final:
-            record["final"] = True
-        if rank == 0:
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        return record
-
-    bar = _progress_bar(cfg, progress_of(step, elapsed)) if rank == 0 and cfg.progress else None
+    bar = _progress_bar(cfg, _progress(cfg, step, elapsed)) if rank == 0 and cfg.progress else None
     losses: list[float] = []  # training losses since the last evaluation
-    lr = lr_at(step, progress_of(step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+    lr = lr_at(step, _progress(cfg, step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
     net.train()
     start = time.perf_counter() - elapsed
-
-    def clock() -> float:
-        """Seconds of training so far. Under a time budget with several ranks, rank 0's: the
-        decisions taken from it (stop? evaluate?) must be the same on every rank at every step."""
-        seconds = time.perf_counter() - start
-        return broadcast_from_rank0(seconds, dist) if world > 1 and cfg.max_time else seconds
-
     while True:
-        elapsed = clock()
-        if progress_of(step, elapsed) >= 1.0:
+        elapsed = _clock(start, cfg, dist)
+        if _progress(cfg, step, elapsed) >= 1.0:
             break
-        lr = lr_at(step, progress_of(step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        lr = lr_at(step, _progress(cfg, step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         loss = train_step(net, optimizer, sampler, lr, cfg.accum, cfg.grad_clip, autocast_dtype, world)
         losses.append(loss)
         step += 1
         if not math.isfinite(loss):  # the same on every rank: the loss is averaged over them
             raise _diverged(cfg, resume, step, f"the loss is {loss}")
-        elapsed = clock()
-        if step % cfg.eval_every == 0 or progress_of(step, elapsed) >= 1.0:
+        elapsed = _clock(start, cfg, dist)
+        if step % cfg.eval_every == 0 or _progress(cfg, step, elapsed) >= 1.0:
             if not all_finite(model, dist):  # never checkpoint them
                 raise _diverged(cfg, resume, step, f"the loss was {loss:.4g}, but the update made weights non-finite")
-            record = log_eval(sum(losses) / len(losses))
+            record = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3), "lr": lr,
+                      "train_loss": sum(losses) / len(losses), **_validate(net, model, cfg, dist, data.val, byte_lengths)}
+            if rank == 0:
+                append_log(log, record)
             losses.clear()
             state = {"step": step, "elapsed": time.perf_counter() - start, "model_config": mconf.to_dict(),
                      "train_config": dataclasses.asdict(cfg), "bytes_per_rank": held_bytes(model, optimizer, dist)}
@@ -324,33 +305,61 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         if bar is not None:
             tok_s = step * tokens_per_step / max(elapsed, 1e-9)
             bar.set_description(f"step {step} loss {loss:.3f} {tok_s:,.0f} tok/s")
-            bar.update(max(0, min(bar.total, round(progress_of(step, elapsed) * bar.total)) - bar.n))
+            bar.update(max(0, min(bar.total, round(_progress(cfg, step, elapsed) * bar.total)) - bar.n))
         if on_step is not None:
             on_step(step)
     if bar is not None:  # the loop's bar gives way to the final evaluation's, saying what still comes
         bar = _final_progress(bar, cfg, step, elapsed, len(data.val) - 1, world)
-    final = log_eval(None, final=True, bar=bar)  # which closes the bar
+    final = {"step": step, "tokens": step * tokens_per_step, "elapsed": round(elapsed, 3), "lr": lr, "train_loss": None,
+             **_validate(net, model, cfg, dist, data.val, byte_lengths, final=True, bar=bar), "final": True}
+    if rank == 0:
+        append_log(log, final)
     if sharded and world > 1:  # the whole weights, gathered from every rank's shards, for rank 0 to write
         whole = full_state_dict(model)
         if rank == 0:
             model = Transformer(mconf)
             model.load_state_dict(whole)
     if rank == 0:
-        _finish(out, model, tokenizer, tok_file, cfg)
+        finish_run(out, model, tokenizer, tok_file, cfg)
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the model
     return final
+
+
+def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """The fraction of the run done at ``step``, ``elapsed`` seconds in: of its steps, of its time,
+    or the larger of the two."""
+    return max(step / cfg.max_steps if cfg.max_steps else 0.0, elapsed / cfg.max_time if cfg.max_time else 0.0)
+
+
+def _clock(start: float, cfg: TrainConfig, dist: Dist) -> float:
+    """Seconds of training since ``start``. Under a time budget with several ranks, rank 0's: the
+    decisions taken from it (stop? evaluate?) must be the same on every rank at every step."""
+    seconds = time.perf_counter() - start
+    return broadcast_from_rank0(seconds, dist) if dist.world_size > 1 and cfg.max_time else seconds
+
+
+def _validate(net: torch.nn.Module, model: torch.nn.Module, cfg: TrainConfig, dist: Dist, val: np.ndarray,
+              byte_lengths: np.ndarray, final: bool = False, bar: Any = None) -> dict[str, float]:
+    """:func:`evaluate` on ``cfg.eval_tokens`` validation ids (all of them if ``final``), in eval
+    mode, as ``val_loss``, ``val_ppl``, ``val_bpb``, ...; ``bar`` counts the windows, and is closed."""
+    net.eval()
+    sharded = cfg.parallel == "fsdp"
+    result = evaluate(model, val, cfg.block_size, byte_lengths, None if final else cfg.eval_tokens, rank=dist.rank,
+                      world_size=dist.world_size, lockstep=sharded, progress=bar and bar.update)
+    if bar is not None:
+        bar.close()
+    if sharded and dist.world_size > 1:
+        model.reshard()  # the outermost unit stays gathered after a forward that no backward follows
+    net.train()
+    return {f"val_{k}": v for k, v in result.items()}
+
+
+def _write_run_files(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world: int,
+                     dtype_reason: str) -> None:
+    """Rank 0: ``run.json``, the tokenizer and the token ids, which the other ranks then read."""
+    prepare_run(cfg, text_path, saved, world, write=True, notes={"dtype_reason": dtype_reason})
 # --8<-- [end:loop]
-
-
-def _choose_dtype(requested: str, saved: dict[str, Any] | None, device: torch.device, report: bool) -> list[str]:
-    """Rank 0: the run's dtype and why (:func:`llama.training.precision.resolve_dtype`; a run.json older than
-    ``--dtype`` means float32), said on stderr with the progress, and a warning where bfloat16 is emulated."""
-    dtype, why = resolve_dtype(requested, device, None if saved is None else saved.get("dtype", "float32"))
-    warning = emulation_warning(dtype, device)
-    for line in ([f"dtype: {dtype} ({why})"] if report else []) + ([warning] if warning else []):
-        print(line, file=sys.stderr, flush=True)
-    return [dtype, why]
 
 
 def _progress_bar(cfg: TrainConfig, progress: float, windows: int = 0):
@@ -424,22 +433,6 @@ def _save(cfg: TrainConfig, resume: bool, step: int, write: Callable[..., Any], 
         raise ValueError(f"could not write the checkpoint of step {step} into {Path(cfg.out) / 'checkpoints'} "
                          f"({reason}); the partial checkpoint was removed and {kept}. Free some space, then "
                          f"{'continue with --resume' if resumable else 'run the command again'}") from None
-
-
-def _finish(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:
-    """Write the final model (Hugging Face folder, or adapter folder after LoRA) with its tokenizer, and a sample."""
-    import shutil
-
-    from llama.inference.generation import generate
-    from llama.inference.sampling import Sampling
-
-    shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
-    if cfg.sample_tokens > 0:
-        model.eval()
-        prompt = tokenizer.encode("\n")
-        n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
-        ids = generate(model, prompt, n, Sampling(temperature=0.8, seed=cfg.seed))
-        atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")
 
 
 if __name__ == "__main__":  # the loop has no flags of its own: they belong to the command line

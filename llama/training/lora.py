@@ -58,14 +58,14 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise ValueError(f"the LoRA rank must be a positive integer (--lora-rank), got {self.rank!r}")
+            raise ValueError(f"the LoRA rank must be a positive integer, got {self.rank!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"the LoRA alpha must be a positive number (--lora-alpha), got {self.alpha!r}")
+            raise ValueError(f"the LoRA alpha must be a positive number, got {self.alpha!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
-            raise ValueError(f"the LoRA dropout must be in [0, 1) (--lora-dropout), got {self.dropout!r}")
+            raise ValueError(f"the LoRA dropout must be in [0, 1), got {self.dropout!r}")
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets:
-            raise ValueError(f"LoRA targets must be some of {', '.join(TARGETS)} (--lora-targets), "
+            raise ValueError(f"the LoRA targets must be some of {', '.join(TARGETS)}, "
                              f"got {', '.join(self.targets) or 'none'}")
 
     @property

@@ -18,8 +18,8 @@ import math
 import torch
 
 from llama.model.config import ModelConfig
-from llama.training.flops import training_memory
 from llama.model.transformer import Transformer
+from llama.training.flops import training_memory
 
 __all__ = ["STRATEGIES", "parameter_shapes", "shard_numel", "bytes_per_rank", "communication_bytes"]
 

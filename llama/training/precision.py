@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
+from typing import Any
 
 import torch
 
 __all__ = ["DTYPES", "BF16_FEATURES", "resolve_dtype", "bf16_support", "fast_dtype", "cpu_bf16_features",
-           "measure_bf16_slowdown", "emulation_warning"]
+           "measure_bf16_slowdown", "emulation_warning", "choose_dtype"]
 
 #: The values of ``--dtype``.
 DTYPES = ("auto", "float32", "bfloat16")
@@ -172,3 +174,24 @@ def emulation_warning(dtype: str, device: str | torch.device = "cpu") -> str | N
         return None
     native, why = bf16_support(device)
     return None if native else f"warning: --dtype bfloat16 is emulated here: {why}; --dtype auto would use float32"
+
+
+def choose_dtype(requested: str, saved: dict[str, Any] | None, device: torch.device, report: bool) -> list[str]:
+    """Rank 0 of a training run: its dtype and why (:func:`resolve_dtype`; a ``run.json`` older than
+    ``--dtype`` means float32), said on stderr with the progress (``report``), and a warning where
+    bfloat16 is emulated.
+
+    Args:
+        requested: the run's ``dtype`` setting (``"auto"``, ``"float32"`` or ``"bfloat16"``).
+        saved: the saved ``run.json`` of a resumed run, or ``None``.
+        device: where the run computes.
+        report: print the choice (the warning is printed in any case).
+
+    Returns:
+        ``[dtype, why]``, a list: JSON carries it to the other ranks.
+    """
+    dtype, why = resolve_dtype(requested, device, None if saved is None else saved.get("dtype", "float32"))
+    warning = emulation_warning(dtype, device)
+    for line in ([f"dtype: {dtype} ({why})"] if report else []) + ([warning] if warning else []):
+        print(line, file=sys.stderr, flush=True)
+    return [dtype, why]

@@ -30,10 +30,10 @@ import torch
 
 from llama._files import make_temp_dir
 from llama.formats.checkpoint import check_finite
-from llama.model.config import ModelConfig
-from llama.training.distributed import Dist, on_rank0
 from llama.formats.load import check_before_building
+from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
+from llama.training.distributed import Dist, on_rank0
 
 __all__ = ["is_sharded_checkpoint", "save_sharded", "load_sharded", "read_sharded"]
 

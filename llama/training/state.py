@@ -4,7 +4,7 @@ What one run writes into ``--out DIR`` (only rank 0 writes):
 
 * ``run.json``: the run's settings (a later ``--resume`` must agree with them), ``dtype`` being
   the one ``--dtype auto`` chose, with why (``dtype_reason``);
-* ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece);
+* ``tokenizer.json`` (byte-level BPE) or ``tokenizer.model`` (SentencePiece): :mod:`llama.training.tokenizer`;
 * ``data/{train,val}.npy``: the token ids, tokenized once, memory-mapped;
 * ``log.jsonl``: one JSON record per evaluation (loss, perplexity, bits per byte, lr, time);
 * ``checkpoints/step-NNNNNNN/``: weights and optimizer state as safetensors, everything else
@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama._files import atomic_write_bytes, atomic_write_text, default_mode, make_temp_dir
+from llama._files import atomic_write_text, default_mode, make_temp_dir
 from llama.data.pipeline import TokenData, WindowSampler, prepare_tokens, read_text, resolve_text_path, split_bytes
 from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer
-from llama.training.run_folder import latest_name
 from llama.training.config import TrainConfig, check_memory, model_config
+from llama.training.finetune import save_final
+from llama.training.run_folder import latest_name
+from llama.training.tokenizer import build_tokenizer
 
 __all__ = [
     "merge_resume",
@@ -49,6 +51,8 @@ __all__ = [
     "load_checkpoint",
     "restore_generators",
     "read_log",
+    "append_log",
+    "finish_run",
     "trim_log",
 ]
 
@@ -113,52 +117,6 @@ def preflight(cfg: TrainConfig, device: torch.device) -> None:
     check_memory(cfg, model_config(cfg, 256 if cfg.tokenizer == "bytes" else cfg.vocab_size), device)
 
 
-def _build_tokenizer(cfg: TrainConfig, text_path: Path, out: Path, saved: dict[str, Any] | None):
-    """Train or load the tokenizer into ``out``; returns (tokenizer, its file)."""
-    from llama.tokenizers.tokenizer import BPETokenizer, load_tokenizer, train_sentencepiece
-
-    found = [p for p in (out / "tokenizer.json", out / "tokenizer.model") if p.is_file()]
-    if found:
-        tok = load_tokenizer(found[0])
-        _check_tokenizer(cfg, tok, found, saved)
-        return tok, found[0]
-    if cfg.tokenizer in ("bytes", "bpe", "sentencepiece"):
-        train_text = split_bytes(read_text(text_path))[0].decode("utf-8")  # never the validation text
-        if cfg.tokenizer == "sentencepiece":
-            path = out / "tokenizer.model"
-            return train_sentencepiece(train_text, cfg.vocab_size, path), path
-        tok = BPETokenizer([]) if cfg.tokenizer == "bytes" else BPETokenizer.train(train_text, cfg.vocab_size)
-        path = out / "tokenizer.json"
-        tok.save(path)
-        return tok, path
-    source = Path(cfg.tokenizer)
-    if not source.is_file():
-        raise FileNotFoundError(f"--tokenizer {source}: no such file; give bytes, bpe, sentencepiece or a saved tokenizer")
-    tok = load_tokenizer(source)
-    path = out / ("tokenizer.json" if source.read_bytes()[:1] == b"{" else "tokenizer.model")
-    atomic_write_bytes(path, source.read_bytes())
-    return tok, path
-
-
-def _check_tokenizer(cfg: TrainConfig, tok: Any, found: list[Path], saved: dict[str, Any] | None) -> None:
-    """The tokenizer file in a run folder must be the one its settings made: a run trained with
-    another one would learn, and report, something other than what ``run.json`` says."""
-    path = found[0]
-    wanted = {"bytes": (".json", 256), "bpe": (".json", cfg.vocab_size),
-              "sentencepiece": (".model", cfg.vocab_size)}.get(cfg.tokenizer)
-    problem = None
-    if len(found) > 1:
-        problem = "the folder holds both tokenizer.json and tokenizer.model"
-    elif saved is not None and saved.get("tokenizer_sha256") not in (None, sha256_file(path)):
-        problem = "it is not the file the run was started with (its sha256 differs)"
-    elif wanted is not None and (path.suffix, tok.vocab_size) != wanted:
-        problem = f"that makes a {wanted[0]} file of {wanted[1]} tokens, but it is a {path.suffix} file of {tok.vocab_size}"
-    if problem:
-        raise ValueError(f"{path} does not belong to this run (--tokenizer {cfg.tokenizer}, --vocab-size "
-                         f"{cfg.vocab_size}): {problem}. Put back the run's tokenizer (every checkpoint folder "
-                         "holds a copy), or start a new run in another --out")
-
-
 def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
                 write: bool, notes: dict[str, Any] | None = None) -> tuple[Any, Path, TokenData]:
     """The run's tokenizer and token ids, made in its folder the first time and read after that.
@@ -166,7 +124,8 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
     With ``write`` (rank 0 only, before the others call this without it): a new run records its
     settings in ``run.json``, with the number of processes, the text's sha256 and ``notes``
     (why the run computes in its dtype, ``dtype_reason``); a resumed run
-    checks that the text is the one it was trained on. Then the tokenizer is trained (or copied)
+    checks that the text is the one it was trained on. Then the tokenizer is trained (or copied:
+    :func:`llama.training.tokenizer.build_tokenizer`)
     and the text tokenized, unless their files are already there.
 
     Args:
@@ -195,7 +154,7 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         elif saved["text_sha256"] != sha256_file(text_path):
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
-    tokenizer, tok_file = _build_tokenizer(cfg, text_path, out, saved)
+    tokenizer, tok_file = build_tokenizer(cfg, text_path, out, saved)
     tok_sha = sha256_file(tok_file)
     if write and (saved or {}).get("tokenizer_sha256") != tok_sha:  # recorded once it exists; checked on resume
         run = json.loads((out / "run.json").read_text())
@@ -413,6 +372,12 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``log.jsonl``, one JSON object a line (rank 0 alone calls this)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def trim_log(path: Path, step: int) -> None:
     """Forget the records of ``log.jsonl`` made after ``step`` (and the final one): a run resumed
     from the checkpoint of ``step`` makes them again, and the log must read as one run's.
@@ -431,3 +396,27 @@ def trim_log(path: Path, step: int) -> None:
                 raise ValueError(f"{path}: line {i + 1} is not JSON; repair or delete that line, then --resume") from None
     kept = [r for r in records if r["step"] <= step and not r.get("final")]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ---------------------------------------------------------------------------------- the end of a run
+def finish_run(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cfg: TrainConfig) -> None:
+    """Write the final model (a Hugging Face folder, or an adapter folder after LoRA) with its
+    tokenizer, and a sample of ``cfg.sample_tokens`` tokens from it into ``samples.txt``.
+
+    Args:
+        out: the run folder.
+        model: the trained model, whole (on rank 0).
+        tokenizer: the run's tokenizer, whose file ``tok_file`` is copied beside the model.
+        tok_file: the tokenizer's file in ``out``.
+        cfg: the run's settings (``base``, ``sample_tokens``, ``seed``).
+    """
+    from llama.inference.generation import generate
+    from llama.inference.sampling import Sampling
+
+    shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
+    if cfg.sample_tokens > 0:
+        model.eval()
+        prompt = tokenizer.encode("\n")
+        n = min(cfg.sample_tokens, model.config.max_seq_len - len(prompt))
+        ids = generate(model, prompt, n, Sampling(temperature=0.8, seed=cfg.seed))
+        atomic_write_text(out / "samples.txt", tokenizer.decode(ids) + "\n")

@@ -99,10 +99,12 @@ def table(result: dict) -> list[str]:
     lines = ["| | held-out greedy accuracy | format |", "| --- | ---: | ---: |",
              f"| before RL | {100 * result['accuracy_before']:.1f}% of {result['held_out']} | "
              f"{100 * result['format_before']:.0f}% |",
-             f"| after {result['rl_steps']} GRPO steps | {100 * result['accuracy_after']:.1f}% of {result['held_out']} | "
+             f"| after {result['rl_steps']} GRPO steps | {100 * result['accuracy_after']:.1f}% of "
+             f"{result['held_out']} | "
              f"{100 * result['format_after']:.0f}% |", "", "| step | mean reward | groups with one reward |",
              "| ---: | ---: | ---: |"]
-    lines += [f"| {c['step']} | {c['reward']:.3f} | {c['flat_groups']} of {PROBLEMS_PER_STEP} |" for c in result["curve"]]
+    lines += [f"| {c['step']} | {c['reward']:.3f} | {c['flat_groups']} of {PROBLEMS_PER_STEP} |"
+              for c in result["curve"]]
     return lines
 
 
@@ -138,10 +140,12 @@ def main(argv=None) -> int:
         settings = {"problems": PROBLEMS, "steps": STEPS, "problems_per_step": PROBLEMS_PER_STEP, "group": GROUP,
                     "lr": LR, "clip_eps": CLIP_EPS, "kl_beta": KL_BETA}
         (RESULTS / "rl.json").write_text(json.dumps(
-            {"command": command, "machine": info, "threads": torch.get_num_threads(), "train": "llama " + shlex.join(train_argv),
-             "load_average": [round(load_start, 2), round(load_end, 2)], "settings": settings, **result}, indent=1) + "\n")
+            {"command": command, "machine": info, "threads": torch.get_num_threads(),
+             "train": "llama " + shlex.join(train_argv), "load_average": [round(load_start, 2), round(load_end, 2)],
+             "settings": settings, **result}, indent=1) + "\n")
         (RESULTS / "rl.md").write_text(
-            f"`{command}`; {machine_line(info)}; load average {load_start:.2f} at the start, {load_end:.2f} at the end; "
+            f"`{command}`; {machine_line(info)}; load average {load_start:.2f} at the start, "
+            f"{load_end:.2f} at the end; "
             f"`llama train --data CORPUS {shlex.join(TRAIN_ARGS)}` on {PROBLEMS:,} training problems of {task!r}, then "
             f"{STEPS} GRPO steps, each on {PROBLEMS_PER_STEP} training problems with groups of {GROUP} replies sampled "
             f"at temperature 1 (AdamW, lr {LR}, clip {CLIP_EPS}, no KL term)\n\n" + "\n".join(table(result)) + "\n")

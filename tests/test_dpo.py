@@ -113,7 +113,8 @@ def test_sequence_logps_count_the_reply_only_and_padding_changes_nothing():
         logits = model(tokens)[0].double().log_softmax(-1)
         by_hand = sum(logits[i - 1, tokens[0, i]].item() for i in range(4, 7))
         got = sequence_logps(model, tokens, mask).item()
-        padded = sequence_logps(model, torch.tensor([prompt + reply + [0, 0]]), torch.cat([mask, mask[:, :2] & False], 1))
+        padded_mask = torch.cat([mask, torch.zeros(1, 2, dtype=torch.bool)], 1)
+        padded = sequence_logps(model, torch.tensor([prompt + reply + [0, 0]]), padded_mask)
     assert got == pytest.approx(by_hand, abs=1e-5)
     assert padded.item() == pytest.approx(got, abs=1e-5)
 
@@ -196,7 +197,8 @@ def test_dpo_step_refuses_beta_before_computing():
 
 
 def test_pairs_that_outgrow_the_context_are_refused():
-    with pytest.raises(ValueError, match=r"^pair 0: 2 prompt tokens \+ 20 tokens of the rejected reply exceed max_seq_len=16"):
+    with pytest.raises(ValueError, match=r"^pair 0: 2 prompt tokens \+ 20 tokens of the rejected reply exceed "
+                                         r"max_seq_len=16"):
         pair_batch(BYTES, [Pair("p", "a", "x" * 20)], max_seq_len=16)
 
 

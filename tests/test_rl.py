@@ -143,8 +143,10 @@ def test_clip_and_kl_pieces():
     # k3 is never negative, and its mean under pi is KL(pi || ref)
     pi, ref = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64), torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64)
     assert (k3_kl(pi.log(), ref.log()) >= 0).all()
-    assert (pi * k3_kl(pi.log(), ref.log())).sum().item() == pytest.approx((pi * (pi / ref).log()).sum().item(), abs=1e-15)
-    x, mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]]), torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]).bool()
+    kl = (pi * (pi / ref).log()).sum().item()
+    assert (pi * k3_kl(pi.log(), ref.log())).sum().item() == pytest.approx(kl, abs=1e-15)
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]).bool()
     assert masked_mean(x, mask, "token").item() == pytest.approx(8 / 5)   # every token weighs the same
     assert masked_mean(x, mask, "sequence").item() == pytest.approx(2.5)  # every reply weighs the same
 
@@ -243,7 +245,7 @@ def test_a_reward_function_that_raises_names_the_task_and_the_reply():
 
 
 def test_bad_step_settings_are_refused():
-    old, new, ref, mask, rewards = random_group_batch(1, 2, 3, torch.float32)
+    old, new, _, mask, rewards = random_group_batch(1, 2, 3, torch.float32)
     batch = Rollout([Problem("p", "1")], ["a", "b"], torch.zeros(2, 4, dtype=torch.long),
                     torch.ones(2, 4, dtype=torch.bool), rewards, old)
     model = tiny_model()

@@ -1,4 +1,6 @@
-r"""Preference tuning by direct preference optimisation (DPO): the Bradley-Terry model of which of two replies is preferred, turned into a loss on the log-probabilities that a policy and a frozen reference give them.
+r"""Preference tuning by direct preference optimisation (DPO): the Bradley-Terry model of which of two
+replies is preferred, turned into a loss on the log-probabilities that a policy and a frozen
+reference give them.
 
 For a prompt $x$, a chosen reply $y_c$ and a rejected one $y_r$, DPO minimises
 
@@ -42,8 +44,9 @@ __all__ = ["token_logps", "sequence_logps", "neg_log_sigmoid", "DPOOutput", "dpo
 
 def _check_batch(tokens: torch.Tensor, completion_mask: torch.Tensor | None = None) -> None:
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long or tokens.size(1) < 2:
-        raise ValueError(f"tokens must be a [b, s] tensor of token ids (torch.long) with s >= 2, got "
-                         f"{getattr(tokens, 'dtype', type(tokens).__name__)} of shape {tuple(getattr(tokens, 'shape', ()))}")
+        kind, shape = getattr(tokens, "dtype", type(tokens).__name__), tuple(getattr(tokens, "shape", ()))
+        raise ValueError(f"tokens must be a [b, s] tensor of token ids (torch.long) with s >= 2, "
+                         f"got {kind} of shape {shape}")
     if completion_mask is not None and (completion_mask.shape != tokens.shape or completion_mask.dtype != torch.bool):
         raise ValueError(f"completion_mask must be a bool tensor shaped like tokens {tuple(tokens.shape)}, got "
                          f"{completion_mask.dtype} of shape {tuple(completion_mask.shape)}")
@@ -51,11 +54,12 @@ def _check_batch(tokens: torch.Tensor, completion_mask: torch.Tensor | None = No
 
 # --8<-- [start:logps]
 def token_logps(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
-    r"""$\log \pi(t_{i} \mid t_{<i})$ for every token after the first: the log-softmax of the logits, picked at the next id.
+    r"""$\log \pi(t_{i} \mid t_{<i})$ for every token after the first: the log-softmax, picked at the next id.
 
     Written out as in :mod:`llama.training.loss`: the picked logit minus the log-sum-exp of its row,
-    in float32 at least (float64 stays float64). Sequences are right padded: a causal model never lets a later (padding) token
-    change an earlier position, so no attention mask is needed, only a mask of what to count.
+    in float32 at least (float64 stays float64). Sequences are right padded: a causal model never
+    lets a later (padding) token change an earlier position, so no attention mask is needed, only
+    a mask of what to count.
 
     Args:
         model: the language model.
@@ -259,7 +263,8 @@ def dpo_step(policy: Transformer, reference: Transformer, batch: PairBatch, opti
     _check_beta(beta)
     _check_batch(batch.tokens, batch.completion_mask)
     if batch.tokens.size(0) % 2:
-        raise ValueError(f"a batch of pairs has an even number of rows (chosen, then rejected), got {batch.tokens.size(0)}")
+        raise ValueError(f"a batch of pairs has an even number of rows (chosen, then rejected), "
+                         f"got {batch.tokens.size(0)}")
     n = batch.tokens.size(0) // 2
     with torch.no_grad():
         ref = sequence_logps(reference, batch.tokens, batch.completion_mask)

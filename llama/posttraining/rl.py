@@ -1,4 +1,5 @@
-r"""Reinforcement learning with verifiable rewards: REINFORCE and GRPO written out, on groups of replies sampled by the KV-cached batched decoder and rewarded by a task's grader.
+r"""Reinforcement learning with verifiable rewards: REINFORCE and GRPO written out, on groups of
+replies sampled by the KV-cached batched decoder and rewarded by a task's grader.
 
 For each problem, :func:`rollout` samples a group of $G$ replies with
 :func:`~llama.inference.generation.generate_batch`, grades them, and keeps the token log-probabilities
@@ -240,7 +241,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
         The scalar loss.
 
     Raises:
-        ValueError: ``kl_beta > 0`` without ``ref_logps``, negative ``clip_eps`` or ``kl_beta``, or an unknown ``level``.
+        ValueError: ``kl_beta > 0`` without ``ref_logps``, negative ``clip_eps`` or ``kl_beta``, or an
+            unknown ``level``.
     """
     if clip_eps < 0 or kl_beta < 0:
         raise ValueError(f"clip_eps and kl_beta must be >= 0, got clip_eps={clip_eps}, kl_beta={kl_beta}")

@@ -139,9 +139,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     r"""The DPO loss $-\log\sigma(\beta[(\pi_c - \text{ref}_c) - (\pi_r - \text{ref}_r)])$, averaged over pairs.
 
     Args:
-        policy_chosen, policy_rejected: ``[n]`` sequence log-probabilities of the chosen and the
-            rejected replies under the policy being trained.
-        ref_chosen, ref_rejected: ``[n]`` the same under the frozen reference.
+        policy_chosen: ``[n]`` sequence log-probabilities of the chosen replies under the policy being trained.
+        policy_rejected: ``[n]`` those of the rejected replies.
+        ref_chosen: ``[n]`` those of the chosen replies under the frozen reference.
+        ref_rejected: ``[n]`` those of the rejected replies under the reference.
         beta: how far the policy may move from the reference: the inverse temperature of the
             Bradley-Terry model of the implicit rewards (0.1 is usual).
 
@@ -306,13 +307,17 @@ def preference_pairs(model: Transformer, tokenizer: Tokenizer, task: Task, probl
     to prefer: it is skipped, and counted.
 
     Args:
-        model, tokenizer: the model that samples, and its tokenizer.
+        model: the model that samples.
+        tokenizer: its tokenizer.
         task: the task whose grader gives the rewards.
         problems: the problems (training problems: :meth:`~llama.posttraining.tasks.Task.train_problems`).
         k: replies sampled per problem, at least 2.
         max_new_tokens: the longest reply, in tokens.
-        temperature, seed: the sampling.
-        batch_size, format_prompt, stop: as for :func:`~llama.posttraining.evaluate.replies`.
+        temperature: the sampling temperature (1: the model's own distribution).
+        seed: the seed of the sampling.
+        batch_size: prompts generated together (see :func:`~llama.posttraining.evaluate.replies`).
+        format_prompt: turns a prompt into the model's input text.
+        stop: strings that end a reply.
         reward: a reward function ``(reply, problem) -> float`` instead of the task's grade.
 
     Returns:

@@ -85,12 +85,14 @@ def rollout(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequ
     replies are drawn from the policy itself, as the policy gradient assumes.
 
     Args:
-        model, tokenizer: the policy that samples, and its tokenizer.
+        model: the policy that samples.
+        tokenizer: its tokenizer.
         task: the task whose grader gives the rewards.
         problems: the problems, one group each.
         group_size: $G$, replies per problem, at least 2.
         max_new_tokens: the longest reply, in tokens.
-        temperature, seed: the sampling.
+        temperature: the sampling temperature (1: the policy's own distribution).
+        seed: the seed of the sampling (``None``: PyTorch's global random state).
         reward: a reward function ``(reply, problem) -> float`` instead of the task's grade.
         format_prompt: turns a prompt into the model's input text.
         stop: strings that end a reply.
@@ -271,7 +273,9 @@ def rl_step(policy: Transformer, batch: Rollout, optimizer: torch.optim.Optimize
         batch: the rollout (sampled by ``policy`` before this step, or a few steps before).
         optimizer: the optimizer of ``policy``.
         method: ``"grpo"`` or ``"reinforce"``.
-        clip_eps, kl_beta, level: as for :func:`grpo_loss`.
+        clip_eps: $\epsilon$ of the clip (:func:`grpo_loss`).
+        kl_beta: weight of the KL term (0: none).
+        level: ``"sequence"`` or ``"token"`` averaging (:func:`masked_mean`).
         reference: the frozen model of the KL term (:func:`~llama.posttraining.dpo.frozen_copy`).
         eps: added to each group's std.
 

@@ -273,7 +273,7 @@ def rl_step(policy: Transformer, batch: Rollout, optimizer: torch.optim.Optimize
         batch: the rollout (sampled by ``policy`` before this step, or a few steps before).
         optimizer: the optimizer of ``policy``.
         method: ``"grpo"`` or ``"reinforce"``.
-        clip_eps: $\epsilon$ of the clip (:func:`grpo_loss`).
+        clip_eps: $\\epsilon$ of the clip (:func:`grpo_loss`).
         kl_beta: weight of the KL term (0: none).
         level: ``"sequence"`` or ``"token"`` averaging (:func:`masked_mean`).
         reference: the frozen model of the KL term (:func:`~llama.posttraining.dpo.frozen_copy`).

@@ -1,5 +1,5 @@
 """After pre-training (part V): a chat format for the book's models, tasks whose answers a program can
-check, their evaluation, and training on preferences (DPO) and on verifiable rewards (REINFORCE, GRPO).
+check, and their evaluation.
 
 Modules, in the order the book meets them: :mod:`~llama.posttraining.special_tokens`,
 :mod:`~llama.posttraining.chat`, :mod:`~llama.posttraining.chat_session`,
@@ -27,11 +27,11 @@ _EXPORTS = {
     "parse_answer": "tasks", "document": "tasks", "corpus": "tasks", "write_corpus": "tasks",
     "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "replies": "evaluate",
     "bits_per_byte": "evaluate", "TaskEvaluation": "evaluate", "evaluate_task": "evaluate",
-    "token_logps": "dpo", "sequence_logps": "dpo", "neg_log_sigmoid": "dpo", "DPOOutput": "dpo", "dpo_loss": "dpo",
-    "Pair": "dpo", "PairBatch": "dpo", "pair_batch": "dpo", "frozen_copy": "dpo", "dpo_step": "dpo",
-    "reward_of": "dpo", "preference_pairs": "dpo",
-    "Rollout": "rl", "rollout": "rl", "group_advantages": "rl", "reinforce_loss": "rl", "clipped_surrogate": "rl",
-    "k3_kl": "rl", "masked_mean": "rl", "grpo_loss": "rl", "rl_step": "rl",
+    "token_logps": "dpo", "sequence_logps": "dpo", "neg_log_sigmoid": "dpo", "DPOOutput": "dpo",
+    "dpo_loss": "dpo", "Pair": "dpo", "PairBatch": "dpo", "pair_batch": "dpo", "frozen_copy": "dpo",
+    "dpo_step": "dpo", "reward_of": "dpo", "preference_pairs": "dpo",
+    "Rollout": "rl", "rollout": "rl", "group_advantages": "rl", "reinforce_loss": "rl",
+    "clipped_surrogate": "rl", "k3_kl": "rl", "masked_mean": "rl", "grpo_loss": "rl", "rl_step": "rl",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -52,9 +52,10 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, replies,
     )
     from llama.posttraining.dpo import (
-        DPOOutput, Pair, PairBatch, dpo_loss, dpo_step, frozen_copy, neg_log_sigmoid, pair_batch, preference_pairs,
-        reward_of, sequence_logps, token_logps,
+        DPOOutput, Pair, PairBatch, dpo_loss, dpo_step, frozen_copy, neg_log_sigmoid, pair_batch,
+        preference_pairs, reward_of, sequence_logps, token_logps,
     )
     from llama.posttraining.rl import (
-        Rollout, clipped_surrogate, group_advantages, grpo_loss, k3_kl, masked_mean, reinforce_loss, rl_step, rollout,
+        Rollout, clipped_surrogate, group_advantages, grpo_loss, k3_kl, masked_mean, reinforce_loss, rl_step,
+        rollout,
     )

@@ -153,7 +153,10 @@ def rounded_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 
     Args:
         x: float32 ``[rows, in]``.
-        qweight, scales, bits, group_size: the layer's, as for :func:`quantized_matmul`.
+        qweight: the layer's integers, int8 ``[out, in]`` or two int4 a byte ``[out, in // 2]``.
+        scales: float16 ``[out, in // group_size]``.
+        bits: 8 or 4.
+        group_size: inputs per scale.
 
     Returns:
         float32 ``[rows, out]``.

@@ -171,7 +171,8 @@ class SFTSampler:
         block_size: tokens the model sees; windows hold one more, the last target.
         batch_size: windows per rank.
         seed: seeds the task's stream of problems.
-        rank, world_size: this process among the others.
+        rank: this process's index among ``world_size``.
+        world_size: the processes training together.
         system: an optional system message for every conversation.
     """
 

@@ -3,8 +3,8 @@ check, and their evaluation.
 
 Modules, in the order the book meets them: :mod:`~llama.posttraining.special_tokens`,
 :mod:`~llama.posttraining.chat`, :mod:`~llama.posttraining.chat_session`,
-:mod:`~llama.posttraining.tasks`, :mod:`~llama.posttraining.evaluate`, :mod:`~llama.posttraining.dpo`,
-:mod:`~llama.posttraining.rl`.
+:mod:`~llama.posttraining.tasks`, :mod:`~llama.posttraining.evaluate`, :mod:`~llama.posttraining.sft`,
+:mod:`~llama.posttraining.dpo`, :mod:`~llama.posttraining.rl`.
 Every public name of these modules can be imported from the package itself
 (``from llama.posttraining import ...``): it is loaded on first use.
 """
@@ -27,6 +27,9 @@ _EXPORTS = {
     "parse_answer": "tasks", "document": "tasks", "corpus": "tasks", "write_corpus": "tasks",
     "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "replies": "evaluate",
     "bits_per_byte": "evaluate", "TaskEvaluation": "evaluate", "evaluate_task": "evaluate",
+    "IGNORE": "sft", "conversation": "sft", "parse_task": "sft", "masked_targets": "sft",
+    "masked_cross_entropy": "sft", "pack_stream": "sft", "SFTSampler": "sft", "SFTData": "sft",
+    "chat_replies": "sft",
     "token_logps": "dpo", "sequence_logps": "dpo", "neg_log_sigmoid": "dpo", "DPOOutput": "dpo",
     "dpo_loss": "dpo", "Pair": "dpo", "PairBatch": "dpo", "pair_batch": "dpo", "frozen_copy": "dpo",
     "dpo_step": "dpo", "reward_of": "dpo", "preference_pairs": "dpo",
@@ -50,6 +53,10 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
     )
     from llama.posttraining.evaluate import (
         TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, replies,
+    )
+    from llama.posttraining.sft import (
+        IGNORE, SFTData, SFTSampler, chat_replies, conversation, masked_cross_entropy, masked_targets,
+        pack_stream, parse_task,
     )
     from llama.posttraining.dpo import (
         DPOOutput, Pair, PairBatch, dpo_loss, dpo_step, frozen_copy, neg_log_sigmoid, pair_batch,

@@ -146,6 +146,10 @@ class TrainConfig:
         lora_rank: with ``base``, train LoRA adapters of this rank on ``lora_targets`` (a comma-separated
             subset of ``wq,wk,wv,wo,w1,w2,w3``) with ``lora_alpha`` and ``lora_dropout``
             (:class:`llama.training.lora.LoRAConfig`); 0 trains every weight.
+        sft: with ``base``, supervised fine-tuning on the conversations of this task, ``NAME`` or
+            ``NAME:KNOB=VALUE`` (:func:`llama.posttraining.sft.parse_task`), instead of windows of the
+            text (which the evaluations still measure); :func:`llama.training.loop.train` is then given
+            the data (``source``). sft_system: a system message for each conversation.
 
     Raises:
         SettingError: a setting that makes no valid run (no length, a negative size, a NaN, two
@@ -191,6 +195,8 @@ class TrainConfig:
     lora_targets: str = "wq,wk,wv,wo,w1,w2,w3"
     parallel: str = "ddp"
     checkpoint_activations: bool = False
+    sft: str | None = None
+    sft_system: str | None = None
 
     #: Fields that may change when a run is resumed: how long it goes on, how it reports, and how
     #: it computes the same numbers (compiled, recomputing activations).
@@ -251,6 +257,8 @@ class TrainConfig:
                                value=self.lora_rank)
         if self.lora_rank and self.base is None:
             raise SettingError("LoRA adapters fine-tune a trained model: give its checkpoint with {base}")
+        if self.sft is not None and self.base is None:
+            raise SettingError("supervised fine-tuning ({sft}) trains a pre-trained model: give its checkpoint with {base}")
         self.lora_config()  # the targets, checked where they are known
 
     def lora_config(self) -> LoRAConfig | None:
@@ -349,6 +357,8 @@ def _base_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     ``--max-seq-len`` changes it: windows longer than that context are refused, not trained on
     positions the base never saw."""
     config = base_config(cfg.base)
+    if cfg.sft is not None:  # the chat tokens are new ids: the model gets rows for them (llama.posttraining.sft)
+        config = dataclasses.replace(config, vocab_size=max(vocab_size, config.vocab_size))
     if vocab_size > config.vocab_size:
         raise SettingError("the tokenizer has {n} tokens but the base model {path} only {base_n}; fine-tune with "
                            "the tokenizer the base was trained with ({tokenizer})", n=vocab_size, path=cfg.base,

@@ -113,7 +113,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, block_size: int, byte_l
 # --8<-- [start:train_step]
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: WindowSampler, lr: float,
                accum: int = 1, grad_clip: float = 0.0, autocast_dtype: torch.dtype | None = None,
-               world_size: int = 1) -> float:
+               world_size: int = 1, loss_fn: Callable[..., torch.Tensor] = cross_entropy) -> float:
     """One optimizer step: ``accum`` micro-batches of gradients, clipped, then one update.
 
     Args:
@@ -128,6 +128,8 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
         autocast_dtype: run the forward pass under ``torch.autocast`` in this dtype
             (``torch.bfloat16``); ``None`` runs it in the weights' dtype.
         world_size: number of processes training together.
+        loss_fn: the loss of logits against targets (``[b, s, vocab]``, ``[b, s]``); supervised
+            fine-tuning's leaves out the targets it is not to learn (:mod:`llama.posttraining.sft`).
 
     Returns:
         The step's mean training loss in nats per token, averaged over all processes.
@@ -144,7 +146,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
         with nullcontext() if last else no_grad_sync(net, world_size):
             with autocast:
                 logits = net(x.to(device))
-            loss = cross_entropy(logits, y.to(device)) / accum  # the sum over micro-batches is the mean
+            loss = loss_fn(logits, y.to(device)) / accum  # the sum over micro-batches is the mean
             loss.backward()
         step_loss += loss.detach()
     if grad_clip > 0:
@@ -159,7 +161,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: 
 
 
 def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[int], None] | None = None, source: Any = None) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says; returns the final evaluation's log record.
 
     Under torchrun every process calls this; they find each other through the environment
@@ -174,6 +176,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
             with the saved run; the others are taken from it). ``None``: all of them.
         on_step: called with the step number after each optimizer step, once that step's
             evaluation and checkpoint (if it has them) are written; on every process.
+        source: what a run trains on other than windows of ``cfg.data`` (whose text the evaluations
+            still measure); an object with ``tokenizer``, ``model``, ``sampler`` and ``loss``, as
+            :class:`llama.posttraining.sft.SFTData` for a run whose ``cfg.sft`` names a task.
 
     Returns:
         The final evaluation's record (as in ``log.jsonl``: ``step``, ``elapsed``, ``val_loss``,
@@ -183,6 +188,8 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
         ValueError, FileNotFoundError, FileExistsError: bad data, flags or output folder; the
             message says what to change.
     """
+    if cfg.sft is not None and source is None:
+        raise ValueError("a supervised fine-tuning run (cfg.sft) trains on its source's windows: give source (llama sft does)")
     dist = setup()
     requested = cfg.dtype  # "auto" unless given: resolved below, once the saved run is known
     threads_before = torch.get_num_threads()
@@ -213,7 +220,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
         try:
             dtype, why = on_rank0(dist, lambda: choose_dtype(requested, saved, dist.device, cfg.progress))
             cfg = dataclasses.replace(cfg, dtype=dtype)
-            return _train_loop(cfg, resume, saved, dist, on_step, why)
+            return _train_loop(cfg, resume, saved, dist, on_step, why, source)
         except BaseException:
             # A new run that stops before its first checkpoint leaves nothing, so the same command
             # (with other flags, say) can run again; a later stop keeps the run for --resume.
@@ -236,21 +243,22 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
 
 # --8<-- [start:loop]
 def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, dist: Dist,
-                on_step: Callable[[int], None] | None, dtype_reason: str) -> dict[str, Any]:
+                on_step: Callable[[int], None] | None, dtype_reason: str, source: Any) -> dict[str, Any]:
     """The body of :func:`train`, once the settings are final (``cfg.dtype`` chosen, for
-    ``dtype_reason``) and the processes joined."""
+    ``dtype_reason``) and the processes joined; ``source`` as in :func:`train`."""
     out, rank, world = Path(cfg.out), dist.rank, dist.world_size
     # Data and tokenizer: rank 0 writes the files, then every rank reads them.
     text_path = resolve_text_path(cfg.data)
-    on_rank0(dist, lambda: _write_run_files(cfg, text_path, saved, world, dtype_reason))
-    tokenizer, tok_file, data = prepare_run(cfg, text_path, saved, world, write=False)  # reads them
+    on_rank0(dist, lambda: _write_run_files(cfg, text_path, saved, world, dtype_reason, source))
+    tokenizer, tok_file, data = prepare_run(cfg, text_path, saved, world, write=False, source=source)  # reads them
     if len(data.val) < 2:
         raise ValueError(f"the validation text of {text_path} has {len(data.val)} token(s); use a longer text")
 
     torch.manual_seed(cfg.seed)  # the same weights on every rank
     mconf = model_config(cfg, tokenizer.vocab_size)
     check_memory(cfg, mconf, dist.device)
-    model = build_model(cfg, mconf).to(dist.device)  # a new model, or a base to fine-tune
+    model = build_model(cfg, mconf)  # a new model, or a base to fine-tune (with rows for a source's new tokens)
+    model = (model if source is None else source.model(model, mconf.vocab_size)).to(dist.device)
     if cfg.checkpoint_activations:
         checkpoint_activations(model)
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
@@ -259,7 +267,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         shard(model, dist, param_dtype=autocast_dtype)
         autocast_dtype = None  # FSDP's policy casts the gathered weights instead
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.optimizer, cfg.muon_lr)
-    sampler = WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world)
+    sampler = (WindowSampler(data.train, cfg.block_size, cfg.batch_size, cfg.seed, rank, world) if source is None
+               else source.sampler(cfg, tokenizer, rank, world))
     byte_lengths = token_byte_lengths(tokenizer)
     step, elapsed, log = 0, 0.0, out / "log.jsonl"
     meta = resume_checkpoint(out, model, optimizer, sampler, tok_file, load_sharded if sharded else None) if resume else None
@@ -280,7 +289,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, saved: dict[str, Any] | None, di
         if _progress(cfg, step, elapsed) >= 1.0:
             break
         lr = lr_at(step, _progress(cfg, step, elapsed), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        loss = train_step(net, optimizer, sampler, lr, cfg.accum, cfg.grad_clip, autocast_dtype, world)
+        loss = train_step(net, optimizer, sampler, lr, cfg.accum, cfg.grad_clip, autocast_dtype, world,
+                          cross_entropy if source is None else source.loss)
         losses.append(loss)
         step += 1
         if not math.isfinite(loss):  # the same on every rank: the loss is averaged over them
@@ -354,11 +364,10 @@ def _validate(net: torch.nn.Module, model: torch.nn.Module, cfg: TrainConfig, di
     net.train()
     return {f"val_{k}": v for k, v in result.items()}
 
-
 def _write_run_files(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world: int,
-                     dtype_reason: str) -> None:
+                     dtype_reason: str, source: Any) -> None:
     """Rank 0: ``run.json``, the tokenizer and the token ids, which the other ranks then read."""
-    prepare_run(cfg, text_path, saved, world, write=True, notes={"dtype_reason": dtype_reason})
+    prepare_run(cfg, text_path, saved, world, write=True, notes={"dtype_reason": dtype_reason}, source=source)
 # --8<-- [end:loop]
 
 

@@ -37,6 +37,7 @@ from llama.data.sources import sha256_file
 from llama.model.transformer import Transformer
 from llama.training.config import TrainConfig, check_memory, model_config
 from llama.training.finetune import save_final
+from llama.training.lora import merge_into_base
 from llama.training.run_folder import latest_name
 from llama.training.tokenizer import build_tokenizer
 
@@ -118,7 +119,7 @@ def preflight(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None, world_size: int,
-                write: bool, notes: dict[str, Any] | None = None) -> tuple[Any, Path, TokenData]:
+                write: bool, notes: dict[str, Any] | None = None, source: Any = None) -> tuple[Any, Path, TokenData]:
     """The run's tokenizer and token ids, made in its folder the first time and read after that.
 
     With ``write`` (rank 0 only, before the others call this without it): a new run records its
@@ -135,6 +136,8 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
         world_size: number of processes, recorded because the data order depends on it.
         write: write ``run.json`` (or check the text against it) first.
         notes: more fields for a new run's ``run.json``.
+        source: a run's other data (:func:`llama.training.loop.train`): its ``tokenizer`` makes the run's
+            from the one built here (adding special tokens), and (with ``write``) writes it over its file.
 
     Returns:
         ``(tokenizer, its file, TokenData of the train and validation ids)``.
@@ -155,6 +158,8 @@ def prepare_run(cfg: TrainConfig, text_path: Path, saved: dict[str, Any] | None,
             raise ValueError(f"--resume: {text_path} is not the text the run in {out} was trained on "
                              "(its sha256 differs); pass the original with --data")
     tokenizer, tok_file = build_tokenizer(cfg, text_path, out, saved)
+    if source is not None:
+        tokenizer = source.tokenizer(tokenizer, tok_file if write else None)
     tok_sha = sha256_file(tok_file)
     if write and (saved or {}).get("tokenizer_sha256") != tok_sha:  # recorded once it exists; checked on resume
         run = json.loads((out / "run.json").read_text())
@@ -408,11 +413,14 @@ def finish_run(out: Path, model: Transformer, tokenizer: Any, tok_file: Path, cf
         model: the trained model, whole (on rank 0).
         tokenizer: the run's tokenizer, whose file ``tok_file`` is copied beside the model.
         tok_file: the tokenizer's file in ``out``.
-        cfg: the run's settings (``base``, ``sample_tokens``, ``seed``).
+        cfg: the run's settings (``base``, ``sample_tokens``, ``seed``; ``sft``: adapters are merged
+            into the model, which is written whole).
     """
     from llama.inference.generation import generate
     from llama.inference.sampling import Sampling
 
+    if cfg.sft is not None:  # a chat model, whole: its vocabulary is no longer the base's, which an adapter needs
+        merge_into_base(model)
     shutil.copyfile(tok_file, save_final(model, out, cfg.base) / tok_file.name)  # model/, or a run's adapter/
     if cfg.sample_tokens > 0:
         model.eval()

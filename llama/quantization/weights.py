@@ -210,7 +210,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(out_features, in_features // group_size, dtype=torch.float16))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> QuantizedLinear:
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> "QuantizedLinear":
         """The quantized version of ``linear`` (which must have no bias)."""
         if linear.bias is not None:
             raise ValueError("QuantizedLinear has no bias; the model's projections have none")

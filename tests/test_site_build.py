@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import load_module
+from helpers import REPO, load_module
 
-REPO = Path(__file__).resolve().parent.parent
 
 # Lines that contain "WARNING" but are no MkDocs warning: the notebook kernel's note that it
 # talks to its client over local TCP, and pip's notes about the local package index.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS
+from helpers import HANG_SECONDS, REPO, TINY_RUN
 from test_train import KILLED_RUN  # kills itself (every rank) after optimizer step argv[1]
 
 from llama.model.config import ModelConfig
@@ -21,11 +21,9 @@ from llama.model.transformer import Transformer
 from llama.training.state import read_log
 from llama.formats.load import load_model
 
-REPO = Path(__file__).resolve().parent.parent
 # float32 written out: in bfloat16 one process would autocast where several ranks cast their
 # gathered weights (FSDP's policy), and the 1e-5 below is float32's.
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
-        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3", "--parallel", "fsdp", "--dtype", "float32"]
+TINY = [*TINY_RUN, "--no-progress", "--parallel", "fsdp", "--dtype", "float32"]
 GLOBAL_BATCH = 4
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 

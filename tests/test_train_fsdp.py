@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS, REPO, TINY_RUN
-from test_train import KILLED_RUN  # kills itself (every rank) after optimizer step argv[1]
+from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN
 
 from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
@@ -62,10 +61,10 @@ def runs(tmp_path_factory):
     text = tmp / "text.txt"
     text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
     common = ["--data", str(text), *TINY, "--max-steps", "8", "--eval-every", "2"]
-    (tmp / "killed.py").write_text(KILLED_RUN)
+    (tmp / "killed.py").write_text(KILLED_RUN)  # every rank kills itself after optimizer step 5
     one, killed = run_all(
         torchrun(1, "-m", "llama.cli.main", "train", "--out", str(tmp / "one"), *common, "--batch-size", str(GLOBAL_BATCH)),
-        torchrun(2, str(tmp / "killed.py"), "5", "--out", str(tmp / "two"), *common, "--batch-size", str(GLOBAL_BATCH // 2)),
+        torchrun(2, str(tmp / "killed.py"), "5", "train", "--out", str(tmp / "two"), *common, "--batch-size", str(GLOBAL_BATCH // 2)),
     )
     finished([one])
     assert killed.returncode != 0

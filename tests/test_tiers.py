@@ -46,6 +46,14 @@ def test_make_test_runs_every_tier_on_every_core():
     assert pytest_arguments("test") == [["-n", "auto", "--dist", "loadscope"]]
 
 
+def test_the_readme_says_what_make_test_and_make_check_run():
+    readme = " ".join((REPO / "README.md").read_text("utf-8").split())  # its lines joined
+    [test] = pytest_arguments("test")
+    assert f"`make test` runs `python -m pytest {shlex.join(test)}`" in readme
+    [check] = pytest_arguments("check")
+    assert f"`make check` is `pytest {shlex.join(check)}`".replace("'", '"') in readme  # shlex quotes with 
+
+
 @pytest.mark.slow  # two workers start and import torch
 def test_make_test_runs_the_examples_of_a_page_in_one_worker():
     """The examples of a page share one namespace in page order: handed to two workers, those of

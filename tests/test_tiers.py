@@ -83,7 +83,8 @@ def test_make_check_leaves_out_every_declared_tier_and_nothing_else():
     match = re.fullmatch(r"not \((\w+(?: or \w+)*)\)", expression)
     assert match, expression
     assert set(match[1].split(" or ")) == declared_tiers()
-    assert arguments == ["-m", expression]  # no -k, no paths: every test file, examples included
+    # no -k, no paths: every test file, examples included; on pytest-xdist, as `make test`
+    assert arguments == [*pytest_arguments("test")[0], "-m", expression]
 
 
 @pytest.mark.slow  # a fresh interpreter collects the suite

@@ -48,17 +48,28 @@ serve: install
 site: $(if $(SKIP_INSTALL),,install)
 	$(PYTHON) -m mkdocs build --strict
 
+# The suite runs on pytest-xdist, one worker per core (`-n auto`, counted by conftest.py as the
+# cores the tests may run on: 2 on a 2-core machine): a worker runs one test at a time and most
+# tests keep a core busy, so more workers than cores would only add torch imports and Chromiums.
+# `--dist loadscope` hands out whole test files (or classes): the examples of a book page share one
+# namespace in page order, so a page must run in one worker; a module fixture is then set up once,
+# and the browser tests share one Chromium. (`loadgroup` would allow finer units, but with this
+# pytest it no longer groups anything: pytest-dev/pytest-xdist#1386.) Every test also passes
+# alone: `pytest tests/test_x.py::test_y` runs in one process.
 # pytest's own exit status is kept, including 5 ("no tests ran"), which fails the target.
+XDIST := -n auto --dist loadscope
 test: install
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(XDIST)
 
 # The slow tiers, the markers declared in pyproject.toml (tests/test_tiers.py checks that every
 # declared tier is left out here): what remains runs in well under a minute.
 SLOW_TIERS := site browser labs compile ddp slow
 empty :=
 space := $(empty) $(empty)
+# On pytest-xdist too: it costs a second collection and torch import (96 s of CPU in all against
+# 81 s in one process), which the second core more than pays for.
 check: install
-	$(PYTHON) -m pytest -m "not ($(subst $(space), or ,$(SLOW_TIERS)))"
+	$(PYTHON) -m pytest $(XDIST) -m "not ($(subst $(space), or ,$(SLOW_TIERS)))"
 
 screenshot: install
 	$(PYTHON) -m pytest tests/browser -k "test_page and index"

@@ -130,3 +130,13 @@ def pytest_collection_modifyitems(items):
 def pytest_runtest_setup(item):
     if item.get_closest_marker("compile"):
         helpers.require_cpp_compiler()
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (`make test`): one pytest-xdist worker per core this process may run on.
+    pytest-xdist's own count (psutil's) is of the machine's cores, including those a container or
+    ``taskset`` keeps the tests off."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not hasattr(os, "sched_getaffinity"):
+        return None  # pytest-xdist's own: the variable it reads, or its count where Linux's call is missing
+    return len(os.sched_getaffinity(0))
+

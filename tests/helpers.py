@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -30,35 +31,48 @@ HANG_SECONDS = 600
 # slow on a loaded 2-core machine must still pass.
 HANG_MS = 120_000
 
-# The work the suite starts in the background (the site build, the page visits, the reader's
-# copies) runs only on what the main thread's tests leave of the CPU: those wait for nothing.
-# The idle scheduling class, not only a higher nice value: Chromium, run as root, sets its own
-# threads' nice values (some to -8), but a nice value does not take a thread out of that class.
-# Set by a small interpreter that then execs the command (no preexec_fn, which is unsafe in a
-# process with threads, as the test run is); where there is no SCHED_IDLE, nice 10.
-_IN_THE_BACKGROUND = """import os, sys
-try:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-except (AttributeError, OSError):
-    os.nice(10)
-os.execvp(sys.argv[1], sys.argv[1:])
-"""
+def random_model(config: ModelConfig, seed: int = 0, *, random_gains: bool = True,
+                 weights_std: float | None = None) -> Transformer:
+    """A seeded model in eval mode.
 
-
-def in_the_background(command: list[str]) -> list[str]:
-    """``command`` run in Linux's idle scheduling class, it and everything it starts."""
-    return [sys.executable, "-c", _IN_THE_BACKGROUND, *command]
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    """A seeded model in eval mode whose norm gains are random too (they start at 1, which would hide a swapped norm)."""
+    ``random_gains``: the norm gains drawn from U(0.5, 1.5) (they start at 1, which would hide a
+    swapped norm). ``weights_std``: every other weight drawn from N(0, weights_std), larger than the
+    training init (0.08 makes a greedy choice clear-cut, and weights that quantize like trained ones).
+    """
     torch.manual_seed(seed)
     model = Transformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
+                if random_gains:
+                    p.uniform_(0.5, 1.5)
+            elif weights_std is not None:
+                p.normal_(0.0, weights_std)
     return model
+
+
+# A tiny training run: 2 layers, 32 wide, byte tokens, one thread so results do not depend on the
+# machine. The tests add what they vary (of a flag given twice, argparse keeps the last).
+TINY_RUN = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
+            "--sample-tokens", "8", "--warmup-steps", "3"]
+
+# ``llama COMMAND FLAGS`` (train or finetune) that SIGKILLs itself after optimizer step STEP:
+# python -c KILLED_RUN STEP COMMAND FLAGS. SIGKILL runs no cleanup (no finally, no atexit), like a
+# crash or the out-of-memory killer.
+KILLED_RUN = """
+import importlib, os, signal, sys
+from llama.cli.main import build_parser
+from llama.training.loop import train
+
+def kill_at(step):
+    if step == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+command = sys.argv[2]
+config_from_args = getattr(importlib.import_module(f"llama.cli.{command}"), f"{command}_config_from_args")
+cfg, resume, given = config_from_args(build_parser().parse_args(sys.argv[2:]))
+train(cfg, resume=resume, given=given, on_step=kill_at)
+"""
 
 
 def load_module(name: str, path: Path):
@@ -125,29 +139,40 @@ def pb_field(number: int, value: int | bytes) -> bytes:
     return pb_varint(number << 3 | 2) + pb_varint(len(value)) + value
 
 
-# The effective uid belongs to the whole process, every thread of it: work running on a background
-# thread (tests/conftest.py) holds this lock, and as_nobody waits for it, so that work never runs
-# as nobody and nobody's block never runs beside it.
-EUID_LOCK = threading.Lock()
+NOBODY = 65534
+
+# The interpreter starts as this user and imports every module of the package before it becomes
+# nobody: nobody may not read the interpreter's own files where root installed it (under /root,
+# say), and the package imports some modules only when a command runs. Only the effective ids
+# change, in a process of its own: nothing else of the test run ever runs as nobody.
+_AS_NOBODY = """import importlib, os, pkgutil, sys
+import encodings.ascii, encodings.latin_1  # looked up by name when a file is opened with them
+import llama
+for module in pkgutil.walk_packages(llama.__path__, "llama."):
+    if not module.name.endswith(".__main__"):  # running it would run the command line
+        importlib.import_module(module.name)
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setegid({nobody})
+    os.seteuid({nobody})
+"""
 
 
-@contextlib.contextmanager
-def as_nobody():
-    """Run the block as user 65534 (nobody) when running as root, who may read and write any file.
+def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run the Python ``code`` (``sys.argv[1:]`` being ``args``) in a fresh interpreter as user 65534
+    (nobody) when running as root, who may read and write any file; as another user, as that user.
 
-    Only the effective uid changes (the real one stays root, to come back), so files the block
-    opens are checked against nobody's rights. The paths involved must lie where nobody may go:
-    pytest's tmp_path is under a folder only its owner may enter.
+    The paths involved must lie where nobody may go: pytest's tmp_path is under a folder only its
+    owner may enter.
     """
-    if os.geteuid() != 0:
-        yield
-        return
-    with EUID_LOCK:
-        os.seteuid(65534)
-        try:
-            yield
-        finally:
-            os.seteuid(0)
+    program = _AS_NOBODY.format(nobody=NOBODY) + code
+    return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=HANG_SECONDS)
+
+
+def llama_as_nobody(argv: list[str]) -> subprocess.CompletedProcess:
+    """``llama ARGV`` run as nobody (:func:`run_as_nobody`); its exit code is the process's."""
+    return run_as_nobody("from llama.cli.main import main\nsys.exit(main(sys.argv[1:]))\n", *argv)
 
 
 # --- optional tools: skipped where a reader lacks them, required where CI says so ------------------

@@ -20,10 +20,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import load_book_collection
+from helpers import REPO, load_book_collection
 from sybil import Document
 
-REPO = Path(__file__).resolve().parent.parent
 BOOK = REPO / "book"
 MARKER = re.compile(r"<!--\s*(?P<kind>tested-by|not-executed):\s*(?P<value>.*?)\s*-->\s*\Z")
 INCLUDE_LINE = re.compile(r'^-{1,2}8<-{1,2}\s+"(?P<path>[^":]+)(?::[^"]*)?"\s*$')

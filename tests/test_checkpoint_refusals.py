@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import as_nobody, random_model
+from helpers import llama_as_nobody, random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer
@@ -70,6 +70,14 @@ def one_line_cli_error(capsys, argv: list[str]) -> str:
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
     return captured.err
+
+
+def one_line_cli_error_as_nobody(argv: list[str]) -> str:
+    """``one_line_cli_error`` of ``llama ARGV`` run as nobody (helpers.llama_as_nobody)."""
+    proc = llama_as_nobody(argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
 
 
 # ------------------------------------------------------------------------------ shard paths
@@ -203,13 +211,12 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
 
 
 # ------------------------------------------------------------------------------ permissions
-def test_an_output_folder_the_user_may_not_make(capsys):
+def test_an_output_folder_the_user_may_not_make():
     closed = Path(tempfile.mkdtemp())  # root's, 0755: nobody may enter but not write
     try:
         os.chmod(closed, 0o755)
         source = hf_folder(closed / "model")
-        with as_nobody():
-            err = one_line_cli_error(capsys, ["convert", str(source), str(closed / "out"), "--to", "hf"])
+        err = one_line_cli_error_as_nobody(["convert", str(source), str(closed / "out"), "--to", "hf"])
         assert err == f"llama convert: error: cannot make the folder {closed / 'out'}: permission denied; choose " \
                       "a place your user may write to\n"
     finally:
@@ -219,7 +226,7 @@ def test_an_output_folder_the_user_may_not_make(capsys):
 @pytest.mark.parametrize("kind,unreadable", [("hf", "config.json"), ("hf", "model.safetensors"),
                                              ("meta", "params.json"), ("meta", "consolidated.00.pth"),
                                              ("llama2c", "model.bin"), ("hf", ".")])
-def test_unreadable_files_are_named_as_unreadable(capsys, kind, unreadable):
+def test_unreadable_files_are_named_as_unreadable(kind, unreadable):
     """A file the user may not read is reported as such, not as truncated, missing, or with a traceback."""
     # Outside pytest's tmp_path, whose parent only root may enter: here only the file is closed.
     root = Path(tempfile.mkdtemp())
@@ -239,8 +246,7 @@ def test_unreadable_files_are_named_as_unreadable(capsys, kind, unreadable):
         os.chmod(folder, 0o755)
         os.chmod(folder / unreadable, 0)
         checkpoint = folder / "model.bin" if kind == "llama2c" else folder
-        with as_nobody():
-            err = one_line_cli_error(capsys, ["generate", str(checkpoint), "-n", "1"])
+        err = one_line_cli_error_as_nobody(["generate", str(checkpoint), "-n", "1"])
         if unreadable == ".":
             assert err == f"llama generate: error: cannot read the folder {folder}: permission denied; give your " \
                           "user read access (chmod +rx) or copy it\n"

@@ -8,12 +8,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from helpers import local_http_server, run_console_blocks
+from helpers import REPO, local_http_server, run_console_blocks
 
 import llama.data.sources as dl
 from llama.cli.main import main
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

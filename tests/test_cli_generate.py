@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DECODER_CACHE, DECODER_GQA, run_console_blocks, unavailable
+from helpers import DECODER_CACHE, DECODER_GQA, REPO, run_console_blocks, unavailable
 
 from llama import ModelConfig, Transformer, generate
 from llama.cli.main import main
 from llama.formats.load import load_model, save_model
 
-REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = ["generation.md", "checkpoints.md", "quantization.md", "gguf.md"]
 
 

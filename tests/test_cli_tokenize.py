@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from helpers import run_console_blocks
+from helpers import REPO, run_console_blocks
 
 from llama.cli.main import main
 from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer
 from llama.formats.load import save_model
 
-REPO = Path(__file__).resolve().parent.parent
 TEXT = "hello world\nthe cat sat on the mat\nhello there, world\n" * 40
 
 

@@ -12,13 +12,11 @@ Walks mkdocs.yml's nav:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from helpers import load_book_collection
+from helpers import REPO, load_book_collection
 from sybil import Document
 
-REPO = Path(__file__).resolve().parent.parent
 MODULES = sorted(".".join(p.relative_to(REPO / "llama").with_suffix("").parts) for p in (REPO / "llama").rglob("*.py")
                  if not p.name.startswith("_"))  # dotted below llama: model.transformer
 FIGURE = re.compile(r"!\[[^\]]*\]\(figures/[^)\s]+\.svg\)|<img\b[^>]*\bsrc=\"figures/[^\"]+\"")

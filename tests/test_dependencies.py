@@ -17,10 +17,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
-REPO = Path(__file__).resolve().parent.parent
 OWN = {"llama"} | {p.stem for p in (REPO / "figures").glob("_*.py")}  # the package, and the figures' helpers
 # Import names whose distribution is called something else.
 DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "google": "protobuf"}

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import as_nobody
+from helpers import llama_as_nobody, run_as_nobody
 
 from llama._files import atomic_write_text, make_temp_dir
 
@@ -112,20 +112,20 @@ def public_dir():
 
 
 def test_an_unwritable_folder_is_a_one_line_error(public_dir):
-    with as_nobody(), pytest.raises(ValueError) as info:
-        atomic_write_text(public_dir / "tok.json", "x")
-    assert str(info.value) == (f"cannot write {public_dir / 'tok.json'}: permission denied in {public_dir}; "
-                               "choose a folder your user may write to")
+    proc = run_as_nobody("from pathlib import Path\nfrom llama._files import atomic_write_text\n"
+                         "try:\n    atomic_write_text(Path(sys.argv[1]), 'x')\n"
+                         "except ValueError as err:\n    print(err)\n    sys.exit(3)\n", str(public_dir / "tok.json"))
+    assert proc.returncode == 3, proc.stderr  # the ValueError, and no other exception
+    assert proc.stdout == (f"cannot write {public_dir / 'tok.json'}: permission denied in {public_dir}; "
+                           "choose a folder your user may write to\n")
     assert list(public_dir.iterdir()) == []
 
 
-def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir, capsys):
-    from llama.cli.main import main
-
+def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir):
     path = public_dir / "tok.json"
     path.write_text("{}")
     os.chmod(path, 0)
-    with as_nobody():
-        assert main(["tokenize", "encode", "-t", str(path), "hello"]) == 2
-    assert capsys.readouterr().err == (f"llama tokenize: error: cannot read {path}: permission denied; give your "
-                                       "user read access (chmod +r) or copy the file\n")
+    proc = llama_as_nobody(["tokenize", "encode", "-t", str(path), "hello"])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"llama tokenize: error: cannot read {path}: permission denied; give your "
+                           "user read access (chmod +r) or copy the file\n")

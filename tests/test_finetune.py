@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS, random_model
+from helpers import HANG_SECONDS, KILLED_RUN, REPO, random_model
 from safetensors.torch import load_file
 
 from llama import ModelConfig
@@ -23,24 +23,8 @@ from llama.training.config import TrainConfig
 from llama.training.state import read_log
 from llama.formats.load import load_model, save_model
 
-REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-tokens", "256",
          "--sample-tokens", "8", "--no-progress", "--lora-rank", "2", "--warmup-steps", "2"]
-
-# ``llama finetune FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
-KILLED_RUN = """
-import os, signal, sys
-from llama.cli.main import build_parser
-from llama.cli.finetune import finetune_config_from_args
-from llama.training.loop import train
-
-def kill_at(step):
-    if step == int(sys.argv[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-cfg, resume, given = finetune_config_from_args(build_parser().parse_args(["finetune", *sys.argv[2:]]))
-train(cfg, resume=resume, given=given, on_step=kill_at)
-"""
 
 
 @pytest.fixture
@@ -123,7 +107,7 @@ def test_exact_resume_after_sigkill(tmp_path, base, text):
     numbers must come back too)."""
     flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4",
              "--lora-dropout", "0.1"]
-    commands = {"whole": ["-m", "llama.cli.main", "finetune"], "killed": ["-c", KILLED_RUN, "5"]}
+    commands = {"whole": ["-m", "llama.cli.main", "finetune"], "killed": ["-c", KILLED_RUN, "5", "finetune"]}
     procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, command in commands.items()]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import DECODER_BASE, DECODER_CACHE, DECODER_GQA
+from helpers import DECODER_BASE, DECODER_CACHE, DECODER_GQA, random_model
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -17,19 +17,8 @@ from llama.inference.sampling import min_p_filter, top_k_filter, top_p_filter
 BASE = DECODER_BASE
 MHA = ModelConfig(**BASE)
 GQA = ModelConfig(**DECODER_GQA)
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    """A model whose greedy choices are clear-cut: larger weights than the training init."""
-    torch.manual_seed(seed)
-    model = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.08)
-    return model
+# Weights larger than the training init: the models' greedy choices are clear-cut.
+CLEAR_CUT = 0.08
 
 
 def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
@@ -45,7 +34,7 @@ def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
 def test_greedy_equals_transformers_generate(config, transformers):
     from llama.formats.convert import llama_to_hf_state_dict
 
-    model = random_model(config)
+    model = random_model(config, weights_std=CLEAR_CUT)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf())).eval()
     hf.load_state_dict(llama_to_hf_state_dict(model.state_dict(), config), strict=False)
     hf.generation_config.eos_token_id = None  # random weights: never stop early
@@ -62,13 +51,13 @@ def test_greedy_equals_transformers_generate(config, transformers):
 
 
 def test_cached_generation_equals_recomputing_everything():
-    model = random_model(GQA, seed=1)
+    model = random_model(GQA, seed=1, weights_std=CLEAR_CUT)
     prompt = [3, 9, 27, 81]
     assert generate(model, prompt, 20) == naive_greedy(model, prompt, 20)
 
 
 def test_last_only_equals_the_last_row_of_the_full_forward():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full, last = model(tokens), model(tokens, last_only=True)
@@ -77,7 +66,7 @@ def test_last_only_equals_the_last_row_of_the_full_forward():
 
 
 def test_batched_generation_with_left_padding_equals_one_at_a_time():
-    model = random_model(GQA, seed=2)
+    model = random_model(GQA, seed=2, weights_std=CLEAR_CUT)
     prompts = [[1, 5, 9, 2, 7, 3, 11], [1, 60], [1, 8, 8, 30, 4]]
     batched = generate_batch(model, prompts, max_new_tokens=24)
     alone = [generate(model, p, max_new_tokens=24) for p in prompts]
@@ -86,7 +75,7 @@ def test_batched_generation_with_left_padding_equals_one_at_a_time():
 
 
 def test_batched_generation_stops_each_sequence_at_its_own_stop_id():
-    model = random_model(GQA, seed=2)
+    model = random_model(GQA, seed=2, weights_std=CLEAR_CUT)
     prompts = [[1, 5, 9, 2], [1, 60]]
     free = generate_batch(model, prompts, max_new_tokens=12)
     stop = free[0][3]  # the 4th token of the first sequence
@@ -97,7 +86,7 @@ def test_batched_generation_stops_each_sequence_at_its_own_stop_id():
 
 
 def test_stream_yields_what_generate_returns_and_leaves_no_cache_on_the_model():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     stream = generate_stream(model, [1, 2, 3], 10)
     first = [next(stream) for _ in range(4)]
     assert model.layers[0].attention.cache is None  # the stream keeps its cache to itself between steps
@@ -107,7 +96,7 @@ def test_stream_yields_what_generate_returns_and_leaves_no_cache_on_the_model():
 
 
 def test_interleaved_generations_on_one_model_each_get_their_own_tokens():
-    model = random_model(GQA, seed=4)
+    model = random_model(GQA, seed=4, weights_std=CLEAR_CUT)
     warm = Sampling(temperature=1.0, seed=5)
     alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12, warm)
     assert alone_a != alone_b
@@ -122,13 +111,13 @@ def test_interleaved_generations_on_one_model_each_get_their_own_tokens():
 
 
 def test_a_stream_checks_its_arguments_when_called_not_at_the_first_token():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     with pytest.raises(ValueError, match="prompt is empty"):
         generate_stream(model, [], 5)  # no next(): the error comes before anything is printed
 
 
 def test_stop_ids_end_generation_without_emitting_the_stop_id():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     free = generate(model, [1, 2, 3], 20)
     stop = free[5]
     cut = generate(model, [1, 2, 3], 20, Sampling(stop_ids={stop}))
@@ -137,7 +126,7 @@ def test_stop_ids_end_generation_without_emitting_the_stop_id():
 
 
 def test_same_seed_same_sample_different_seed_different_sample():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     settings = Sampling(temperature=1.5, seed=123)
     a = generate(model, [1], 30, settings)
     assert a == generate(model, [1], 30, settings)
@@ -146,7 +135,7 @@ def test_same_seed_same_sample_different_seed_different_sample():
 
 
 def test_seed_does_not_touch_the_global_random_state():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
@@ -155,7 +144,7 @@ def test_seed_does_not_touch_the_global_random_state():
 
 
 def test_top_k_1_and_tiny_top_p_and_min_p_1_are_greedy():
-    model = random_model(GQA)
+    model = random_model(GQA, weights_std=CLEAR_CUT)
     greedy = generate(model, [1, 4], 10)
     for kwargs in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
         assert generate(model, [1, 4], 10, Sampling(temperature=2.0, seed=0, **kwargs)) == greedy, kwargs
@@ -253,7 +242,7 @@ def test_sampling_settings_are_frozen_and_normalised():
 
 
 def test_errors_name_the_problem():
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     with pytest.raises(ValueError, match="prompt is empty"):
         generate(model, [], 5)
     with pytest.raises(ValueError, match="the prompt has 97 tokens but the model's max_seq_len is 96"):
@@ -277,7 +266,7 @@ def test_errors_name_the_problem():
                                         ([True, 3], r"got True \(bool\) at position 0"),
                                         (["1"], r"got '1' \(str\) at position 0")])
 def test_ids_that_are_not_integers_are_refused_not_truncated(ids, shown):
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     with pytest.raises(ValueError, match=f"^token ids must be integers, {shown}; pass the ids a tokenizer gave"):
         generate(model, ids, 3)
     with pytest.raises(ValueError, match="token ids must be integers"):
@@ -286,14 +275,14 @@ def test_ids_that_are_not_integers_are_refused_not_truncated(ids, shown):
 
 def test_integer_ids_of_any_integer_type_are_accepted():
     np = pytest.importorskip("numpy")
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     expected = generate(model, [1, 5, 9], 4)
     assert generate(model, torch.tensor([1, 5, 9]), 4) == expected  # 0-d integer tensors
     assert generate(model, np.array([1, 5, 9]), 4) == expected
 
 
 def test_stop_ids_outside_the_vocabulary_are_refused():
-    model = random_model(MHA)  # vocab 97
+    model = random_model(MHA, weights_std=CLEAR_CUT)  # vocab 97
     message = r"^stop id 97 is outside the model's vocabulary \[0, 97\), so it can never be produced"
     with pytest.raises(ValueError, match=message):
         generate(model, [1], 3, Sampling(stop_ids=[2, 97]))
@@ -305,7 +294,7 @@ def test_stop_ids_outside_the_vocabulary_are_refused():
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0, top_p=0.9, seed=0)],
                          ids=["greedy", "sampled"])
 def test_non_finite_weights_give_a_clear_error_not_tokens(sampling):
-    model = random_model(MHA)
+    model = random_model(MHA, weights_std=CLEAR_CUT)
     with torch.no_grad():
         model.norm.weight[3] = float("nan")  # every logit becomes NaN
     expected = (r"^at new token 1: the model produced NaN logits: its weights may be non-finite; "
@@ -337,7 +326,7 @@ def test_sample_next_refuses_rows_with_no_finite_choice_but_allows_banned_tokens
 def test_compiled_decoder_gives_the_eager_greedy_ids():
     from llama.inference.generation import CompiledDecoder
 
-    model = random_model(GQA, seed=3)
+    model = random_model(GQA, seed=3, weights_std=CLEAR_CUT)
     decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)
     for prompt in ([1, 17, 42, 5, 88], [2]):  # the second call reuses the compiled step
         n = DECODER_CACHE - len(prompt)
@@ -350,7 +339,7 @@ def test_compiled_decoder_gives_the_eager_greedy_ids():
 def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
     from llama.inference.generation import CompiledDecoder
 
-    model = random_model(GQA, seed=4)
+    model = random_model(GQA, seed=4, weights_std=CLEAR_CUT)
     alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12)
     decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)  # the graph the test above compiled: a cache hit
     a, b = decoder.generate_stream([1, 5, 9], 12), generate_stream(model, [2, 60], 12)
@@ -373,8 +362,8 @@ def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
 def test_compiled_decoder_checks_lengths_before_compiling():
     from llama.inference.generation import CompiledDecoder
 
-    decoder = CompiledDecoder(random_model(MHA), max_seq_len=16)
+    decoder = CompiledDecoder(random_model(MHA, weights_std=CLEAR_CUT), max_seq_len=16)
     with pytest.raises(ValueError, match="max_seq_len=16"):
         decoder.generate([1, 2, 3], 14)
     with pytest.raises(ValueError, match="exceeds the model's 96"):
-        CompiledDecoder(random_model(MHA), max_seq_len=97)
+        CompiledDecoder(random_model(MHA, weights_std=CLEAR_CUT), max_seq_len=97)

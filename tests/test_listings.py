@@ -10,10 +10,8 @@ For every chapter (and the home page), the reader's copy is built the way the si
 * exercise solutions inside ``??? success`` admonitions, dedented, like any other block.
 
 The copy runs in one new interpreter started in an empty folder outside the repository (the
-package is found on ``PYTHONPATH``, as an installed package would be; in a whole run, a fork of
-an interpreter that has imported torch and transformers and nothing else, so that each page does
-not pay those imports again), with the blocks executed one
-after the other in one namespace, compiled by one ``codeop.Compile`` as the interactive prompt does
+package is found on ``PYTHONPATH``, as an installed package would be), with the blocks executed
+one after the other in one namespace, compiled by one ``codeop.Compile`` as the interactive prompt does
 (so ``from __future__`` imports carry over). The test fails on every block that raises, naming the
 page line, the listing and the exception. Outputs are not compared here: the book's doctests
 (conftest.py) do that.
@@ -28,13 +26,10 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
-from helpers import EUID_LOCK, HANG_SECONDS, in_the_background, load_listings, shared_data_dir
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import HANG_SECONDS, REPO, load_listings, shared_data_dir
 
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -74,10 +69,9 @@ def reader_blocks(markdown: str, page: str) -> list[dict]:
     return blocks
 
 
-# Runs in the fresh interpreter: with two arguments, the JSON list of blocks and where to write
-# the report, it runs them once; with none, it serves (see ReaderServer).
+# Runs in the fresh interpreter, with two arguments: the JSON list of blocks and where to write the report.
 RUNNER = r"""
-import codeop, json, os, sys, traceback
+import codeop, json, sys, traceback
 
 
 def run_blocks(blocks_file, report_file):
@@ -103,119 +97,27 @@ def run_blocks(blocks_file, report_file):
         json.dump({"blocks": len(blocks), "failures": failures}, f)
 
 
-def serve():
-    import importlib
-    for name in sys.stdin.readline().split():  # imported once, before any page runs
-        importlib.import_module(name)
-    for line in sys.stdin:
-        blocks_file, report_file, folder = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # the page's interpreter: nothing of a page has run in it
-            status = 1
-            try:
-                os.chdir(folder)
-                sys.path[0] = ""  # `python -c` looks in the current folder first
-                out = os.open(os.path.join(os.path.dirname(report_file), "output.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
-                os.dup2(out, 1)  # what the page prints must not reach the server's replies
-                os.dup2(out, 2)
-                run_blocks(blocks_file, report_file)
-                status = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        print(pid, flush=True)
-        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
-
-
-if len(sys.argv) == 3:
-    run_blocks(sys.argv[1], sys.argv[2])
-else:
-    serve()
+run_blocks(sys.argv[1], sys.argv[2])
 """
-
-#: What every page's interpreter would import first; the server imports them once, before forking.
-PRELOAD = ("numpy", "torch", "transformers", "transformers.models.llama.modeling_llama", "safetensors.torch",
-           "sentencepiece")
 
 
 def reader_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "LLAMA_DATA_DIR": str(shared_data_dir().resolve()), "MPLBACKEND": "Agg"}
 
 
-def run_like_a_reader(blocks: list[dict], folder: Path, server: ReaderServer | None = None) -> dict:
-    """Run ``blocks`` in a fresh interpreter in ``folder / "reader"`` (empty) and return its report.
-
-    With ``server``, the interpreter is a fork of the server's, made before it ran anything of a
-    page: the same state as a new ``python`` that has imported :data:`PRELOAD` (the second or so
-    of importing torch and transformers, paid once instead of once per page).
-    """
-    # The files are written and read, and the interpreter started, under the euid lock (a copy runs
-    # on a background thread: tests/conftest.py); the interpreter's own user is fixed when it starts,
-    # so the wait for it needs no lock, and a test running as nobody meanwhile does not wait for it.
-    with EUID_LOCK:
-        work = folder / "reader"
-        work.mkdir()  # empty: nothing in it can shadow a module the examples import
-        (folder / "blocks.json").write_text(json.dumps(blocks), "utf-8")
-        report = folder / "report.json"
-        if server is None:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
-                cwd=work, env=reader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-    if server is None:
-        try:
-            _, output = proc.communicate(timeout=HANG_SECONDS)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        returncode = proc.returncode
-    else:
-        returncode = server.run(folder / "blocks.json", report, work)
-        with EUID_LOCK:
-            output = (folder / "output.txt").read_text("utf-8", "replace") if (folder / "output.txt").exists() else ""
-    with EUID_LOCK:
-        assert returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {returncode}):\n{output[-4000:]}"
-        return json.loads(report.read_text("utf-8"))
-
-
-class ReaderServer:
-    """One interpreter that imports :data:`PRELOAD`, then forks a child per page copy (POSIX only)."""
-
-    def __init__(self, folder: Path, background: bool = False) -> None:
-        with EUID_LOCK:
-            folder.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-c", RUNNER]
-            self.proc = subprocess.Popen(in_the_background(command) if background else command, cwd=folder,
-                                         env=reader_env(), text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL)
-        self.proc.stdin.write(" ".join(PRELOAD) + "\n")
-        self.proc.stdin.flush()
-        self.lock = threading.Lock()  # one page at a time: one reply stream
-
-    def run(self, blocks_file: Path, report_file: Path, folder: Path) -> int:
-        """Exit status of the child that ran ``blocks_file``; a child still running after
-        ``HANG_SECONDS`` is killed (a hang guard, not a time limit)."""
-        with self.lock:
-            self.proc.stdin.write(json.dumps([str(blocks_file), str(report_file), str(folder)]) + "\n")
-            self.proc.stdin.flush()
-            reply = self.proc.stdout.readline()
-            assert reply, f"the reader's interpreter server stopped (exit {self.proc.poll()}): run one page alone to see why"
-            pid = int(reply)
-            guard = threading.Timer(HANG_SECONDS, os.kill, (pid, 9))
-            guard.start()
-            try:
-                return int(self.proc.stdout.readline())
-            finally:
-                guard.cancel()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait()
+def run_like_a_reader(blocks: list[dict], folder: Path) -> dict:
+    """Run ``blocks`` in a fresh interpreter in ``folder / "reader"`` (empty) and return its report."""
+    work = folder / "reader"
+    work.mkdir()  # empty: nothing in it can shadow a module the examples import
+    (folder / "blocks.json").write_text(json.dumps(blocks), "utf-8")
+    report = folder / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(report)],
+        cwd=work, env=reader_env(), capture_output=True, text=True, timeout=HANG_SECONDS,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report.is_file(), f"the reader's interpreter crashed (exit {proc.returncode}):\n{output[-4000:]}"
+    return json.loads(report.read_text("utf-8"))
 
 
 def describe(failure: dict) -> str:
@@ -227,25 +129,17 @@ def page_blocks(page) -> list[dict]:
     return reader_blocks(page.source.read_text("utf-8"), page.path)
 
 
-def copy_page_like_a_reader(page, folder: Path, blocks: list[dict] | None = None,
-                            server: ReaderServer | None = None) -> tuple[list[dict], dict]:
-    """``(blocks, report)``: ``page``'s blocks, and what running them in a fresh interpreter gave.
-
-    tests/conftest.py starts these runs in the background when the tests are collected, with the
-    blocks made beforehand on the main thread: rendering a listing parses Python (``ast``), which
-    Python 3.11 cannot do on two threads at once (CPython gh-106905).
-    """
-    with EUID_LOCK:
-        folder.mkdir(parents=True)
-        assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
-    if blocks is None:
-        blocks = page_blocks(page)
-    return blocks, run_like_a_reader(blocks, folder, server)
+def copy_page_like_a_reader(page, folder: Path) -> tuple[list[dict], dict]:
+    """``(blocks, report)``: ``page``'s blocks, and what running them in a fresh interpreter gave."""
+    folder.mkdir(parents=True)
+    assert not folder.resolve().is_relative_to(REPO), "the copy must run outside the repository"
+    blocks = page_blocks(page)
+    return blocks, run_like_a_reader(blocks, folder)
 
 
 @pytest.mark.slow  # a fresh interpreter per page
-def test_copied_chapter_runs(reader_page, reader_run):
-    blocks, report = reader_run
+def test_copied_chapter_runs(reader_page, tmp_path):
+    blocks, report = copy_page_like_a_reader(reader_page, tmp_path / reader_page.slug)
     assert report["blocks"] == len(blocks)
     assert report["failures"] == [], (
         f"{len(report['failures'])} of {len(blocks)} blocks of {reader_page.path} fail when copied in page order "
@@ -299,10 +193,8 @@ def test_reader_blocks_follow_the_page():
 
 
 @pytest.mark.slow  # a fresh interpreter
-@pytest.mark.parametrize("how", ["started", "forked"])
-def test_runner_reports_exactly_the_failing_block(tmp_path, how, request):
-    server = request.getfixturevalue("reader_server") if how == "forked" else None
-    report = run_like_a_reader(reader_blocks(SAMPLE, "sample.md"), tmp_path, server)
+def test_runner_reports_exactly_the_failing_block(tmp_path):
+    report = run_like_a_reader(reader_blocks(SAMPLE, "sample.md"), tmp_path)
     assert [(f["where"], f["line"], f["error"]) for f in report["failures"]] == [
         ("book/sample.md:18", 19, "NameError: name 'undefined_name' is not defined"),
     ]

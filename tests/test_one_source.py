@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import load_listings
+from helpers import REPO, load_listings
 import torch
 
 import llama
 from llama import ModelConfig, RopeScaling, Transformer
 from llama.formats.load import load_model, save_model
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "llama"
 
 # The chapters that build the model: what they show, the model must run.

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_text
+from helpers import TINY_RUN, make_text
 
 import llama.training.loop
 from llama.training import precision
@@ -23,8 +23,7 @@ from llama.training.precision import emulation_warning, fast_dtype, measure_bf16
 from llama.training.config import TrainConfig
 
 # A tiny run, as in tests/test_train.py; progress stays on, since the dtype line comes with it.
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",
-        "--eval-tokens", "256", "--sample-tokens", "0", "--warmup-steps", "1", "--eval-every", "2"]
+TINY = [*TINY_RUN, "--batch-size", "4", "--sample-tokens", "0", "--warmup-steps", "1", "--eval-every", "2"]
 EMULATED = "this CPU (AVX2) has no native bfloat16: a bf16 matmul measured 31x slower than float32"
 
 

@@ -25,9 +25,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import unavailable
+from helpers import random_model, unavailable
 
-from llama import ModelConfig, Transformer
+from llama import ModelConfig
 from llama.quantization import kernel as quant_kernel
 from llama.inference.generation import CompiledDecoder, generate
 from llama.quantization.weights import (KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, rounded_product,
@@ -175,12 +175,7 @@ def test_without_a_compiler_the_layer_falls_back_to_pytorch_sums(no_kernel, bits
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32)])
 def test_compiled_decoding_with_the_kernel_keeps_the_greedy_ids(kernel, bits, group_size):
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
-    torch.manual_seed(0)
-    model = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                p.normal_(0.0, 0.08)
+    model = random_model(config, random_gains=False, weights_std=0.08)
     qmodel = quantize(copy.deepcopy(model), bits, group_size)
     decoder = CompiledDecoder(qmodel, max_seq_len=32)
     assert decoder.generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)

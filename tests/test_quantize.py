@@ -6,22 +6,15 @@ import copy
 
 import pytest
 import torch
+from helpers import random_model
 
 from llama import ModelConfig, Transformer
 from llama.quantization.weights import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
 from llama.formats.load import load_model, save_model
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
-
-
-def trained_like_model(seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(CONFIG).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                p.normal_(0.0, 0.08)
-    return model
+# A model whose weights are drawn like trained ones, N(0, 0.08), its norm gains left at 1 (helpers.random_model).
+TRAINED_LIKE = dict(random_gains=False, weights_std=0.08)
 
 
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32), (4, 64)])
@@ -93,7 +86,7 @@ def test_int8_group_32_is_q8_0_for_gguf():
 
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32)])
 def test_quantized_model_is_the_dequantized_float_model(bits, group_size):
-    model = trained_like_model()
+    model = random_model(CONFIG, **TRAINED_LIKE)
     qmodel = quantize(copy.deepcopy(model), bits, group_size)
     layers = [m for m in qmodel.modules() if isinstance(m, QuantizedLinear)]
     assert len(layers) == 7 * CONFIG.n_layers + 1  # every projection and the head
@@ -108,11 +101,11 @@ def test_quantized_model_is_the_dequantized_float_model(bits, group_size):
 
 
 def test_quantize_refuses_twice_and_bad_group():
-    model = quantize(trained_like_model(), 8)
+    model = quantize(random_model(CONFIG, **TRAINED_LIKE), 8)
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, 8)
     with pytest.raises(ValueError, match=r"divides the inputs of every layer \(64 and 96 here\): use 32, 16 or 8"):
-        quantize(trained_like_model(), 4, group_size=48)
+        quantize(random_model(CONFIG, **TRAINED_LIKE), 4, group_size=48)
 
 
 def test_a_group_size_that_fits_no_layer_is_refused_with_sizes_that_fit_every_layer(tmp_path, capsys):
@@ -176,8 +169,8 @@ def test_save_refuses_a_float_model_and_load_refuses_wrong_dtypes(tmp_path):
     from llama.quantization.weights import save_quantized
 
     with pytest.raises(ValueError, match="not quantized"):
-        save_quantized(trained_like_model(), tmp_path / "f")
-    save_quantized(quantize(trained_like_model(), 8), tmp_path / "q")
+        save_quantized(random_model(CONFIG, **TRAINED_LIKE), tmp_path / "f")
+    save_quantized(quantize(random_model(CONFIG, **TRAINED_LIKE), 8), tmp_path / "q")
     sd = load_file(tmp_path / "q" / "model.safetensors")
     sd["layers.0.attention.wq.qweight"] = sd["layers.0.attention.wq.qweight"].float()
     save_file(sd, tmp_path / "q" / "model.safetensors")
@@ -189,7 +182,7 @@ def test_cli_convert_then_generate(tmp_path, capsys):
     from llama.cli.main import main
     from llama.inference.generation import generate
 
-    model = trained_like_model()
+    model = random_model(CONFIG, **TRAINED_LIKE)
     save_model(model, tmp_path / "f")
     assert main(["convert", str(tmp_path / "f"), str(tmp_path / "q"), "--to", "quantized", "--quantize", "int4",
                  "--group-size", "32"]) == 0

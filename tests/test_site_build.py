@@ -1,6 +1,6 @@
 """The book builds with `mkdocs build --strict`, and its build machinery does what it claims.
 
-The real build runs once per session (fixture ``built_site`` in tests/conftest.py, the same
+The real build runs once per test run (fixture ``built_site`` in tests/conftest.py, the same
 ``make site`` that CI publishes); the browser tests in tests/browser/ reuse its output. The other
 tests here build tiny throwaway sites with the project's own settings and hooks, to prove that a
 mistake fails the build instead of shipping a broken page. How long the build takes is measured by
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import load_module
+from helpers import REPO, load_module
 
-REPO = Path(__file__).resolve().parent.parent
 
 # Lines that contain "WARNING" but are no MkDocs warning: the notebook kernel's note that it
 # talks to its client over local TCP, and pip's notes about the local package index.
@@ -61,8 +60,8 @@ def test_no_page_shows_a_raw_sphinx_role(site_dir):
     offenders = {str(p.relative_to(site_dir)): role.findall(_prose(p.read_text("utf-8")))
                  for p in site_dir.rglob("*.html")}
     assert {page: found for page, found in offenders.items() if found} == {}
-    model = _prose((site_dir / "api/model/index.html").read_text("utf-8"))
-    assert 'href="../attention/#llama.model.attention.KVCache"' in model  # :class:`~llama.model.attention.KVCache`
+    model = _prose((site_dir / "api/model.transformer/index.html").read_text("utf-8"))
+    assert 'href="../model.attention/#llama.model.attention.KVCache"' in model  # :class:`~llama.model.attention.KVCache`
 
 
 def test_sphinx_roles_become_links_resolved_where_the_docstring_is():

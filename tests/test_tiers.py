@@ -8,12 +8,10 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import helpers
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def declared_tiers() -> set[str]:
@@ -43,8 +41,40 @@ def test_the_readme_counts_the_make_commands_it_lists():
     assert all(re.search(rf"^{t}:", makefile, re.M) for t in targets)
 
 
-def test_make_test_runs_every_tier():
-    assert pytest_arguments("test") == [[]]
+def test_make_test_runs_every_tier_on_every_core():
+    # No -m, -k or path: every test; on pytest-xdist, one worker per core, a test file to a worker.
+    assert pytest_arguments("test") == [["-n", "auto", "--dist", "loadscope"]]
+
+
+def test_the_readme_says_what_make_test_and_make_check_run():
+    readme = " ".join((REPO / "README.md").read_text("utf-8").split())  # its lines joined
+    [test] = pytest_arguments("test")
+    assert f"`make test` runs `python -m pytest {shlex.join(test)}`" in readme
+    [check] = pytest_arguments("check")
+    assert f"`make check` is `pytest {shlex.join(check)}`".replace("'", '"') in readme  # shlex quotes with 
+
+
+@pytest.mark.slow  # two workers start and import torch
+def test_make_test_runs_the_examples_of_a_page_in_one_worker():
+    """The examples of a page share one namespace in page order: handed to two workers, those of
+    one would miss the names the other defined (NameError)."""
+    [arguments] = pytest_arguments("test")
+    page = "book/norm.md"  # examples that build on one another, and run in seconds
+    proc = subprocess.run([sys.executable, "-m", "pytest", *arguments, "-n", "2", "-p", "no:cacheprovider", page],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout
+
+
+def test_auto_is_one_worker_per_core_the_tests_may_run_on(monkeypatch):
+    # pytest-xdist's own count, psutil's, is of the machine's cores, also of those a container or
+    # taskset keeps the tests off; conftest.py counts the cores this process may run on.
+    count = helpers.load_book_collection().pytest_xdist_auto_num_workers
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert count(config=None) == 3
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "7")
+    assert count(config=None) is None  # pytest-xdist then reads the variable itself
 
 
 def test_make_check_leaves_out_every_declared_tier_and_nothing_else():
@@ -53,7 +83,8 @@ def test_make_check_leaves_out_every_declared_tier_and_nothing_else():
     match = re.fullmatch(r"not \((\w+(?: or \w+)*)\)", expression)
     assert match, expression
     assert set(match[1].split(" or ")) == declared_tiers()
-    assert arguments == ["-m", expression]  # no -k, no paths: every test file, examples included
+    # no -k, no paths: every test file, examples included; on pytest-xdist, as `make test`
+    assert arguments == [*pytest_arguments("test")[0], "-m", expression]
 
 
 @pytest.mark.slow  # a fresh interpreter collects the suite

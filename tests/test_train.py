@@ -8,12 +8,11 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import HANG_SECONDS, make_text
+from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN, make_text
 from safetensors.torch import load_file
 
 from llama.tokenizers.bpe import BPETokenizer
@@ -27,12 +26,7 @@ from llama.training.config import TrainConfig, model_config
 from llama.training.state import read_log
 from llama.formats.load import load_model
 
-REPO = Path(__file__).resolve().parent.parent
-# A tiny run: 2 layers, 32 wide, byte tokens, one thread so results do not depend on the machine.
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4",
-        "--threads", "1", "--eval-tokens", "256", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
-
-
+TINY = [*TINY_RUN, "--batch-size", "4", "--no-progress"]
 
 
 @pytest.fixture
@@ -44,23 +38,6 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``llama train ARGS`` in a subprocess (the console script's module, run from this checkout)."""
     cmd = [sys.executable, "-m", "llama.cli.main", "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=HANG_SECONDS)
-
-
-# ``llama train FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
-# SIGKILL runs no cleanup (no finally, no atexit), like a crash or the out-of-memory killer.
-KILLED_RUN = """
-import os, signal, sys
-from llama.cli.main import build_parser
-from llama.cli.train import train_config_from_args
-from llama.training.loop import train
-
-def kill_at(step):
-    if step == int(sys.argv[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-cfg, resume, given = train_config_from_args(build_parser().parse_args(["train", *sys.argv[2:]]))
-train(cfg, resume=resume, given=given, on_step=kill_at)
-"""
 
 
 # -------------------------------------------------------------------------------------- the math
@@ -143,7 +120,7 @@ def test_exact_resume_after_sigkill(tmp_path, text):
     """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
     and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
     flags = ["--data", str(text), *TINY, "--max-steps", "12", "--eval-every", "5"]
-    commands = {"whole": ["-m", "llama.cli.main", "train"], "killed": ["-c", KILLED_RUN, "7"]}
+    commands = {"whole": ["-m", "llama.cli.main", "train"], "killed": ["-c", KILLED_RUN, "7", "train"]}
     procs = [
         subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS
+from helpers import HANG_SECONDS, REPO, TINY_RUN
 from safetensors.torch import load_file
 
 from llama.training.state import read_log
 
-REPO = Path(__file__).resolve().parent.parent
 # float32 written out: the ranks' sums come in another order, and the tolerances below are float32's.
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
-        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3", "--dtype", "float32"]
+TINY = [*TINY_RUN, "--no-progress", "--dtype", "float32"]
 
 pytestmark = [
     pytest.mark.ddp,

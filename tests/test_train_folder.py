@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 from safetensors.torch import load_file
-from helpers import make_text
+from helpers import REPO, TINY_RUN, make_text
 
 import llama.training.loop
 from llama.cli.main import main as cli_main
@@ -24,9 +24,7 @@ from llama.training.loop import train
 from llama.training.config import TrainConfig
 from llama.training.state import read_log
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4",
-        "--threads", "1", "--eval-tokens", "256", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3"]
+TINY = [*TINY_RUN, "--batch-size", "4", "--no-progress"]
 
 
 @pytest.fixture

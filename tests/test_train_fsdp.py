@@ -13,19 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS
-from test_train import KILLED_RUN  # kills itself (every rank) after optimizer step argv[1]
+from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN
 
 from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
 from llama.training.state import read_log
 from llama.formats.load import load_model
 
-REPO = Path(__file__).resolve().parent.parent
 # float32 written out: in bfloat16 one process would autocast where several ranks cast their
 # gathered weights (FSDP's policy), and the 1e-5 below is float32's.
-TINY = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
-        "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3", "--parallel", "fsdp", "--dtype", "float32"]
+TINY = [*TINY_RUN, "--no-progress", "--parallel", "fsdp", "--dtype", "float32"]
 GLOBAL_BATCH = 4
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
@@ -64,10 +61,10 @@ def runs(tmp_path_factory):
     text = tmp / "text.txt"
     text.write_text(" ".join(words[(i * 7 + i // 13) % len(words)] for i in range(6000)) + "\n")
     common = ["--data", str(text), *TINY, "--max-steps", "8", "--eval-every", "2"]
-    (tmp / "killed.py").write_text(KILLED_RUN)
+    (tmp / "killed.py").write_text(KILLED_RUN)  # every rank kills itself after optimizer step 5
     one, killed = run_all(
         torchrun(1, "-m", "llama.cli.main", "train", "--out", str(tmp / "one"), *common, "--batch-size", str(GLOBAL_BATCH)),
-        torchrun(2, str(tmp / "killed.py"), "5", "--out", str(tmp / "two"), *common, "--batch-size", str(GLOBAL_BATCH // 2)),
+        torchrun(2, str(tmp / "killed.py"), "5", "train", "--out", str(tmp / "two"), *common, "--batch-size", str(GLOBAL_BATCH // 2)),
     )
     finished([one])
     assert killed.returncode != 0

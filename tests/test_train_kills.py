@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TINY_RUN
 from safetensors.torch import load_file
 
 from llama.training.run_folder import RunLock, remove_partial
@@ -19,10 +20,7 @@ from llama.training.state import latest_checkpoint, read_log
 
 pytestmark = pytest.mark.slow  # a dozen killed and resumed training runs
 
-REPO = Path(__file__).resolve().parent.parent
-FLAGS = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--batch-size", "4", "--threads", "1",
-         "--eval-tokens", "128", "--sample-tokens", "8", "--no-progress", "--warmup-steps", "3",
-         "--max-steps", "16", "--eval-every", "2",
+FLAGS = [*TINY_RUN, "--batch-size", "4", "--no-progress", "--eval-tokens", "128", "--max-steps", "16", "--eval-every", "2",
          "--optimizer", "muon"]  # the recipe's: Muon's momentum and the AdamW groups' moments both resume
 
 # One process imports torch once, then forks one child per run: a run starts in milliseconds

@@ -5,7 +5,7 @@ The site is served under the same path as in production (``site_url``'s path, e.
 behave as they will on the hosted book.
 
 Chromium is the distribution's package (``apt-get install chromium``), driven by Playwright
-through ``executable_path``. Without it these tests are skipped, unless ``LLAMA_REQUIRE_BROWSER=1``
+through ``executable_path``: one Chromium per test process (each pytest-xdist worker has its own). Without it these tests are skipped, unless ``LLAMA_REQUIRE_BROWSER=1``
 (set by .ci/run), in which case they fail.
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from helpers import HANG_MS
 from layout import DESKTOP
-from visits import SCREENSHOTS, PageWatch, SiteServer, chromium, launch, open_context
+from visits import SCREENSHOTS, PageWatch, SiteServer, Visitor, chromium, launch, open_context
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +62,37 @@ def new_page(browser, site_url):
     yield make
     for context in contexts:
         context.close()
+
+
+class Tab:
+    """One :class:`visits.Visitor` that visits page after page (``test_page``), as a reader does: a
+    fresh context per page made Chromium start a renderer and compile MathJax and the theme's
+    scripts for every page. A visit that raises leaves its tab behind: the next page starts in a new one."""
+
+    def __init__(self, browser, site_url: str, site_dir: Path, nav) -> None:
+        self._open = lambda: Visitor(browser, site_url, site_dir, nav)
+        self._visitor: Visitor | None = None
+
+    def visit(self, nav_page, screenshots: Path) -> list[str]:
+        self._visitor = self._visitor or self._open()
+        try:
+            return self._visitor.visit(nav_page, screenshots)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._visitor is not None:
+            self._visitor.context.close()
+            self._visitor = None
+
+
+@pytest.fixture(scope="session")
+def tab(browser, site_url, site_dir, book_pages):
+    """The tab ``test_page`` visits its page in, shared by the visits this process makes."""
+    tab = Tab(browser, site_url, site_dir, book_pages)
+    yield tab
+    tab.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 from layout import DESKTOP
-from page_visits import PAGE_VISITS
 from reading_path import part_chapters, path_problems
 from visits import Visitor, check_links, wait_for_math
 
@@ -29,19 +28,14 @@ def open_page(new_page, site_url, url, **options):
 # --- every page ----------------------------------------------------------------------------------
 
 
-def test_page(nav_page, pytestconfig, browser, site_url, site_dir, screenshots, book_pages):
-    # Visited in the background as soon as the site was built (page_visits.py), or now when run alone.
-    visits = pytestconfig.stash.get(PAGE_VISITS, None)
-    problems = visits.result(nav_page) if visits is not None else None
-    if problems is None:
-        with Visitor(browser, site_url, site_dir, book_pages) as visitor:
-            problems = visitor.visit(nav_page, screenshots)
+def test_page(nav_page, tab, screenshots):
+    problems = tab.visit(nav_page, screenshots)
     assert not problems, "\n".join(problems)
 
 
 def test_a_visit_starts_afresh_in_a_tab_the_last_one_left(browser, site_url, site_dir, screenshots, book_chapters,
                                                           book_pages):
-    # The background visits go from page to page in one tab (visits.Visitor); what a page left
+    # test_page's visits go from page to page in one tab (visits.Visitor); what a page left
     # behind (the dark palette chosen, a phone-sized window, its console) is not the next page's.
     rope = next(chapter for chapter in book_chapters if chapter.path == "rope.md")
     with Visitor(browser, site_url, site_dir, book_pages) as visitor:

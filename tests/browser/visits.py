@@ -1,6 +1,5 @@
 """The visit ``test_pages.py::test_page`` makes to every page of the book (:class:`Visitor`), and
-what it checks. The suite makes these visits in the background (page_visits.py); run directly
-(one test, ``-k``), ``test_page`` makes its visit itself.
+what it checks.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from urllib.error import HTTPError
 from urllib.parse import unquote, urldefrag, urlsplit
 from urllib.request import urlopen
 
-from helpers import EUID_LOCK, HANG_MS
+from helpers import HANG_MS
 from layout import DESKTOP, PHONE, layout_problems
 
 CHROMIUM_ARGS = [
@@ -53,13 +52,6 @@ class _SiteHandler(SimpleHTTPRequestHandler):
         if not path.startswith(self.prefix):
             return str(Path(self.directory) / "__outside_the_site__")
         return super().translate_path("/" + path[len(self.prefix):])
-
-    def send_head(self):
-        # The file is opened as this process's user: never while a test runs as nobody
-        # (helpers.as_nobody). Only the opening holds the lock: sending a large file to a busy
-        # browser takes long, and a test waiting to run as nobody would wait for all of it.
-        with EUID_LOCK:
-            return super().send_head()
 
     def log_message(self, format, *args):  # keep the test output readable
         pass
@@ -212,9 +204,7 @@ def check_links(page, watch, site_url: str):
 
 
 def save_screenshot(page, path: Path, **options) -> None:
-    data = page.screenshot(**options)
-    with EUID_LOCK:  # written as this process's user, never as nobody
-        path.write_bytes(data)
+    path.write_bytes(page.screenshot(**options))
 
 
 class Visitor:
@@ -266,8 +256,7 @@ class Visitor:
         wait_for_math(page, watch)
         check_links(page, watch, site_url)
         watch.problems += path_problems(page, nav_page, self.nav, site_url)
-        with EUID_LOCK:
-            has_prompts = nav_page.path.endswith(".md") and ">>> " in nav_page.source.read_text("utf-8")
+        has_prompts = nav_page.path.endswith(".md") and ">>> " in nav_page.source.read_text("utf-8")
         if has_prompts:
             check_copy_button(page, watch)
         # Equations, code and tables fit their boxes or scroll visibly (layout.py), on this same visit;

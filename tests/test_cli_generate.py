@@ -222,10 +222,23 @@ def test_an_unknown_flag_is_reported_with_the_subcommand_usage(capsys):
     assert err.endswith("llama generate: error: unrecognized arguments: --temprature 0.8\n")
 
 
+def as_from_a_shell() -> None:
+    """Ctrl-C as a shell leaves it to a program it starts: delivered, with the default action.
+
+    A child inherits its parent's blocked signals and ignored ones; a test runner's worker, or a
+    library a test loaded before, may have left SIGINT either way, and then ``llama`` would never
+    see the Ctrl-C these tests send.
+    """
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_llama(*args: str, **kwargs) -> subprocess.Popen:
-    """``python -m llama.cli.main``: this checkout's code, whatever is installed."""
+    """``python -m llama.cli.main``: this checkout's code, whatever is installed, started as from a shell."""
     return subprocess.Popen([sys.executable, "-m", "llama.cli.main", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kwargs)
+                            stderr=subprocess.PIPE, preexec_fn=as_from_a_shell, **kwargs)
 
 
 def generating(tmp_path) -> subprocess.Popen:

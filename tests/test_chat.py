@@ -21,7 +21,11 @@ from llama.model.transformer import Transformer
 from llama.posttraining.chat import CHAT_TOKENS, LLAMA3_CHAT_TEMPLATE, ChatFormat, check_template, pack
 from llama.posttraining.chat_session import ChatSession
 from llama.posttraining.special_tokens import (
-    add_special_tokens, resize_vocab, save_tokenizer, special_token_ids, write_model_proto,
+    add_special_tokens,
+    resize_vocab,
+    save_tokenizer,
+    special_token_ids,
+    write_model_proto,
 )
 from llama.tokenizers.bpe import BPETokenizer
 from llama.tokenizers.pretokenize import GPT2_PATTERN, LLAMA3_PATTERN

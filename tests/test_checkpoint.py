@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig, Transformer, generate
 from llama.formats.checkpoint import detect_format
-from llama.formats.llama2c import read_llama2c
 from llama.formats.convert import llama_to_hf_state_dict
+from llama.formats.llama2c import read_llama2c
 from llama.formats.load import load_model, save_model
 
 #: Greedy ids of stories260K from BOS (id 1), recorded from this package and checked below against
@@ -372,7 +372,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
         save_model(random_model(ModelConfig(**TINY), seed=1), tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
-    save_file  # imported for the monkeypatched name's sake
+    save_file  # noqa: B018  (imported for the monkeypatched name's sake)
 
 
 # ------------------------------------------ save_llama2c, checked by the NumPy transcription of run.c

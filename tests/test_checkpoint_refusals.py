@@ -13,9 +13,9 @@ import torch
 from helpers import llama_as_nobody, random_model
 from safetensors.torch import load_file, save_file
 
-from llama import ModelConfig, Transformer
-from llama.formats.checkpoint import read_checkpoint
+from llama import ModelConfig
 from llama.cli.main import main
+from llama.formats.checkpoint import read_checkpoint
 from llama.formats.load import load_model, save_model
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, vocab_size=101, max_seq_len=64)

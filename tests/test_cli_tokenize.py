@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 from helpers import REPO, run_console_blocks
 
 from llama.cli.main import main
-from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer
 from llama.formats.load import save_model
+from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer
 
 TEXT = "hello world\nthe cat sat on the mat\nhello there, world\n" * 40
 

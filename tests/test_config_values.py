@@ -8,9 +8,9 @@ import json
 import math
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
-import helpers
 from helpers import hf_folder, random_model, refused
 
 from llama import ModelConfig, RopeScaling

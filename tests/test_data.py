@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from llama.data import pipeline as data
-from llama.tokenizers.bpe import BPETokenizer
 from llama.data.pipeline import (
     TINY_SHAKESPEARE_SHA256,
     WindowSampler,
@@ -17,6 +16,7 @@ from llama.data.pipeline import (
     split_bytes,
     token_byte_lengths,
 )
+from llama.tokenizers.bpe import BPETokenizer
 
 
 # ------------------------------------------------------------------------------------ split
@@ -180,8 +180,8 @@ def test_training_finds_tiny_shakespeare_wherever_llama_download_does(monkeypatc
     (llama.data.sources.data_dirs): here the checkout's shared/data, which training once skipped."""
     import shutil
 
-    from llama.data import sources as download
     from llama.cli.main import main
+    from llama.data import sources as download
 
     monkeypatch.delenv("LLAMA_DATA_DIR", raising=False)
     monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path / "cache"))

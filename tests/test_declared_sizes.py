@@ -13,16 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
-import helpers
 from helpers import HANG_SECONDS, HOSTILE_TINY, REPO, hf_folder, random_model, refused, sharded_folder
 
-import llama.formats.checkpoint
 import llama.cli.main
-import llama.formats.load
+import llama.formats.checkpoint
 import llama.formats.convert
 import llama.formats.gguf
+import llama.formats.load
 import llama.model.transformer
 from llama import ModelConfig, Transformer
 from llama.cli.main import main

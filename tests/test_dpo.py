@@ -15,7 +15,15 @@ from helpers import require_module
 from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
 from llama.posttraining.dpo import (
-    Pair, dpo_loss, dpo_step, frozen_copy, neg_log_sigmoid, pair_batch, preference_pairs, reward_of, sequence_logps,
+    Pair,
+    dpo_loss,
+    dpo_step,
+    frozen_copy,
+    neg_log_sigmoid,
+    pair_batch,
+    preference_pairs,
+    reward_of,
+    sequence_logps,
     token_logps,
 )
 from llama.posttraining.tasks import Problem, make_task

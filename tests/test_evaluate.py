@@ -16,9 +16,15 @@ from llama.inference.sampling import Sampling
 from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
 from llama.posttraining.evaluate import (
-    TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, replies,
+    TaskEvaluation,
+    bits_per_byte,
+    evaluate_task,
+    mean_pass_at_k,
+    pass_at_k,
+    plain_prompt,
+    replies,
 )
-from llama.posttraining.tasks import Problem, corpus, document, make_task
+from llama.posttraining.tasks import corpus, document, make_task
 from llama.tokenizers.bpe import BPETokenizer
 from llama.training.loop import evaluate
 

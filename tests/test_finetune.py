@@ -15,13 +15,12 @@ from helpers import HANG_SECONDS, KILLED_RUN, REPO, random_model
 from safetensors.torch import load_file
 
 from llama import ModelConfig
-from llama.tokenizers.bpe import BPETokenizer
 from llama.cli.main import main as cli_main
-from llama.training.lora import load_adapter, lora_state_dict
-from llama.model.transformer import Transformer
-from llama.training.config import TrainConfig
-from llama.training.state import read_log
 from llama.formats.load import load_model, save_model
+from llama.tokenizers.bpe import BPETokenizer
+from llama.training.config import TrainConfig
+from llama.training.lora import load_adapter, lora_state_dict
+from llama.training.state import read_log
 
 FLAGS = ["--block-size", "32", "--batch-size", "4", "--threads", "1", "--eval-tokens", "256",
          "--sample-tokens", "8", "--no-progress", "--lora-rank", "2", "--warmup-steps", "2"]
@@ -219,9 +218,9 @@ def test_the_chapter_s_first_command_makes_the_files_the_others_read(tmp_path, s
 
 
 def test_memory_check_counts_gradients_and_moments_of_adapters_only():
-    from llama.training.lora import LoRAConfig, count_lora_parameters
     from llama.model.transformer import count_parameters
     from llama.training.config import memory_needed
+    from llama.training.lora import LoRAConfig, count_lora_parameters
 
     config = ModelConfig.from_preset("llama2-7b")
     full = TrainConfig(out="x", max_steps=1, base="somewhere")

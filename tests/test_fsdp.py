@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llama.formats.load import save_model
 from llama.model.config import ModelConfig
-from llama.training.sharded import is_sharded_checkpoint, read_sharded
+from llama.model.transformer import Transformer
 from llama.training.fsdp import checkpoint_activations, local_bytes
 from llama.training.loss import cross_entropy
-from llama.model.transformer import Transformer
 from llama.training.optim import make_optimizer
-from llama.formats.load import save_model
+from llama.training.sharded import is_sharded_checkpoint, read_sharded
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=16)
 

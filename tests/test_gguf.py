@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import gguf  # noqa: E402  (a dependency of the library: llama/formats/gguf.py writes through it)
 import numpy as np
 import pytest
 import torch
@@ -14,11 +15,9 @@ from llama import ModelConfig, Transformer, generate
 from llama.cli.main import main
 from llama.formats.gguf import GGUF_NAMES, GGUFVocab, gguf_layout, read_gguf, read_gguf_vocab, save_gguf
 from llama.formats.gguf_quant import to_ggml_blocks
+from llama.formats.load import load_model, save_model
 from llama.tokenizers.gguf_vocab import tokenizer_from_gguf, vocab_from_sentencepiece
 from llama.tokenizers.tokenizer import train_sentencepiece
-from llama.formats.load import load_model, save_model
-
-import gguf  # noqa: E402  (a dependency of the library: llama/formats/gguf.py writes through it)
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, hidden_dim=80,
                      max_seq_len=32, rope_theta=500000.0, norm_eps=1e-6)

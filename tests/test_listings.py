@@ -49,11 +49,11 @@ def reader_blocks(markdown: str, page: str) -> list[dict]:
     for fence in FENCE.finditer(markdown):
         line = markdown.count("\n", 0, fence.start()) + 1
         indent = fence["indent"]
-        body = "".join(l[len(indent):] if l.startswith(indent) else l for l in fence["body"].splitlines(True))
+        body = "".join(ln[len(indent):] if ln.startswith(indent) else ln for ln in fence["body"].splitlines(True))
         language = (fence["info"].split() or [""])[0].lower()
         where = f"book/{page}:{line}"
         if listings.ANY_INCLUDE.search(body):
-            includes = [(m["path"], m["section"]) for l in body.splitlines() if (m := listings.INCLUDE.match(l))]
+            includes = [(m["path"], m["section"]) for ln in body.splitlines() if (m := listings.INCLUDE.match(ln))]
             _, code, excerpt = listings.render_fence(fence["info"], includes, shown)
             if not excerpt:
                 what = "listing " + " + ".join(f"{p}:{s}" for p, s in includes)

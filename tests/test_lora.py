@@ -12,8 +12,20 @@ from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig
 from llama.formats.convert import llama_to_hf_state_dict
-from llama.training.lora import (TARGETS, LoRAConfig, LoRALinear, add_lora, load_adapter, lora_modules, lora_state_dict, merge,
-                        merge_into_base, save_adapter, trainable_parameters, unmerge)
+from llama.training.lora import (
+    TARGETS,
+    LoRAConfig,
+    LoRALinear,
+    add_lora,
+    load_adapter,
+    lora_modules,
+    lora_state_dict,
+    merge,
+    merge_into_base,
+    save_adapter,
+    trainable_parameters,
+    unmerge,
+)
 
 BASE = dict(dim=32, n_layers=2, n_heads=4, vocab_size=61, hidden_dim=48, max_seq_len=32)
 CONFIGS = {"mha": ModelConfig(**BASE), "gqa": ModelConfig(**{**BASE, "n_kv_heads": 2})}

@@ -24,8 +24,8 @@ import torch
 from helpers import unavailable
 
 from llama.model.config import ModelConfig
-from llama.training.memory import STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel
 from llama.model.transformer import Transformer
+from llama.training.memory import STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel
 from llama.training.optim import make_optimizer
 
 # Odd sizes, so that sharding over several ranks needs padding.

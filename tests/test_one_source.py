@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import REPO, load_listings
 import torch
+from helpers import REPO, load_listings
 
 import llama
 from llama import ModelConfig, RopeScaling, Transformer

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llama.model.transformer import Transformer
-from llama.training.optim import AdamW, Muon, clip_grad_norm, make_optimizer, newton_schulz
 from llama.training.config import TrainConfig, model_config
+from llama.training.optim import AdamW, Muon, clip_grad_norm, make_optimizer, newton_schulz
 
 STEPS = 60
 

@@ -14,13 +14,13 @@ import torch
 from helpers import TINY_RUN, make_text
 
 import llama.training.loop
-from llama.training import precision
 from llama.cli.main import build_parser
 from llama.cli.main import main as cli_main
 from llama.cli.train import train_config_from_args
+from llama.training import precision
+from llama.training.config import TrainConfig
 from llama.training.optim import Muon, newton_schulz
 from llama.training.precision import emulation_warning, fast_dtype, measure_bf16_slowdown, resolve_dtype
-from llama.training.config import TrainConfig
 
 # A tiny run, as in tests/test_train.py; progress stays on, since the dtype line comes with it.
 TINY = [*TINY_RUN, "--batch-size", "4", "--sample-tokens", "0", "--warmup-steps", "1", "--eval-every", "2"]

@@ -27,11 +27,18 @@ import torch
 import torch.nn.functional as F
 from helpers import random_model, unavailable
 
-from llama import ModelConfig
-from llama.quantization import kernel as quant_kernel
+from llama import ModelConfig, Transformer
 from llama.inference.generation import CompiledDecoder, generate
-from llama.quantization.weights import (KERNEL_ROWS, QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, rounded_product,
-                            set_int8_activations)
+from llama.quantization import kernel as quant_kernel
+from llama.quantization.weights import (
+    KERNEL_ROWS,
+    QuantizedLinear,
+    dequantize_tensor,
+    quantize,
+    quantize_tensor,
+    rounded_product,
+    set_int8_activations,
+)
 
 # (out, in, bits, group_size): per row, groups of 32 (an odd number of them: 288 = 9 x 32), odd
 # output counts, widths that are not a multiple of the 16 floats of a register (tails), the

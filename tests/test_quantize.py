@@ -9,8 +9,8 @@ import torch
 from helpers import random_model
 
 from llama import ModelConfig, Transformer
-from llama.quantization.weights import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
 from llama.formats.load import load_model, save_model
+from llama.quantization.weights import QuantizedLinear, dequantize_tensor, quantize, quantize_tensor, unpack_int4
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=64)
 # A model whose weights are drawn like trained ones, N(0, 0.08), its norm gains left at 1 (helpers.random_model).
@@ -93,7 +93,7 @@ def test_quantized_model_is_the_dequantized_float_model(bits, group_size):
     assert isinstance(qmodel.tok_embeddings, torch.nn.Embedding)
     # The same float model with each weight replaced by its dequantized value gives the same logits.
     with torch.no_grad():
-        for (name, m), (_, qm) in zip(model.named_modules(), qmodel.named_modules()):
+        for (_name, m), (_, qm) in zip(model.named_modules(), qmodel.named_modules()):
             if isinstance(qm, QuantizedLinear):
                 m.weight = torch.nn.Parameter(qm.dequantized())
         tokens = torch.tensor([[1, 5, 9, 33, 2]])

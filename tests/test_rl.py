@@ -19,7 +19,15 @@ from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
 from llama.posttraining.dpo import frozen_copy, token_logps
 from llama.posttraining.rl import (
-    Rollout, clipped_surrogate, group_advantages, grpo_loss, k3_kl, masked_mean, reinforce_loss, rl_step, rollout,
+    Rollout,
+    clipped_surrogate,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    masked_mean,
+    reinforce_loss,
+    rl_step,
+    rollout,
 )
 from llama.posttraining.tasks import Problem, make_task
 from llama.tokenizers.bpe import BPETokenizer

@@ -21,7 +21,14 @@ from llama.formats.load import load_model, save_model
 from llama.model.config import ModelConfig
 from llama.posttraining.chat import CHAT_TOKENS, ChatFormat, pack
 from llama.posttraining.sft import (
-    IGNORE, SFTData, SFTSampler, conversation, masked_cross_entropy, masked_targets, pack_stream, parse_task,
+    IGNORE,
+    SFTData,
+    SFTSampler,
+    conversation,
+    masked_cross_entropy,
+    masked_targets,
+    pack_stream,
+    parse_task,
 )
 from llama.posttraining.special_tokens import add_special_tokens
 from llama.posttraining.tasks import Problem, make_task
@@ -124,7 +131,7 @@ def test_pack_stream_lays_whole_conversations_in_order_and_keeps_the_open_window
     windows, counts = pack_stream(encoded, 64)
     assert windows and all(len(w[0]) == len(w[1]) == 64 for w in windows)
     k = 0
-    for (ids, mask), n in zip(windows, counts):
+    for (ids, _mask), n in zip(windows, counts):
         laid = [i for conv in encoded[k:k + n] for i in conv[0]]
         assert ids[: len(laid)] == laid and len(laid) + len(encoded[k + n][0]) > 64  # the next did not fit
         k += n

@@ -12,10 +12,10 @@ from helpers import random_model
 
 import llama.inference.generation
 from llama import ModelConfig
-from llama.tokenizers.bpe import BPETokenizer
 from llama.cli.main import main
 from llama.formats.llama2c import save_llama2c
 from llama.formats.load import save_model
+from llama.tokenizers.bpe import BPETokenizer
 
 
 # ------------------------------------------------------------------------- streaming characters

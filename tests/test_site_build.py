@@ -21,7 +21,6 @@ import pytest
 import yaml
 from helpers import REPO, load_module
 
-
 # Lines that contain "WARNING" but are no MkDocs warning: the notebook kernel's note that it
 # talks to its client over local TCP, and pip's notes about the local package index.
 HARMLESS = [re.compile(r"\[IPKernelApp\] WARNING \| Kernel is running over TCP")]

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import sentencepiece
+from helpers import REPO, pb_field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers import REPO, pb_field
 
 from llama.tokenizers.protobuf import iter_fields
 from llama.tokenizers.spm import SentencePieceTokenizer, _decode_bytes
 from llama.tokenizers.spm_vocab import SPACE, read_model_proto
 from llama.tokenizers.tokenizer import train_sentencepiece
-
 
 # Text the project trains its own models on, so these checks run without ../shared.
 MULTILINGUAL = """\

@@ -7,7 +7,16 @@ import random
 import pytest
 
 from llama.posttraining.tasks import (
-    ANSWER_PREFIX, HELD_OUT_FRACTION, TASKS, WORDS, Grade, Problem, corpus, document, make_task, parse_answer,
+    ANSWER_PREFIX,
+    HELD_OUT_FRACTION,
+    TASKS,
+    WORDS,
+    Grade,
+    Problem,
+    corpus,
+    document,
+    make_task,
+    parse_answer,
     write_corpus,
 )
 

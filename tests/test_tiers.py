@@ -51,7 +51,7 @@ def test_the_readme_says_what_make_test_and_make_check_run():
     [test] = pytest_arguments("test")
     assert f"`make test` runs `python -m pytest {shlex.join(test)}`" in readme
     [check] = pytest_arguments("check")
-    assert f"`make check` is `pytest {shlex.join(check)}`".replace("'", '"') in readme  # shlex quotes with 
+    assert f"`make check` is `pytest {shlex.join(check)}`".replace("'", '"') in readme  # shlex quotes with
 
 
 @pytest.mark.slow  # two workers start and import torch

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from llama.tokenizers.spm_vocab import BYTE, NORMAL, SPACE, USER_DEFINED
-from llama.tokenizers.tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
+from llama.tokenizers.tokenizer import (
+    BPETokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
 
 
 def test_load_tokenizer_dispatches_on_the_file(tmp_path):

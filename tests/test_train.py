@@ -15,16 +15,16 @@ import torch
 from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN, make_text
 from safetensors.torch import load_file
 
-from llama.tokenizers.bpe import BPETokenizer
 from llama.cli.main import build_parser
 from llama.cli.main import main as cli_main
 from llama.cli.train import train_config_from_args
-from llama.model.transformer import Transformer
-from llama.training.optim import lr_at, make_optimizer
-from llama.training.loop import evaluate, train
-from llama.training.config import TrainConfig, model_config
-from llama.training.state import read_log
 from llama.formats.load import load_model
+from llama.model.transformer import Transformer
+from llama.tokenizers.bpe import BPETokenizer
+from llama.training.config import TrainConfig, model_config
+from llama.training.loop import evaluate, train
+from llama.training.optim import lr_at, make_optimizer
+from llama.training.state import read_log
 
 TINY = [*TINY_RUN, "--batch-size", "4", "--no-progress"]
 
@@ -108,7 +108,6 @@ def test_run_writes_log_checkpoint_model_and_samples(tmp_path, text):
     assert set(state["rng"]) == {"python", "numpy"}
     assert {"rng.torch", "rng.sampler"} <= set(load_file(ckpt / "optimizer.safetensors"))
     assert not list((out / "checkpoints").glob("step-0000003"))  # older checkpoints are pruned
-    from llama.model.transformer import Transformer
 
     model = load_model(out / "model")  # the final model, as a Hugging Face folder
     assert torch.equal(model.tok_embeddings.weight, load_file(ckpt / "model.safetensors")["tok_embeddings.weight"])

@@ -7,21 +7,21 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
-from safetensors.torch import load_file
 from helpers import REPO, TINY_RUN, make_text
+from safetensors.torch import load_file
 
 import llama.training.loop
 from llama.cli.main import main as cli_main
-from llama.training.run_folder import RunLock
-from llama.training.loop import train
 from llama.training.config import TrainConfig
+from llama.training.loop import train
+from llama.training.run_folder import RunLock
 from llama.training.state import read_log
 
 TINY = [*TINY_RUN, "--batch-size", "4", "--no-progress"]

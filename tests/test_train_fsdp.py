@@ -15,10 +15,10 @@ import pytest
 import torch
 from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN
 
+from llama.formats.load import load_model
 from llama.model.config import ModelConfig
 from llama.model.transformer import Transformer
 from llama.training.state import read_log
-from llama.formats.load import load_model
 
 # float32 written out: in bfloat16 one process would autocast where several ranks cast their
 # gathered weights (FSDP's policy), and the 1e-5 below is float32's.

@@ -16,8 +16,8 @@ import llama.cli.main
 import llama.formats.load
 from llama import ModelConfig
 from llama.cli.main import main
-from llama.training.lora import LoRAConfig, add_lora, load_adapter, merge_into_base, save_adapter
 from llama.formats.load import save_model
+from llama.training.lora import LoRAConfig, add_lora, load_adapter, merge_into_base, save_adapter
 
 TINY = HOSTILE_TINY
 

@@ -295,7 +295,7 @@ def check_copy_button(page, watch) -> None:
     block.locator('button.md-code__button[data-md-type="copy"]').click()
     copied = page.evaluate("navigator.clipboard.readText()")
     # Hidden outputs leave their line breaks behind: blank lines, harmless when pasted.
-    if ">>>" in copied or [l for l in copied.splitlines() if l.strip()] != [l for l in code if l.strip()]:
+    if ">>>" in copied or [ln for ln in copied.splitlines() if ln.strip()] != [ln for ln in code if ln.strip()]:
         watch.problems.append(f"the copy button of the first >>> example copied {copied[:200]!r}, not its code")
 
 

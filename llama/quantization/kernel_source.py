@@ -18,6 +18,7 @@ KERNEL_SOURCE = r"""
 #include <torch/library.h>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -189,39 +190,49 @@ float group_absmax(const float* x, int64_t group) {
   return amax;
 }
 
+// `count` values of a buffer that starts on a 64-byte boundary: the AVX-512 loads of row_rounded
+// read 64 bytes at a time, and one that straddles two cache lines costs two reads.
+template <class T>
+T* aligned(std::vector<T>& v, int64_t count) {
+  v.resize(count + 64 / sizeof(T));  // resize keeps the capacity: after the first calls, nothing is allocated
+  const auto address = reinterpret_cast<std::uintptr_t>(v.data());
+  return reinterpret_cast<T*>((address + 63) / 64 * 64);
+}
+
 // Rounds `rows` rows of x into the workspace; returns a Rounded per row, pointing into it.
-const std::vector<Rounded>& round_rows(Workspace& w, const float* x, int64_t rows, int64_t n, int64_t group, int64_t bits) {
+const std::vector<Rounded>& round_rows(Workspace& w, const float* x, int64_t rows, int64_t n, int64_t group,
+                                       int64_t bits) {
   const int64_t groups = n / group;
-  // resize keeps the capacity: after the first calls of a decode step, nothing is allocated
-  w.q.resize(rows * n), w.d.resize(rows * groups), w.sum.resize(rows * groups);
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   const bool pairs = group == 32;  // the layout of row_rounded's two groups per register
 #else
   const bool pairs = false;
 #endif
-  w.init.assign(pairs ? rows * (groups / 2) * 16 : 0, 0);
-  w.perm.resize(pairs && bits == 4 ? rows * (groups / 2) * 64 : 0);
+  const int64_t pair_count = pairs ? groups / 2 : 0;  // per row
+  int8_t* qs = aligned(w.q, rows * n);
+  float* ds = aligned(w.d, rows * groups);
+  int32_t* sums = aligned(w.sum, rows * groups);
+  int32_t* inits = aligned(w.init, rows * pair_count * 16);
+  int8_t* perms = aligned(w.perm, bits == 4 ? rows * pair_count * 64 : 0);
   w.rows.clear();
   for (int64_t m = 0; m < rows; ++m) {
-    int8_t* q = w.q.data() + m * n;
-    float* d = w.d.data() + m * groups;
-    int32_t* sum = w.sum.data() + m * groups;
+    int8_t* q = qs + m * n;
+    float* d = ds + m * groups;
+    int32_t* sum = sums + m * groups;
     for (int64_t g = 0; g < groups; ++g) {
       d[g] = group_absmax(x + m * n + g * group, group) / 127.f;
       sum[g] = round_group(x + m * n + g * group, group, d[g], q + g * group);
     }
-    int32_t* init = pairs ? w.init.data() + m * (groups / 2) * 16 : nullptr;
-    int8_t* perm = pairs && bits == 4 ? w.perm.data() + m * (groups / 2) * 64 : nullptr;
-    if (pairs) {  // see row_pairs: the offsets sit in lanes 0 and 8 (int8) or 0 and 4 (int4)
-      for (int64_t p = 0; p < groups / 2; ++p) {
-        init[16 * p] = (bits == 8 ? -128 : -8) * sum[2 * p];
-        init[16 * p + (bits == 8 ? 8 : 4)] = (bits == 8 ? -128 : -8) * sum[2 * p + 1];
-      }
-    }
-    if (perm)  // low nibbles of both groups, then high nibbles: x[0:16] of each, then x[16:32]
-      for (int64_t p = 0; p < groups / 2; ++p)
+    int32_t* init = inits + m * pair_count * 16;
+    int8_t* perm = bits == 4 ? perms + m * pair_count * 64 : nullptr;
+    for (int64_t p = 0; p < pair_count; ++p) {  // see row_rounded: the offsets sit in lanes 0 and 8 (int8) or 0 and 4 (int4)
+      std::fill_n(init + 16 * p, 16, 0);
+      init[16 * p] = (bits == 8 ? -128 : -8) * sum[2 * p];
+      init[16 * p + (bits == 8 ? 8 : 4)] = (bits == 8 ? -128 : -8) * sum[2 * p + 1];
+      if (perm)  // low nibbles of both groups, then high nibbles: x[0:16] of each, then x[16:32]
         for (int64_t k = 0; k < 4; ++k)
           std::copy_n(q + 64 * p + 32 * (k % 2) + 16 * (k / 2), 16, perm + 64 * p + 16 * k);
+    }
     w.rows.push_back(Rounded{q, d, sum, init, perm});
   }
   return w.rows;

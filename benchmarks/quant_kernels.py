@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_line  # noqa: E402
+
 from llama.quantization import kernel as quant_kernel  # noqa: E402
 from llama.quantization.weights import (  # noqa: E402
     dequantize_tensor,
@@ -67,7 +69,6 @@ from llama.quantization.weights import (  # noqa: E402
     rounded_product,
     unpack_int4,
 )
-from machine import machine_line  # noqa: E402
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
 FORMATS = [("int8/row", 8, None), ("int8/32", 8, 32), ("int4/32", 4, 32)]
@@ -91,7 +92,7 @@ def timed(fn, repeats: int = 5, seconds: float = 0.1) -> float:
 
 
 def compiled(fn):
-    """``fn`` compiled as :class:`llama.inference.generation.CompiledDecoder` compiles a step: C++ wrapper, guards skipped.
+    """``fn`` compiled as :class:`~llama.inference.generation.CompiledDecoder` compiles a step (C++ wrapper, no guards).
 
     Guards are what tell two compiled lambdas of the same line apart, so Dynamo forgets earlier
     compilations first: time each compiled function before making the next.
@@ -163,7 +164,8 @@ def table(shapes, march: str) -> None:
         x = torch.randn(1, inp)
         with torch.no_grad():
             step = compiled(lambda x: [(w * x).sum(-1) for w in weights])  # Linear's one-row product
-            f32 = {"F.linear": timed(lambda: [F.linear(x, w) for w in weights]), "compiled": timed(lambda: step(x))}
+            f32 = {"F.linear": timed(lambda: [F.linear(x, w) for w in weights]),
+                   "compiled": timed(lambda: step(x))}  # noqa: F821 (called before the del below)
             del step
             for name, seconds in f32.items():
                 rate = 4 * out * inp * k / seconds / 1e9

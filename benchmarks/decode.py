@@ -221,7 +221,8 @@ def write_gguf_files(model: Transformer, folder: Path, formats) -> dict[str, Pat
         if GGUF_FORMATS[fmt] is not None:
             bits, group = GGUF_FORMATS[fmt]
             source = folder / fmt
-            convert(str(folder / "hf"), str(source), "--to", "quantized", "--quantize", bits, "--group-size", str(group))
+            convert(str(folder / "hf"), str(source), "--to", "quantized", "--quantize", bits,
+                    "--group-size", str(group))
         paths[fmt] = folder / f"{fmt}.gguf"
         convert(str(source), str(paths[fmt]), "--to", "gguf", "--tokenizer", tokenizer)
     return paths
@@ -290,11 +291,22 @@ def run_engines(engines: dict, prompt: list[int], repeats: int) -> tuple[dict[st
 
 
 def profile_steps(key: str, fn, prompt: list[int]) -> None:
-    """Where a generation's time goes: ``torch.profiler``'s operators, most self CPU time first."""
+    """torch.profiler's operators for one generation, and each token's time split four ways: our kernel, the
+    rest of the compiled graph, torch.compile's entry (Dynamo's cache lookup, wrappers), the rest (Python loop,
+    sampling, prefill)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn(prompt)
-    print(f"\n{key}: one generation ({NEW_TOKENS} tokens), profiled")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+        wall = _timed(lambda: fn(prompt)) * 1e6
+    averages = prof.key_averages()
+    print(f"\n{key}: one generation ({NEW_TOKENS} tokens), profiled\n"
+          + averages.table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+    us = {name: sum(e.cpu_time_total for e in averages if e.key.startswith(name)) for name in (
+        "llama::quantized_matmul", "## Call CompiledFxGraph", "Torch-Compiled Region", "TorchDynamo Cache Lookup")}
+    graph, kernel = us["## Call CompiledFxGraph"], us["llama::quantized_matmul"]
+    entry = us["Torch-Compiled Region"] - graph + us["TorchDynamo Cache Lookup"]
+    parts = {"quantized kernel": kernel, "rest of the graph": graph - kernel, "torch.compile's entry": entry,
+             "the rest": wall - graph - entry}
+    print(f"{key}: per token {wall / NEW_TOKENS:.0f} us: "
+          + "; ".join(f"{name} {t / NEW_TOKENS:.0f} us" for name, t in parts.items()), flush=True)
 
 
 def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, peer: str | None, profile=False) -> dict:

@@ -22,14 +22,17 @@ cache. The kernels:
   converted by ``_convert_weight_to_int4pack_for_cpu`` (values ``q + 8``, float32 scales and
   zero offsets 0: the same numbers as the book's format);
 - C++ kernel: ``torch.ops.llama.quantized_matmul`` (:mod:`llama.quantization.kernel`), called eagerly
-  and from a compiled graph.
+  and from a compiled graph; "int8 x": the same kernel with ``int8_activations=True``, ``x`` rounded to
+  int8 per group and integer products (GGUF's ``Q8_0`` math), checked against
+  :func:`llama.quantization.weights.rounded_product` instead of ``F.linear``.
 
 Compiled functions are called as :class:`llama.inference.generation.CompiledDecoder` calls its step (C++
 wrapper, guards skipped), the ``k`` products in one graph. GB/s counts the bytes of the weights
 as stored (integers and float16 scales, or float32 scales and zeros for ATen's int4; 4 bytes per
 float32 weight) over the time of a call: the median of 5 timings of loops of calls, each about
 0.1 s. "vs float32" is float32 compiled's time over the kernel's, for the same products. Every
-kernel's result is checked against ``F.linear`` with the dequantized weight first.
+kernel's result is checked first: against ``F.linear`` with the dequantized weight, or for the
+int8-activation rows against the written-out rounded product.
 
 On an AVX-512 machine the same table is printed again from a child process with
 ``ATEN_CPU_CAPABILITY=avx2`` (ATen's and Inductor's kernels take their AVX2 versions; Inductor
@@ -60,7 +63,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
 from llama.quantization import kernel as quant_kernel  # noqa: E402
-from llama.quantization.weights import dequantize_tensor, quantize_tensor, unpack_int4  # noqa: E402
+from llama.quantization.weights import (  # noqa: E402
+    dequantize_tensor,
+    quantize_tensor,
+    rounded_product,
+    unpack_int4,
+)
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (32000, 768)]
 FORMATS = [("int8/row", 8, None), ("int8/32", 8, 32), ("int4/32", 4, 32)]
@@ -84,7 +92,7 @@ def timed(fn, repeats: int = 5, seconds: float = 0.1) -> float:
 
 
 def compiled(fn):
-    """``fn`` compiled as :class:`llama.inference.generation.CompiledDecoder` compiles a step: C++ wrapper, guards skipped.
+    """``fn`` compiled as :class:`~llama.inference.generation.CompiledDecoder` compiles a step (C++ wrapper, no guards).
 
     Guards are what tell two compiled lambdas of the same line apart, so Dynamo forgets earlier
     compilations first: time each compiled function before making the next.
@@ -126,12 +134,18 @@ def kernels(weights: list[torch.Tensor], bits: int, group: int | None, kernel: b
                                                        for q, s in pairs], nbytes))
         found.append(("C++ kernel, compiled", lambda: compiled(lambda x: [
             quant_kernel.quantized_matmul(x, q, s, bits, group) for q, s in pairs]), nbytes))
+        found.append(("C++ kernel, int8 x", lambda: lambda x: [
+            quant_kernel.quantized_matmul(x, q, s, bits, group, True) for q, s in pairs], nbytes))
+        found.append(("C++ kernel, int8 x, compiled", lambda: compiled(lambda x: [
+            quant_kernel.quantized_matmul(x, q, s, bits, group, True) for q, s in pairs]), nbytes))
     x = torch.randn(1, inp)
     q, s = pairs[-1]
     want = F.linear(x, dequantize_tensor(q, s, bits, group))
+    rounded = rounded_product(x, q, s, bits, group)  # what the int8-activation rows compute
     for name, make, size in found:
         fn = make()
-        err = float((fn(x)[-1].reshape(1, out) - want).abs().max() / want.abs().max())
+        reference = rounded if "int8 x" in name else want
+        err = float((fn(x)[-1].reshape(1, out) - reference).abs().max() / reference.abs().max())
         if err > 1e-5:
             raise SystemExit(f"{name}, {out}x{inp} {bits}-bit groups of {group}: relative error {err:.2g}")
         yield name, (lambda fn=fn: fn(x)), size

@@ -7,9 +7,10 @@ for the book's formats: ``_weight_int8pack_mm`` takes only one scale per row, an
 generates from the product written in PyTorch converts the integers with slow, narrow
 instructions on AVX2 CPUs. This module has:
 
-* :data:`KERNEL_SOURCE` (in :mod:`llama.quantization.kernel_source`): the C++ kernel, ``y[m, o] = sum_g scale[o, g] * sum_i q[o, g, i] *
-  x[m, g, i]`` straight from ``qweight`` and ``scales``, with AVX-512 (16 floats a register)
-  or AVX2 (8) instructions, the output rows shared out among ``torch.get_num_threads()`` threads;
+* :data:`KERNEL_SOURCE` (in :mod:`llama.quantization.kernel_source`): the C++ kernel,
+  ``y[m, o] = sum_g scale[o, g] * sum_i q[o, g, i] * x[m, g, i]`` straight from ``qweight`` and
+  ``scales``, with AVX-512 (16 floats a register) or AVX2 (8) instructions, the output rows shared
+  out among ``torch.get_num_threads()`` threads when each gets at least 32 KiB of weights;
 * :func:`load_kernel`: builds it with ``torch.utils.cpp_extension.load_inline`` for the CPU it
   runs on (``-O3 -march=native``) the first time it is needed, and registers it as the operator
   ``torch.ops.llama.quantized_matmul``, with the shape function ``torch.compile`` traces with.

@@ -69,10 +69,14 @@ HISTORY = {
         "the last decode table with run.c as the peer (2026-11-26), dated and with its machine, kept as history",
     ("benchmarks.md", "### Earlier: the run of 2026-11-26, with llama2.c's `run.c` as the peer"):
         "the whole printed output of benchmarks/quantize.py on 2026-11-26, dated, kept as history",
+    ("quantization.md", "### When the kernel came in (2026-12-06)"):
+        "the decode speed before and after the C++ kernel, measured the day it came in (dated, with its machine); "
+        "benchmarks/results/decode.md and quantize-speed.md hold today's",
 }
 #: A typed number equal to a measurement by chance: (page, number) -> what it is.
 COINCIDENCES = {
     ("benchmarks.md", "2.36"): "MB/s of the tokenizer's table, not the 2.359 bits per byte of finetune.md",
+    ("training.md", "98.2"): "the share of the peak learning rate that lr_at reaches (computed), not train-matmul.md's GFLOP/s",
 }
 
 # A ratio is written with its sign against the digits (1.26×, 0.87x); "16 × 128" is a product.

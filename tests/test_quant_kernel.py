@@ -178,6 +178,22 @@ def test_without_a_compiler_the_layer_falls_back_to_pytorch_sums(no_kernel, bits
     assert torch.equal(layer(x), reference(x, layer.qweight, layer.scales, bits, group_size))
 
 
+def assert_same_ids_or_a_float_tie(model, prompt: list[int], compiled: list[int], eager: list[int]) -> None:
+    """The compiled decoder's ids are eager's, or they part where eager's two candidates nearly tie.
+
+    Inductor adds the graph's other sums (norms, attention) in another order, and the differences
+    pass through the KV cache from step to step: with random weights, a tie within 1% of the
+    logits' standard deviation can fall either way (seen: 0.1% at step 12, in some runs only). A
+    wrong kernel or layout parts at once, by a wide margin."""
+    if compiled == eager:
+        return
+    i = next(k for k, (a, b) in enumerate(zip(compiled, eager)) if a != b)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + eager[:i]]))[0, -1]
+    gap = float(logits[eager[i]] - logits[compiled[i]])
+    assert 0 <= gap < 1e-2 * float(logits.std()), (i, gap, float(logits.std()))
+
+
 @pytest.mark.compile
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32)])
 def test_compiled_decoding_with_the_kernel_keeps_the_greedy_ids(kernel, bits, group_size):
@@ -185,7 +201,7 @@ def test_compiled_decoding_with_the_kernel_keeps_the_greedy_ids(kernel, bits, gr
     model = random_model(config, random_gains=False, weights_std=0.08)
     qmodel = quantize(copy.deepcopy(model), bits, group_size)
     decoder = CompiledDecoder(qmodel, max_seq_len=32)
-    assert decoder.generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)
+    assert_same_ids_or_a_float_tie(qmodel, [1, 5, 9], decoder.generate([1, 5, 9], 24), generate(qmodel, [1, 5, 9], 24))
 
 
 # ------------------------------------------------------------------------ int8 activations (Q8_0's math)
@@ -276,4 +292,5 @@ def test_compiled_decoding_with_int8_activations_keeps_eager_greedy_ids(kernel, 
             if not name.endswith("norm.weight"):
                 p.normal_(0.0, 0.08)
     qmodel = set_int8_activations(quantize(copy.deepcopy(model), bits, 32))
-    assert CompiledDecoder(qmodel, max_seq_len=32).generate([1, 5, 9], 24) == generate(qmodel, [1, 5, 9], 24)
+    compiled = CompiledDecoder(qmodel, max_seq_len=32).generate([1, 5, 9], 24)
+    assert_same_ids_or_a_float_tie(qmodel, [1, 5, 9], compiled, generate(qmodel, [1, 5, 9], 24))

@@ -71,8 +71,36 @@ def kill_at(step):
 command = sys.argv[2]
 config_from_args = getattr(importlib.import_module(f"llama.cli.{command}"), f"{command}_config_from_args")
 cfg, resume, given = config_from_args(build_parser().parse_args(sys.argv[2:]))
-train(cfg, resume=resume, given=given, on_step=kill_at)
+if command == "sft":  # as `llama sft` runs it: the loop fed conversations
+    from llama.posttraining.sft import SFTData
+    train(cfg, resume=resume, given=given, on_step=kill_at, source=SFTData())
+else:
+    train(cfg, resume=resume, given=given, on_step=kill_at)
 """
+
+
+def whole_and_killed(tmp_path: Path, command: str, flags: list[str], step: int) -> Path:
+    """``llama COMMAND FLAGS`` run twice side by side: to its end in ``tmp_path/whole``, and in
+    ``tmp_path/killed`` killed by SIGKILL after optimizer step ``step``; returns the killed run's folder."""
+    commands = {"whole": ["-m", "llama.cli.main", command], "killed": ["-c", KILLED_RUN, str(step), command]}
+    procs = [subprocess.Popen([sys.executable, *argv, "--out", str(tmp_path / name), *flags], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, argv in commands.items()]
+    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
+    assert procs[0].returncode == 0, err_w
+    assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
+    return tmp_path / "killed"
+
+
+def assert_same_checkpoint(whole: Path, resumed: Path) -> None:
+    """The weights and the optimizer state (generators included) of two training checkpoints are bit-identical."""
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(whole / name), load_file(resumed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
 
 
 def load_module(name: str, path: Path):

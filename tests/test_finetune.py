@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_SECONDS, KILLED_RUN, REPO, random_model
+from helpers import HANG_SECONDS, REPO, assert_same_checkpoint, random_model, whole_and_killed
 from safetensors.torch import load_file
 
 from llama import ModelConfig
@@ -106,22 +106,10 @@ def test_exact_resume_after_sigkill(tmp_path, base, text):
     numbers must come back too)."""
     flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4",
              "--lora-dropout", "0.1"]
-    commands = {"whole": ["-m", "llama.cli.main", "finetune"], "killed": ["-c", KILLED_RUN, "5", "finetune"]}
-    procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, command in commands.items()]
-    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
-    assert procs[0].returncode == 0, err_w
-    assert procs[1].returncode == -9, err_k
-    killed = tmp_path / "killed"
+    killed = whole_and_killed(tmp_path, "finetune", flags, step=5)
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000004"
     assert finetune("--base", str(base), "--out", str(killed), "--resume") == 0
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000008" / name)
-        b = load_file(killed / "checkpoints" / "step-0000008" / name)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert_same_checkpoint(tmp_path / "whole" / "checkpoints" / "step-0000008", killed / "checkpoints" / "step-0000008")
     assert [r["val_loss"] for r in read_log(killed / "log.jsonl")] == [r["val_loss"] for r in read_log(tmp_path / "whole" / "log.jsonl")]
 
 

@@ -6,14 +6,12 @@ SIGKILL, trains LoRA adapters as an option, and leaves a chat model; bad input i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import HANG_SECONDS, random_model
+from helpers import assert_same_checkpoint, random_model, whole_and_killed
 from safetensors.torch import load_file
 
 from llama.cli.main import main as cli_main
@@ -41,23 +39,6 @@ from llama.training.state import read_log
 REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--task", "addition", "--task-args", "digits=1", "--block-size", "64", "--batch-size", "4", "--threads", "1",
          "--eval-tokens", "64", "--sample-tokens", "4", "--no-progress", "--warmup-steps", "2"]
-
-# ``llama sft FLAGS`` that SIGKILLs itself after optimizer step STEP: python -c KILLED_RUN STEP FLAGS.
-KILLED_RUN = """
-import os, signal, sys
-from llama.cli.main import build_parser
-from llama.cli.sft import sft_config_from_args
-from llama.posttraining.sft import SFTData
-from llama.training.loop import train
-
-def kill_at(step):
-    if step == int(sys.argv[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-cfg, resume, given = sft_config_from_args(build_parser().parse_args(["sft", *sys.argv[2:]]))
-train(cfg, resume=resume, given=given, on_step=kill_at, source=SFTData())
-"""
-
 
 @pytest.fixture
 def chat() -> ChatFormat:
@@ -221,22 +202,10 @@ def test_exact_resume_after_sigkill(tmp_path, base, text):
     """Kill a run after step 5 (its last checkpoint: step 4); resume it; at step 8 its weights,
     optimizer state and sampler position are bit-identical to an uninterrupted run's."""
     flags = ["--base", str(base), "--data", str(text), *FLAGS, "--max-steps", "8", "--eval-every", "4"]
-    commands = {"whole": ["-m", "llama.cli.main", "sft"], "killed": ["-c", KILLED_RUN, "5"]}
-    procs = [subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, command in commands.items()]
-    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
-    assert procs[0].returncode == 0, err_w
-    assert procs[1].returncode == -9, err_k
-    killed = tmp_path / "killed"
+    killed = whole_and_killed(tmp_path, "sft", flags, step=5)
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000004"
     assert sft("--base", str(base), "--out", str(killed), "--resume") == 0
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000008" / name)
-        b = load_file(killed / "checkpoints" / "step-0000008" / name)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert_same_checkpoint(tmp_path / "whole" / "checkpoints" / "step-0000008", killed / "checkpoints" / "step-0000008")
     assert int(load_file(killed / "checkpoints" / "step-0000008" / "optimizer.safetensors")["rng.sampler"][0]) > 0
     assert [r["train_loss"] for r in read_log(killed / "log.jsonl")] == [
         r["train_loss"] for r in read_log(tmp_path / "whole" / "log.jsonl")]

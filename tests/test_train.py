@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import HANG_SECONDS, KILLED_RUN, REPO, TINY_RUN, make_text
+from helpers import HANG_SECONDS, REPO, TINY_RUN, assert_same_checkpoint, make_text, whole_and_killed
 from safetensors.torch import load_file
 
 from llama.cli.main import build_parser
@@ -119,25 +119,11 @@ def test_exact_resume_after_sigkill(tmp_path, text):
     """Kill a run (SIGKILL) after step 7, its last checkpoint being step 5; resume it; the weights
     and optimizer state at step 12 are bit-identical to an uninterrupted run's."""
     flags = ["--data", str(text), *TINY, "--max-steps", "12", "--eval-every", "5"]
-    commands = {"whole": ["-m", "llama.cli.main", "train"], "killed": ["-c", KILLED_RUN, "7", "train"]}
-    procs = [
-        subprocess.Popen([sys.executable, *command, "--out", str(tmp_path / name), *flags], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, command in commands.items()
-    ]
-    (_, err_w), (_, err_k) = procs[0].communicate(timeout=HANG_SECONDS), procs[1].communicate(timeout=HANG_SECONDS)
-    assert procs[0].returncode == 0, err_w
-    assert procs[1].returncode == -9, err_k  # died by SIGKILL, not by finishing
-    killed = tmp_path / "killed"
+    killed = whole_and_killed(tmp_path, "train", flags, step=7)
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-0000005"
     resumed = run_cli("--out", str(killed), "--resume")  # every setting comes from the saved run
     assert resumed.returncode == 0, resumed.stderr
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        a = load_file(tmp_path / "whole" / "checkpoints" / "step-0000012" / name)
-        b = load_file(killed / "checkpoints" / "step-0000012" / name)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    assert_same_checkpoint(tmp_path / "whole" / "checkpoints" / "step-0000012", killed / "checkpoints" / "step-0000012")
     log_w, log_k = read_log(tmp_path / "whole" / "log.jsonl"), read_log(killed / "log.jsonl")
     assert [r["step"] for r in log_k] == [5, 10, 12, 12]
     assert [r["val_loss"] for r in log_k] == [r["val_loss"] for r in log_w]

@@ -79,6 +79,16 @@ else:
 """
 
 
+def byte_level_base(folder: Path) -> Path:
+    """A small byte-level model saved as ``llama train`` leaves one: the model with its tokenizer beside it."""
+    from llama.tokenizers.bpe import BPETokenizer
+
+    save_model(random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)),
+               folder)
+    BPETokenizer([]).save(folder / "tokenizer.json")
+    return folder
+
+
 def whole_and_killed(tmp_path: Path, command: str, flags: list[str], step: int) -> Path:
     """``llama COMMAND FLAGS`` run twice side by side: to its end in ``tmp_path/whole``, and in
     ``tmp_path/killed`` killed by SIGKILL after optimizer step ``step``; returns the killed run's folder."""

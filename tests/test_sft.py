@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_same_checkpoint, random_model, whole_and_killed
+from helpers import assert_same_checkpoint, byte_level_base, random_model, whole_and_killed
 from safetensors.torch import load_file
 
 from llama.cli.main import main as cli_main
@@ -48,10 +48,7 @@ def chat() -> ChatFormat:
 @pytest.fixture
 def base(tmp_path) -> Path:
     """A small byte-level model saved as ``llama train`` leaves one: model/ with its tokenizer."""
-    folder = tmp_path / "base"
-    save_model(random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)), folder)
-    BPETokenizer([]).save(folder / "tokenizer.json")
-    return folder
+    return byte_level_base(tmp_path / "base")
 
 
 @pytest.fixture

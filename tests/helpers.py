@@ -185,6 +185,7 @@ NOBODY = 65534
 # change, in a process of its own: nothing else of the test run ever runs as nobody.
 _AS_NOBODY = """import importlib, os, pkgutil, sys
 import encodings.ascii, encodings.latin_1  # looked up by name when a file is opened with them
+import torch._dynamo  # imported by the first initialisation on torch.device("meta") (llama.formats.load's skeleton)
 import llama
 for module in pkgutil.walk_packages(llama.__path__, "llama."):
     if not module.name.endswith(".__main__"):  # running it would run the command line

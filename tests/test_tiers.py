@@ -54,16 +54,21 @@ def test_the_readme_says_what_make_test_and_make_check_run():
     assert f"`make check` is `pytest {shlex.join(check)}`".replace("'", '"') in readme  # shlex quotes with
 
 
-@pytest.mark.slow  # two workers start and import torch
+@pytest.mark.slow  # a fresh interpreter collects a page
 def test_make_test_runs_the_examples_of_a_page_in_one_worker():
     """The examples of a page share one namespace in page order: handed to two workers, those of
-    one would miss the names the other defined (NameError)."""
+    one would miss the names the other defined (NameError). `make test`'s --dist hands out units
+    that pytest-xdist's own scope function draws from the test ids: a page's ids make one unit."""
+    from xdist.scheduler.loadscope import LoadScopeScheduling
+
     [arguments] = pytest_arguments("test")
-    page = "book/norm.md"  # examples that build on one another, and run in seconds
-    proc = subprocess.run([sys.executable, "-m", "pytest", *arguments, "-n", "2", "-p", "no:cacheprovider", page],
-                          cwd=REPO, capture_output=True, text=True)
+    assert arguments[arguments.index("--dist") + 1] == "loadscope"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "book/norm.md"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout
+    ids = [line for line in proc.stdout.splitlines() if line.startswith("book/norm.md::")]
+    assert len(ids) > 10  # the page's examples, one test each
+    assert {LoadScopeScheduling._split_scope(None, nodeid) for nodeid in ids} == {"book/norm.md"}
 
 
 def test_auto_is_one_worker_per_core_the_tests_may_run_on(monkeypatch):

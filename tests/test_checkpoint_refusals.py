@@ -211,6 +211,7 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
 
 
 # ------------------------------------------------------------------------------ permissions
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
 def test_an_output_folder_the_user_may_not_make():
     closed = Path(tempfile.mkdtemp())  # root's, 0755: nobody may enter but not write
     try:
@@ -223,6 +224,7 @@ def test_an_output_folder_the_user_may_not_make():
         shutil.rmtree(closed)
 
 
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
 @pytest.mark.parametrize("kind,unreadable", [("hf", "config.json"), ("hf", "model.safetensors"),
                                              ("meta", "params.json"), ("meta", "consolidated.00.pth"),
                                              ("llama2c", "model.bin"), ("hf", ".")])

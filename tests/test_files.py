@@ -111,6 +111,7 @@ def public_dir():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
 def test_an_unwritable_folder_is_a_one_line_error(public_dir):
     proc = run_as_nobody("from pathlib import Path\nfrom llama._files import atomic_write_text\n"
                          "try:\n    atomic_write_text(Path(sys.argv[1]), 'x')\n"
@@ -121,6 +122,7 @@ def test_an_unwritable_folder_is_a_one_line_error(public_dir):
     assert list(public_dir.iterdir()) == []
 
 
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
 def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir):
     path = public_dir / "tok.json"
     path.write_text("{}")

@@ -154,6 +154,7 @@ def test_kernel_ready_is_marked_as_the_public_decorator_marks():
     assert marks and all(getattr(quant_kernel.kernel_ready, name, None) == value for name, value in marks.items())
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_library_does_not_import_the_compiler():
     code = "import sys, llama.inference.generation, llama.quantization.weights; print('torch._dynamo' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -100,8 +100,9 @@ class Scheduler:
     Args:
         model: the model, in ``eval()`` mode.
         slots: requests decoded together (rows of the KV cache).
-        max_waiting: requests that may wait for a slot; one more is refused (:class:`QueueFull`),
-            so a burst of clients gets a clear "try later" instead of an ever longer wait.
+        max_waiting: requests that may wait for a slot beyond those the free slots will take; one
+            more is refused (:class:`QueueFull`), so a burst of clients gets a clear "try later"
+            instead of an ever longer wait.
         max_seq_len: positions per slot (default: the model's).
 
     Raises:
@@ -132,16 +133,13 @@ class Scheduler:
         with self._lock:
             if self.closed:
                 raise ShuttingDown("the server is shutting down: it finishes the requests it has and takes no new one")
-            if len(self.waiting) >= self.max_waiting and not self._room_now():
+            # Requests that the next step will admit into free slots do not count as waiting.
+            if len(self.waiting) >= self.max_waiting + len(self.table.free_slots()):
                 self.counts["rejected"] += 1
-                raise QueueFull(f"all {self.table.slots} slots are busy and {len(self.waiting)} requests wait "
-                                "already: try again shortly")
+                raise QueueFull(f"the server is busy: {len(self.waiting)} request(s) wait for its {self.table.slots} "
+                                "slot(s), as many as it queues; try again shortly")
             self.waiting.append(request)
     # --8<-- [end:submit]
-
-    def _room_now(self) -> bool:
-        # A free slot that the next step will fill: a request may take it even with max_waiting=0.
-        return len(self.waiting) < len(self.table.free_slots())
 
     def close(self) -> None:
         """Take no new request (:meth:`submit` raises :class:`ShuttingDown`); the others go on."""

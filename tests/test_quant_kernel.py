@@ -142,6 +142,24 @@ def test_layer_calls_the_kernel_under_compile(kernel, bits, group_size):
     assert close(compiled(x), reference(x, layer.qweight, layer.scales, bits, group_size))
 
 
+def test_kernel_ready_is_marked_as_the_public_decorator_marks():
+    """kernel.py marks ``kernel_ready`` by hand (the decorator's import of torch._dynamo costs every
+    process 1.4 s): the mark must be the one ``torch.compiler.assume_constant_result`` sets."""
+    def probe() -> bool:
+        return True
+
+    before = set(vars(probe))
+    torch.compiler.assume_constant_result(probe)
+    marks = {name: value for name, value in vars(probe).items() if name not in before}
+    assert marks and all(getattr(quant_kernel.kernel_ready, name, None) == value for name, value in marks.items())
+
+
+def test_importing_the_library_does_not_import_the_compiler():
+    code = "import sys, llama.inference.generation, llama.quantization.weights; print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 @pytest.mark.compile
 def test_eager_calls_use_the_kernel_once_it_is_built(kernel, monkeypatch):
     torch.manual_seed(5)

@@ -117,10 +117,15 @@ def kernel_loaded() -> bool:
     return _state.get("ready", False)
 
 
-@torch.compiler.assume_constant_result
 def kernel_ready() -> bool:
     """:func:`load_kernel`, called by ``torch.compile`` while it traces; the compiled graph keeps the answer."""
     return load_kernel()
+
+
+# What ``@torch.compiler.assume_constant_result`` does, by hand: that decorator imports torch._dynamo,
+# 1.4 s at the import of this module, in every process that loads a quantized layer or decodes,
+# compiled or not. tests/test_quant_kernel.py checks that the decorator still sets this attribute.
+kernel_ready._dynamo_marked_constant = True
 
 
 def quantized_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Self
 
 import torch
 
@@ -273,7 +274,7 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
 
-    def start(self) -> Engine:
+    def start(self) -> Self:
         """Start the engine's thread; returns the engine."""
         self._thread.start()
         return self

@@ -366,7 +366,10 @@ def serve(engine: Engine, tokenizer, model_name: str, host: str = "127.0.0.1", p
     """Serve until SIGTERM or Ctrl-C, then finish the requests in flight and return.
 
     Args:
-        engine, tokenizer, model_name, api_key: see :func:`build_app`.
+        engine: the engine (not started), as for :func:`build_app`.
+        tokenizer: the model's tokenizer, as for :func:`build_app`.
+        model_name: the id of the model in ``/v1/models``, as for :func:`build_app`.
+        api_key: if given, ``/v1/*`` requires ``Authorization: Bearer <api_key>``, as for :func:`build_app`.
         host: the address to listen on; the default, 127.0.0.1, is reachable from this machine only.
         port: the port (0: a free one).
         announce: called with the server's URL once it listens (default: print it on stderr).

@@ -55,7 +55,13 @@ class SlotCache(KVCache):
 
     Args:
         slots: rows of the cache, the most requests decoded together.
-        max_seq_len, n_kv_heads, head_dim, dtype, device, mask: as for :class:`~llama.model.attention.KVCache`.
+        max_seq_len: positions per slot.
+        n_kv_heads: key/value heads.
+        head_dim: width of a head.
+        dtype: storage type of the cache.
+        device: where the cache lives.
+        mask: ``causal_mask(max_seq_len)``, shared by the caches of all layers (built if ``None``), as for
+            :class:`~llama.model.attention.KVCache`.
 
     Shape:
         buffers ``k``, ``v``: ``[slots, n_kv, max_seq_len, h_d]``.
@@ -74,7 +80,8 @@ class SlotCache(KVCache):
         Args:
             input_pos: ``[s]`` (the same positions in every row) or ``[b, s]`` (row ``r`` writes at
                 ``input_pos[r]``).
-            k, v: the new keys and values, ``b`` the number of rows selected.
+            k: the new keys, ``b`` the number of rows selected.
+            v: the new values, likewise.
 
         Returns:
             ``(keys, values, mask)``: the selected rows' whole buffers ``[b, n_kv, max_seq_len, h_d]``

@@ -386,3 +386,45 @@ def gguf_file(path: Path, config: ModelConfig, **metadata) -> Path:
     with mock.patch.object(llama.formats.gguf, "_metadata", lambda c: {**real(c), **metadata}):
         llama.formats.gguf.save_gguf(model.state_dict(), model.config, path)
     return path
+
+
+# --- llama serve in a subprocess ------------------------------------------------------------------
+
+class LlamaServer:
+    """``llama serve FOLDER FLAGS --port 0`` in a process of its own, on 127.0.0.1; ``url`` once it listens.
+
+    Its stderr goes to ``log`` (a file, never a pipe that could fill up and block the server); the
+    URL is read from there. :meth:`stop` sends SIGTERM, as a process manager does, and returns the
+    exit code.
+    """
+
+    def __init__(self, folder: Path, flags: list[str], log: Path) -> None:
+        import time
+
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "llama.cli", "serve", str(folder), *flags, "--port", "0"],
+                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                                         env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + HANG_SECONDS
+        while not (found := re.search(r"http://127\.0\.0\.1:\d+/", log.read_text(errors="replace"))):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"llama serve did not start (exit {self.proc.poll()}):\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        self.url = found.group(0)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code once the process has finished what it had in flight."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=HANG_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -206,3 +206,15 @@ def test_render_without_a_stored_run_says_which_command_writes_it(tmp_path, monk
 
 def _bench_hook():
     return load_module("_results_hook", REPO / "hooks" / "results.py")
+
+
+@pytest.mark.slow  # a server process and a few requests
+def test_the_serve_benchmark_runs_quick():
+    """benchmarks/serve.py --quick starts `llama serve` on 127.0.0.1, loads it at each level, and stops it itself."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve.py"), "--quick"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("machine: ")
+    assert "| 1 | 2 | 16 |" in done.stdout and "| 4 | 4 | 32 |" in done.stdout

@@ -60,6 +60,8 @@ NOT_MEASURED = {
     "flags besides `llama train`'s defaults": "the settings of each sweep run",
     "ranks": "a setting",
     "`--dtype auto`": "a choice, not a number",
+    "requests": "serve.md: clients x the requests each sends, a setting",
+    "tokens": "serve.md: the completion tokens of a level, requests x max_tokens unless a reply stops early: a count",
 }
 #: Longer lists in a results JSON are a figure's data, not numbers a page quotes.
 LONGEST_LIST = 20

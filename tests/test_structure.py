@@ -23,7 +23,7 @@ SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
 #: Bottom to top. ``_files`` and ``_exports`` are private helpers every package may use.
 LAYERS = ["_files", "_exports", "model", "quantization", "formats", "tokenizers", "inference", "data", "training",
-          "posttraining", "cli"]
+          "posttraining", "serving", "cli"]
 MAX_LINES = 450  # "about 400": a module past this does more than one job
 
 

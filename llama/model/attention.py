@@ -146,7 +146,8 @@ class Attention(nn.Module):
             cos: RoPE table rows for these positions, ``[s, h_d/2]`` or ``[b, s, h_d/2]``.
             sin: same shape as ``cos``.
             input_pos: ``[s]`` positions of ``x``'s tokens; with a cache, where their keys
-                and values are written.
+                and values are written (passed to the cache's ``update`` as given: ``[b, s]``,
+                a position per sequence, for a cache that takes them).
             pad_keys: optional bool ``[b, 1, s, s_k]``, ``False`` where a query must not see a
                 key because it is padding (``s_k`` is the cache length, or ``s`` without one).
 

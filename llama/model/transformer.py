@@ -94,7 +94,8 @@ class Transformer(nn.Module):
             tokens: ``[b, s]`` token ids.
             input_pos: ``[s]`` positions of the tokens (default ``0 .. s-1``). With a KV cache
                 (:meth:`setup_cache`) the keys and values are written there, and earlier
-                positions come from the cache.
+                positions come from the cache. ``[b, s]`` gives each sequence positions of its
+                own, for a cache that writes each row at its own (:class:`llama.serving.slots.SlotCache`).
             pad_mask: optional bool ``[b, s_k]``, ``False`` at padding (left padding in a batch
                 of prompts of different lengths); ``s_k`` is the cache length, or ``s`` without
                 a cache. Positions are then counted per sequence from its first real token,

@@ -163,23 +163,29 @@ def test_rope_chapter_math_and_included_code(new_page, site_url):
 
 
 def search_words(site_dir: Path, urls: list[str]) -> dict[str, str]:
-    """For each page, the word of its prose that the fewest other pages contain.
+    """For each page, the word of its prose that the fewest other pages contain, in prose or code.
 
     Words are cut as the search index cuts them (Material's separator, then leading and trailing
-    punctuation trimmed), and code is left out: ``spm.SentencePieceProcessor(`` is one token there.
+    punctuation trimmed). The word is taken from the prose (``spm.SentencePieceProcessor(`` is one
+    token in code), but counted in code too: a word in another page's code is found there as well,
+    and may rank that page first.
     """
     index = json.loads((site_dir / "search/search_index.json").read_text())
     separator = re.compile(index["config"]["separator"])
-    words: dict[str, set[str]] = {url: set() for url in urls}
+
+    def words_of(html: str) -> set[str]:
+        tokens = (re.sub(r"^\W+|\W+$", "", t).lower() for t in separator.split(re.sub(r"<[^>]+>", " ", html)))
+        return {t for t in tokens if len(t) >= 5 and t.isalpha() and t.isascii()}
+
+    prose: dict[str, set[str]] = {url: set() for url in urls}
+    every: dict[str, set[str]] = {url: set() for url in urls}
     for doc in index["docs"]:
         url = doc["location"].split("#")[0]
-        if url in words:
-            prose = re.sub(r"<(pre|code)\b.*?</\1>", " ", doc["text"], flags=re.S)
-            prose = re.sub(r"<[^>]+>", " ", prose)
-            tokens = (re.sub(r"^\W+|\W+$", "", t).lower() for t in separator.split(prose))
-            words[url] |= {t for t in tokens if len(t) >= 5 and t.isalpha() and t.isascii()}
-    frequency = Counter(w for ws in words.values() for w in ws)
-    return {url: min(ws, key=lambda w: (frequency[w], -len(w), w)) for url, ws in words.items() if ws}
+        if url in prose:
+            prose[url] |= words_of(re.sub(r"<(pre|code)\b.*?</\1>", " ", doc["text"], flags=re.S))
+            every[url] |= words_of(doc["text"])
+    frequency = Counter(w for ws in every.values() for w in ws)
+    return {url: min(ws, key=lambda w: (frequency[w], -len(w), w)) for url, ws in prose.items() if ws}
 
 
 def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, site_dir, book_chapters):

@@ -183,6 +183,7 @@ def stats(server) -> dict:
     return httpx.get(server.url + "stats", timeout=HANG_SECONDS).json()
 
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_the_openai_client_gets_what_llama_generate_prints(server, client, chat_folder, capsys):
     assert [m.id for m in client.models.list().data] == ["chat"]
     for prompt, n in (("Once upon a time", 24), ("Hi", 6)):
@@ -199,6 +200,7 @@ def test_the_openai_client_gets_what_llama_generate_prints(server, client, chat_
         assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) > 2  # streamed, piece by piece
 
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_the_openai_client_gets_what_llama_chat_prints(server, client, chat_folder, capsys):
     for system, message, n in ((None, "Hello", 20), ("Be brief.", "What is a llama?", 40)):
         flags = ["--system", system] if system else []
@@ -249,6 +251,7 @@ async def _go_away(http, body: dict) -> int:
     return read
 
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_sixteen_concurrent_clients_get_their_answers_alone_while_batched(server, chat_folder):
     httpx = require_module("httpx")
     model, tok = load_model(chat_folder).eval(), saved_tokenizer(chat_folder)
@@ -283,6 +286,7 @@ def test_sixteen_concurrent_clients_get_their_answers_alone_while_batched(server
     assert after["prefills"] - before["prefills"] == 17
 
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_bad_requests_get_their_status_and_a_clear_message_and_the_server_goes_on(server, client):
     httpx = require_module("httpx")
     openai = require_module("openai")
@@ -324,6 +328,7 @@ def test_bad_requests_get_their_status_and_a_clear_message_and_the_server_goes_o
     assert client.completions.create(**good).choices[0].finish_reason == "length"
 
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_the_chat_page_is_served_and_asks_for_nothing_outside_the_server(server):
     httpx = require_module("httpx")
     page = httpx.get(server.url, timeout=HANG_SECONDS)  # no API key needed for the page itself
@@ -334,6 +339,7 @@ def test_the_chat_page_is_served_and_asks_for_nothing_outside_the_server(server)
 
 # --- Back-pressure and SIGTERM, on a server of one slot ------------------------------------------
 
+@pytest.mark.slow  # llama serve in a process of its own
 def test_a_full_queue_answers_429_and_sigterm_finishes_the_reply_in_flight(tmp_path):
     httpx = require_module("httpx")
     folder = tmp_path / "plain"

@@ -155,7 +155,7 @@ def chat_folder(tmp_path_factory):
     """A chat model (byte tokens and the four chat tokens, 260 ids) saved with its tokenizer."""
     tok = add_special_tokens(BPETokenizer([]), CHAT_TOKENS)
     folder = tmp_path_factory.mktemp("serve") / "chat"
-    save_model(small_model(tok.vocab_size, max_seq_len=256), folder)
+    save_model(small_model(tok.vocab_size, max_seq_len=1024), folder)
     save_tokenizer(tok, folder / "tokenizer.json")
     return folder
 
@@ -271,7 +271,9 @@ def test_sixteen_concurrent_clients_get_their_answers_alone_while_batched(server
 
     async def clients():
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=HANG_SECONDS) as http:
-            leaver = {"model": "chat", "prompt": "A long one", "max_tokens": 240, "temperature": 0, "stream": True}
+            # A reply of 1000 tokens: it cannot end by itself before its client, starved on a loaded
+            # machine as it may be, has read two chunks and hung up.
+            leaver = {"model": "chat", "prompt": "A long one", "max_tokens": 1000, "temperature": 0, "stream": True}
             return await asyncio.gather(*[_ask(http, b) for b in bodies], _go_away(http, leaver))
 
     *answers, read = asyncio.run(clients())
@@ -295,10 +297,10 @@ def test_bad_requests_get_their_status_and_a_clear_message_and_the_server_goes_o
         ({"content": b"{not json"}, 400, "the request body is not valid JSON"),
         ({"json": [1, 2]}, 400, "the request body is JSON but a list, not an object"),
         ({"json": {**good, "model": "gpt-4"}}, 404, "the model 'gpt-4' does not exist here: this server serves 'chat'"),
-        ({"json": {**good, "max_tokens": 255}}, 400, "max_tokens=255 does not fit: the prompt is 2 tokens and the "
-                                                     "model's context is 256; ask for at most 254"),
+        ({"json": {**good, "max_tokens": 1023}}, 400, "max_tokens=1023 does not fit: the prompt is 2 tokens and the "
+                                                      "model's context is 1024; ask for at most 1022"),
         ({"json": {**good, "temperature": 2.5}}, 400, "temperature must be a number from 0 to 2, got 2.5"),
-        ({"json": {**good, "prompt": "x" * 300}}, 400, "the prompt is 300 tokens, and the model's context is 256"),
+        ({"json": {**good, "prompt": "x" * 1100}}, 400, "the prompt is 1100 tokens, and the model's context is 1024"),
         ({"json": good, "headers": {"Authorization": "Bearer wrong"}}, 401, "incorrect API key"),
         ({"json": good, "headers": {"Authorization": ""}}, 401, "no API key: send the header 'Authorization: Bearer"),
         ({"content": json.dumps({**good, "prompt": "x" * (2 << 20)}).encode()}, 413,

@@ -5,10 +5,12 @@ concurrent clients batched together, a client that goes away, bad requests, back
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import HANG_SECONDS, LlamaServer, random_model, refused, require_module
@@ -222,38 +224,9 @@ def test_the_openai_client_gets_what_llama_chat_prints(server, client, chat_fold
         assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
 
 
-async def _ask(http, body: dict) -> tuple[str, str]:
-    """``(text, finish_reason)`` of one request, streamed (server-sent events) or whole."""
-    path = "v1/chat/completions" if "messages" in body else "v1/completions"
-    if not body.get("stream"):
-        response = await http.post(path, json=body)
-        assert response.status_code == 200, response.text
-        choice = response.json()["choices"][0]
-        return choice["text"], choice["finish_reason"]
-    text, finish = "", None
-    async with http.stream("POST", path, json=body) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choice = json.loads(line[6:])["choices"][0]
-                text, finish = text + choice["text"], choice["finish_reason"] or finish
-    return text, finish
-
-
-async def _go_away(http, body: dict) -> int:
-    """Read two chunks of a long streamed reply, then hang up; returns the chunks read."""
-    read = 0
-    async with http.stream("POST", "v1/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            read += line.startswith("data: ")
-            if read == 2:
-                break
-    return read
-
-
 @pytest.mark.slow  # llama serve in a process of its own
 def test_sixteen_concurrent_clients_get_their_answers_alone_while_batched(server, chat_folder):
-    httpx = require_module("httpx")
+    require_module("httpx")  # tests/serve_clients.py's client
     model, tok = load_model(chat_folder).eval(), saved_tokenizer(chat_folder)
     bodies, expected = [], []
     for k in range(16):
@@ -268,16 +241,15 @@ def test_sixteen_concurrent_clients_get_their_answers_alone_while_batched(server
         bodies.append(body)
         expected.append((continuation(tok, ids, generate(model, ids, n, sampling)), "length"))
     before = stats(server)
-
-    async def clients():
-        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=HANG_SECONDS) as http:
-            # A reply of 1000 tokens: it cannot end by itself before its client, starved on a loaded
-            # machine as it may be, has read two chunks and hung up.
-            leaver = {"model": "chat", "prompt": "A long one", "max_tokens": 1000, "temperature": 0, "stream": True}
-            return await asyncio.gather(*[_ask(http, b) for b in bodies], _go_away(http, leaver))
-
-    *answers, read = asyncio.run(clients())
-    assert answers == expected and read == 2
+    # A reply of 1000 tokens: it cannot end by itself before its client, starved on a loaded machine
+    # as it may be, has read two chunks and hung up.
+    leaver = {"model": "chat", "prompt": "A long one", "max_tokens": 1000, "temperature": 0, "stream": True}
+    job = {"url": server.url, "key": KEY, "bodies": bodies, "leaver": leaver, "timeout": HANG_SECONDS}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_clients.py"))], input=json.dumps(job),
+                          capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [tuple(a) for a in result["answers"]] == expected and result["read"] == 2
     deadline = time.monotonic() + HANG_SECONDS
     while (after := stats(server))["active"] or after["waiting"]:  # the leaver's slot comes back
         assert time.monotonic() < deadline

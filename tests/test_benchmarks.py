@@ -206,3 +206,32 @@ def test_render_without_a_stored_run_says_which_command_writes_it(tmp_path, monk
 
 def _bench_hook():
     return load_module("_results_hook", REPO / "hooks" / "results.py")
+
+
+def _pipeline_runs(accuracies: dict[str, list[float]], walls: dict[str, float]) -> list[dict]:
+    """Made-up records of benchmarks/pipeline.py, one per seed: accuracy by stage, the same walls."""
+    return [{"seed": i, "held_out": 200, "wall_s": dict(walls),
+             "scores": {stage: {"accuracy": acc[i], "chat_format_rate": None if stage == "base" else 1.0}
+                        for stage, acc in accuracies.items()}, "reward_curve": [0.2, 0.4]} for i in range(3)]
+
+
+def test_the_pipeline_checks_its_targets_on_the_medians():
+    """RL's target is 15 points or half of SFT's error rate, whichever is smaller, on the median
+    of the seeds; the commands it runs are the CLI's (they parse)."""
+    from llama.cli.main import build_parser
+
+    pipeline = _bench("pipeline")
+    walls = {"base": 250.0, "sft": 60.0, "dpo": 90.0, "rl": 280.0}
+    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6, 0.6, 0.6],
+                           "rl": [0.7, 0.79, 0.99]}, walls)
+    s = pipeline.summary(runs)
+    assert s["rl_gain_wanted"] == pytest.approx(0.15) and s["rl_gain"] == pytest.approx(0.19)  # medians 0.6 -> 0.79
+    assert s["met"] == {"total": True, "each_stage": True, "chat_format": True, "rl_gain": True}
+    runs = _pipeline_runs({"base": [0.5] * 3, "sft": [0.9] * 3, "dpo": [0.9] * 3, "rl": [0.94] * 3}, {**walls, "rl": 301.0})
+    s = pipeline.summary(runs)
+    assert s["rl_gain_wanted"] == pytest.approx(0.05) and not s["met"]["rl_gain"] and not s["met"]["each_stage"]
+    text = "\n".join(pipeline.table({"runs": runs, "summary": s}))
+    assert "| after `llama rl` | 301 | 94.0% of 200 | 94.0%, 94.0%, 94.0% | 100.0% |" in text
+    assert "| RL over SFT: +15 points, or half the error rate if smaller (+5.0) | +4.0 points | **no** |" in text
+    for argv in pipeline.commands(REPO / "runs" / "pipeline" / "seed-0", 0, quick=False).values():
+        build_parser().parse_args(argv)

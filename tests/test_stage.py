@@ -8,11 +8,20 @@ length instead (``--reward``), which it writes about half the time, so every ste
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_checkpoint, byte_level_base, chat_base, refused, whole_and_killed
+from helpers import (
+    REPO,
+    assert_same_checkpoint,
+    byte_level_base,
+    chat_base,
+    refused,
+    run_console_blocks,
+    whole_and_killed,
+)
 from safetensors.torch import load_file
 
 from llama.cli.main import main
@@ -103,7 +112,10 @@ def test_errors(tmp_path, base, rewards, capsys):
     assert "there is no file" in refused(capsys, ["rl", *common, *out("j"), "--reward", f"{tmp_path}/none.py:f"])
     assert "has no function 'nope'" in refused(capsys, ["rl", *common, *out("k"), "--reward", f"{rewards}:nope"])
     assert "--reward must be FILE.py:NAME" in refused(capsys, ["rl", *common, *out("l"), "--reward", "even_length"])
-    for name in "abcdefghijkl":  # a refused new run leaves nothing behind
+    err = refused(capsys, ["dpo", *common, *out("m")])  # the untrained model is never right: no pair to learn from
+    assert "step 1: none of 16 problems got one better and one worse reply among 4: the model is always right or " \
+           "always wrong on addition(digits=1)" in err
+    for name in "abcdefghijklm":  # a refused new run leaves nothing behind
         assert not (tmp_path / name).exists(), name
 
     # One step, then every way to resume it wrongly.
@@ -126,3 +138,16 @@ def test_settings_are_checked_where_they_are_made():
         StageConfig(out="x", base="b", task="addition", method="ppo")
     with pytest.raises(ValueError, match="level must be sequence or token"):
         StageConfig(out="x", base="b", task="addition", level="batch")
+
+
+@pytest.mark.parametrize("chapter", ["dpo.md", "rl.md"])
+def test_the_chapter_s_commands_run_as_printed(chapter, tmp_path, monkeypatch, capsys):
+    """The console block of the chapter's "The command", run in a folder holding the tests' chat model
+    as ``runs/sft/model`` and the chapter's ``even.py``."""
+    text = (REPO / "book" / chapter).read_text(encoding="utf-8")
+    (block,) = re.findall(r"<!-- tested-by: tests/test_stage.py -->\n(```console\n.*?```)", text, re.S)
+    chat_base(tmp_path / "runs" / "sft" / "model")
+    (tmp_path / "even.py").write_text("def even(reply, problem):\n    return float(len(reply) % 2 == 0)\n")
+    monkeypatch.chdir(tmp_path)
+    run_console_blocks(block, capsys)
+    assert (tmp_path / "runs" / chapter.removesuffix(".md") / "model" / "tokenizer.json").is_file()

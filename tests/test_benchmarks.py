@@ -235,3 +235,14 @@ def test_the_pipeline_checks_its_targets_on_the_medians():
     assert "| RL over SFT: +15 points, or half the error rate if smaller (+5.0) | +4.0 points | **no** |" in text
     for argv in pipeline.commands(REPO / "runs" / "pipeline" / "seed-0", 0, quick=False).values():
         build_parser().parse_args(argv)
+
+
+def test_the_pipeline_figure_draws_accuracy_by_stage_and_the_reward_curve():
+    """figures/rl.py's pipeline figure, from made-up records: four bars and a reward line per seed."""
+    figure = load_module("_figures_rl", REPO / "figures" / "rl.py")
+    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6] * 3, "rl": [0.7, 0.8, 0.9]},
+                          {"base": 1.0, "sft": 1.0, "dpo": 1.0, "rl": 1.0})
+    fig = figure.pipeline_figure({"task": "addition(digits=2)", "runs": runs})
+    bars, curves = fig.axes
+    assert [round(b.get_height(), 6) for b in bars.patches] == [20.0, 60.0, 60.0, 80.0]
+    assert len(curves.lines) == 3 and list(curves.lines[0].get_ydata()) == [0.2, 0.4]

@@ -65,13 +65,13 @@ QUICK = {"train": ["--model", "tiny", "--max-steps", "20", "--eval-every", "10"]
 QUICK_REWARD = "def even_length(reply, problem):\n    return float(len(reply) % 2 == 0)\n"
 
 
-def commands(folder: Path, seed: int, quick: bool) -> dict[str, list[str]]:
-    """The four stages' ``llama`` arguments for one seed, in ``folder``."""
+def commands(folder: Path, seed: int, quick: bool, threads: int | None = None) -> dict[str, list[str]]:
+    """The four stages' ``llama`` arguments for one seed, in ``folder`` (each given ``--threads``, if set)."""
     (knob, level), = DIFFICULTY.items()
     task = ["--task", TASK, "--task-args", f"{knob}={level}"]
     extra = {k: [*v, "--reward", rel(folder / "reward.py") + ":even_length"] if k in ("dpo", "rl") else v
              for k, v in QUICK.items()} if quick else {k: [] for k in QUICK}
-    seeded = ["--seed", str(seed)]
+    seeded = ["--seed", str(seed), *(["--threads", str(threads)] if threads else [])]
     return {"base": ["train", "--data", rel(folder / "corpus.txt"), "--out", rel(folder / "base"), *TRAIN_ARGS, *seeded,
                      *extra["train"]],
             "sft": ["sft", "--base", rel(folder / "base" / "model"), *task, "--data", rel(folder / "corpus.txt"),
@@ -82,7 +82,7 @@ def commands(folder: Path, seed: int, quick: bool) -> dict[str, list[str]]:
                    *seeded, *extra["rl"]]}
 
 
-def run_seed(seed: int, task, quick: bool) -> dict:
+def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
     """The four stages for one seed, each scored on the held-out problems after it."""
     from llama.posttraining.tasks import write_corpus
     from llama.training.state import read_log
@@ -95,7 +95,7 @@ def run_seed(seed: int, task, quick: bool) -> dict:
     if quick:
         (folder / "reward.py").write_text(QUICK_REWARD)
     problems = task.held_out(20 if quick else HELD_OUT)
-    argv = commands(folder, seed, quick)
+    argv = commands(folder, seed, quick, threads)
     walls, scores = {}, {}
     for stage in STAGES:
         walls[stage] = round(llama(argv[stage]), 1)
@@ -156,6 +156,8 @@ def table(result: dict) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="runs of the whole pipeline, seeds 0, 1, ... (default 3)")
+    parser.add_argument("--threads", type=int, help="threads of every stage (default: PyTorch's, one per core); on a "
+                        "machine shared with other work, 1 keeps two threads from waiting on each other")
     parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: check that the script runs")
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/pipeline.json and pipeline.md")
     args = parser.parse_args(argv)
@@ -171,7 +173,9 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     print(f"load average {load_start:.2f} at the start", flush=True)
     task = make_task(TASK, **DIFFICULTY)
-    runs = [run_seed(seed, task, args.quick) for seed in range(args.seeds)]
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the scoring, in this process
+    runs = [run_seed(seed, task, args.quick, args.threads) for seed in range(args.seeds)]
     load_end = os.getloadavg()[0]
     result = {"task": repr(task), "runs": runs, "summary": summary(runs)}
     print(f"load average {load_end:.2f} at the end")

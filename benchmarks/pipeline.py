@@ -42,20 +42,23 @@ from task_runs import REPO, RESULTS, llama, rel, score  # noqa: E402
 
 RUN = REPO / "runs" / "pipeline"
 
-TASK, DIFFICULTY = "addition", {"digits": 2}
+#: Sorting three words: the book's model learns most of it from text, so RL has right and wrong replies
+#: to compare. On two-digit addition the SFT model is rarely right even when sampling, so most
+#: groups have one reward for every reply, and RL lowered the held-out accuracy in the runs that tried it.
+TASK, DIFFICULTY = "sort_words", {"words": 3}
 PROBLEMS = 80_000
 HELD_OUT = 200
-MAX_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 32  # Answer: and three words of up to five letters, <|eot_id|>, and room to spare
 STAGES = ("base", "sft", "dpo", "rl")
 TOTAL_SECONDS, STAGE_SECONDS, CHAT_FORMAT = 15 * 60, 5 * 60, 0.99
 TRAIN_ARGS = ["--recipe", "shakespeare", "--tokenizer", "bytes", "--max-steps", "1500", "--max-time", "240",
               "--eval-every", "500", "--sample-tokens", "0", "--dtype", "float32", "--no-progress"]
 SFT_ARGS = ["--block-size", "128", "--batch-size", "16", "--max-steps", "200", "--eval-every", "100",
             "--sample-tokens", "0", "--dtype", "float32", "--no-progress"]
-DPO_ARGS = ["--max-steps", "30", "--problems-per-step", "8", "--group", "8", "--lr", "1e-5", "--beta", "0.1",
+DPO_ARGS = ["--max-steps", "40", "--problems-per-step", "8", "--group", "8", "--lr", "1e-5", "--beta", "0.1",
             "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "10"]
-RL_ARGS = ["--method", "grpo", "--max-steps", "80", "--problems-per-step", "8", "--group", "8", "--lr", "1e-4",
-           "--kl-beta", "0", "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "20"]
+RL_ARGS = ["--method", "grpo", "--max-steps", "200", "--problems-per-step", "8", "--group", "8", "--lr", "1e-4",
+           "--kl-beta", "0", "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "50"]
 QUICK = {"train": ["--model", "tiny", "--max-steps", "20", "--eval-every", "10"],
          "sft": ["--max-steps", "10", "--eval-every", "10", "--eval-tokens", "256"],
          "dpo": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4"],

@@ -173,12 +173,12 @@ def main(argv=None) -> int:
 
     from llama.posttraining.tasks import make_task
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the scoring, in this process; the machine line then says it
     print(machine_line(), flush=True)
     load_start = os.getloadavg()[0]
     print(f"load average {load_start:.2f} at the start", flush=True)
     task = make_task(TASK, **DIFFICULTY)
-    if args.threads:
-        torch.set_num_threads(args.threads)  # the scoring, in this process
     runs = [run_seed(seed, task, args.quick, args.threads) for seed in range(args.seeds)]
     load_end = os.getloadavg()[0]
     result = {"task": repr(task), "runs": runs, "summary": summary(runs)}

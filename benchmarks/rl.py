@@ -26,17 +26,15 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
-RUN = REPO / "runs" / "rl"
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
+from task_runs import REPO, RESULTS, llama, rel  # noqa: E402
+
+RUN = REPO / "runs" / "rl"
 
 TASK, DIFFICULTY = "addition", {"digits": 2}
 PROBLEMS = 40_000
@@ -51,14 +49,8 @@ LR, CLIP_EPS, KL_BETA = 1e-4, 0.2, 0.0
 
 def train(corpus: Path, out: Path, quick: bool) -> tuple[list[str], float]:
     """``llama train`` on ``corpus`` into ``out``, in a fresh process: (its arguments, wall seconds)."""
-    argv = ["train", "--data", str(corpus.relative_to(REPO)), "--out", str(out.relative_to(REPO)), *TRAIN_ARGS,
-            *(QUICK_ARGS if quick else [])]
-    print("$ llama", shlex.join(argv), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "llama.cli", *argv], cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"llama {shlex.join(argv)} failed:\n{done.stderr}")
-    return argv, time.perf_counter() - start
+    argv = ["train", "--data", rel(corpus), "--out", rel(out), *TRAIN_ARGS, *(QUICK_ARGS if quick else [])]
+    return argv, llama(argv)
 
 
 def run_rl(out: Path, task, quick: bool) -> dict:

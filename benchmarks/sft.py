@@ -26,17 +26,14 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
-RUN = REPO / "runs" / "sft"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
+from task_runs import REPO, RESULTS, llama, rel, score  # noqa: E402
+
+RUN = REPO / "runs" / "sft"
 
 TASK, DIFFICULTY = "addition", {"digits": 2}
 PROBLEMS = 40_000
@@ -48,42 +45,6 @@ SFT_ARGS = ["--block-size", "128", "--batch-size", "16", "--max-steps", "300", "
             "--sample-tokens", "0", "--dtype", "float32", "--no-progress"]
 QUICK = {"train": ["--model", "tiny", "--max-steps", "20", "--eval-every", "10"],
          "sft": ["--max-steps", "10", "--eval-every", "10", "--eval-tokens", "256"]}
-
-
-def llama(argv: list[str]) -> float:
-    """``llama ARGV`` in a fresh process; its wall seconds."""
-    print("$ llama", shlex.join(argv), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "llama.cli", *argv], cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"llama {shlex.join(argv)} failed:\n{done.stderr}")
-    return time.perf_counter() - start
-
-
-def score(folder: Path, task, problems, chat: bool) -> dict:
-    """Greedy replies of the model in ``folder`` to ``problems``: as chat turns (``chat``) or in plain text."""
-    from llama.formats.load import load_model
-    from llama.posttraining.chat import CHAT_TOKENS, ChatFormat
-    from llama.posttraining.evaluate import evaluate_task
-    from llama.posttraining.sft import chat_replies
-    from llama.posttraining.special_tokens import add_special_tokens, resize_vocab
-    from llama.tokenizers.tokenizer import saved_tokenizer
-
-    model, tokenizer = load_model(folder).eval(), saved_tokenizer(folder)
-    if not chat:
-        result = evaluate_task(model, tokenizer, task, problems, max_new_tokens=MAX_NEW_TOKENS, batch_size=50)
-        return {"asked": "plain text", "accuracy": result.accuracy, "format_rate": result.format_rate,
-                "chat_format_rate": None, "examples": list(result.greedy_replies[:3])}
-    tokenizer = add_special_tokens(tokenizer, CHAT_TOKENS)  # the base has no chat tokens: give it their rows
-    if tokenizer.vocab_size > model.config.vocab_size:
-        resize_vocab(model, tokenizer.vocab_size)
-    replies = chat_replies(model, ChatFormat(tokenizer), [p.prompt for p in problems], MAX_NEW_TOKENS, batch_size=50)
-    grades = [task.grade(text, p) for (text, _), p in zip(replies, problems)]
-    n = len(problems)
-    return {"asked": "chat turn", "accuracy": sum(g.reward for g in grades) / n,
-            "format_rate": sum(g.formatted for g in grades) / n,
-            "chat_format_rate": sum(g.formatted and ended for g, (_, ended) in zip(grades, replies)) / n,
-            "examples": [text for text, _ in replies[:3]]}
 
 
 def table(rows: list[dict], held: int) -> list[str]:
@@ -113,16 +74,16 @@ def main(argv=None) -> int:
         shutil.rmtree(RUN)
     RUN.mkdir(parents=True)
     corpus = write_corpus(RUN / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
-    rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     train = ["train", "--data", rel(corpus), "--out", rel(RUN / "base"), *TRAIN_ARGS, *(QUICK["train"] if args.quick else [])]
     (knob, level), = DIFFICULTY.items()
     sft = ["sft", "--base", rel(RUN / "base" / "model"), "--task", TASK, "--task-args", f"{knob}={level}", "--data",
            rel(corpus), "--out", rel(RUN / "sft"), *SFT_ARGS, *(QUICK["sft"] if args.quick else [])]
     walls = {"train": llama(train), "sft": llama(sft)}
     problems = task.held_out(20 if args.quick else HELD_OUT)
-    rows = [{"model": "base", **score(RUN / "base" / "model", task, problems, chat=False)},
-            {"model": "base", **score(RUN / "base" / "model", task, problems, chat=True)},
-            {"model": "after SFT", **score(RUN / "sft" / "model", task, problems, chat=True)}]
+    rows = [{"model": "base", **score(RUN / "base" / "model", task, problems, chat=False, max_new_tokens=MAX_NEW_TOKENS)},
+            {"model": "base", **score(RUN / "base" / "model", task, problems, chat=True, max_new_tokens=MAX_NEW_TOKENS)},
+            {"model": "after SFT", **score(RUN / "sft" / "model", task, problems, chat=True,
+                                           max_new_tokens=MAX_NEW_TOKENS)}]
     load_end = os.getloadavg()[0]
     print("\n".join(table(rows, len(problems))))
     if args.save:

@@ -1,6 +1,14 @@
-"""Figures of the reinforcement learning chapter, drawn with ``llama.posttraining.rl`` at build time (see hooks/figures.py)."""
+"""Figures of the reinforcement learning chapter, drawn with ``llama.posttraining.rl`` at build time (see hooks/figures.py).
+
+:func:`pipeline_figure` draws the runs of ``python benchmarks/pipeline.py --save``, committed as
+``benchmarks/results/pipeline.json``: held-out accuracy after each stage, and the reward curve of RL.
+"""
 
 from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -26,6 +34,39 @@ def clipped_objective():
         ax.set_xlabel(r"ratio $\rho = \pi(y_t) / \pi_{\mathrm{old}}(y_t)$")
         ax.legend(fontsize="small", loc="upper left" if advantage > 0 else "lower left")
     axes[0].set_ylabel("objective (maximised)")
+    fig.tight_layout()
+    return fig
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "pipeline.json"
+
+
+def pipeline_figure(result: dict | None = None):
+    """Left: held-out greedy accuracy after each stage of the pipeline, a dot per seed and a bar at the
+    median; right: the mean reward of each ``llama rl`` step's replies, a line per seed.
+
+    Args:
+        result: ``pipeline.json``'s contents (default: read from :data:`RESULTS`).
+    """
+    result = result or json.loads(RESULTS.read_text())
+    runs, stages = result["runs"], ["base", "sft", "dpo", "rl"]
+    labels = ["base\n(plain text)", "SFT", "DPO", "RL"]
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(9, 3.4), facecolor="white")
+    medians = [100 * statistics.median(r["scores"][s]["accuracy"] for r in runs) for s in stages]
+    ax.bar(range(4), medians, color=["#bbbbbb", "#b9d3ee", "#f4a259", "tab:green"], width=0.6)
+    for i, stage in enumerate(stages):
+        values = [100 * r["scores"][stage]["accuracy"] for r in runs]
+        ax.plot([i] * len(values), values, "o", color="black", markersize=3.5)
+        ax.annotate(f"{medians[i]:.1f}%", (i, medians[i]), textcoords="offset points", xytext=(0, 4), ha="center",
+                    fontsize="small")
+    ax.set_xticks(range(4), labels)
+    ax.set_ylabel(f"held-out greedy accuracy (% of {runs[0]['held_out']})")
+    ax.set_title(f"{result['task']}: median of {len(runs)} seeds (dots: each)", fontsize="medium")
+    for r in runs:
+        ax_r.plot(range(1, len(r["reward_curve"]) + 1), r["reward_curve"], linewidth=1, label=f"seed {r['seed']}")
+    ax_r.set(xlabel="llama rl step", ylabel="mean reward of the step's replies", ylim=(0, 1))
+    ax_r.set_title("the reward curve", fontsize="medium")
+    ax_r.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -56,26 +56,34 @@ def random_model(config: ModelConfig, seed: int = 0, *, random_gains: bool = Tru
 TINY_RUN = ["--model", "tiny", "--tokenizer", "bytes", "--block-size", "32", "--threads", "1", "--eval-tokens", "256",
             "--sample-tokens", "8", "--warmup-steps", "3"]
 
-# ``llama COMMAND FLAGS`` (train or finetune) that SIGKILLs itself after optimizer step STEP:
-# python -c KILLED_RUN STEP COMMAND FLAGS. SIGKILL runs no cleanup (no finally, no atexit), like a
-# crash or the out-of-memory killer.
+# ``llama COMMAND FLAGS`` (train, finetune, sft, dpo or rl) that SIGKILLs itself after optimizer step
+# STEP: python -c KILLED_RUN STEP COMMAND FLAGS. SIGKILL runs no cleanup (no finally, no atexit), like
+# a crash or the out-of-memory killer.
 KILLED_RUN = """
 import importlib, os, signal, sys
 from llama.cli.main import build_parser
-from llama.training.loop import train
 
 def kill_at(step):
     if step == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 command = sys.argv[2]
-config_from_args = getattr(importlib.import_module(f"llama.cli.{command}"), f"{command}_config_from_args")
-cfg, resume, given = config_from_args(build_parser().parse_args(sys.argv[2:]))
-if command == "sft":  # as `llama sft` runs it: the loop fed conversations
-    from llama.posttraining.sft import SFTData
-    train(cfg, resume=resume, given=given, on_step=kill_at, source=SFTData())
+module = importlib.import_module(f"llama.cli.{command}")
+args = build_parser().parse_args(sys.argv[2:])
+if command in ("dpo", "rl"):  # as `llama dpo` and `llama rl` run them: the stage's own loop
+    from llama.cli.common import stage_config_from_args
+    from llama.posttraining.stage import run_stage
+    cfg, resume, given = stage_config_from_args(args, getattr(module, f"{command.upper()}_DEFAULTS"))
+    run_stage(cfg, resume=resume, given=given, on_step=kill_at)
 else:
-    train(cfg, resume=resume, given=given, on_step=kill_at)
+    from llama.training.loop import train
+    cfg, resume, given = getattr(module, f"{command}_config_from_args")(args)
+    # As `llama sft` runs it: the loop fed conversations.
+    source = None
+    if command == "sft":
+        from llama.posttraining.sft import SFTData
+        source = SFTData()
+    train(cfg, resume=resume, given=given, on_step=kill_at, source=source)
 """
 
 
@@ -86,6 +94,20 @@ def byte_level_base(folder: Path) -> Path:
     save_model(random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=64)),
                folder)
     BPETokenizer([]).save(folder / "tokenizer.json")
+    return folder
+
+
+def chat_base(folder: Path) -> Path:
+    """A small byte-level chat model, as ``llama sft`` leaves one: the chat tokens in its tokenizer
+    and rows for them in the model (untrained: what the stages after SFT start from, in the tests)."""
+    from llama.formats.load import load_model
+    from llama.posttraining.chat import CHAT_TOKENS
+    from llama.posttraining.special_tokens import add_special_tokens, resize_vocab, save_tokenizer
+    from llama.tokenizers.bpe import BPETokenizer
+
+    byte_level_base(folder)
+    save_model(resize_vocab(load_model(folder), 256 + len(CHAT_TOKENS)), folder)
+    save_tokenizer(add_special_tokens(BPETokenizer([]), CHAT_TOKENS), folder / "tokenizer.json")
     return folder
 
 

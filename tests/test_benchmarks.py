@@ -218,3 +218,43 @@ def test_the_serve_benchmark_runs_quick():
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("machine: ")
     assert "| 1 | 2 | 16 |" in done.stdout and "| 4 | 4 | 32 |" in done.stdout
+
+
+def _pipeline_runs(accuracies: dict[str, list[float]], walls: dict[str, float]) -> list[dict]:
+    """Made-up records of benchmarks/pipeline.py, one per seed: accuracy by stage, the same walls."""
+    return [{"seed": i, "held_out": 200, "wall_s": dict(walls),
+             "scores": {stage: {"accuracy": acc[i], "chat_format_rate": None if stage == "base" else 1.0}
+                        for stage, acc in accuracies.items()}, "reward_curve": [0.2, 0.4]} for i in range(3)]
+
+
+def test_the_pipeline_checks_its_targets_on_the_medians():
+    """RL's target is 15 points or half of SFT's error rate, whichever is smaller, on the median
+    of the seeds; the commands it runs are the CLI's (they parse)."""
+    from llama.cli.main import build_parser
+
+    pipeline = _bench("pipeline")
+    walls = {"base": 250.0, "sft": 60.0, "dpo": 90.0, "rl": 280.0}
+    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6, 0.6, 0.6],
+                           "rl": [0.7, 0.79, 0.99]}, walls)
+    s = pipeline.summary(runs)
+    assert s["rl_gain_wanted"] == pytest.approx(0.15) and s["rl_gain"] == pytest.approx(0.19)  # medians 0.6 -> 0.79
+    assert s["met"] == {"total": True, "each_stage": True, "chat_format": True, "rl_gain": True}
+    runs = _pipeline_runs({"base": [0.5] * 3, "sft": [0.9] * 3, "dpo": [0.9] * 3, "rl": [0.94] * 3}, {**walls, "rl": 301.0})
+    s = pipeline.summary(runs)
+    assert s["rl_gain_wanted"] == pytest.approx(0.05) and not s["met"]["rl_gain"] and not s["met"]["each_stage"]
+    text = "\n".join(pipeline.table({"runs": runs, "summary": s}))
+    assert "| after `llama rl` | 301 | 94.0% of 200 | 94.0%, 94.0%, 94.0% | 100.0% |" in text
+    assert "| RL over SFT: +15 points, or half the error rate if smaller (+5.0) | +4.0 points | **no** |" in text
+    for argv in pipeline.commands(REPO / "runs" / "pipeline" / "seed-0", 0, quick=False).values():
+        build_parser().parse_args(argv)
+
+
+def test_the_pipeline_figure_draws_accuracy_by_stage_and_the_reward_curve():
+    """figures/rl.py's pipeline figure, from made-up records: four bars and a reward line per seed."""
+    figure = load_module("_figures_rl", REPO / "figures" / "rl.py")
+    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6] * 3, "rl": [0.7, 0.8, 0.9]},
+                          {"base": 1.0, "sft": 1.0, "dpo": 1.0, "rl": 1.0})
+    fig = figure.pipeline_figure({"task": "addition(digits=2)", "runs": runs})
+    bars, curves = fig.axes
+    assert [round(b.get_height(), 6) for b in bars.patches] == [20.0, 60.0, 60.0, 80.0]
+    assert len(curves.lines) == 3 and list(curves.lines[0].get_ydata()) == [0.2, 0.4]

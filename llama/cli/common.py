@@ -1,6 +1,8 @@
 """What several subcommands share: how a checkpoint argument is read (a path, or the name of a
-downloaded model), ``--max-seq-len``, the ``--quantize``/``--group-size`` flags, how the flags of
-``llama train`` and ``llama finetune`` become a ``TrainConfig``, and how a setting is named as its flag."""
+downloaded model), ``--max-seq-len``, the ``--quantize``/``--group-size`` flags, the flags of a command
+that starts from a trained model (``--base``, LoRA's), a task named by ``--task`` and ``--task-args``,
+how the flags of ``llama train`` and ``llama finetune`` become a ``TrainConfig``, and how a setting is
+named as its flag."""
 
 from __future__ import annotations
 
@@ -121,3 +123,128 @@ def config_from_args(args: argparse.Namespace, preset: Mapping[str, Any] | None 
         values["max_steps"] = 1  # placeholder; the saved run's length is used
     return TrainConfig(**values), args.resume, given
 # --8<-- [end:config_from_args]
+
+
+# --8<-- [start:base_flags]
+def add_base_flags(p: argparse.ArgumentParser, out_help: str, *, tokenizer: bool = True,
+                   lora_rank_help: str | None = None) -> None:
+    """The flags of a command that starts from a trained model (``llama finetune``, ``sft``, ``dpo``, ``rl``).
+
+    ``--base``, ``--out`` and ``--resume``; with ``tokenizer``, ``--tokenizer`` and ``--max-seq-len``;
+    with ``lora_rank_help``, the LoRA group (``--lora-rank`` described by it). Every flag but the
+    first three is declared with ``default=SUPPRESS``: a flag not given is absent, so ``--resume``
+    takes the saved value (:func:`config_from_args`).
+
+    Args:
+        p: the subcommand's parser.
+        out_help: what the run leaves in ``--out``.
+        tokenizer: declare ``--tokenizer`` and ``--max-seq-len``.
+        lora_rank_help: the help of ``--lora-rank`` (its default differs by command); ``None``: no LoRA flags.
+    """
+    from llama.training.config import TrainConfig
+
+    S = argparse.SUPPRESS
+    p.add_argument("--base", required=True, help="the checkpoint to start from (e.g. a run's OUT/model folder)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
+    if tokenizer:
+        p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
+        # What the refusal of windows longer than the base's context offers: lengthening it knowingly.
+        p.add_argument("--max-seq-len", type=int, default=S, help="the model's longest sequence (default: the base's context)")
+    if lora_rank_help is not None:
+        d = TrainConfig(out="", max_steps=1)
+        g = p.add_argument_group("LoRA")
+        g.add_argument("--lora-rank", type=int, default=S, help=lora_rank_help)
+        g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
+        g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
+        g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
+# --8<-- [end:base_flags]
+
+
+def task_setting(values: dict[str, Any], key: str, resume: bool) -> None:
+    """Fold ``--task-args`` into the task setting ``values[key]`` (``addition:digits=2``), checked before any file is read.
+
+    Args:
+        values: the parsed flags as a dict (``--task`` stored under ``key``); changed in place.
+        key: where the task is stored (``sft`` for ``llama sft``, ``task`` for ``llama dpo`` and ``llama rl``).
+        resume: the run is resumed (the saved task is used when ``--task`` is not given).
+
+    Raises:
+        ValueError: ``--task-args`` without ``--task``, an unknown task or difficulty, or no
+            ``--task`` on a new run.
+    """
+    from llama.posttraining.sft import parse_task
+
+    if "task_args" in values and key not in values:
+        raise ValueError("--task-args needs --task NAME")
+    if key in values:
+        values[key] = values[key] + (f":{values['task_args']}" if "task_args" in values else "")
+        try:
+            parse_task(values[key])
+        except ValueError as err:
+            raise ValueError(f"--task: {err}") from None
+    elif not resume:
+        raise ValueError("--task is required: the task whose problems to train on (e.g. --task addition)")
+    values.pop("task_args", None)
+
+
+# --8<-- [start:stage_flags]
+def add_stage_flags(p: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
+    """The flags ``llama dpo`` and ``llama rl`` share: the base, the task, and how each step samples and trains.
+
+    Declared with ``default=SUPPRESS``, as :func:`add_base_flags`'s; ``defaults`` (the command's
+    own, over :class:`~llama.posttraining.stage.StageConfig`'s) are shown in the help.
+    """
+    from llama.posttraining.tasks import TASKS
+
+    S = argparse.SUPPRESS
+    add_base_flags(p, "folder for the log, checkpoints and the trained chat model", tokenizer=False)
+    p.add_argument("--task", default=S, help=f"the task whose problems are sampled and graded: {', '.join(TASKS)}")
+    p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's difficulty, e.g. digits=2 (default: the task's)")
+    p.add_argument("--max-steps", type=int, default=S, help=f"optimizer steps (default {defaults['max_steps']})")
+    p.add_argument("--lr", type=float, default=S, help=f"AdamW's learning rate, constant (default {defaults['lr']:g})")
+    p.add_argument("--problems-per-step", type=int, default=S, metavar="N",
+                   help=f"training problems drawn per step (default {defaults['problems_per_step']})")
+    p.add_argument("--group", type=int, default=S, metavar="G",
+                   help=f"replies sampled per problem, compared with each other (default {defaults['group']})")
+    p.add_argument("--max-new-tokens", type=int, default=S, help=f"the longest reply (default {defaults['max_new_tokens']})")
+    p.add_argument("--temperature", type=float, default=S,
+                   help=f"the sampling temperature (default {defaults['temperature']:g}: the model's own distribution)")
+    p.add_argument("--seed", type=int, default=S, help=f"seeds the problems and the sampling (default {defaults['seed']})")
+    p.add_argument("--save-every", type=int, default=S, metavar="N",
+                   help=f"steps between checkpoints; the last step has one too (default {defaults['save_every']})")
+    p.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--reward", default=S, metavar="FILE.py:NAME", help="reward replies with the function NAME(reply, "
+                   "problem) -> float of a Python file of yours, instead of the task's grader")
+
+
+def stage_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]) -> tuple[Any, bool, set[str]]:
+    """The :class:`~llama.posttraining.stage.StageConfig` of ``llama dpo`` or ``llama rl``, and which settings were given.
+
+    Args:
+        args: the parsed flags (absent where not given), with ``resume`` and ``method``.
+        defaults: the command's defaults, which do not count as given.
+
+    Returns:
+        ``(StageConfig, resume, names of the settings given)``, for :func:`llama.posttraining.stage.run_stage`.
+
+    Raises:
+        ValueError: no ``--task`` on a new run, an unknown task, or flags that make no run.
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from llama.posttraining.stage import StageConfig
+
+    values = vars(args).copy()
+    task_setting(values, "task", args.resume)
+    fields = {f.name for f in dataclasses.fields(StageConfig)}
+    values = {k: v for k, v in values.items() if k in fields}
+    given = set(values) - {"out"}
+    if "task" not in values:  # resumed without --task: the run's own, which the saved settings replace anyway
+        run_file = Path(args.out) / "run.json"
+        saved = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        values["task"] = saved.get("task") if isinstance(saved, dict) and isinstance(saved.get("task"), str) else "addition"
+    return StageConfig(**{**defaults, **values}), args.resume, given
+# --8<-- [end:stage_flags]

@@ -23,6 +23,7 @@ FINETUNE_DEFAULTS = {"lora_rank": 8, "lr": 1e-3, "warmup_steps": 10, "weight_dec
 
 
 def add(subparsers) -> None:
+    from llama.cli.common import add_base_flags
     from llama.cli.train import add_loop_flags
     from llama.training.config import TrainConfig
 
@@ -35,20 +36,9 @@ def add(subparsers) -> None:
     )
     d = TrainConfig(out="", max_steps=1)
     S = argparse.SUPPRESS  # as in `llama train`: a flag not given is absent, so --resume takes the saved value
-    p.add_argument("--base", required=True, help="the checkpoint to fine-tune (e.g. a run's OUT/model folder)")
+    add_base_flags(p, "folder for the log, checkpoints and adapter", lora_rank_help="rank of the adapters; 0 trains "
+                   f"every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")
     p.add_argument("--data", default=S, help="UTF-8 text file to fine-tune on")
-    p.add_argument("--out", required=True, help="folder for the log, checkpoints and adapter")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
-    p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
-    # What the refusal of windows longer than the base's context offers: lengthening it knowingly.
-    p.add_argument("--max-seq-len", type=int, default=S,
-                   help="the model's longest sequence (default: the base's context)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-rank", type=int, default=S,
-                   help=f"rank of the adapters; 0 trains every weight instead (default {FINETUNE_DEFAULTS['lora_rank']})")
-    g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
-    g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
-    g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
     # The windows default to 256 tokens, or to the base's context where that is shorter.
     block = f"{d.block_size}, or the base's context if shorter"
     add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **FINETUNE_DEFAULTS, "block_size": block}))

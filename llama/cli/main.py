@@ -1,7 +1,7 @@
 """The ``llama`` command line: the parser, and one place where a user's mistake becomes one line.
 
 Each subcommand is a module of this package (``download``, ``tokenize``, ``generate``,
-``convert``, ``train``, ``finetune``, ``chat``, ``sft``, ``serve``) with an ``add`` function that declares its flags and a
+``convert``, ``train``, ``finetune``, ``chat``, ``sft``, ``dpo``, ``rl``, ``serve``) with an ``add`` function that declares its flags and a
 ``run`` function that does the work by calling the library. Errors that a user can fix (a
 missing file, a bad flag) are raised as ``ValueError``/``FileNotFoundError`` by the library and
 printed here as one line, without a traceback.
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 #: The subcommands, in the order a reader meets them in the book: each is ``llama.cli.<name>``.
-SUBCOMMANDS = ["download", "tokenize", "generate", "convert", "train", "finetune", "chat", "sft", "serve"]
+SUBCOMMANDS = ["download", "tokenize", "generate", "convert", "train", "finetune", "chat", "sft", "dpo", "rl", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ SFT_DEFAULTS = {"lora_rank": 0, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 
 
 
 def add(subparsers) -> None:
+    from llama.cli.common import add_base_flags
     from llama.cli.train import add_loop_flags
     from llama.posttraining.tasks import TASKS
     from llama.training.config import TrainConfig
@@ -39,22 +40,14 @@ def add(subparsers) -> None:
     )
     d = TrainConfig(out="", max_steps=1)
     S = argparse.SUPPRESS  # a flag not given is absent, so --resume takes the saved value
-    p.add_argument("--base", required=True, help="the checkpoint to fine-tune (e.g. a run's OUT/model folder)")
+    add_base_flags(p, "folder for the log, checkpoints and the chat model", lora_rank_help="train adapters of this "
+                   "rank (with the embedding and head, whose chat rows are new) and merge them at the end; 0 trains "
+                   "every weight (default 0)")
     p.add_argument("--task", dest="sft", default=S, help=f"the task to train on: {', '.join(TASKS)}")
     p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's difficulty, e.g. digits=2 (default: the task's)")
     p.add_argument("--system", dest="sft_system", default=S, help="a system message, the first turn of every conversation")
     p.add_argument("--data", default=S, help="UTF-8 text the evaluations measure, in bits per byte "
                    "(the base's pre-training text: what fine-tuning costs it; default Tiny Shakespeare)")
-    p.add_argument("--out", required=True, help="folder for the log, checkpoints and the chat model")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (give the same --base)")
-    p.add_argument("--tokenizer", default=S, help="the base's tokenizer file (default: the one beside --base)")
-    p.add_argument("--max-seq-len", type=int, default=S, help="the model's longest sequence (default: the base's context)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-rank", type=int, default=S, help="train adapters of this rank (with the embedding and head, "
-                   "whose chat rows are new) and merge them at the end; 0 trains every weight (default 0)")
-    g.add_argument("--lora-alpha", type=float, default=S, help=f"the update is scaled by alpha / rank (default {d.lora_alpha:g})")
-    g.add_argument("--lora-dropout", type=float, default=S, help=f"dropout on the adapters' input (default {d.lora_dropout:g})")
-    g.add_argument("--lora-targets", default=S, help=f"projections to adapt, comma-separated (default {d.lora_targets})")
     block = f"{d.block_size}, or the base's context if shorter"
     add_loop_flags(p, types.SimpleNamespace(**{**vars(d), **SFT_DEFAULTS, "block_size": block}))
     p.set_defaults(func=run)
@@ -79,30 +72,19 @@ def sft_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, s
     import json
     from pathlib import Path
 
-    from llama.cli.common import config_from_args
+    from llama.cli.common import config_from_args, task_setting
     from llama.posttraining.chat import CHAT_TOKENS
-    from llama.posttraining.sft import parse_task
     from llama.posttraining.special_tokens import add_special_tokens
     from llama.tokenizers.tokenizer import load_tokenizer
     from llama.training.config import TrainConfig, base_config, check_base
     from llama.training.finetune import base_tokenizer
 
     values = vars(args).copy()
-    if "task_args" in values and "sft" not in values:
-        raise ValueError("--task-args needs --task NAME")
-    if "sft" in values:
-        values["sft"] = values["sft"] + (f":{values.pop('task_args')}" if "task_args" in values else "")
-        try:
-            parse_task(values["sft"])  # an unknown task fails here, before any file is read
-        except ValueError as err:
-            raise ValueError(f"--task: {err}") from None
-    elif not args.resume:
-        raise ValueError("--task is required: the task whose conversations to train on (e.g. --task addition)")
+    task_setting(values, "sft", args.resume)
     run_file = Path(args.out) / "run.json"
     if args.resume and run_file.is_file() and json.loads(run_file.read_text()).get("sft") is None:
         raise ValueError(f"{run_file} is not a supervised fine-tuning run (it names no task): resume it with "
                          "the command that started it (llama train or llama finetune)")
-    values.pop("task_args", None)
     check_base(args.base)
     tokenizer = str(values.get("tokenizer") or base_tokenizer(args.base))
     # The run's vocabulary is the base tokenizer's with the chat tokens: the run adds them.

@@ -4,7 +4,7 @@ check, and their evaluation.
 Modules, in the order the book meets them: :mod:`~llama.posttraining.special_tokens`,
 :mod:`~llama.posttraining.chat`, :mod:`~llama.posttraining.chat_session`,
 :mod:`~llama.posttraining.tasks`, :mod:`~llama.posttraining.evaluate`, :mod:`~llama.posttraining.sft`,
-:mod:`~llama.posttraining.dpo`, :mod:`~llama.posttraining.rl`.
+:mod:`~llama.posttraining.dpo`, :mod:`~llama.posttraining.rl`, :mod:`~llama.posttraining.stage`.
 Every public name of these modules can be imported from the package itself
 (``from llama.posttraining import ...``): it is loaded on first use.
 """
@@ -25,7 +25,8 @@ _EXPORTS = {
     "ANSWER_PREFIX": "tasks", "HELD_OUT_FRACTION": "tasks", "HELD_OUT_SEED": "tasks", "WORDS": "tasks",
     "TASKS": "tasks", "Problem": "tasks", "Grade": "tasks", "Task": "tasks", "make_task": "tasks",
     "parse_answer": "tasks", "document": "tasks", "corpus": "tasks", "write_corpus": "tasks",
-    "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "replies": "evaluate",
+    "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "prompt_ids": "evaluate",
+    "replies": "evaluate",
     "bits_per_byte": "evaluate", "TaskEvaluation": "evaluate", "evaluate_task": "evaluate",
     "IGNORE": "sft", "conversation": "sft", "parse_task": "sft", "masked_targets": "sft",
     "masked_cross_entropy": "sft", "pack_stream": "sft", "SFTSampler": "sft", "SFTData": "sft",
@@ -35,6 +36,8 @@ _EXPORTS = {
     "dpo_step": "dpo", "reward_of": "dpo", "preference_pairs": "dpo",
     "Rollout": "rl", "rollout": "rl", "group_advantages": "rl", "reinforce_loss": "rl",
     "clipped_surrogate": "rl", "k3_kl": "rl", "masked_mean": "rl", "grpo_loss": "rl", "rl_step": "rl",
+    "METHODS": "stage", "StageConfig": "stage", "ProblemStream": "stage", "load_reward": "stage",
+    "chat_model": "stage", "run_stage": "stage",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -52,7 +55,7 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         document, make_task, parse_answer, write_corpus,
     )
     from llama.posttraining.evaluate import (
-        TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, replies,
+        TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, prompt_ids, replies,
     )
     from llama.posttraining.sft import (
         IGNORE, SFTData, SFTSampler, chat_replies, conversation, masked_cross_entropy, masked_targets,
@@ -66,3 +69,4 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         Rollout, clipped_surrogate, group_advantages, grpo_loss, k3_kl, masked_mean, reinforce_loss, rl_step,
         rollout,
     )
+    from llama.posttraining.stage import METHODS, ProblemStream, StageConfig, chat_model, load_reward, run_stage

@@ -174,6 +174,11 @@ class ChatFormat:
         return ids, mask
     # --8<-- [end:encode]
 
+    def prompt(self, content: str) -> list[int]:
+        """The ids that ask ``content`` as the user's turn and open the assistant's: a task's prompt
+        for a chat model (a ``format_prompt`` of :func:`~llama.posttraining.evaluate.replies`)."""
+        return self.encode([{"role": "user", "content": content}], add_generation_prompt=True)[0]
+
     def open_header(self, role: str) -> list[int]:
         """The ids that open a turn of ``role`` and leave it to be written: header and blank line."""
         return [self.start_id, *self._role_ids[role], self.end_id, *self.header_gap]

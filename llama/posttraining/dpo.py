@@ -33,7 +33,7 @@ import torch
 
 from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
-from llama.posttraining.evaluate import plain_prompt, replies
+from llama.posttraining.evaluate import plain_prompt, prompt_ids, replies
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import Tokenizer
 from llama.training.loss import log_sum_exp
@@ -199,7 +199,7 @@ def pair_batch(tokenizer: Tokenizer, pairs: Sequence[Pair], max_seq_len: int,
         tokenizer: the model's tokenizer.
         pairs: the pairs.
         max_seq_len: the model's context; no sequence may be longer.
-        format_prompt: turns a prompt into the model's input text.
+        format_prompt: turns a prompt into the model's input text (or its ids: :func:`~llama.posttraining.evaluate.prompt_ids`).
 
     Returns:
         A :class:`PairBatch` of ``2 * len(pairs)`` sequences.
@@ -216,7 +216,7 @@ def pair_batch(tokenizer: Tokenizer, pairs: Sequence[Pair], max_seq_len: int,
             if pair.chosen == pair.rejected:
                 raise ValueError(f"pair {i} (prompt {pair.prompt!r}) has the same chosen and rejected reply: its loss "
                                  "is log 2 whatever the model and its gradient 0; drop it")
-            prompt, reply = tokenizer.encode(format_prompt(pair.prompt)), tokenizer.encode(getattr(pair, side))
+            prompt, reply = prompt_ids(tokenizer, format_prompt, pair.prompt), tokenizer.encode(getattr(pair, side))
             if not reply:
                 raise ValueError(f"pair {i} (prompt {pair.prompt!r}) has an empty {side} reply: nothing to score")
             if len(prompt) + len(reply) > max_seq_len:
@@ -316,7 +316,7 @@ def preference_pairs(model: Transformer, tokenizer: Tokenizer, task: Task, probl
         temperature: the sampling temperature (1: the model's own distribution).
         seed: the seed of the sampling.
         batch_size: prompts generated together (see :func:`~llama.posttraining.evaluate.replies`).
-        format_prompt: turns a prompt into the model's input text.
+        format_prompt: turns a prompt into the model's input text (or its ids: :func:`~llama.posttraining.evaluate.prompt_ids`).
         stop: strings that end a reply.
         reward: a reward function ``(reply, problem) -> float`` instead of the task's grade.
 

@@ -28,7 +28,7 @@ from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import Tokenizer
 from llama.training.loop import evaluate
 
-__all__ = ["pass_at_k", "mean_pass_at_k", "plain_prompt", "replies", "bits_per_byte", "TaskEvaluation",
+__all__ = ["pass_at_k", "mean_pass_at_k", "plain_prompt", "prompt_ids", "replies", "bits_per_byte", "TaskEvaluation",
            "evaluate_task"]
 
 
@@ -84,6 +84,17 @@ def plain_prompt(prompt: str) -> str:
     return prompt + "\n"
 
 
+def prompt_ids(tokenizer: Tokenizer, format_prompt: Callable[[str], str | list[int]], prompt: str) -> list[int]:
+    """The ids the model is given for ``prompt``: ``format_prompt``'s text encoded, or its ids as they are.
+
+    A chat model's prompt is ids (:meth:`~llama.posttraining.chat.ChatFormat.encode` cuts the text
+    at its special tokens and encodes each piece on its own, as its training did), so a
+    ``format_prompt`` may return them directly.
+    """
+    formatted = format_prompt(prompt)
+    return tokenizer.encode(formatted) if isinstance(formatted, str) else list(formatted)
+
+
 def replies(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
             sampling: Sampling = Sampling(), batch_size: int = 32,
             format_prompt: Callable[[str], str] = plain_prompt, stop: Sequence[str] = ("\n\n",)) -> list[str]:
@@ -103,7 +114,7 @@ def replies(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str], ma
         max_new_tokens: the longest reply, in tokens.
         sampling: how tokens are chosen (default: greedy).
         batch_size: prompts generated together.
-        format_prompt: turns a prompt into the model's input text.
+        format_prompt: turns a prompt into the model's input text (or its ids: :func:`prompt_ids`).
         stop: strings that end a reply.
 
     Returns:
@@ -116,7 +127,7 @@ def replies(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str], ma
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     eos = {tokenizer.eos_id} if tokenizer.eos_id >= 0 else set()
-    encoded = [tokenizer.encode(format_prompt(p)) for p in prompts]
+    encoded = [prompt_ids(tokenizer, format_prompt, p) for p in prompts]
     texts = []
     for b, start in enumerate(range(0, len(encoded), batch_size)):
         seed = None if sampling.seed is None else sampling.seed + b

@@ -26,7 +26,7 @@ from llama.inference.generation import generate_batch
 from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.posttraining.dpo import reward_of, token_logps
-from llama.posttraining.evaluate import plain_prompt
+from llama.posttraining.evaluate import plain_prompt, prompt_ids
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import Tokenizer
 
@@ -94,7 +94,7 @@ def rollout(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequ
         temperature: the sampling temperature (1: the policy's own distribution).
         seed: the seed of the sampling (``None``: PyTorch's global random state).
         reward: a reward function ``(reply, problem) -> float`` instead of the task's grade.
-        format_prompt: turns a prompt into the model's input text.
+        format_prompt: turns a prompt into the model's input text (or its ids: :func:`~llama.posttraining.evaluate.prompt_ids`).
         stop: strings that end a reply.
 
     Returns:
@@ -109,7 +109,7 @@ def rollout(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequ
         raise ValueError("no problems to sample replies for")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    prompts = [tokenizer.encode(format_prompt(p.prompt)) for p in problems]
+    prompts = [prompt_ids(tokenizer, format_prompt, p.prompt) for p in problems]
     limit = model.config.max_seq_len
     for problem, ids in zip(problems, prompts):
         if len(ids) + max_new_tokens > limit:

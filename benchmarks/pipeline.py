@@ -1,0 +1,207 @@
+"""The whole post-training pipeline on one task: pre-training, SFT, DPO and RL, each a ``llama`` command, timed and scored.
+
+Run from the repository root::
+
+    python benchmarks/pipeline.py               # three seeds, about 15 minutes each on 2 cores
+    python benchmarks/pipeline.py --seeds 1     # one seed
+    python benchmarks/pipeline.py --save        # three seeds, then benchmarks/results/pipeline.{json,md}
+    python benchmarks/pipeline.py --quick       # the tiny model, a few steps of each: check that the script runs
+
+For each seed, in ``runs/pipeline/seed-N``:
+
+1. :func:`llama.posttraining.tasks.write_corpus` writes :data:`PROBLEMS` training problems of
+   :data:`TASK` with their answers, in plain text (none held out);
+2. ``llama train`` pre-trains the book's model on it from scratch (:data:`TRAIN_ARGS`);
+3. ``llama sft`` fine-tunes the result on the task's conversations (:data:`SFT_ARGS`): a chat model;
+4. ``llama dpo`` takes DPO steps on pairs of its own replies, a right one preferred to a wrong one (:data:`DPO_ARGS`);
+5. ``llama rl`` takes GRPO steps on groups of its own replies, from the DPO model (:data:`RL_ARGS`).
+
+After each stage the model is asked :data:`HELD_OUT` held-out problems, greedily: the base in plain text
+(what its corpus looks like), the others as chat turns (``benchmarks/task_runs.py``'s ``score``). Each
+stage's time is its command's wall time; the reward curve is the mean reward of each RL step's
+replies, from ``llama rl``'s log. The medians over the seeds are checked against the targets: the
+whole pipeline in :data:`TOTAL_SECONDS`, each stage in :data:`STAGE_SECONDS`, the chat format on at
+least :data:`CHAT_FORMAT` of the held-out prompts after SFT, and RL's gain over SFT at least 15
+points or half of SFT's error rate, whichever is smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine, machine_line  # noqa: E402
+from task_runs import REPO, RESULTS, llama, rel, score  # noqa: E402
+
+RUN = REPO / "runs" / "pipeline"
+
+#: Sorting five words: the book's model learns part of it from text, so RL has right and wrong replies
+#: to compare. Three words it sorts all but perfectly after SFT, leaving RL nothing to raise; on
+#: two-digit addition the SFT model is rarely right even when sampling, so most groups have one
+#: reward for every reply, and RL lowered the held-out accuracy in the runs that tried it.
+TASK, DIFFICULTY = "sort_words", {"words": 5}
+PROBLEMS = 80_000
+HELD_OUT = 200
+MAX_NEW_TOKENS = 44  # Answer: and five words of up to five letters, <|eot_id|>, and room to spare
+STAGES = ("base", "sft", "dpo", "rl")
+TOTAL_SECONDS, STAGE_SECONDS, CHAT_FORMAT = 15 * 60, 5 * 60, 0.99
+TRAIN_ARGS = ["--recipe", "shakespeare", "--tokenizer", "bytes", "--max-steps", "1500", "--max-time", "240",
+              "--eval-every", "500", "--sample-tokens", "0", "--dtype", "float32", "--no-progress"]
+SFT_ARGS = ["--block-size", "128", "--batch-size", "16", "--max-steps", "200", "--eval-every", "100",
+            "--sample-tokens", "0", "--dtype", "float32", "--no-progress"]
+DPO_ARGS = ["--max-steps", "40", "--problems-per-step", "8", "--group", "8", "--lr", "1e-5", "--beta", "0.1",
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "10"]
+RL_ARGS = ["--method", "grpo", "--max-steps", "150", "--problems-per-step", "8", "--group", "8", "--lr", "1e-4",
+           "--kl-beta", "0", "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "50"]
+QUICK = {"train": ["--model", "tiny", "--max-steps", "20", "--eval-every", "10"],
+         "sft": ["--max-steps", "10", "--eval-every", "10", "--eval-tokens", "256"],
+         "dpo": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4"],
+         "rl": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4"]}
+#: --quick's reward: the tiny model never answers right, so its DPO and RL steps reward even-length
+#: replies instead (half of them), to check that every command runs.
+QUICK_REWARD = "def even_length(reply, problem):\n    return float(len(reply) % 2 == 0)\n"
+
+
+def commands(folder: Path, seed: int, quick: bool, threads: int | None = None) -> dict[str, list[str]]:
+    """The four stages' ``llama`` arguments for one seed, in ``folder`` (each given ``--threads``, if set)."""
+    (knob, level), = DIFFICULTY.items()
+    task = ["--task", TASK, "--task-args", f"{knob}={level}"]
+    extra = {k: [*v, "--reward", rel(folder / "reward.py") + ":even_length"] if k in ("dpo", "rl") else v
+             for k, v in QUICK.items()} if quick else {k: [] for k in QUICK}
+    seeded = ["--seed", str(seed), *(["--threads", str(threads)] if threads else [])]
+    return {"base": ["train", "--data", rel(folder / "corpus.txt"), "--out", rel(folder / "base"), *TRAIN_ARGS, *seeded,
+                     *extra["train"]],
+            "sft": ["sft", "--base", rel(folder / "base" / "model"), *task, "--data", rel(folder / "corpus.txt"),
+                    "--out", rel(folder / "sft"), *SFT_ARGS, *seeded, *extra["sft"]],
+            "dpo": ["dpo", "--base", rel(folder / "sft" / "model"), *task, "--out", rel(folder / "dpo"), *DPO_ARGS,
+                    *seeded, *extra["dpo"]],
+            "rl": ["rl", "--base", rel(folder / "dpo" / "model"), *task, "--out", rel(folder / "rl"), *RL_ARGS,
+                   *seeded, *extra["rl"]]}
+
+
+def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
+    """The four stages for one seed, each scored on the held-out problems after it."""
+    from llama.posttraining.tasks import write_corpus
+    from llama.training.state import read_log
+
+    folder = RUN / f"seed-{seed}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_corpus(folder / "corpus.txt", [task], 2_000 if quick else PROBLEMS, seed=seed)
+    if quick:
+        (folder / "reward.py").write_text(QUICK_REWARD)
+    problems = task.held_out(20 if quick else HELD_OUT)
+    argv = commands(folder, seed, quick, threads)
+    walls, scores = {}, {}
+    for stage in STAGES:
+        walls[stage] = round(llama(argv[stage]), 1)
+        scores[stage] = score(folder / stage / "model", task, problems, chat=stage != "base",
+                              max_new_tokens=MAX_NEW_TOKENS)
+        print(f"seed {seed} | {stage} | {walls[stage]:.0f} s | held-out accuracy {100 * scores[stage]['accuracy']:.1f}%",
+              flush=True)
+    log = [r for r in read_log(folder / "rl" / "log.jsonl") if not r.get("final")]
+    dpo = [r for r in read_log(folder / "dpo" / "log.jsonl") if not r.get("final")]
+    return {"seed": seed, "wall_s": walls, "scores": scores, "held_out": len(problems),
+            "reward_curve": [round(r["reward"], 4) for r in log],
+            "dpo_steps": [{k: round(r[k], 4) for k in ("loss", "accuracy", "margin", "pairs")} for r in dpo],
+            "commands": {k: "llama " + shlex.join(v) for k, v in argv.items()}}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Medians over the seeds, and each target met or not."""
+    median = {stage: {"accuracy": statistics.median(r["scores"][stage]["accuracy"] for r in runs),
+                      "wall_s": statistics.median(r["wall_s"][stage] for r in runs)} for stage in STAGES}
+    chat = statistics.median(r["scores"]["sft"]["chat_format_rate"] for r in runs)
+    total = statistics.median(sum(r["wall_s"].values()) for r in runs)
+    sft, rl, dpo = (median[s]["accuracy"] for s in ("sft", "rl", "dpo"))
+    wanted = min(0.15, (1 - sft) / 2)
+    return {"median": median, "sft_chat_format_rate": chat, "total_wall_s": total, "rl_gain": rl - sft,
+            "rl_gain_wanted": wanted, "dpo_change": dpo - sft,
+            "met": {"total": total <= TOTAL_SECONDS, "each_stage": all(m["wall_s"] <= STAGE_SECONDS for m in median.values()),
+                    "chat_format": chat >= CHAT_FORMAT, "rl_gain": rl - sft >= wanted}}
+
+
+def table(result: dict) -> list[str]:
+    """The results as Markdown: accuracy and time by stage, then the targets."""
+    runs, s = result["runs"], result["summary"]
+    names = {"base": "base (pre-trained), asked in plain text", "sft": "after `llama sft`, as a chat turn",
+             "dpo": "after `llama dpo`", "rl": "after `llama rl`"}
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"| stage | command's wall s (median) | held-out accuracy (median) | each seed ({seeds}) | "
+             "in the chat format |", "| --- | ---: | ---: | ---: | ---: |"]
+    for stage in STAGES:
+        chat = statistics.median(r["scores"][stage]["chat_format_rate"] or 0 for r in runs)
+        lines.append(f"| {names[stage]} | {s['median'][stage]['wall_s']:.0f} | {100 * s['median'][stage]['accuracy']:.1f}% "
+                     f"of {runs[0]['held_out']} | "
+                     + ", ".join(f"{100 * r['scores'][stage]['accuracy']:.1f}%" for r in runs)
+                     + f" | {'-' if stage == 'base' else f'{100 * chat:.1f}%'} |")
+    met = {True: "yes", False: "**no**"}
+    lines += ["", "| target | measured (median) | met |", "| --- | ---: | --- |",
+              f"| the whole pipeline in {TOTAL_SECONDS // 60} minutes | {s['total_wall_s'] / 60:.1f} min | "
+              f"{met[s['met']['total']]} |",
+              f"| each stage in {STAGE_SECONDS // 60} minutes | longest {max(m['wall_s'] for m in s['median'].values()) / 60:.1f} "
+              f"min | {met[s['met']['each_stage']]} |",
+              f"| after SFT, {100 * CHAT_FORMAT:.0f}% of replies in the chat format | {100 * s['sft_chat_format_rate']:.1f}% | "
+              f"{met[s['met']['chat_format']]} |",
+              f"| RL over SFT: +15 points, or half the error rate if smaller (+{100 * s['rl_gain_wanted']:.1f}) | "
+              f"{100 * s['rl_gain']:+.1f} points | {met[s['met']['rl_gain']]} |",
+              f"| DPO over SFT (measured, no target) | {100 * s['dpo_change']:+.1f} points | - |"]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="runs of the whole pipeline, seeds 0, 1, ... (default 3)")
+    parser.add_argument("--threads", type=int, help="threads of every stage (default: PyTorch's, one per core); on a "
+                        "machine shared with other work, 1 keeps two threads from waiting on each other")
+    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: check that the script runs")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/pipeline.json and pipeline.md")
+    args = parser.parse_args(argv)
+    if args.quick and args.save:
+        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    import torch
+
+    from llama.posttraining.tasks import make_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the scoring, in this process; the machine line then says it
+    print(machine_line(), flush=True)
+    load_start = os.getloadavg()[0]
+    print(f"load average {load_start:.2f} at the start", flush=True)
+    task = make_task(TASK, **DIFFICULTY)
+    runs = [run_seed(seed, task, args.quick, args.threads) for seed in range(args.seeds)]
+    load_end = os.getloadavg()[0]
+    result = {"task": repr(task), "runs": runs, "summary": summary(runs)}
+    print(f"load average {load_end:.2f} at the end")
+    print("\n".join(table(result)))
+    if args.save:
+        command, info = "python benchmarks/pipeline.py --save", machine()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        saved = {"command": command, "machine": info, "threads": torch.get_num_threads(),
+                 "load_average": [round(load_start, 2), round(load_end, 2)], **result}
+        (RESULTS / "pipeline.json").write_text(json.dumps(saved, indent=1) + "\n")
+        (RESULTS / "pipeline.md").write_text(results_markdown(saved))
+    return 0
+
+
+def results_markdown(saved: dict) -> str:
+    """``pipeline.md`` from ``pipeline.json``: the command, the machine and the load, then the tables."""
+    first = saved["runs"][0]["commands"]
+    return (f"`{saved['command']}`; {machine_line(saved['machine'])}; load average {saved['load_average'][0]:.2f} at "
+            f"the start, {saved['load_average'][1]:.2f} at the end; {saved['task']}, {len(saved['runs'])} seeds, each: "
+            + "; then ".join(f"`{first[s]}`" for s in STAGES) + f"; greedy replies to {saved['runs'][0]['held_out']} "
+            f"held-out problems of at most {MAX_NEW_TOKENS} tokens after each stage\n\n" + "\n".join(table(saved)) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""What the post-training benchmarks share: running ``llama`` in a fresh process and timing it, and
+scoring a model on a task's held-out problems, asked in plain text or as a chat turn.
+
+``benchmarks/tasks.py``, ``sft.py``, ``rl.py`` and ``pipeline.py`` import it as their neighbour.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def llama(argv: list[str]) -> float:
+    """``llama ARGV`` in a fresh process, from the repository root; its wall seconds.
+
+    Raises:
+        SystemExit: the command failed (its stderr is shown).
+    """
+    print("$ llama", shlex.join(argv), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "llama.cli", *argv], cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"llama {shlex.join(argv)} failed:\n{done.stderr}")
+    return time.perf_counter() - start
+
+
+def rel(path: Path) -> str:
+    """``path`` as the commands are printed: relative to the repository root."""
+    return str(path.relative_to(REPO))
+
+
+def score(folder: Path, task, problems, chat: bool, max_new_tokens: int) -> dict:
+    """Greedy replies of the model in ``folder`` to ``problems``, as chat turns (``chat``) or in plain text.
+
+    A reply is *in the chat format* when it ends with ``<|eot_id|>`` within ``max_new_tokens`` and
+    holds a well-formed ``Answer:`` line; the accuracy is the grader's (:meth:`llama.posttraining.tasks.Task.grade`).
+
+    Returns:
+        ``asked``, ``accuracy``, ``format_rate`` (an ``Answer:`` line), ``chat_format_rate`` (``None``
+        in plain text) and the first three replies.
+    """
+    from llama.formats.load import load_model
+    from llama.posttraining.chat import CHAT_TOKENS, ChatFormat
+    from llama.posttraining.evaluate import evaluate_task
+    from llama.posttraining.sft import chat_replies
+    from llama.posttraining.special_tokens import add_special_tokens, resize_vocab
+    from llama.tokenizers.tokenizer import saved_tokenizer
+
+    model, tokenizer = load_model(folder).eval(), saved_tokenizer(folder)
+    if not chat:
+        result = evaluate_task(model, tokenizer, task, problems, max_new_tokens=max_new_tokens, batch_size=50)
+        return {"asked": "plain text", "accuracy": result.accuracy, "format_rate": result.format_rate,
+                "chat_format_rate": None, "examples": list(result.greedy_replies[:3])}
+    tokenizer = add_special_tokens(tokenizer, CHAT_TOKENS)  # a base has no chat tokens: give it their rows
+    if tokenizer.vocab_size > model.config.vocab_size:
+        resize_vocab(model, tokenizer.vocab_size)
+    replies = chat_replies(model, ChatFormat(tokenizer), [p.prompt for p in problems], max_new_tokens, batch_size=50)
+    grades = [task.grade(text, p) for (text, _), p in zip(replies, problems)]
+    n = len(problems)
+    return {"asked": "chat turn", "accuracy": sum(g.reward for g in grades) / n,
+            "format_rate": sum(g.formatted for g in grades) / n,
+            "chat_format_rate": sum(g.formatted and ended for g, (_, ended) in zip(grades, replies)) / n,
+            "examples": [text for text, _ in replies[:3]]}

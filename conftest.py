@@ -40,6 +40,11 @@ import sys
 # side on this 2-core machine took 76 s of CPU that way and 40 s with passive waiting. Set before
 # torch is imported, here and in every process the tests start.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread per process: pytest-xdist already runs one test per core, and a test often starts
+# another interpreter beside it. Two threads per process on two busy cores wait on each other at
+# every parallel operation: the suite took 372 s that way and 332 s with one. A test that wants
+# more sets them itself (``--threads``); results do not depend on it (the tests' runs use one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 from pathlib import Path
 

@@ -71,4 +71,4 @@ def pipeline_figure(result: dict | None = None):
     return fig
 
 
-FIGURES = {"rl-clipped-objective.svg": clipped_objective}
+FIGURES = {"rl-clipped-objective.svg": clipped_objective, "rl-pipeline.svg": pipeline_figure}

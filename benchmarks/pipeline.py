@@ -27,7 +27,6 @@ points or half of SFT's error rate, whichever is smaller.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, llama, rel, score  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel, score  # noqa: E402
 
 RUN = REPO / "runs" / "pipeline"
 
@@ -158,15 +157,11 @@ def table(result: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__, "pipeline", "tiny model, a few steps")
     parser.add_argument("--seeds", type=int, default=3, help="runs of the whole pipeline, seeds 0, 1, ... (default 3)")
     parser.add_argument("--threads", type=int, help="threads of every stage (default: PyTorch's, one per core); on a "
                         "machine shared with other work, 1 keeps two threads from waiting on each other")
-    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: check that the script runs")
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/pipeline.json and pipeline.md")
-    args = parser.parse_args(argv)
-    if args.quick and args.save:
-        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    args = parse(parser, argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     import torch
@@ -176,8 +171,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # the scoring, in this process; the machine line then says it
     print(machine_line(), flush=True)
-    load_start = os.getloadavg()[0]
-    print(f"load average {load_start:.2f} at the start", flush=True)
+    load_start = load_average("start")
     task = make_task(TASK, **DIFFICULTY)
     runs = [run_seed(seed, task, args.quick, args.threads) for seed in range(args.seeds)]
     load_end = os.getloadavg()[0]

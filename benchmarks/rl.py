@@ -21,9 +21,7 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -32,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, llama, rel  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel  # noqa: E402
 
 RUN = REPO / "runs" / "rl"
 
@@ -101,19 +99,14 @@ def table(result: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: check that the script runs")
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/rl.json and rl.md")
-    args = parser.parse_args(argv)
-    if args.quick and args.save:
-        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    parser = benchmark_parser(__doc__, "rl", "tiny model, a few steps")
+    args = parse(parser, argv)
     import torch
 
     from llama.posttraining.tasks import make_task, write_corpus
 
     print(machine_line(), flush=True)
-    load_start = os.getloadavg()[0]
-    print(f"load average {load_start:.2f} at the start", flush=True)
+    load_start = load_average("start")
     torch.manual_seed(0)
     task = make_task(TASK, **DIFFICULTY)
     if RUN.exists():
@@ -122,8 +115,7 @@ def main(argv=None) -> int:
     corpus = write_corpus(RUN / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
     train_argv, wall = train(corpus, RUN / "run", args.quick)
     result = {"task": repr(task), "train_wall_s": round(wall, 1), **run_rl(RUN / "run", task, args.quick)}
-    load_end = os.getloadavg()[0]
-    print(f"load average {load_end:.2f} at the end")
+    load_end = load_average("end")
     print("\n".join(table(result)))
     if args.save:
         command = "python benchmarks/rl.py --save"

@@ -21,7 +21,6 @@ holds a well-formed ``Answer:`` line; the accuracy is the grader's (:meth:`llama
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, llama, rel, score  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, llama, parse, rel, score  # noqa: E402
 
 RUN = REPO / "runs" / "sft"
 
@@ -57,12 +56,8 @@ def table(rows: list[dict], held: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: check that the script runs")
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/sft.json and sft.md")
-    args = parser.parse_args(argv)
-    if args.quick and args.save:
-        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    parser = benchmark_parser(__doc__, "sft", "tiny model, a few steps")
+    args = parse(parser, argv)
     import torch
 
     from llama.posttraining.tasks import make_task, write_corpus

@@ -6,6 +6,8 @@ scoring a model on a task's held-out problems, asked in plain text or as a chat 
 
 from __future__ import annotations
 
+import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -14,6 +16,30 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def benchmark_parser(doc: str, name: str, quick: str) -> argparse.ArgumentParser:
+    """The parser of a post-training benchmark: its docstring's first line, ``--quick`` (which does
+    ``quick``) and ``--save`` (``benchmarks/results/NAME.{json,md}``); a script adds its own flags."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{quick}: check that the script runs")
+    parser.add_argument("--save", action="store_true", help=f"write benchmarks/results/{name}.json and {name}.md")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments; ``--quick`` with ``--save`` is refused: a quick run measures nothing worth keeping."""
+    args = parser.parse_args(argv)
+    if args.quick and args.save:
+        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    return args
+
+
+def load_average(when: str) -> float:
+    """The 1-minute load average, printed: other processes on these cores slow every stage."""
+    load = os.getloadavg()[0]
+    print(f"load average {load:.2f} at the {when}", flush=True)
+    return load
 
 
 def llama(argv: list[str]) -> float:

@@ -23,9 +23,7 @@ held-in problems: how well the text of the task is modelled), and the held-out s
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -33,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, llama, rel  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel  # noqa: E402
 
 RUN = REPO / "runs" / "tasks"
 
@@ -99,19 +97,14 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, 20 steps, two runs: check that the script runs")
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/tasks.json and tasks.md")
-    args = parser.parse_args(argv)
-    if args.quick and args.save:
-        parser.error("--quick measures nothing worth keeping: run without it to --save")
+    parser = benchmark_parser(__doc__, "tasks", "tiny model, 20 steps, two runs")
+    args = parse(parser, argv)
     import torch
 
     from llama.posttraining.tasks import make_task, write_corpus
 
     print(machine_line(), flush=True)
-    load_start = os.getloadavg()[0]
-    print(f"load average {load_start:.2f} at the start", flush=True)
+    load_start = load_average("start")
     rows, commands = [], []
     for task_name, difficulty in RUNS[::4] if args.quick else RUNS:
         task, name = make_task(task_name, **difficulty), run_name(task_name, difficulty)
@@ -126,8 +119,7 @@ def main(argv=None) -> int:
                "wall_s": round(wall, 1), **score(folder / "run", task, args.quick)}
         rows.append(row)
         print(table([row])[-1], flush=True)
-    load_end = os.getloadavg()[0]
-    print(f"load average {load_end:.2f} at the end")
+    load_end = load_average("end")
     print("\n".join(table(rows)))
     if args.save:
         command = "python benchmarks/tasks.py --save"

@@ -205,9 +205,7 @@ class SFTSampler:
     def set_state(self, state: torch.Tensor) -> None:
         """Go to the position :meth:`state` gave: the stream from ``seed`` again, its first ``state`` problems skipped."""
         self.used = int(state[0])
-        self.problems = self.task.train(self.seed)
-        for _ in itertools.islice(self.problems, self.used):
-            pass
+        self.problems = itertools.islice(self.task.train(self.seed), self.used, None)  # its first `used` skipped
         self.pending: list[tuple[list[int], list[bool]]] = []
 # --8<-- [end:sampler]
 

@@ -160,9 +160,7 @@ class ProblemStream:
     def set_state(self, state: torch.Tensor) -> None:
         """Go back to the position :meth:`state` gave: the stream from ``seed`` again, that many problems skipped."""
         self.used = int(state[0])
-        self.problems = self.task.train(self.seed)
-        for _ in itertools.islice(self.problems, self.used):
-            pass
+        self.problems = itertools.islice(self.task.train(self.seed), self.used, None)  # its first `used` skipped
 # --8<-- [end:stream]
 
 

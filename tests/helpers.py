@@ -7,6 +7,7 @@ import contextlib
 import doctest
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -234,6 +235,30 @@ def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess:
 def llama_as_nobody(argv: list[str]) -> subprocess.CompletedProcess:
     """``llama ARGV`` run as nobody (:func:`run_as_nobody`); its exit code is the process's."""
     return run_as_nobody("from llama.cli.main import main\nsys.exit(main(sys.argv[1:]))\n", *argv)
+
+
+_EACH_COMMAND = """import contextlib, io, json
+from llama.cli.main import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exit:
+            status = exit.code
+    results.append([status, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def llama_as_nobody_each(argvs: list[list[str]]) -> list[tuple[int, str]]:
+    """``llama ARGV`` for each of ``argvs``, one after the other in one interpreter run as nobody
+    (:func:`run_as_nobody`): the exit code and the standard error of each. Starting that interpreter
+    (it imports every module first) takes longer than a command that fails at once."""
+    proc = run_as_nobody(_EACH_COMMAND, json.dumps(argvs))
+    assert proc.returncode == 0 and proc.stdout, proc.stderr[-3000:]
+    return [(status, err) for status, err in json.loads(proc.stdout.splitlines()[-1])]
 
 
 # --- optional tools: skipped where a reader lacks them, required where CI says so ------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import llama_as_nobody, random_model
+from helpers import llama_as_nobody_each, random_model
 from safetensors.torch import load_file, save_file
 
 from llama import ModelConfig
@@ -64,20 +64,17 @@ def meta_folder(directory: Path, params: dict = META_PARAMS, shards: int = 1) ->
     return directory
 
 
+def one_line_error(status: int, err: str) -> str:
+    """A user's mistake: exit code 2 and one line on stderr, no traceback; the line."""
+    assert status == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def one_line_cli_error(capsys, argv: list[str]) -> str:
-    """Run ``llama ARGV``, which must fail with exit code 2 and one line on stderr; return that line."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    return captured.err
-
-
-def one_line_cli_error_as_nobody(argv: list[str]) -> str:
-    """``one_line_cli_error`` of ``llama ARGV`` run as nobody (helpers.llama_as_nobody)."""
-    proc = llama_as_nobody(argv)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr
+    """Run ``llama ARGV``, which must fail with :func:`one_line_error`; return that line."""
+    status = main(argv)
+    return one_line_error(status, capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------------------ shard paths
@@ -211,49 +208,65 @@ def test_the_pickle_refusal_does_not_suggest_unsafe_loading(tmp_path):
 
 
 # ------------------------------------------------------------------------------ permissions
-@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
-def test_an_output_folder_the_user_may_not_make():
-    closed = Path(tempfile.mkdtemp())  # root's, 0755: nobody may enter but not write
-    try:
-        os.chmod(closed, 0o755)
-        source = hf_folder(closed / "model")
-        err = one_line_cli_error_as_nobody(["convert", str(source), str(closed / "out"), "--to", "hf"])
-        assert err == f"llama convert: error: cannot make the folder {closed / 'out'}: permission denied; choose " \
-                      "a place your user may write to\n"
-    finally:
-        shutil.rmtree(closed)
+UNREADABLE = [("hf", "config.json"), ("hf", "model.safetensors"), ("meta", "params.json"),
+              ("meta", "consolidated.00.pth"), ("llama2c", "model.bin"), ("hf", ".")]
 
 
-@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
-@pytest.mark.parametrize("kind,unreadable", [("hf", "config.json"), ("hf", "model.safetensors"),
-                                             ("meta", "params.json"), ("meta", "consolidated.00.pth"),
-                                             ("llama2c", "model.bin"), ("hf", ".")])
-def test_unreadable_files_are_named_as_unreadable(kind, unreadable):
-    """A file the user may not read is reported as such, not as truncated, missing, or with a traceback."""
-    # Outside pytest's tmp_path, whose parent only root may enter: here only the file is closed.
+@pytest.fixture(scope="module")
+def as_nobody():
+    """This file's permission cases, each a ``llama`` command run as nobody, all in one interpreter
+    (helpers.llama_as_nobody_each): ``{case: (folder, exit code, stderr)}``.
+
+    "output": ``llama convert`` into a folder nobody may not make. ``(kind, name)``: ``llama
+    generate`` on a ``kind`` checkpoint whose file ``name`` (``.``: the folder itself) nobody may not read.
+    """
+    # Outside pytest's tmp_path, whose parent only root may enter; root's and 0755, so nobody may
+    # enter it but not write in it: only the file of each case is closed.
     root = Path(tempfile.mkdtemp())
     try:
         os.chmod(root, 0o755)
-        folder = root / "checkpoint"
-        if kind == "hf":
-            hf_folder(folder)
-        elif kind == "meta":
-            meta_folder(folder)
-        else:
-            from llama.formats.llama2c import save_llama2c
+        source = hf_folder(root / "model")
+        cases = {"output": root}
+        argvs = [["convert", str(source), str(root / "out"), "--to", "hf"]]
+        for kind, unreadable in UNREADABLE:
+            folder = root / f"{kind}-{unreadable.strip('.') or 'folder'}" / "checkpoint"
+            if kind == "hf":
+                hf_folder(folder)
+            elif kind == "meta":
+                meta_folder(folder)
+            else:
+                from llama.formats.llama2c import save_llama2c
 
-            folder.mkdir()
-            model = random_model(ModelConfig(**TINY, tie_embeddings=True))
-            save_llama2c(model.state_dict(), model.config, folder / "model.bin")
-        os.chmod(folder, 0o755)
-        os.chmod(folder / unreadable, 0)
-        checkpoint = folder / "model.bin" if kind == "llama2c" else folder
-        err = one_line_cli_error_as_nobody(["generate", str(checkpoint), "-n", "1"])
-        if unreadable == ".":
-            assert err == f"llama generate: error: cannot read the folder {folder}: permission denied; give your " \
-                          "user read access (chmod +rx) or copy it\n"
-        else:
-            assert err == f"llama generate: error: cannot read {folder / unreadable}: permission denied; give your " \
-                          "user read access (chmod +r) or copy the file\n"
+                folder.mkdir(parents=True)
+                model = random_model(ModelConfig(**TINY, tie_embeddings=True))
+                save_llama2c(model.state_dict(), model.config, folder / "model.bin")
+            for directory in (folder, folder.parent):
+                os.chmod(directory, 0o755)
+            os.chmod(folder / unreadable, 0)
+            cases[kind, unreadable] = folder
+            argvs.append(["generate", str(folder / "model.bin" if kind == "llama2c" else folder), "-n", "1"])
+        results = llama_as_nobody_each(argvs)
+        yield {case: (folder, *result) for (case, folder), result in zip(cases.items(), results)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
+def test_an_output_folder_the_user_may_not_make(as_nobody):
+    root, status, err = as_nobody["output"]
+    assert one_line_error(status, err) == f"llama convert: error: cannot make the folder {root / 'out'}: permission " \
+                                          "denied; choose a place your user may write to\n"
+    assert not (root / "out").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter imports every module of the package, then runs as nobody
+@pytest.mark.parametrize("kind,unreadable", UNREADABLE)
+def test_unreadable_files_are_named_as_unreadable(as_nobody, kind, unreadable):
+    """A file the user may not read is reported as such, not as truncated, missing, or with a traceback."""
+    folder, status, err = as_nobody[kind, unreadable]
+    if unreadable == ".":
+        assert one_line_error(status, err) == f"llama generate: error: cannot read the folder {folder}: permission " \
+                                              "denied; give your user read access (chmod +rx) or copy it\n"
+    else:
+        assert one_line_error(status, err) == f"llama generate: error: cannot read {folder / unreadable}: " \
+                                              "permission denied; give your user read access (chmod +r) or copy the file\n"

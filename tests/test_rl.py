@@ -23,6 +23,7 @@ from llama.posttraining.rl import (
     clipped_surrogate,
     group_advantages,
     grpo_loss,
+    informative_groups,
     k3_kl,
     masked_mean,
     reinforce_loss,
@@ -205,6 +206,38 @@ def test_equal_rewards_give_zero_advantages_and_a_step_that_changes_nothing():
     moved = model.output.weight.detach().clone()
     stats = rl_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1), kl_beta=0.1, reference=reference)
     assert stats["kl"] > 0 and not torch.equal(model.output.weight, moved)
+
+
+def test_informative_groups_keep_the_groups_whose_rewards_differ_and_what_they_teach():
+    model = tiny_model()
+    task = make_task("addition", digits=1)
+    problems = task.train_problems(4, seed=0)
+    # Rewards that vary with the reply's bytes, except for problems 0 and 2, whose replies all get 1.
+    batch = rollout(model, BYTES, task, problems, group_size=3, max_new_tokens=8, seed=0,
+                    reward=lambda reply, p: 1.0 if p in (problems[0], problems[2]) else float(sum(map(ord, reply)) % 7))
+    assert batch.rewards[[1, 3]].std(1).gt(0).all()  # they do vary within the other two groups
+    kept = informative_groups(batch, limit=8)
+    assert kept.problems == [problems[1], problems[3]] and kept.replies == batch.replies[3:6] + batch.replies[9:12]
+    rows = [3, 4, 5, 9, 10, 11]
+    width = kept.tokens.size(1)
+    assert width == max(int(row.nonzero().max()) + 1 for row in batch.completion_mask[rows])
+    assert torch.equal(kept.tokens, batch.tokens[rows, :width]) and torch.equal(kept.rewards, batch.rewards[[1, 3]])
+    assert not batch.completion_mask[rows, width:].any()  # only padding was cut
+    assert torch.equal(kept.old_logps, batch.old_logps[rows, :width - 1])
+    assert informative_groups(batch, limit=1).problems == [problems[1]]
+    # The groups left out have advantage 0: averaged per token, the gradient on the kept groups is the
+    # whole batch's, scaled by the share of the reply tokens they hold.
+    def gradient(b: Rollout) -> torch.Tensor:
+        m = tiny_model()
+        advantages = group_advantages(b.rewards).flatten()
+        grpo_loss(token_logps(m, b.tokens), b.old_logps, advantages, b.completion_mask[:, 1:], level="token").backward()
+        return m.output.weight.grad
+
+    share = int(kept.completion_mask.sum()) / int(batch.completion_mask.sum())
+    whole, part = gradient(batch), gradient(kept)
+    assert part.abs().max() > 1e-3 and torch.allclose(whole, part * share, rtol=1e-4, atol=1e-7)
+    flat = rollout(model, BYTES, task, problems[:2], group_size=2, max_new_tokens=4, seed=0, reward=lambda r, p: 0.0)
+    assert informative_groups(flat, limit=1).problems == problems[:1]  # none differ: the first groups
 
 
 @pytest.mark.slow  # a few dozen steps of a small model

@@ -65,7 +65,8 @@ def test_the_problem_stream_resumes_from_its_state():
 
 
 @pytest.mark.slow  # two processes of each command
-@pytest.mark.parametrize("command, steps", [("rl", ["--method", "grpo", "--kl-beta", "0.1"]), ("dpo", ["--beta", "0.5"])])
+@pytest.mark.parametrize("command, steps", [("rl", ["--method", "grpo", "--kl-beta", "0.1", "--oversample", "2"]),
+                                           ("dpo", ["--beta", "0.5"])])
 def test_exact_resume_after_sigkill(tmp_path, base, rewards, command, steps, capsys):
     """Kill a run after step 3 (its last checkpoint: step 2); resume it; at step 4 its weights, AdamW
     state, problem position and generators equal an uninterrupted run's, and so does its log."""
@@ -103,6 +104,7 @@ def test_errors(tmp_path, base, rewards, capsys):
     assert "--kl-beta must be a number >= 0, got -1.0" in refused(capsys, ["rl", *common, *out("e"), "--kl-beta", "-1"])
     assert "--lr must be a positive number, got nan" in refused(capsys, ["rl", *common, *out("f"), "--lr", "nan"])
     assert "--max-steps must be a positive integer, got 0" in refused(capsys, ["dpo", *common, *out("g"), "--max-steps", "0"])
+    assert "--oversample must be a positive integer, got 0" in refused(capsys, ["rl", *common, *out("n"), "--oversample", "0"])
     plain = byte_level_base(tmp_path / "plain")
     err = refused(capsys, ["rl", "--base", str(plain), *SMALL, *out("h")])
     assert f"{plain} is not a chat model: tokenizer has no special token" in err and "run llama sft on it first" in err
@@ -115,7 +117,7 @@ def test_errors(tmp_path, base, rewards, capsys):
     err = refused(capsys, ["dpo", *common, *out("m")])  # the untrained model is never right: no pair to learn from
     assert "step 1: none of 16 problems got one better and one worse reply among 4: the model is always right or " \
            "always wrong on addition(digits=1)" in err
-    for name in "abcdefghijklm":  # a refused new run leaves nothing behind
+    for name in "abcdefghijklmn":  # a refused new run leaves nothing behind
         assert not (tmp_path / name).exists(), name
 
     # One step, then every way to resume it wrongly.

@@ -15,7 +15,7 @@ import argparse
 #: step, sampled at temperature 1 (the policy's own distribution, as the policy gradient assumes),
 #: a learning rate that moves a small trained model in tens of steps, no KL term (the grader
 #: cannot be fooled the way a learnt reward model can).
-RL_DEFAULTS = {"method": "grpo", "max_steps": 60, "lr": 1e-4, "problems_per_step": 8, "group": 8,
+RL_DEFAULTS = {"method": "grpo", "max_steps": 60, "lr": 1e-4, "problems_per_step": 8, "oversample": 1, "group": 8,
                "max_new_tokens": 16, "temperature": 1.0, "seed": 0, "save_every": 10, "kl_beta": 0.0,
                "clip_eps": 0.2, "level": "sequence"}
 # --8<-- [end:defaults]
@@ -35,6 +35,9 @@ def add(subparsers) -> None:
     add_stage_flags(p, RL_DEFAULTS)
     S = argparse.SUPPRESS
     g = p.add_argument_group("the update")
+    g.add_argument("--oversample", type=int, default=S, metavar="K",
+                   help="draw K times --problems-per-step problems a step and train on up to --problems-per-step of "
+                   "their groups whose replies got different rewards (default 1: on every group drawn)")
     g.add_argument("--method", choices=["grpo", "reinforce"], default=S,
                    help="grpo: advantages scaled by the group's std, PPO's clip; reinforce: the group mean as "
                    "baseline (default grpo)")

@@ -30,7 +30,7 @@ from llama.posttraining.evaluate import plain_prompt, prompt_ids
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import Tokenizer
 
-__all__ = ["Rollout", "rollout", "group_advantages", "reinforce_loss", "clipped_surrogate", "k3_kl", "masked_mean",
+__all__ = ["Rollout", "rollout", "informative_groups", "group_advantages", "reinforce_loss", "clipped_surrogate", "k3_kl", "masked_mean",
            "grpo_loss", "rl_step"]
 
 
@@ -314,3 +314,31 @@ def rl_step(policy: Transformer, batch: Rollout, optimizer: torch.optim.Optimize
             "clipped": ((ratio - 1).abs() > clip_eps)[mask].float().mean().item(),
             "flat_groups": int((batch.rewards.amax(1) == batch.rewards.amin(1)).sum())}
 # --8<-- [end:step]
+
+
+# --8<-- [start:informative]
+def informative_groups(batch: Rollout, limit: int) -> Rollout:
+    """The first ``limit`` groups of ``batch`` whose replies got different rewards (DAPO's dynamic sampling).
+
+    A group whose replies all got the same reward has advantage 0 at every token: it adds nothing
+    to the gradient, only to the time of the step. A model that is right 95% of the time when
+    sampling makes such groups most of a batch; drawing more problems than a step trains on and
+    keeping the groups that differ gives every step something to learn from.
+
+    Args:
+        batch: a :func:`rollout`.
+        limit: the most groups to keep.
+
+    Returns:
+        A :class:`Rollout` of those groups, its padding trimmed to its longest row; the first
+        ``limit`` groups of ``batch`` when no group's rewards differ.
+    """
+    group_size = batch.rewards.size(1)
+    differ = (batch.rewards.amax(1) != batch.rewards.amin(1)).nonzero().flatten().tolist()
+    keep = (differ or list(range(len(batch.problems))))[:limit]
+    rows = [i * group_size + j for i in keep for j in range(group_size)]
+    mask = batch.completion_mask[rows]
+    width = int(mask.any(0).nonzero().max()) + 1  # a reply follows its prompt: its last token ends the row
+    return Rollout([batch.problems[i] for i in keep], [batch.replies[r] for r in rows], batch.tokens[rows, :width],
+                   mask[:, :width], batch.rewards[keep], batch.old_logps[rows, :width - 1])
+# --8<-- [end:informative]

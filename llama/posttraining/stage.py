@@ -35,7 +35,7 @@ from llama.formats.load import load_model, save_model
 from llama.model.transformer import Transformer
 from llama.posttraining.chat import EOT, ChatFormat
 from llama.posttraining.dpo import Pair, dpo_step, frozen_copy, pair_batch, preference_pairs
-from llama.posttraining.rl import rl_step, rollout
+from llama.posttraining.rl import informative_groups, rl_step, rollout
 from llama.posttraining.sft import parse_task
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import load_tokenizer
@@ -65,7 +65,10 @@ class StageConfig:
         seed: seeds the problem stream and every step's sampling.
         max_steps: optimizer steps.
         lr: AdamW's learning rate (constant; no weight decay, which would pull towards zero, not the base).
-        problems_per_step: training problems drawn per step.
+        problems_per_step: training problems drawn per step (RL: trained on per step).
+        oversample: RL draws ``oversample * problems_per_step`` problems a step and trains on up to
+            ``problems_per_step`` of their groups whose rewards differ
+            (:func:`~llama.posttraining.rl.informative_groups`); 1: on every group drawn.
         group: replies sampled per problem (GRPO's $G$; DPO pairs the best with the worst of them).
         max_new_tokens: the longest reply, in tokens.
         temperature: the sampling temperature (1: the policy's own distribution).
@@ -87,6 +90,7 @@ class StageConfig:
     max_steps: int = 50
     lr: float = 1e-4
     problems_per_step: int = 8
+    oversample: int = 1
     group: int = 8
     max_new_tokens: int = 16
     temperature: float = 1.0
@@ -105,7 +109,7 @@ class StageConfig:
         if self.method not in METHODS:
             raise SettingError("{method} must be one of {names}, got {value!r}", names=", ".join(METHODS),
                                value=self.method)
-        for name in ("max_steps", "problems_per_step", "max_new_tokens", "save_every"):
+        for name in ("max_steps", "problems_per_step", "oversample", "max_new_tokens", "save_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingError("{" + name + "} must be a positive integer, got {value!r}", value=value)
@@ -346,12 +350,17 @@ def _seed(cfg: StageConfig, step: int, draw: int = 0) -> int:
 def _rl_update(policy: Transformer, reference: Transformer | None, optimizer: torch.optim.Optimizer,
                chat: ChatFormat, task: Task, stream: ProblemStream, cfg: StageConfig, step: int,
                reward: Callable[[str, Problem], float] | None) -> dict[str, float]:
-    """One GRPO or REINFORCE step on groups of replies to the next problems; its :func:`rl_step` record."""
-    batch = rollout(policy, chat.tokenizer, task, stream.take(cfg.problems_per_step), cfg.group, cfg.max_new_tokens,
-                    temperature=cfg.temperature, seed=_seed(cfg, step), reward=reward, format_prompt=chat.prompt,
-                    stop=(EOT,))
-    return rl_step(policy, batch, optimizer, method=cfg.method, clip_eps=cfg.clip_eps, kl_beta=cfg.kl_beta,
-                   reference=reference, level=cfg.level)
+    """One GRPO or REINFORCE step on groups of replies to the next problems; its :func:`rl_step` record,
+    with the reward and the flat groups of every group drawn, and the count of ``groups`` trained on."""
+    drawn = rollout(policy, chat.tokenizer, task, stream.take(cfg.problems_per_step * cfg.oversample), cfg.group,
+                    cfg.max_new_tokens, temperature=cfg.temperature, seed=_seed(cfg, step), reward=reward,
+                    format_prompt=chat.prompt, stop=(EOT,))
+    batch = informative_groups(drawn, cfg.problems_per_step) if cfg.oversample > 1 else drawn
+    record = rl_step(policy, batch, optimizer, method=cfg.method, clip_eps=cfg.clip_eps, kl_beta=cfg.kl_beta,
+                     reference=reference, level=cfg.level)
+    # How the policy did is a matter of everything it was asked, not of the groups kept for the step.
+    return {**record, "reward": drawn.rewards.mean().item(),
+            "flat_groups": int((drawn.rewards.amax(1) == drawn.rewards.amin(1)).sum()), "groups": len(batch.problems)}
 
 
 def _dpo_update(policy: Transformer, reference: Transformer, optimizer: torch.optim.Optimizer, chat: ChatFormat,

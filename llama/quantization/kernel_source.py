@@ -12,8 +12,8 @@ r"""The C++ source of :mod:`llama.quantization.kernel`'s one-row product, in thr
 
 # --8<-- [start:kernel]
 KERNEL_SOURCE = r"""
-// PyTorch's stable C++ interface (torch/csrc/stable): a few small headers, where <torch/library.h>
-// and ATen's Tensor take 6 of the 8 seconds a build of this file takes on a 2-core machine.
+// PyTorch's stable C++ interface (torch/csrc/stable): a few small headers, which compile in a
+// fraction of the time <torch/library.h> and ATen's Tensor take.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>

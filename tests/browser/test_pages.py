@@ -214,6 +214,28 @@ def test_search_finds_each_chapter_by_a_word_of_its_body(new_page, site_url, sit
 # --- instant navigation keeps the page's JavaScript and re-typesets the math -------------------------
 
 
+def test_mathjax_is_loaded_only_by_a_page_with_math(production_page):
+    """book/javascripts/mathjax.js: a page without math (Running the code) asks for no MathJax; an
+    instant navigation from it to a chapter with math (Training) loads it and typesets that chapter."""
+    page, watch, base = production_page
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "mathjax/" in request.url else None)
+    page.goto(base + "running/", wait_until="networkidle")  # idle: Material has read sitemap.xml
+    assert page.locator(".arithmatex").count() == 0 and asked == []
+    wait_for_math(page, watch)  # nothing to typeset: done at once
+    page.evaluate("window.__stillTheSamePage = true")
+    # Material rewrites the links to absolute URLs once its JavaScript runs.
+    page.locator(f'.md-content a[href^="{base}training/"]').first.click()
+    page.wait_for_url(f"{base}training/**")
+    # The URL changes before the content is swapped: wait for the chapter's formulas, then their typesetting.
+    page.wait_for_function("!!document.querySelector('.md-content .arithmatex')")
+    wait_for_math(page, watch)
+    assert page.evaluate("window.__stillTheSamePage === true"), "instant navigation fell back to a full load"
+    assert page.locator(".md-content mjx-container").count() > 0
+    assert [url.rsplit("/", 1)[-1] for url in asked][:1] == ["tex-mml-chtml.js"]
+    assert not watch.problems, "\n".join(watch.problems)
+
+
 def test_instant_navigation_typesets_math(production_page, book_chapters):
     page, watch, base = production_page
     page.goto(base, wait_until="networkidle")  # idle: Material has read sitemap.xml

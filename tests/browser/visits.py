@@ -142,8 +142,10 @@ VISIBLE_TEXT_JS = """() => {
 }"""
 
 MATH_DONE_JS = """(rawMath) => {
-  if (!window.MathJax || !MathJax.startup || !MathJax.startup.document) return false;
   const all = [...document.querySelectorAll('.arithmatex')];
+  // book/javascripts/mathjax.js loads MathJax only on a page with math (arithmatex's or a lab's).
+  const hasMath = all.length > 0 || document.querySelector('.nb-math') !== null;
+  if (hasMath && !(window.MathJax && MathJax.startup && MathJax.startup.document)) return false;
   if (!all.every((el) => el.querySelector('mjx-container'))) return false;
   const content = document.querySelector('.md-content').cloneNode(true);
   content.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .jp-InputArea')

@@ -34,8 +34,9 @@ _EXPORTS = {
     "token_logps": "dpo", "sequence_logps": "dpo", "neg_log_sigmoid": "dpo", "DPOOutput": "dpo",
     "dpo_loss": "dpo", "Pair": "dpo", "PairBatch": "dpo", "pair_batch": "dpo", "frozen_copy": "dpo",
     "dpo_step": "dpo", "reward_of": "dpo", "preference_pairs": "dpo",
-    "Rollout": "rl", "rollout": "rl", "informative_groups": "rl", "group_advantages": "rl", "reinforce_loss": "rl",
-    "clipped_surrogate": "rl", "k3_kl": "rl", "masked_mean": "rl", "grpo_loss": "rl", "rl_step": "rl",
+    "Rollout": "rl", "rollout": "rl", "flat_groups": "rl", "informative_groups": "rl", "group_advantages": "rl",
+    "reinforce_loss": "rl", "clipped_surrogate": "rl", "k3_kl": "rl", "masked_mean": "rl", "grpo_loss": "rl",
+    "rl_step": "rl",
     "METHODS": "stage", "StageConfig": "stage", "ProblemStream": "stage", "load_reward": "stage",
     "chat_model": "stage", "run_stage": "stage",
 }
@@ -66,7 +67,7 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         preference_pairs, reward_of, sequence_logps, token_logps,
     )
     from llama.posttraining.rl import (
-        Rollout, clipped_surrogate, group_advantages, grpo_loss, informative_groups, k3_kl, masked_mean,
-        reinforce_loss, rl_step, rollout,
+        Rollout, clipped_surrogate, flat_groups, group_advantages, grpo_loss, informative_groups, k3_kl,
+        masked_mean, reinforce_loss, rl_step, rollout,
     )
     from llama.posttraining.stage import METHODS, ProblemStream, StageConfig, chat_model, load_reward, run_stage

@@ -30,8 +30,8 @@ from llama.posttraining.evaluate import plain_prompt, prompt_ids
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import Tokenizer
 
-__all__ = ["Rollout", "rollout", "informative_groups", "group_advantages", "reinforce_loss", "clipped_surrogate", "k3_kl", "masked_mean",
-           "grpo_loss", "rl_step"]
+__all__ = ["Rollout", "rollout", "flat_groups", "informative_groups", "group_advantages", "reinforce_loss",
+           "clipped_surrogate", "k3_kl", "masked_mean", "grpo_loss", "rl_step"]
 
 
 def _check_group_size(group_size: object) -> None:
@@ -312,17 +312,22 @@ def rl_step(policy: Transformer, batch: Rollout, optimizer: torch.optim.Optimize
     return {"loss": loss.item(), "reward": batch.rewards.mean().item(),
             "kl": 0.0 if ref is None else masked_mean(k3_kl(logps.detach(), ref), mask, level).item(),
             "clipped": ((ratio - 1).abs() > clip_eps)[mask].float().mean().item(),
-            "flat_groups": int((batch.rewards.amax(1) == batch.rewards.amin(1)).sum())}
+            "flat_groups": int(flat_groups(batch.rewards).sum())}
 # --8<-- [end:step]
 
 
 # --8<-- [start:informative]
+def flat_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: the groups of ``rewards`` (``[n, G]``) whose replies all got the same reward."""
+    return rewards.amax(1) == rewards.amin(1)
+
+
 def informative_groups(batch: Rollout, limit: int) -> Rollout:
     """The first ``limit`` groups of ``batch`` whose replies got different rewards (DAPO's dynamic sampling).
 
     A group whose replies all got the same reward has advantage 0 at every token: it adds nothing
-    to the gradient, only to the time of the step. A model that is right 95% of the time when
-    sampling makes such groups most of a batch; drawing more problems than a step trains on and
+    to the gradient, only to the time of the step. A model that is usually right when sampling
+    makes such groups most of a batch; drawing more problems than a step trains on and
     keeping the groups that differ gives every step something to learn from.
 
     Args:
@@ -334,7 +339,7 @@ def informative_groups(batch: Rollout, limit: int) -> Rollout:
         ``limit`` groups of ``batch`` when no group's rewards differ.
     """
     group_size = batch.rewards.size(1)
-    differ = (batch.rewards.amax(1) != batch.rewards.amin(1)).nonzero().flatten().tolist()
+    differ = (~flat_groups(batch.rewards)).nonzero().flatten().tolist()
     keep = (differ or list(range(len(batch.problems))))[:limit]
     rows = [i * group_size + j for i in keep for j in range(group_size)]
     mask = batch.completion_mask[rows]

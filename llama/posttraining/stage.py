@@ -35,7 +35,7 @@ from llama.formats.load import load_model, save_model
 from llama.model.transformer import Transformer
 from llama.posttraining.chat import EOT, ChatFormat
 from llama.posttraining.dpo import Pair, dpo_step, frozen_copy, pair_batch, preference_pairs
-from llama.posttraining.rl import informative_groups, rl_step, rollout
+from llama.posttraining.rl import flat_groups, informative_groups, rl_step, rollout
 from llama.posttraining.sft import parse_task
 from llama.posttraining.tasks import Problem, Task
 from llama.tokenizers.tokenizer import load_tokenizer
@@ -360,7 +360,7 @@ def _rl_update(policy: Transformer, reference: Transformer | None, optimizer: to
                      reference=reference, level=cfg.level)
     # How the policy did is a matter of everything it was asked, not of the groups kept for the step.
     return {**record, "reward": drawn.rewards.mean().item(),
-            "flat_groups": int((drawn.rewards.amax(1) == drawn.rewards.amin(1)).sum()), "groups": len(batch.problems)}
+            "flat_groups": int(flat_groups(drawn.rewards).sum()), "groups": len(batch.problems)}
 
 
 def _dpo_update(policy: Transformer, reference: Transformer, optimizer: torch.optim.Optimizer, chat: ChatFormat,

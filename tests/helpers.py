@@ -232,11 +232,6 @@ def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=HANG_SECONDS)
 
 
-def llama_as_nobody(argv: list[str]) -> subprocess.CompletedProcess:
-    """``llama ARGV`` run as nobody (:func:`run_as_nobody`); its exit code is the process's."""
-    return run_as_nobody("from llama.cli.main import main\nsys.exit(main(sys.argv[1:]))\n", *argv)
-
-
 _EACH_COMMAND = """import contextlib, io, json
 from llama.cli.main import main
 results = []

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import llama_as_nobody, run_as_nobody
+from helpers import llama_as_nobody_each, run_as_nobody
 
 from llama._files import atomic_write_text, make_temp_dir
 
@@ -127,7 +127,7 @@ def test_an_unreadable_tokenizer_is_a_one_line_error(public_dir):
     path = public_dir / "tok.json"
     path.write_text("{}")
     os.chmod(path, 0)
-    proc = llama_as_nobody(["tokenize", "encode", "-t", str(path), "hello"])
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr == (f"llama tokenize: error: cannot read {path}: permission denied; give your "
-                           "user read access (chmod +r) or copy the file\n")
+    [(status, err)] = llama_as_nobody_each([["tokenize", "encode", "-t", str(path), "hello"]])
+    assert status == 2, err
+    assert err == (f"llama tokenize: error: cannot read {path}: permission denied; give your "
+                   "user read access (chmod +r) or copy the file\n")

@@ -2,8 +2,8 @@
 
 Walks mkdocs.yml's nav:
 
-* every module ``llama/<name>.py`` has an API page (a page of the "API reference" section with
-  ``::: llama.<name>``) and is shown in at least one chapter (a snippet include of ``llama/<name>.py``);
+* every module ``llama/<package>/<name>.py`` is documented on its sub-package's API page
+  (``book/api/<package>.md``, a page of the "API reference" section, with ``::: llama.<package>.<name>``) and is shown in at least one chapter (a snippet include of ``llama/<name>.py``);
 * every chapter (a nav page that is not Home, not API reference, not a notebook) has a figure
   drawn by the library (``![...](figures/...)``), at least one example that the tests run, and an
   ``## Exercises`` section, except what ``EXEMPT`` lists, each with its reason.
@@ -12,6 +12,7 @@ Walks mkdocs.yml's nav:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from helpers import REPO, load_book_collection
@@ -34,7 +35,8 @@ collection = load_book_collection()
 
 
 def page_text(page) -> str:
-    return page.source.read_text("utf-8") if page.source.is_file() else ""
+    source = page if isinstance(page, Path) else page.source
+    return source.read_text("utf-8") if source.is_file() else ""
 
 
 def test_every_nav_page_exists(nav_page):
@@ -43,8 +45,10 @@ def test_every_nav_page_exists(nav_page):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_has_an_api_page(module, book_pages):
-    pages = [p.path for p in book_pages if p.kind == "api" and re.search(rf"^::: llama\.{module}\s*$", page_text(p), re.M)]
-    assert pages, f"no page of the API reference documents llama.{module}: add book/api/{module}.md (`::: llama.{module}`) to the nav"
+    page = f"api/{module.split('.')[0]}.md"  # one page per sub-package, a section per module
+    assert page in [p.path for p in book_pages if p.kind == "api"], f"mkdocs.yml's nav has no API page {page}"
+    assert re.search(rf"^::: llama\.{re.escape(module)}\s*$", page_text(REPO / "book" / page), re.M), (
+        f"{page} does not document llama.{module}: add `::: llama.{module}` to it")
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -117,15 +121,17 @@ def test_every_chapter_of_a_part_ends_with_where_to_go_next(book_pages):
             assert targets, f"{page.path}: the last chapter's 'Where to go next' links nowhere"
 
 
-def test_api_overview_lists_every_module_page_in_nav_order_with_its_docstring(book_pages):
+def test_api_overview_lists_every_module_in_page_order_with_its_docstring(book_pages):
     import ast
 
     overview = (REPO / "book" / "api" / "index.md").read_text("utf-8")
-    rows = re.findall(r"^- \[`llama\.([\w.]+)`\]\(([\w.]+)\.md\): (.*)$", overview, re.M)
+    rows = re.findall(r"^- \[`llama\.([\w.]+)`\]\((\w+)\.md#llama\.([\w.]+)\): (.*)$", overview, re.M)
     pages = [p.path for p in book_pages if p.kind == "api" and p.path != "api/index.md"]
-    assert [f"api/{page}.md" for _, page, _ in rows] == pages
-    for module, page, line in rows:
-        assert module == page
+    # Every module, in the order the pages of the nav document them, each linking its own section.
+    documented = [m for page in pages for m in re.findall(r"^::: llama\.(\w+\.\w+)\s*$", page_text(REPO / "book" / page), re.M)]
+    assert [module for module, _, _, _ in rows] == documented
+    for module, page, anchor, line in rows:
+        assert (page, anchor) == (module.split(".")[0], module)
         doc = ast.get_docstring(ast.parse((REPO / "llama" / (module.replace(".", "/") + ".py")).read_text("utf-8")))
         first = re.sub(r"``([^`]+)``", r"`\1`", doc.split("\n\n")[0].replace("\n", " ").strip())
         first = re.sub(r":(?:func|class|meth|data|attr|mod):`~?([\w.]+)`", r"`\1`", first)

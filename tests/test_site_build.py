@@ -59,8 +59,11 @@ def test_no_page_shows_a_raw_sphinx_role(site_dir):
     offenders = {str(p.relative_to(site_dir)): role.findall(_prose(p.read_text("utf-8")))
                  for p in site_dir.rglob("*.html")}
     assert {page: found for page, found in offenders.items() if found} == {}
-    model = _prose((site_dir / "api/model.transformer/index.html").read_text("utf-8"))
-    assert 'href="../model.attention/#llama.model.attention.KVCache"' in model  # :class:`~llama.model.attention.KVCache`
+    # :class:`~llama.model.attention.KVCache` in the transformer's docstring, on the same page
+    assert 'href="#llama.model.attention.KVCache"' in _prose((site_dir / "api/model/index.html").read_text("utf-8"))
+    # :class:`~llama.model.config.ModelConfig` in llama.training's docstrings, on the model's page
+    training = _prose((site_dir / "api/training/index.html").read_text("utf-8"))
+    assert 'href="../model/#llama.model.config.ModelConfig"' in training
 
 
 def test_sphinx_roles_become_links_resolved_where_the_docstring_is():

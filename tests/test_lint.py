@@ -6,11 +6,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-from helpers import unavailable
+from helpers import REPO, unavailable
 
-REPO = Path(__file__).resolve().parent.parent
 #: What is linted: everything ruff finds in the checkout (the library, its tests, the benchmarks,
 #: hooks and figures, the labs), with the exclusions pyproject.toml gives.
 LINTED = ["."]

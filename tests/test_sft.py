@@ -36,7 +36,6 @@ from llama.training.loop import train
 from llama.training.loss import log_sum_exp
 from llama.training.state import read_log
 
-REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--task", "addition", "--task-args", "digits=1", "--block-size", "64", "--batch-size", "4", "--threads", "1",
          "--eval-tokens", "64", "--sample-tokens", "4", "--no-progress", "--warmup-steps", "2"]
 

@@ -98,14 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> None:
     """The ``llama`` console script and ``python -m llama.cli.main``: run :func:`main`, exit with its code.
 
-    A rank that torchrun started leaves with ``os._exit``, skipping the interpreter's shutdown:
-    by then its work is done and written, and its process group destroyed. In that shutdown,
-    after the last line of Python, torch's C++ threads (gloo's) now and then aborted a rank
-    ("terminate called without an active exception", SIGABRT; about once in 120 four-rank FSDP
-    resumes on two busy cores), and torchrun reported the finished run as failed.
+    A process that was one rank of several (``WORLD_SIZE`` set, as torchrun sets it) leaves with
+    ``os._exit`` once its output is flushed, skipping the interpreter's shutdown: by then its work
+    is written and its process group destroyed. A worker thread of torch's gloo backend can still
+    be dropping its last reference to a finished collective (the final barrier holds the
+    all-gather of a sharded model's weights) when the interpreter shuts down; freeing those
+    tensors needs the GIL, which a finalizing interpreter no longer gives, and the rank aborted
+    ("terminate called without an active exception", SIGABRT) after a finished run, which torchrun
+    then reported as failed. It happened on busy cores, now and then; pytorch/pytorch#179291
+    describes the same crash.
     """
     code = main()
-    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+    if os.environ.get("WORLD_SIZE", "1") != "1":
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

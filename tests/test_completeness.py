@@ -3,7 +3,9 @@
 Walks mkdocs.yml's nav:
 
 * every module ``llama/<package>/<name>.py`` is documented on its sub-package's API page
-  (``book/api/<package>.md``, a page of the "API reference" section, with ``::: llama.<package>.<name>``) and is shown in at least one chapter (a snippet include of ``llama/<name>.py``);
+  (``book/api/<package>.md``, a page of the "API reference" section, with
+  ``::: llama.<package>.<name>``) and is shown in at least one chapter (a snippet include of
+  ``llama/<package>/<name>.py``);
 * every chapter (a nav page that is not Home, not API reference, not a notebook) has a figure
   drawn by the library (``![...](figures/...)``), at least one example that the tests run, and an
   ``## Exercises`` section, except what ``EXEMPT`` lists, each with its reason.
@@ -12,7 +14,6 @@ Walks mkdocs.yml's nav:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from helpers import REPO, load_book_collection
@@ -35,8 +36,7 @@ collection = load_book_collection()
 
 
 def page_text(page) -> str:
-    source = page if isinstance(page, Path) else page.source
-    return source.read_text("utf-8") if source.is_file() else ""
+    return page.source.read_text("utf-8") if page.source.is_file() else ""
 
 
 def test_every_nav_page_exists(nav_page):
@@ -45,10 +45,11 @@ def test_every_nav_page_exists(nav_page):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_has_an_api_page(module, book_pages):
-    page = f"api/{module.split('.')[0]}.md"  # one page per sub-package, a section per module
-    assert page in [p.path for p in book_pages if p.kind == "api"], f"mkdocs.yml's nav has no API page {page}"
-    assert re.search(rf"^::: llama\.{re.escape(module)}\s*$", page_text(REPO / "book" / page), re.M), (
-        f"{page} does not document llama.{module}: add `::: llama.{module}` to it")
+    path = f"api/{module.split('.')[0]}.md"  # one page per sub-package, a section per module
+    page = next((p for p in book_pages if p.kind == "api" and p.path == path), None)
+    assert page is not None, f"mkdocs.yml's nav has no API page {path}"
+    assert re.search(rf"^::: llama\.{re.escape(module)}\s*$", page_text(page), re.M), (
+        f"{path} does not document llama.{module}: add `::: llama.{module}` to it")
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -126,9 +127,9 @@ def test_api_overview_lists_every_module_in_page_order_with_its_docstring(book_p
 
     overview = (REPO / "book" / "api" / "index.md").read_text("utf-8")
     rows = re.findall(r"^- \[`llama\.([\w.]+)`\]\((\w+)\.md#llama\.([\w.]+)\): (.*)$", overview, re.M)
-    pages = [p.path for p in book_pages if p.kind == "api" and p.path != "api/index.md"]
+    pages = [p for p in book_pages if p.kind == "api" and p.path != "api/index.md"]
     # Every module, in the order the pages of the nav document them, each linking its own section.
-    documented = [m for page in pages for m in re.findall(r"^::: llama\.(\w+\.\w+)\s*$", page_text(REPO / "book" / page), re.M)]
+    documented = [m for page in pages for m in re.findall(r"^::: llama\.(\w+\.\w+)\s*$", page_text(page), re.M)]
     assert [module for module, _, _, _ in rows] == documented
     for module, page, anchor, line in rows:
         assert (page, anchor) == (module.split(".")[0], module)

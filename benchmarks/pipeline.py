@@ -16,8 +16,10 @@ For each seed, in ``runs/pipeline/seed-N``:
 4. ``llama dpo`` takes DPO steps on pairs of its own replies, a right one preferred to a wrong one (:data:`DPO_ARGS`);
 5. ``llama rl`` takes GRPO steps on groups of its own replies, from the DPO model (:data:`RL_ARGS`).
 
-After each stage the model is asked :data:`HELD_OUT` held-out problems, greedily: the base in plain text
-(what its corpus looks like), the others as chat turns (``benchmarks/task_runs.py``'s ``score``). Each
+After each stage the model is asked :data:`HELD_OUT` held-out problems, greedily and :data:`SAMPLES`
+times at temperature 1 (the sampled pass@1 and pass@k): the base in plain text (what its corpus looks
+like), the others as chat turns (``benchmarks/task_runs.py``'s ``score``). The sampled pass@1 is
+what RL's mean reward estimates, on problems it never trained on. Each
 stage's time is its command's wall time; the reward curve is the mean reward of each RL step's
 replies, from ``llama rl``'s log. The medians over the seeds are checked against the targets: the
 whole pipeline in :data:`TOTAL_SECONDS`, each stage in :data:`STAGE_SECONDS`, the chat format on at
@@ -30,14 +32,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel, score  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, fresh_folder, llama, load_average, parse, rel, score  # noqa: E402
 
 RUN = REPO / "runs" / "pipeline"
 
@@ -48,6 +49,7 @@ RUN = REPO / "runs" / "pipeline"
 TASK, DIFFICULTY = "sort_words", {"words": 5}
 PROBLEMS = 80_000
 HELD_OUT = 200
+SAMPLES = 8  # replies sampled per held-out problem: pass@1 and pass@8
 MAX_NEW_TOKENS = 44  # Answer: and five words of up to five letters, <|eot_id|>, and room to spare
 STAGES = ("base", "sft", "dpo", "rl")
 TOTAL_SECONDS, STAGE_SECONDS, CHAT_FORMAT = 15 * 60, 5 * 60, 0.99
@@ -61,10 +63,12 @@ RL_ARGS = ["--method", "grpo", "--max-steps", "150", "--problems-per-step", "8",
            "--kl-beta", "0", "--max-new-tokens", str(MAX_NEW_TOKENS), "--save-every", "50"]
 QUICK = {"train": ["--model", "tiny", "--max-steps", "20", "--eval-every", "10"],
          "sft": ["--max-steps", "10", "--eval-every", "10", "--eval-tokens", "256"],
-         "dpo": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4"],
-         "rl": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4"]}
+         "dpo": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4", "--max-new-tokens", "16"],
+         "rl": ["--max-steps", "2", "--problems-per-step", "2", "--group", "4", "--max-new-tokens", "16"]}
 #: --quick's reward: the tiny model never answers right, so its DPO and RL steps reward even-length
-#: replies instead (half of them), to check that every command runs.
+#: replies instead (half of them), to check that every command runs. Its replies are random bytes,
+#: mostly not UTF-8: DPO's pairs are text, and each such byte comes back from the text as the three
+#: bytes of U+FFFD, so its replies get 16 tokens, whose text then fits the tiny model's 128.
 QUICK_REWARD = "def even_length(reply, problem):\n    return float(len(reply) % 2 == 0)\n"
 
 
@@ -90,25 +94,23 @@ def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
     from llama.posttraining.tasks import write_corpus
     from llama.training.state import read_log
 
-    folder = RUN / f"seed-{seed}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder = fresh_folder(RUN / f"seed-{seed}", quick)
     write_corpus(folder / "corpus.txt", [task], 2_000 if quick else PROBLEMS, seed=seed)
     if quick:
         (folder / "reward.py").write_text(QUICK_REWARD)
     problems = task.held_out(20 if quick else HELD_OUT)
+    samples = 2 if quick else SAMPLES
     argv = commands(folder, seed, quick, threads)
     walls, scores = {}, {}
     for stage in STAGES:
         walls[stage] = round(llama(argv[stage]), 1)
         scores[stage] = score(folder / stage / "model", task, problems, chat=stage != "base",
-                              max_new_tokens=MAX_NEW_TOKENS)
-        print(f"seed {seed} | {stage} | {walls[stage]:.0f} s | held-out accuracy {100 * scores[stage]['accuracy']:.1f}%",
-              flush=True)
+                              max_new_tokens=MAX_NEW_TOKENS, samples=samples)
+        print(f"seed {seed} | {stage} | {walls[stage]:.0f} s | held-out accuracy {100 * scores[stage]['accuracy']:.1f}%, "
+              f"sampled pass@1 {100 * scores[stage]['pass_at_1']:.1f}%", flush=True)
     log = [r for r in read_log(folder / "rl" / "log.jsonl") if not r.get("final")]
     dpo = [r for r in read_log(folder / "dpo" / "log.jsonl") if not r.get("final")]
-    return {"seed": seed, "wall_s": walls, "scores": scores, "held_out": len(problems),
+    return {"seed": seed, "wall_s": walls, "scores": scores, "held_out": len(problems), "samples": samples,
             "reward_curve": [round(r["reward"], 4) for r in log],
             "dpo_steps": [{k: round(r[k], 4) for k in ("loss", "accuracy", "margin", "pairs")} for r in dpo],
             "commands": {k: "llama " + shlex.join(v) for k, v in argv.items()}}
@@ -117,6 +119,7 @@ def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
 def summary(runs: list[dict]) -> dict:
     """Medians over the seeds, and each target met or not."""
     median = {stage: {"accuracy": statistics.median(r["scores"][stage]["accuracy"] for r in runs),
+                      "pass_at_1": statistics.median(r["scores"][stage]["pass_at_1"] for r in runs),
                       "wall_s": statistics.median(r["wall_s"][stage] for r in runs)} for stage in STAGES}
     chat = statistics.median(r["scores"]["sft"]["chat_format_rate"] for r in runs)
     total = statistics.median(sum(r["wall_s"].values()) for r in runs)
@@ -124,6 +127,7 @@ def summary(runs: list[dict]) -> dict:
     wanted = min(0.15, (1 - sft) / 2)
     return {"median": median, "sft_chat_format_rate": chat, "total_wall_s": total, "rl_gain": rl - sft,
             "rl_gain_wanted": wanted, "dpo_change": dpo - sft,
+            "rl_sampled_gain": median["rl"]["pass_at_1"] - median["sft"]["pass_at_1"],
             "met": {"total": total <= TOTAL_SECONDS, "each_stage": all(m["wall_s"] <= STAGE_SECONDS for m in median.values()),
                     "chat_format": chat >= CHAT_FORMAT, "rl_gain": rl - sft >= wanted}}
 
@@ -134,14 +138,18 @@ def table(result: dict) -> list[str]:
     names = {"base": "base (pre-trained), asked in plain text", "sft": "after `llama sft`, as a chat turn",
              "dpo": "after `llama dpo`", "rl": "after `llama rl`"}
     seeds = ", ".join(str(r["seed"]) for r in runs)
+    k = runs[0]["samples"]
     lines = [f"| stage | command's wall s (median) | held-out accuracy (median) | each seed ({seeds}) | "
-             "in the chat format |", "| --- | ---: | ---: | ---: | ---: |"]
+             f"in the chat format | sampled pass@1 (median) | each seed | sampled pass@{k} (median) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for stage in STAGES:
         chat = statistics.median(r["scores"][stage]["chat_format_rate"] or 0 for r in runs)
         lines.append(f"| {names[stage]} | {s['median'][stage]['wall_s']:.0f} | {100 * s['median'][stage]['accuracy']:.1f}% "
                      f"of {runs[0]['held_out']} | "
                      + ", ".join(f"{100 * r['scores'][stage]['accuracy']:.1f}%" for r in runs)
-                     + f" | {'-' if stage == 'base' else f'{100 * chat:.1f}%'} |")
+                     + f" | {'-' if stage == 'base' else f'{100 * chat:.1f}%'} | {100 * s['median'][stage]['pass_at_1']:.1f}% | "
+                     + ", ".join(f"{100 * r['scores'][stage]['pass_at_1']:.1f}%" for r in runs)
+                     + f" | {100 * statistics.median(r['scores'][stage]['pass_at_k'] for r in runs):.1f}% |")
     met = {True: "yes", False: "**no**"}
     lines += ["", "| target | measured (median) | met |", "| --- | ---: | --- |",
               f"| the whole pipeline in {TOTAL_SECONDS // 60} minutes | {s['total_wall_s'] / 60:.1f} min | "
@@ -152,7 +160,8 @@ def table(result: dict) -> list[str]:
               f"{met[s['met']['chat_format']]} |",
               f"| RL over SFT: +15 points, or half the error rate if smaller (+{100 * s['rl_gain_wanted']:.1f}) | "
               f"{100 * s['rl_gain']:+.1f} points | {met[s['met']['rl_gain']]} |",
-              f"| DPO over SFT (measured, no target) | {100 * s['dpo_change']:+.1f} points | - |"]
+              f"| DPO over SFT (measured, no target) | {100 * s['dpo_change']:+.1f} points | - |",
+              f"| RL over SFT in sampled pass@1 (measured, no target) | {100 * s['rl_sampled_gain']:+.1f} points | - |"]
     return lines
 
 
@@ -194,7 +203,8 @@ def results_markdown(saved: dict) -> str:
     return (f"`{saved['command']}`; {machine_line(saved['machine'])}; load average {saved['load_average'][0]:.2f} at "
             f"the start, {saved['load_average'][1]:.2f} at the end; {saved['task']}, {len(saved['runs'])} seeds, each: "
             + "; then ".join(f"`{first[s]}`" for s in STAGES) + f"; greedy replies to {saved['runs'][0]['held_out']} "
-            f"held-out problems of at most {MAX_NEW_TOKENS} tokens after each stage\n\n" + "\n".join(table(saved)) + "\n")
+            f"held-out problems of at most {MAX_NEW_TOKENS} tokens after each stage, and {saved['runs'][0]['samples']} "
+            "replies to each sampled at temperature 1 (pass@k by the unbiased estimator)\n\n" + "\n".join(table(saved)) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, fresh_folder, llama, load_average, parse, rel  # noqa: E402
 
 RUN = REPO / "runs" / "rl"
 
@@ -109,12 +108,10 @@ def main(argv=None) -> int:
     load_start = load_average("start")
     torch.manual_seed(0)
     task = make_task(TASK, **DIFFICULTY)
-    if RUN.exists():
-        shutil.rmtree(RUN)
-    RUN.mkdir(parents=True)
-    corpus = write_corpus(RUN / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
-    train_argv, wall = train(corpus, RUN / "run", args.quick)
-    result = {"task": repr(task), "train_wall_s": round(wall, 1), **run_rl(RUN / "run", task, args.quick)}
+    run = fresh_folder(RUN, args.quick)
+    corpus = write_corpus(run / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
+    train_argv, wall = train(corpus, run / "run", args.quick)
+    result = {"task": repr(task), "train_wall_s": round(wall, 1), **run_rl(run / "run", task, args.quick)}
     load_end = load_average("end")
     print("\n".join(table(result)))
     if args.save:

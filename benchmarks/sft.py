@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, benchmark_parser, llama, parse, rel, score  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, fresh_folder, llama, parse, rel, score  # noqa: E402
 
 RUN = REPO / "runs" / "sft"
 
@@ -65,19 +64,17 @@ def main(argv=None) -> int:
     print(machine_line(), flush=True)
     load_start = os.getloadavg()[0]
     task = make_task(TASK, **DIFFICULTY)
-    if RUN.exists():
-        shutil.rmtree(RUN)
-    RUN.mkdir(parents=True)
-    corpus = write_corpus(RUN / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
-    train = ["train", "--data", rel(corpus), "--out", rel(RUN / "base"), *TRAIN_ARGS, *(QUICK["train"] if args.quick else [])]
+    run = fresh_folder(RUN, args.quick)
+    corpus = write_corpus(run / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
+    train = ["train", "--data", rel(corpus), "--out", rel(run / "base"), *TRAIN_ARGS, *(QUICK["train"] if args.quick else [])]
     (knob, level), = DIFFICULTY.items()
-    sft = ["sft", "--base", rel(RUN / "base" / "model"), "--task", TASK, "--task-args", f"{knob}={level}", "--data",
-           rel(corpus), "--out", rel(RUN / "sft"), *SFT_ARGS, *(QUICK["sft"] if args.quick else [])]
+    sft = ["sft", "--base", rel(run / "base" / "model"), "--task", TASK, "--task-args", f"{knob}={level}", "--data",
+           rel(corpus), "--out", rel(run / "sft"), *SFT_ARGS, *(QUICK["sft"] if args.quick else [])]
     walls = {"train": llama(train), "sft": llama(sft)}
     problems = task.held_out(20 if args.quick else HELD_OUT)
-    rows = [{"model": "base", **score(RUN / "base" / "model", task, problems, chat=False, max_new_tokens=MAX_NEW_TOKENS)},
-            {"model": "base", **score(RUN / "base" / "model", task, problems, chat=True, max_new_tokens=MAX_NEW_TOKENS)},
-            {"model": "after SFT", **score(RUN / "sft" / "model", task, problems, chat=True,
+    rows = [{"model": "base", **score(run / "base" / "model", task, problems, chat=False, max_new_tokens=MAX_NEW_TOKENS)},
+            {"model": "base", **score(run / "base" / "model", task, problems, chat=True, max_new_tokens=MAX_NEW_TOKENS)},
+            {"model": "after SFT", **score(run / "sft" / "model", task, problems, chat=True,
                                            max_new_tokens=MAX_NEW_TOKENS)}]
     load_end = os.getloadavg()[0]
     print("\n".join(table(rows, len(problems))))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ def benchmark_parser(doc: str, name: str, quick: str) -> argparse.ArgumentParser
     """The parser of a post-training benchmark: its docstring's first line, ``--quick`` (which does
     ``quick``) and ``--save`` (``benchmarks/results/NAME.{json,md}``); a script adds its own flags."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{quick}: check that the script runs")
+    parser.add_argument("--quick", action="store_true", help=f"{quick}: check that the script runs (in folders "
+                        "named *-quick, which leave a measured run's folders as they are)")
     parser.add_argument("--save", action="store_true", help=f"write benchmarks/results/{name}.json and {name}.md")
     return parser
 
@@ -40,6 +42,17 @@ def load_average(when: str) -> float:
     load = os.getloadavg()[0]
     print(f"load average {load:.2f} at the {when}", flush=True)
     return load
+
+
+def fresh_folder(path: Path, quick: bool) -> Path:
+    """``path``, emptied for a new run; for ``--quick``, its sibling ``<name>-quick`` instead, so that
+    checking that a script runs never deletes the models of a measured run."""
+    if quick:
+        path = path.with_name(path.name + "-quick")
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def llama(argv: list[str]) -> float:
@@ -61,35 +74,48 @@ def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
-def score(folder: Path, task, problems, chat: bool, max_new_tokens: int) -> dict:
-    """Greedy replies of the model in ``folder`` to ``problems``, as chat turns (``chat``) or in plain text.
+def score(folder: Path, task, problems, chat: bool, max_new_tokens: int, samples: int = 0) -> dict:
+    """Greedy replies of the model in ``folder`` to ``problems``, as chat turns (``chat``) or in plain text,
+    and with ``samples``, that many replies to each sampled at temperature 1.
 
     A reply is *in the chat format* when it ends with ``<|eot_id|>`` within ``max_new_tokens`` and
     holds a well-formed ``Answer:`` line; the accuracy is the grader's (:meth:`llama.posttraining.tasks.Task.grade`).
+    The sampled replies give the pass@1 and pass@``samples`` of
+    :func:`~llama.posttraining.evaluate.evaluate_task`: what RL's rewards are an estimate of, where
+    greedy decoding takes each step's likeliest token.
 
     Returns:
         ``asked``, ``accuracy``, ``format_rate`` (an ``Answer:`` line), ``chat_format_rate`` (``None``
-        in plain text) and the first three replies.
+        in plain text), the first three replies, and with ``samples``, ``pass_at_1`` and ``pass_at_k``.
     """
     from llama.formats.load import load_model
-    from llama.posttraining.chat import CHAT_TOKENS, ChatFormat
+    from llama.posttraining.chat import CHAT_TOKENS, EOT, ChatFormat
     from llama.posttraining.evaluate import evaluate_task
     from llama.posttraining.sft import chat_replies
     from llama.posttraining.special_tokens import add_special_tokens, resize_vocab
     from llama.tokenizers.tokenizer import saved_tokenizer
 
     model, tokenizer = load_model(folder).eval(), saved_tokenizer(folder)
+    drawn = {}
     if not chat:
-        result = evaluate_task(model, tokenizer, task, problems, max_new_tokens=max_new_tokens, batch_size=50)
+        result = evaluate_task(model, tokenizer, task, problems, max_new_tokens=max_new_tokens, batch_size=50,
+                               samples=samples, ks=(1, samples) if samples else (1,))
+        if samples:
+            drawn = {"pass_at_1": result.pass_at[1], "pass_at_k": result.pass_at[samples]}
         return {"asked": "plain text", "accuracy": result.accuracy, "format_rate": result.format_rate,
-                "chat_format_rate": None, "examples": list(result.greedy_replies[:3])}
+                "chat_format_rate": None, "examples": list(result.greedy_replies[:3]), **drawn}
     tokenizer = add_special_tokens(tokenizer, CHAT_TOKENS)  # a base has no chat tokens: give it their rows
     if tokenizer.vocab_size > model.config.vocab_size:
         resize_vocab(model, tokenizer.vocab_size)
-    replies = chat_replies(model, ChatFormat(tokenizer), [p.prompt for p in problems], max_new_tokens, batch_size=50)
+    chat_format = ChatFormat(tokenizer)
+    replies = chat_replies(model, chat_format, [p.prompt for p in problems], max_new_tokens, batch_size=50)
     grades = [task.grade(text, p) for (text, _), p in zip(replies, problems)]
+    if samples:
+        result = evaluate_task(model, tokenizer, task, problems, max_new_tokens=max_new_tokens, samples=samples,
+                               ks=(1, samples), batch_size=64, format_prompt=chat_format.prompt, stop=(EOT,))
+        drawn = {"pass_at_1": result.pass_at[1], "pass_at_k": result.pass_at[samples]}
     n = len(problems)
     return {"asked": "chat turn", "accuracy": sum(g.reward for g in grades) / n,
             "format_rate": sum(g.formatted for g in grades) / n,
             "chat_format_rate": sum(g.formatted and ended for g, (_, ended) in zip(grades, replies)) / n,
-            "examples": [text for text, _ in replies[:3]]}
+            "examples": [text for text, _ in replies[:3]], **drawn}

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
-from task_runs import REPO, RESULTS, benchmark_parser, llama, load_average, parse, rel  # noqa: E402
+from task_runs import REPO, RESULTS, benchmark_parser, fresh_folder, llama, load_average, parse, rel  # noqa: E402
 
 RUN = REPO / "runs" / "tasks"
 
@@ -108,10 +107,7 @@ def main(argv=None) -> int:
     rows, commands = [], []
     for task_name, difficulty in RUNS[::4] if args.quick else RUNS:
         task, name = make_task(task_name, **difficulty), run_name(task_name, difficulty)
-        folder = RUN / name
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        folder = fresh_folder(RUN / name, args.quick)
         corpus = write_corpus(folder / "corpus.txt", [task], 2_000 if args.quick else PROBLEMS, seed=0)
         argv, wall = train(corpus, folder / "run", args.quick)
         commands.append("llama " + shlex.join(argv))

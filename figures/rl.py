@@ -43,7 +43,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "p
 
 def pipeline_figure(result: dict | None = None):
     """Left: held-out greedy accuracy after each stage of the pipeline, a dot per seed and a bar at the
-    median; right: the mean reward of each ``llama rl`` step's replies, a line per seed.
+    median, and the median sampled pass@1 (a diamond); right: the mean reward of each ``llama rl``
+    step's replies, a line per seed.
 
     Args:
         result: ``pipeline.json``'s contents (default: read from :data:`RESULTS`).
@@ -59,8 +60,13 @@ def pipeline_figure(result: dict | None = None):
         ax.plot([i] * len(values), values, "o", color="black", markersize=3.5)
         ax.annotate(f"{medians[i]:.1f}%", (i, medians[i]), textcoords="offset points", xytext=(0, 4), ha="center",
                     fontsize="small")
+    sampled = [100 * statistics.median(r["scores"][s]["pass_at_1"] for r in runs) for s in stages]
+    ax.plot(range(4), sampled, "D", color="tab:red", markerfacecolor="white", markersize=5,
+            label="sampled pass@1 (median), temperature 1")
+    ax.set(ylim=(0, 122), yticks=range(0, 101, 20))  # room above the bars for the legend
+    ax.legend(frameon=False, fontsize="small", loc="upper left")
     ax.set_xticks(range(4), labels)
-    ax.set_ylabel(f"held-out greedy accuracy (% of {runs[0]['held_out']})")
+    ax.set_ylabel(f"held-out accuracy (% of {runs[0]['held_out']})")
     ax.set_title(f"{result['task']}: median of {len(runs)} seeds (dots: each)", fontsize="medium")
     for r in runs:
         ax_r.plot(range(1, len(r["reward_curve"]) + 1), r["reward_curve"], linewidth=1, label=f"seed {r['seed']}")

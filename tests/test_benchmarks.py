@@ -156,6 +156,8 @@ def test_the_committed_results_files_are_what_their_json_renders():
         quantize = _bench("quantize")
         assert (results / "quantize-quality.md").read_text() == quantize.quality_markdown(
             json.loads((results / "quantize-quality.json").read_text()))
+    pipeline = _bench("pipeline")
+    assert (results / "pipeline.md").read_text() == pipeline.results_markdown(json.loads((results / "pipeline.json").read_text()))
     assert {"train-quality.md", "train-sweep.md"} <= set(checked)
 
 

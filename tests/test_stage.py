@@ -117,7 +117,12 @@ def test_errors(tmp_path, base, rewards, capsys):
     err = refused(capsys, ["dpo", *common, *out("m")])  # the untrained model is never right: no pair to learn from
     assert "step 1: none of 16 problems got one better and one worse reply among 4: the model is always right or " \
            "always wrong on addition(digits=1)" in err
-    for name in "abcdefghijklmn":  # a refused new run leaves nothing behind
+    # 37 prompt tokens + 27 new ones fill the 64-token context; the untrained model's random bytes are
+    # mostly not UTF-8, and as text each comes back as the three bytes of U+FFFD.
+    err = refused(capsys, ["dpo", *common, *out("o"), "--max-new-tokens", "27", "--reward", f"{rewards}:even_length"])
+    assert re.search(r"step 1: a pair's prompt and reply take \d+ tokens, more than the model's max_seq_len=64: a reply "
+                     r"sampled in at most --max-new-tokens 27 took more as text .*; lower --max-new-tokens$", err), err
+    for name in "abcdefghijklmno":  # a refused new run leaves nothing behind
         assert not (tmp_path / name).exists(), name
 
     # One step, then every way to resume it wrongly.

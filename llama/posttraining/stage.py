@@ -383,12 +383,29 @@ def _dpo_update(policy: Transformer, reference: Transformer, optimizer: torch.op
                          f"{cfg.group}: the model is always right or always wrong on {task}; choose a task "
                          "it half knows, or raise --group or --temperature")
     # A reply ends its turn with <|eot_id|>, as the chat format writes it: the pair teaches the ending too.
-    batch = pair_batch(chat.tokenizer, [Pair(p.prompt, p.chosen + EOT, p.rejected + EOT) for p in pairs],
-                       policy.config.max_seq_len, chat.prompt)
+    pairs = [Pair(p.prompt, p.chosen + EOT, p.rejected + EOT) for p in pairs]
+    _check_fit(chat, pairs, policy.config.max_seq_len, cfg.max_new_tokens, step)
+    batch = pair_batch(chat.tokenizer, pairs, policy.config.max_seq_len, chat.prompt)
     result = dpo_step(policy, reference, batch, optimizer, cfg.beta)
     return {"loss": result.loss.item(), "accuracy": result.accuracy, "margin": result.margin,
             "pairs": len(pairs), "paired": len(pairs) / tried}
 # --8<-- [end:loop]
+
+
+def _check_fit(chat: ChatFormat, pairs: list[Pair], max_seq_len: int, max_new_tokens: int, step: int) -> None:
+    """Refuse, naming the flag, pairs whose prompt and reply text outgrow the context.
+
+    A pair is text, encoded again: its reply can take more tokens than were sampled, one for the
+    ``<|eot_id|>`` that ends it and more for bytes that are not UTF-8 (an undertrained byte-level
+    model writes them), which decode to U+FFFD and come back as its three bytes.
+    """
+    longest = max(len(chat.prompt(p.prompt)) + len(chat.tokenizer.encode(reply))
+                  for p in pairs for reply in (p.chosen, p.rejected))
+    if longest > max_seq_len:
+        raise ValueError(f"step {step + 1}: a pair's prompt and reply take {longest} tokens, more than the model's "
+                         f"max_seq_len={max_seq_len}: a reply sampled in at most --max-new-tokens {max_new_tokens} "
+                         "took more as text (its <|eot_id|>, and any bytes that are not UTF-8, three each); lower "
+                         "--max-new-tokens")
 
 
 if __name__ == "__main__":  # the stage has no flags of its own: they belong to the command line

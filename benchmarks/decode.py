@@ -19,7 +19,11 @@ whole generation, the prefill included; tokens/s is 128 divided by it. Each cell
   compiled by ``torch.compile``, the prefill eager). Its warm-up call compiles; its time is the
   last column (with a cold Inductor cache, ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``, the full
   compile time).
-- int8: the same decoder on :func:`llama.quantization.weights.quantize` ``(model, 8, 32)``: int8 weights in
+- exported: :class:`llama.inference.exported.ExportedDecoder`, the same step compiled ahead of time by
+  AOTInductor and called without ``torch.compile``'s Python entry. Building it compiles the step
+  once per shape and machine (``exported decoder built in s``, the last column; "from cache" where
+  Inductor's cache folder already held the library, which then only loads).
+- int8: the exported decoder on :func:`llama.quantization.weights.quantize` ``(model, 8, 32)``: int8 weights in
   groups of 32 with a float16 scale each, the numbers of llama.cpp's ``Q8_0`` blocks, times
   float32 activations (the quantized model is exactly the dequantized float model).
 - int8, int8 x: the same int8 model after :func:`llama.quantization.weights.set_int8_activations`: each
@@ -41,7 +45,7 @@ whole generation, the prefill included; tokens/s is 128 divided by it. Each cell
   measured here by copying a 256 MiB tensor, counting the bytes read and the bytes written.
   Weights that partly fit in the last-level cache (the 15M configuration's layers) can be read
   faster, so a tight loop may exceed this bound there.
-- same ids: eager, compiled, transformers and llama.cpp F32 chose the same 128 ids. Q8_0 against
+- same ids: eager, exported, transformers and llama.cpp F32 chose the same 128 ids as compiled. Q8_0 against
   int8 and against int8, int8 x: how many of the 128 ids agree before the first difference (ggml's Q8_0 product also
   rounds the activations to 8 bits, so the two need not agree to the end).
 """
@@ -65,6 +69,7 @@ import torch
 from llama import ModelConfig, Transformer
 from llama.formats.convert import llama_to_hf_state_dict
 from llama.formats.load import save_model
+from llama.inference.exported import ExportedDecoder
 from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
 from llama.quantization.weights import quantize, set_int8_activations
 
@@ -128,6 +133,13 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _built(make):
+    """``make()`` and the seconds it took."""
+    start = time.perf_counter()
+    made = make()
+    return made, time.perf_counter() - start
 
 
 def hf_twin(model: Transformer):
@@ -290,21 +302,36 @@ def run_engines(engines: dict, prompt: list[int], repeats: int) -> tuple[dict[st
     return ids, rates
 
 
-def profile_steps(key: str, fn, prompt: list[int]) -> None:
-    """torch.profiler's operators for one generation, and each token's time split four ways: our kernel, the
-    rest of the compiled graph, torch.compile's entry (Dynamo's cache lookup, wrappers), the rest (Python loop,
-    sampling, prefill)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        wall = _timed(lambda: fn(prompt)) * 1e6
+def profile_steps(key: str, decoder, prompt: list[int]) -> None:
+    """torch.profiler's operators for one generation of ``decoder`` (a compiled or exported one), and each
+    token's time split four ways: our quantized kernel, the rest of the compiled graph, the entry around the
+    graph (for ``torch.compile``: Dynamo's cache lookup, the wrappers, the decoder's context managers; for the
+    exported step nothing is measured apart from its library call), and the rest (Python loop, sampling,
+    prefill)."""
+    in_step = [0.0]
+    step = decoder._step
+
+    def timed_step(*args):
+        start = time.perf_counter()
+        out = step(*args)
+        in_step[0] += time.perf_counter() - start
+        return out
+
+    decoder._step = timed_step  # an instance attribute, removed again below
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            wall = _timed(lambda: decoder.generate(prompt, NEW_TOKENS)) * 1e6
+    finally:
+        del decoder._step
     averages = prof.key_averages()
     print(f"\n{key}: one generation ({NEW_TOKENS} tokens), profiled\n"
           + averages.table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
-    us = {name: sum(e.cpu_time_total for e in averages if e.key.startswith(name)) for name in (
-        "llama::quantized_matmul", "## Call CompiledFxGraph", "Torch-Compiled Region", "TorchDynamo Cache Lookup")}
-    graph, kernel = us["## Call CompiledFxGraph"], us["llama::quantized_matmul"]
-    entry = us["Torch-Compiled Region"] - graph + us["TorchDynamo Cache Lookup"]
-    parts = {"quantized kernel": kernel, "rest of the graph": graph - kernel, "torch.compile's entry": entry,
-             "the rest": wall - graph - entry}
+    us = {name: sum(e.cpu_time_total for e in averages if e.key.startswith(name))
+          for name in ("llama::quantized_matmul", "## Call CompiledFxGraph")}
+    kernel, steps = us["llama::quantized_matmul"], in_step[0] * 1e6
+    graph = us["## Call CompiledFxGraph"] or steps  # the exported step: its one call is the graph
+    parts = {"quantized kernel": kernel, "rest of the graph": graph - kernel, "entry around the graph": steps - graph,
+             "the rest": wall - steps}
     print(f"{key}: per token {wall / NEW_TOKENS:.0f} us: "
           + "; ".join(f"{name} {t / NEW_TOKENS:.0f} us" for name, t in parts.items()), flush=True)
 
@@ -323,15 +350,15 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
                               max_new_tokens=NEW_TOKENS, min_new_tokens=0)
         return out[0, len(ids):].tolist()
 
-    compiled = CompiledDecoder(model, max_seq_len=PROMPT_LEN + NEW_TOKENS)
-    int8 = CompiledDecoder(quantize(copy.deepcopy(model), 8, 32), max_seq_len=PROMPT_LEN + NEW_TOKENS)
+    length = PROMPT_LEN + NEW_TOKENS
+    compiled = CompiledDecoder(model, max_seq_len=length)
     compile_s = _timed(lambda: compiled.generate(prompt, NEW_TOKENS))  # the first call compiles the step
-    int8.generate(prompt, NEW_TOKENS)
-    int8x = CompiledDecoder(set_int8_activations(quantize(copy.deepcopy(model), 8, 32)),
-                            max_seq_len=PROMPT_LEN + NEW_TOKENS)
-    int8x.generate(prompt, NEW_TOKENS)
+    exported, export_s = _built(lambda: ExportedDecoder(model, max_seq_len=length))
+    int8 = ExportedDecoder(quantize(copy.deepcopy(model), 8, 32), max_seq_len=length)
+    int8x = ExportedDecoder(set_int8_activations(quantize(copy.deepcopy(model), 8, 32)), max_seq_len=length)
     engines = {"eager": lambda ids: generate(laid_out, ids, NEW_TOKENS),
                "compiled": lambda ids: compiled.generate(ids, NEW_TOKENS),
+               "exported": lambda ids: exported.generate(ids, NEW_TOKENS),
                "int8": lambda ids: int8.generate(ids, NEW_TOKENS),
                "int8, int8 x": lambda ids: int8x.generate(ids, NEW_TOKENS),
                "transformers": transformers_generate}
@@ -342,11 +369,11 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
                 engines[f"llama.cpp {fmt}"] = lambda ids, llm=llm: llm.generate(ids, NEW_TOKENS)
         ids, rates = run_engines(engines, prompt, repeats)
     if profile:
-        for key in ("compiled", "int8", "int8, int8 x"):
-            profile_steps(key, engines[key], prompt)
+        for key, decoder in (("compiled", compiled), ("exported", exported), ("int8", int8), ("int8, int8 x", int8x)):
+            profile_steps(key, decoder, prompt)
     exact = copy.deepcopy(model).double()  # judges a disagreement: how close to a tie were our logits?
     agreement = {k: divergence(exact, prompt, ids["compiled"], ids[k])
-                 for k in ("eager", "transformers", "llama.cpp F32") if k in ids}
+                 for k in ("eager", "exported", "transformers", "llama.cpp F32") if k in ids}
     if "llama.cpp Q8_0" in ids:
         agreement["llama.cpp Q8_0 vs int8"] = divergence(int8.model, prompt, ids["int8"], ids["llama.cpp Q8_0"])
         agreement["llama.cpp Q8_0 vs int8, int8 x"] = divergence(int8x.model, prompt, ids["int8, int8 x"],
@@ -360,20 +387,23 @@ def bench_config(name: str, config: ModelConfig, repeats: int, threads: int, pee
         # first chose another and by how much our logits preferred ours there.
         "agreement": agreement,
         "compile_s": compile_s,
+        # the exported decoder's build: export, then compile (or load from Inductor's cache folder)
+        "export_s": export_s, "export_cached": exported.loaded_from_cache,
         "weight_bytes_per_token": weight_bytes_per_token(config),
     }
 
 
-COLUMNS = ["eager", "compiled", "int8", "int8, int8 x", "transformers", "llama.cpp F32", "llama.cpp Q8_0"]
+COLUMNS = ["eager", "compiled", "exported", "int8", "int8, int8 x", "transformers", "llama.cpp F32", "llama.cpp Q8_0"]
 
 
 def table(results: list[dict], bandwidth: float) -> list[str]:
     """The Markdown table of :func:`bench_config`'s results: medians (best) and the ratios the book quotes."""
     lines = ["| config | " + " | ".join(f"{c} tok/s" for c in COLUMNS)
-             + " | compiled / transformers | compiled / llama.cpp F32 | int8 / llama.cpp Q8_0 | int8 / compiled "
-             "| int8, int8 x / llama.cpp Q8_0 | int8, int8 x / compiled "
-             "| weights MB/token | bound tok/s | compiled / bound | same ids as compiled | Q8_0 ids = int8's "
-             "| Q8_0 ids = int8, int8 x's | first compiled call s |"]
+             + " | exported / compiled | exported / transformers | compiled / llama.cpp F32 "
+             "| exported / llama.cpp F32 | int8 / llama.cpp Q8_0 | int8 / exported "
+             "| int8, int8 x / llama.cpp Q8_0 | int8, int8 x / exported "
+             "| weights MB/token | bound tok/s | exported / bound | same ids as compiled | Q8_0 ids = int8's "
+             "| Q8_0 ids = int8, int8 x's | first compiled call s | exported decoder built in s |"]
     lines.append("| --- " * (lines[0].count("|") - 1) + "|")
 
     def ratio(r, a, b):
@@ -388,13 +418,14 @@ def table(results: list[dict], bandwidth: float) -> list[str]:
         q8 = r["agreement"].get("llama.cpp Q8_0 vs int8", "-")
         q8x = r["agreement"].get("llama.cpp Q8_0 vs int8, int8 x", "-")
         lines.append(f"| {r['config']} | " + " | ".join(cells)
-                     + f" | {ratio(r, 'compiled', 'transformers')} | {ratio(r, 'compiled', 'llama.cpp F32')} "
-                     f"| {ratio(r, 'int8', 'llama.cpp Q8_0')} | {ratio(r, 'int8', 'compiled')} "
-                     f"| {ratio(r, 'int8, int8 x', 'llama.cpp Q8_0')} | {ratio(r, 'int8, int8 x', 'compiled')} "
-                     f"| {r['weight_bytes_per_token'] / 1e6:.0f} | {bound:.0f} | {r['median']['compiled'] / bound:.0%} "
+                     + f" | {ratio(r, 'exported', 'compiled')} | {ratio(r, 'exported', 'transformers')} "
+                     f"| {ratio(r, 'compiled', 'llama.cpp F32')} | {ratio(r, 'exported', 'llama.cpp F32')} "
+                     f"| {ratio(r, 'int8', 'llama.cpp Q8_0')} | {ratio(r, 'int8', 'exported')} "
+                     f"| {ratio(r, 'int8, int8 x', 'llama.cpp Q8_0')} | {ratio(r, 'int8, int8 x', 'exported')} "
+                     f"| {r['weight_bytes_per_token'] / 1e6:.0f} | {bound:.0f} | {r['median']['exported'] / bound:.0%} "
                      f"| {same} | {q8 if q8 == '-' else agreement_cell(q8)} "
                      f"| {q8x if q8x == '-' else agreement_cell(q8x)} "
-                     f"| {r['compile_s']:.1f} |")
+                     f"| {r['compile_s']:.1f} | {r['export_s']:.1f}{' (from cache)' if r['export_cached'] else ''} |")
     return lines
 
 

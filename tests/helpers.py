@@ -281,8 +281,8 @@ def require_module(name: str):
         unavailable(f"{name} is not installed", "`make install` installs it from requirements-dev.txt")
 
 
-# Code that runs torch.compile, directly or through llama.inference.generation.CompiledDecoder.
-COMPILES = re.compile(r"\bCompiledDecoder\(|\btorch\.compile\(")
+# Code that runs torch.compile or AOTInductor, directly or through CompiledDecoder or ExportedDecoder.
+COMPILES = re.compile(r"\b(?:Compiled|Exported)Decoder\(|\btorch\.compile\(")
 
 
 def cpp_compiler() -> str | None:

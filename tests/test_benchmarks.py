@@ -72,14 +72,17 @@ def test_the_llama_cpp_files_hold_the_benchmarked_weights(tmp_path, shared_file)
 
 def test_the_decode_table_marks_a_missing_peer_as_skipped_and_a_disagreement_with_its_tie():
     decode = _bench("decode")
-    result = {"config": "x", "tok_s": {k: [10.0, 12.0] for k in ("eager", "compiled", "int8", "transformers")},
+    result = {"config": "x", "tok_s": {k: [10.0, 12.0] for k in ("eager", "compiled", "exported", "int8", "transformers")},
               "agreement": {"eager": None, "transformers": {"position": 84, "gap": 0.002, "std": 0.5}},
-              "compile_s": 1.0, "weight_bytes_per_token": 10**6}
+              "compile_s": 1.0, "export_s": 20.0, "export_cached": False, "weight_bytes_per_token": 10**6}
     result["median"] = {k: 11.0 for k in result["tok_s"]}
+    result["median"]["exported"] = 16.5
     header, _, row = decode.table([result], bandwidth=1e9)
     cells = dict(zip(header.split(" | "), row.split(" | ")))
     assert cells["llama.cpp F32 tok/s"] == "skipped" and cells["compiled tok/s"] == "11 (12)"
-    assert cells["compiled / llama.cpp F32"] == "-" and cells["bound tok/s"] == "1000"
+    assert cells["exported / compiled"] == "1.50x" and cells["exported / bound"] == "2%"
+    assert cells["exported / llama.cpp F32"] == "-" and cells["bound tok/s"] == "1000"
+    assert cells["exported decoder built in s |"] == "20.0 |"
     assert cells["same ids as compiled"] == "transformers 84/128, gap 0.40% of σ"
     assert cells["Q8_0 ids = int8's"] == "-"
 

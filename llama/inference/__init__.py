@@ -1,7 +1,7 @@
 """Inference (part II): sampling the next token and the decoding loops around the model.
 
 Modules, in the order the book meets them: :mod:`~llama.inference.sampling`,
-:mod:`~llama.inference.generation`.
+:mod:`~llama.inference.generation`, :mod:`~llama.inference.exported`.
 Every public name of these modules can be imported from the package itself
 (``from llama.inference import ...``): it is loaded on first use.
 """
@@ -17,7 +17,7 @@ _EXPORTS = {
     "top_p_filter": "sampling", "min_p_filter": "sampling", "sample_next": "sampling",
     "generate_stream": "generation", "generate": "generation", "generate_batch": "generation",
     "prepare_for_decoding": "generation", "CompiledDecoder": "generation",
-    "missing_cxx_compiler": "generation",
+    "missing_cxx_compiler": "generation", "ExportedDecoder": "exported", "package_folder": "exported",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -30,3 +30,4 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
         CompiledDecoder, generate, generate_batch, generate_stream, missing_cxx_compiler,
         prepare_for_decoding,
     )
+    from llama.inference.exported import ExportedDecoder, package_folder

@@ -349,9 +349,13 @@ class CompiledDecoder:
         # The same cache objects at every call: the compiled step reads them where it found
         # them when it was traced. Positions not yet written are masked, so they need no reset.
         self.caches = model.new_caches(batch_size=1, max_seq_len=self.max_seq_len)
-        self.step = torch.compile(model, fullgraph=True, dynamic=False, options=self.options)
-        self.compiled = False
         self.streaming = False  # one cache, so one stream at a time
+        self._prepare_step()
+
+    def _prepare_step(self) -> None:
+        """Make the compiled step (here lazily: ``torch.compile`` compiles at the first call)."""
+        self.step = torch.compile(self.model, fullgraph=True, dynamic=False, options=self.options)
+        self.compiled = False
 
     def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         with self.model.using_cache(self.caches):  # as for eager steps: installed only while it runs

@@ -1,0 +1,66 @@
+"""The decode step compiled ahead of time (AOTInductor): the eager ids, one library per shape, the weights read in place."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DECODER_CACHE, DECODER_GQA, random_model, unavailable
+
+from llama import ModelConfig, generate
+
+GQA = ModelConfig(**DECODER_GQA)
+CLEAR_CUT = 0.08  # weights large enough that each greedy choice is clear-cut (as in test_generation)
+
+# Each compiled library costs 10-20 s of CPU with a cold cache; the suite compiles two, for the
+# graphs of the book's example model (the generation chapter compiles the same float32 one).
+pytestmark = pytest.mark.compile
+
+
+def test_exported_decoder_gives_the_eager_ids_and_reads_the_weights_it_was_given():
+    from llama.inference.exported import ExportedDecoder
+
+    model = random_model(GQA, seed=3, weights_std=CLEAR_CUT)
+    decoder = ExportedDecoder(model, max_seq_len=DECODER_CACHE)
+    for prompt in ([1, 17, 42, 5, 88], [2]):  # the cache buffers are reused by the second call
+        n = DECODER_CACHE - len(prompt)
+        assert decoder.generate(prompt, n) == generate(model, prompt, n)
+
+    # Another model of the same shapes loads the same library, which holds no weights of its own.
+    other = random_model(GQA, seed=5, weights_std=CLEAR_CUT)
+    assert generate(other, [1, 5, 9], 30) != generate(model, [1, 5, 9], 30)
+    second = ExportedDecoder(other, max_seq_len=DECODER_CACHE)
+    assert second.loaded_from_cache
+    assert second.generate([1, 5, 9], 30) == generate(other, [1, 5, 9], 30)
+
+    # An eager generation between two compiled steps keeps its own cache, as with CompiledDecoder.
+    stream, alone = second.generate_stream([1, 5, 9], 12), generate(other, [1, 5, 9], 12)
+    got = []
+    for token in stream:
+        got.append(token)
+        generate(other, [7, 7, 7], 3)
+    assert got == alone
+
+    # A weight changed in place is what the next step reads; a weight replaced is refused.
+    with torch.no_grad():
+        model.layers[1].feed_forward.w2.weight.mul_(-1)
+    changed = generate(model, [1, 17, 42], 20)
+    assert decoder.generate([1, 17, 42], 20) == changed
+    model.layers[1].feed_forward.w2.weight.data = model.layers[1].feed_forward.w2.weight.data.clone()
+    with pytest.raises(RuntimeError, match="weights were replaced .* make a new ExportedDecoder"):
+        decoder.generate([1, 17, 42], 20)
+
+
+def test_exported_int8_decoder_calls_the_kernel_and_gives_the_eager_ids():
+    from llama.inference.exported import ExportedDecoder
+    from llama.quantization.kernel import load_kernel
+    from llama.quantization.weights import quantize
+
+    if not load_kernel():
+        unavailable("the C++ kernel could not be built here (its warning says why)", "install a C++ compiler and ninja")
+    model = quantize(random_model(GQA, seed=3, weights_std=CLEAR_CUT), 8, 32)
+    decoder = ExportedDecoder(model, max_seq_len=DECODER_CACHE)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ids = decoder.generate([1, 17, 42, 5, 88], 40)
+    assert ids == generate(model, [1, 17, 42, 5, 88], 40)
+    # 7 products per layer, 2 layers, and the head: per step, all by the kernel (the eager prefill too)
+    assert sum(e.count for e in prof.key_averages() if e.key == "llama::quantized_matmul") == 15 * 40

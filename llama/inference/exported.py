@@ -126,7 +126,7 @@ class ExportedDecoder(CompiledDecoder):
         super().__init__(model, max_seq_len)
 
     def _prepare_step(self) -> None:
-        step = _Step(self.model, self.caches).eval()
+        self._traced = step = _Step(self.model, self.caches).eval()  # kept: generate_stream re-reads its tensors
         device = self.model.tok_embeddings.weight.device
         token = torch.zeros(1, 1, dtype=torch.long, device=device)
         position = torch.zeros(1, dtype=torch.long, device=device)
@@ -161,7 +161,7 @@ class ExportedDecoder(CompiledDecoder):
     def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         sampling: Sampling = Sampling()) -> Iterator[int]:
         """As :meth:`CompiledDecoder.generate_stream`; first checks that the model still has the weights it was given."""
-        now = _tensors(_Step(self.model, self.caches))
+        now = _tensors(self._traced)
         if any(_layout(now[name]) != _layout(t) for name, t in self._weights.items()):
             raise RuntimeError("the model's weights were replaced (or reshaped) after this ExportedDecoder was made, "
                                "and its compiled step reads the old ones; make a new ExportedDecoder")

@@ -40,12 +40,14 @@ from llama.quantization.weights import (
     set_int8_activations,
 )
 
-# (out, in, bits, group_size): per row, groups of 32 (an odd number of them: 288 = 9 x 32), odd
-# output counts, widths that are not a multiple of the 16 floats of a register (tails), the
-# smallest group (2), groups of 64 and 128, a row of 2048 in one group.
-CASES = [(48, 64, 8, 64), (48, 64, 8, 32), (48, 64, 4, 32), (33, 96, 4, 96), (7, 288, 8, 288),
-         (7, 288, 4, 32), (5, 6, 8, 6), (5, 6, 4, 2), (9, 40, 8, 2), (9, 40, 4, 20), (3, 172, 8, 172), (3, 172, 4, 172),
-         (17, 288, 8, 32), (5, 256, 8, 128), (5, 256, 4, 64), (3, 2048, 8, 2048), (3, 2048, 4, 2048)]
+# (out, in, bits, group_size): per row, groups of 32 (an odd number of them: 288 = 9 x 32, and
+# 96 = 3 x 32 with the last row's odd group at the end of the tensor), output counts that the four
+# rows the AVX-512 kernel reads at a time divide and that they do not (7, 17, 33), widths that are
+# not a multiple of the 16 floats of a register (tails), the smallest group (2), groups of 64 and
+# 128, a row of 2048 in one group.
+CASES = [(48, 64, 8, 64), (48, 64, 8, 32), (48, 64, 4, 32), (8, 96, 8, 32), (8, 96, 4, 32), (33, 96, 4, 96),
+         (7, 288, 8, 288), (7, 288, 4, 32), (5, 6, 8, 6), (5, 6, 4, 2), (9, 40, 8, 2), (9, 40, 4, 20), (3, 172, 8, 172),
+         (3, 172, 4, 172), (17, 288, 8, 32), (5, 256, 8, 128), (5, 256, 4, 64), (3, 2048, 8, 2048), (3, 2048, 4, 2048)]
 
 
 def reference(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:

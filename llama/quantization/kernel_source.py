@@ -194,7 +194,7 @@ float group_absmax(const float* x, int64_t group) {
   return amax;
 }
 
-// `count` values of a buffer that starts on a 64-byte boundary: the AVX-512 loads of row_rounded
+// `count` values of a buffer that starts on a 64-byte boundary: the AVX-512 loads of pair_rows
 // read 64 bytes at a time, and one that straddles two cache lines costs two reads.
 template <class T>
 T* aligned(std::vector<T>& v, int64_t count) {
@@ -208,28 +208,32 @@ const std::vector<Rounded>& round_rows(Workspace& w, const float* x, int64_t row
                                        int64_t bits) {
   const int64_t groups = n / group;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  const bool pairs = group == 32;  // the layout of row_rounded's two groups per register
+  const bool pairs = group == 32;  // the layout of pair_rows's two groups per register
 #else
   const bool pairs = false;
 #endif
-  const int64_t pair_count = pairs ? groups / 2 : 0;  // per row
-  int8_t* qs = aligned(w.q, rows * n);
-  float* ds = aligned(w.d, rows * groups);
-  int32_t* sums = aligned(w.sum, rows * groups);
+  // per row; an odd last group gets a partner of zeros, so that pair_rows reads whole pairs of x
+  const int64_t pair_count = pairs ? (groups + 1) / 2 : 0, padded = pairs ? 2 * pair_count : groups;
+  int8_t* qs = aligned(w.q, rows * padded * group);
+  float* ds = aligned(w.d, rows * padded);
+  int32_t* sums = aligned(w.sum, rows * padded);
   int32_t* inits = aligned(w.init, rows * pair_count * 16);
   int8_t* perms = aligned(w.perm, bits == 4 ? rows * pair_count * 64 : 0);
   w.rows.clear();
   for (int64_t m = 0; m < rows; ++m) {
-    int8_t* q = qs + m * n;
-    float* d = ds + m * groups;
-    int32_t* sum = sums + m * groups;
+    int8_t* q = qs + m * padded * group;
+    float* d = ds + m * padded;
+    int32_t* sum = sums + m * padded;
     for (int64_t g = 0; g < groups; ++g) {
       d[g] = group_absmax(x + m * n + g * group, group) / 127.f;
       sum[g] = round_group(x + m * n + g * group, group, d[g], q + g * group);
     }
+    std::fill_n(q + groups * group, (padded - groups) * group, 0);  // the zero partner, if any
+    std::fill_n(d + groups, padded - groups, 0.f);
+    std::fill_n(sum + groups, padded - groups, 0);
     int32_t* init = inits + m * pair_count * 16;
     int8_t* perm = bits == 4 ? perms + m * pair_count * 64 : nullptr;
-    // see row_rounded: the offsets sit in lanes 0 and 8 (int8) or 0 and 4 (int4)
+    // see pair_rows: the offsets sit in lanes 0 and 8 (int8) or 0 and 4 (int4)
     for (int64_t p = 0; p < pair_count; ++p) {
       std::fill_n(init + 16 * p, 16, 0);
       init[16 * p] = (bits == 8 ? -128 : -8) * sum[2 * p];
@@ -307,6 +311,51 @@ __m256i group_dot256(const uint8_t* w, const int8_t* x, int64_t group, int32_t x
 }
 #endif
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// R outputs at once (rows q, q + row_bytes, ...) for groups of 32, into y[0..R): two groups per
+// 512-bit register, one instruction for their 64 products (vpdpbusd). The unsigned operand is
+// w + 128 (int8: w xor 0x80) or int4's nibbles, and the sums start at -128 sum(x) or -8 sum(x)
+// (x.init) to take the offset back. The int32 sums become floats, times the pair's scales (lanes
+// 0-7 and 8-15 for int8; 0-3, 8-11 and 4-7, 12-15 for int4). x's pair is loaded once for the R rows,
+// and their R sums are independent, so the CPU overlaps one row's instructions with the next's.
+template <int BITS, int R>
+void pair_rows(const uint8_t* q, int64_t row_bytes, const Half* scale, int64_t groups, const Rounded& x, float* y) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80), low4 = _mm512_set1_epi8(15);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004, 0x0004000400040004,
+                                          0x0004000400040004, 0x0004000400040004);
+  const __m512i which = BITS == 8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                  : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+  const int64_t ahead = std::max<int64_t>(8192, 2 * R * row_bytes);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; g += 2) {
+    const bool alone = g + 1 == groups;  // an odd last group: read only its bytes (x's partner is zeros)
+    const __m512i init = _mm512_load_si512(x.init + 8 * g);
+    const __m512i xs = _mm512_load_si512(BITS == 8 ? x.q + g * 32 : x.perm + g * 32);
+    const __m128 d = _mm_castpd_ps(_mm_load_sd((const double*)(x.d + g)));
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* w = q + r * row_bytes + g * BITS * 4;
+      // Reading R rows side by side hides the order of the bytes from the CPU's prefetcher, which
+      // then fetches late from memory: ask for the rows two blocks ahead, in their order in memory.
+      if (R > 1) _mm_prefetch((const char*)(q + ahead + ((g / 2) * R + r) * BITS * 8), _MM_HINT_T0);
+      __m512i u;
+      if (BITS == 8) {
+        u = _mm512_xor_si512(alone ? _mm512_maskz_loadu_epi8(0xFFFFFFFFull, w) : _mm512_loadu_si512(w), flip);
+      } else {
+        __m256i b = alone ? _mm256_maskz_loadu_epi8(0xFFFF, w) : _mm256_loadu_si256((const __m256i*)w);
+        u = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(b), shift), low4);
+      }
+      const __m512i p = _mm512_dpbusd_epi32(init, u, xs);
+      const Half* sr = scale + r * groups + g;
+      const int32_t two = alone ? int32_t(sr->x) : *(const int32_t*)sr;  // the pair's float16 scales
+      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(two)), d);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(which, _mm512_castps128_ps512(s)), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r] = _mm512_reduce_add_ps(acc[r]);
+}
+#endif
+
 // One output: sum over groups g of (scale[g] d[g]) * group_dot(g).
 template <int BITS>
 float row_rounded(const uint8_t* q, const Half* scale, const Rounded& x, int64_t n, int64_t group) {
@@ -315,32 +364,8 @@ float row_rounded(const uint8_t* q, const Half* scale, const Rounded& x, int64_t
   float total = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   if (group == 32) {
-    // Two groups per 512-bit register, one instruction for their 64 products (vpdpbusd): the
-    // unsigned operand is w + 128 (int8: w xor 0x80) or int4's nibbles, and the sums start at
-    // -128 sum(x) or -8 sum(x) (x.init) to take the offset back. The int32 sums become floats,
-    // times the pair's scales (lanes 0-7 and 8-15 for int8; 0-3, 8-11 and 4-7, 12-15 for int4).
-    const __m512i flip = _mm512_set1_epi8((char)0x80), low4 = _mm512_set1_epi8(15);
-    const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004, 0x0004000400040004,
-                                            0x0004000400040004, 0x0004000400040004);
-    const __m512i which = BITS == 8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-                                    : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-    __m512 acc = _mm512_setzero_ps();
-    for (; g + 2 <= groups; g += 2) {
-      const __m512i init = _mm512_loadu_si512(x.init + 8 * g);
-      __m512i p;
-      if (BITS == 8) {
-        p = _mm512_dpbusd_epi32(init, _mm512_xor_si512(_mm512_loadu_si512(q + g * 32), flip),
-                                _mm512_loadu_si512(x.q + g * 32));
-      } else {
-        __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(q + g * 16)));
-        p = _mm512_dpbusd_epi32(init, _mm512_and_si512(_mm512_srlv_epi16(b, shift), low4),
-                                _mm512_loadu_si512(x.perm + g * 32));
-      }
-      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const int32_t*)(scale + g))),
-                                  _mm_castpd_ps(_mm_load_sd((const double*)(x.d + g))));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(which, _mm512_castps128_ps512(s)), acc);
-    }
-    total = _mm512_reduce_add_ps(acc);
+    pair_rows<BITS, 1>(q, 0, scale, groups, x, &total);
+    return total;
   }
 #endif
 #if defined(__AVX2__)
@@ -398,7 +423,15 @@ Tensor quantized_matmul(Tensor x, Tensor qweight, Tensor scales, int64_t bits, i
   // at a time on a 2-core AVX-512 EPYC, a 128 x 288 int8 product (36 KiB) ran no faster on two threads
   // than on one, a 288 x 288 one (81 KiB) did; this splits from 64 KiB.
   torch::stable::parallel_for(0, out, std::max<int64_t>(1, 32768 / row_bytes), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
+    int64_t o = begin;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    if (int8_activations && group_size == 32)  // four outputs at a time (see pair_rows)
+      for (; o + 4 <= end; o += 4)
+        for (int64_t m = 0; m < rows; ++m)
+          (bits == 8 ? pair_rows<8, 4> : pair_rows<4, 4>)(qs + o * row_bytes, row_bytes, ss + o * groups, groups,
+                                                           rounded[m], ys + m * out + o);
+#endif
+    for (; o < end; ++o) {
       const uint8_t* q = qs + o * row_bytes;
       for (int64_t m = 0; m < rows; ++m)
         ys[m * out + o] = int8_activations

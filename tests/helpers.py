@@ -358,6 +358,23 @@ DECODER_GQA = {**DECODER_BASE, "n_kv_heads": 2, "tie_embeddings": True}
 DECODER_CACHE = 48
 
 
+def check_compiled_sampling_and_nan(decoder, model: Transformer) -> None:
+    """What a compiled decoder's loop does beside the step's own greedy choice: it samples as the
+    eager loop does, and when a step's logits turn NaN it stops with the eager loop's error, naming
+    the token, instead of yielding the -1 the step gives for it. Leaves a NaN in ``model``."""
+    from llama import Sampling, generate
+
+    sampled = Sampling(temperature=1.0, seed=0)
+    assert decoder.generate([1, 5, 9], 20, sampled) == generate(model, [1, 5, 9], 20, sampled)
+    stream = decoder.generate_stream([1, 5, 9], 5)
+    next(stream)  # chosen from the eager prefill's logits
+    with torch.no_grad():
+        model.norm.weight[3] = float("nan")  # every logit of the next step is NaN
+    with pytest.raises(ValueError, match=r"^at new token 2: the model produced NaN logits"):
+        next(stream)
+
+
+
 # --- Hostile inputs: the refusal tests' shared pieces --------------------------------------------
 #: A one-layer model small enough that a test makes dozens of its files in a second.
 HOSTILE_TINY = dict(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32, hidden_dim=64)

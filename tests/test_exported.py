@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DECODER_CACHE, DECODER_GQA, random_model, unavailable
+from helpers import DECODER_CACHE, DECODER_GQA, check_compiled_sampling_and_nan, random_model, unavailable
 
 from llama import ModelConfig, generate
 
@@ -48,6 +48,7 @@ def test_exported_decoder_gives_the_eager_ids_and_reads_the_weights_it_was_given
     model.layers[1].feed_forward.w2.weight.data = model.layers[1].feed_forward.w2.weight.data.clone()
     with pytest.raises(RuntimeError, match="weights were replaced .* make a new ExportedDecoder"):
         decoder.generate([1, 17, 42], 20)
+    check_compiled_sampling_and_nan(second, other)
 
 
 def test_exported_int8_decoder_calls_the_kernel_and_gives_the_eager_ids():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import DECODER_BASE, DECODER_CACHE, DECODER_GQA, random_model
+from helpers import DECODER_BASE, DECODER_CACHE, DECODER_GQA, check_compiled_sampling_and_nan, random_model
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -333,6 +333,7 @@ def test_compiled_decoder_gives_the_eager_greedy_ids():
         assert decoder.generate(prompt, n) == generate(model, prompt, n)
     assert decoder.generate([1, 17], 0) == []
     assert model.layers[0].attention.cache is None  # the cache is removed, as generate does
+    check_compiled_sampling_and_nan(decoder, model)
 
 
 @pytest.mark.compile

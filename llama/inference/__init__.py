@@ -14,9 +14,9 @@ from llama._exports import lazy_exports
 
 _EXPORTS = {
     "Sampling": "sampling", "apply_temperature": "sampling", "top_k_filter": "sampling",
-    "top_p_filter": "sampling", "min_p_filter": "sampling", "sample_next": "sampling",
+    "top_p_filter": "sampling", "min_p_filter": "sampling", "argmax": "sampling", "sample_next": "sampling",
     "generate_stream": "generation", "generate": "generation", "generate_batch": "generation",
-    "prepare_for_decoding": "generation", "CompiledDecoder": "generation",
+    "prepare_for_decoding": "generation", "decode_step": "generation", "CompiledDecoder": "generation",
     "missing_cxx_compiler": "generation", "ExportedDecoder": "exported", "package_folder": "exported",
 }
 __all__ = list(_EXPORTS)
@@ -24,10 +24,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and the API pages read
     from llama.inference.sampling import (
-        Sampling, apply_temperature, min_p_filter, sample_next, top_k_filter, top_p_filter,
+        Sampling, apply_temperature, argmax, min_p_filter, sample_next, top_k_filter, top_p_filter,
     )
     from llama.inference.generation import (
-        CompiledDecoder, generate, generate_batch, generate_stream, missing_cxx_compiler,
+        CompiledDecoder, decode_step, generate, generate_batch, generate_stream, missing_cxx_compiler,
         prepare_for_decoding,
     )
     from llama.inference.exported import ExportedDecoder, package_folder

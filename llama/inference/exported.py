@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llama.inference.generation import CompiledDecoder
+from llama.inference.generation import CompiledDecoder, decode_step
 from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.quantization.kernel import _cpu_tag
@@ -65,9 +65,9 @@ class _Step(nn.Module):
         self.model = model
         self.caches = nn.ModuleList(caches)
 
-    def forward(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, token: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with self.model.using_cache(list(self.caches)):
-            return self.model(token, input_pos, last_only=True)[:, -1]
+            return decode_step(self.model, token, input_pos)
 # --8<-- [end:step]
 
 
@@ -155,8 +155,8 @@ class ExportedDecoder(CompiledDecoder):
                                      check_full_update=True, user_managed=True)
         self._run = self._library.loader.boxed_run  # the C++ entry, without the wrapper's pytree work
 
-    def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self._run([token, input_pos])[0]
+    def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(self._run([token, input_pos]))
 
     def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         sampling: Sampling = Sampling()) -> Iterator[int]:

@@ -44,6 +44,7 @@ __all__ = [
     "generate",
     "generate_batch",
     "prepare_for_decoding",
+    "decode_step",
     "CompiledDecoder",
     "missing_cxx_compiler",
 ]
@@ -304,6 +305,30 @@ def missing_cxx_compiler() -> str | None:
 
 
 # --8<-- [start:compiled]
+def decode_step(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step as the compiled decoders compile it, with the caches installed on ``model``.
+
+    Besides the logits, the step makes what the next greedy step takes (the arg-max and the next
+    position), so that between two compiled steps a greedy loop runs no PyTorch operation of its
+    own. Such an operation costs several times its arithmetic right after a step, whose weights
+    have pushed the interpreter's and PyTorch's own data out of the CPU's caches.
+
+    Args:
+        model: the model, its KV caches installed.
+        token: ``[1, 1]`` the token to decode; input_pos: ``[1]`` its position.
+
+    Returns:
+        ``(logits, next_id, next_pos)``: ``[1, vocab]``; the arg-max ``[1, 1]``, or -1 where its
+        logit is NaN or infinite (then :func:`~llama.inference.sampling.sample_next` names the
+        problem); ``input_pos + 1``.
+    """
+    logits = model(token, input_pos, last_only=True)[:, -1]
+    best = logits.argmax(dim=-1, keepdim=True)
+    best = torch.where(torch.isfinite(logits.gather(-1, best)), best, -1)
+    return logits, best, input_pos + 1
+
+
 class CompiledDecoder:
     """Batch-1 decoding with the model's own ``forward`` compiled by ``torch.compile`` (opt-in, for speed).
 
@@ -354,20 +379,20 @@ class CompiledDecoder:
 
     def _prepare_step(self) -> None:
         """Make the compiled step (here lazily: ``torch.compile`` compiles at the first call)."""
-        self.step = torch.compile(self.model, fullgraph=True, dynamic=False, options=self.options)
+        self.step = torch.compile(decode_step, fullgraph=True, dynamic=False, options=self.options)
         self.compiled = False
 
-    def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def _step(self, token: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with self.model.using_cache(self.caches):  # as for eager steps: installed only while it runs
             if not self.compiled:  # the first call traces and compiles
-                logits = self.step(token, input_pos, last_only=True)
+                out = self.step(self.model, token, input_pos)
                 self.compiled = True
-                return logits[:, -1]
+                return out
             # Every later call has the same shapes, dtypes, model and caches, so the guards that
             # torch.compile checks before each call (hundreds of microseconds for 100+ tensors)
             # can only pass: skip them.
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return self.step(token, input_pos, last_only=True)[:, -1]
+                return self.step(self.model, token, input_pos)
 
     def _check_free(self) -> None:
         if self.streaming:
@@ -400,16 +425,19 @@ class CompiledDecoder:
             prompt = torch.tensor([prompt_ids], device=device)
             positions = torch.arange(len(prompt_ids), device=device)
             logits = _next_logits(self.model, self.caches, prompt, positions)  # prefill, eager
+            next_id = _choose(sampling, logits, generator, 1).view(1, 1)
             input_pos = torch.tensor([len(prompt_ids)], device=device)
             for i in range(max_new_tokens):
-                next_id = _choose(sampling, logits, generator, i + 1)
+                if i > 0:  # the step of the last token yielded (none for a token nobody asked for)
+                    logits, next_id, input_pos = self._step(next_id, input_pos)
+                    if sampling.temperature != 0:  # greedy takes the step's own choice
+                        next_id = _choose(sampling, logits, generator, i + 1).view(1, 1)
                 token = int(next_id)
+                if token < 0:  # the step's greedy choice had a logit that is NaN or infinite
+                    token = int(_choose(sampling, logits, generator, i + 1))  # raises, naming which
                 if token in sampling.stop_ids:
                     return
                 yield token
-                if i + 1 < max_new_tokens:  # no step for a token nobody asked for
-                    logits = self._step(next_id.view(1, 1), input_pos)
-                    input_pos += 1
         finally:
             self.streaming = False
 

@@ -312,12 +312,11 @@ __m256i group_dot256(const uint8_t* w, const int8_t* x, int64_t group, int32_t x
 #endif
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-// R outputs at once (rows q, q + row_bytes, ...) for groups of 32, into y[0..R): two groups per
-// 512-bit register, one instruction for their 64 products (vpdpbusd). The unsigned operand is
-// w + 128 (int8: w xor 0x80) or int4's nibbles, and the sums start at -128 sum(x) or -8 sum(x)
-// (x.init) to take the offset back. The int32 sums become floats, times the pair's scales (lanes
-// 0-7 and 8-15 for int8; 0-3, 8-11 and 4-7, 12-15 for int4). x's pair is loaded once for the R rows,
-// and their R sums are independent, so the CPU overlaps one row's instructions with the next's.
+// R outputs (rows q, q + row_bytes, ...) for groups of 32, into y[0..R): two groups per register, one
+// instruction for their 64 products (vpdpbusd) of w + 128 (int8: w xor 0x80) or int4's nibbles, from
+// sums that start at -128 sum(x) or -8 sum(x) (x.init) to take the offset back; as floats, times the
+// pair's scales (lanes 0-7, 8-15 for int8; 0-3, 8-11 and 4-7, 12-15 for int4). x is loaded once for
+// R rows, whose R sums are independent: the CPU overlaps one row's instructions with the next's.
 template <int BITS, int R>
 void pair_rows(const uint8_t* q, int64_t row_bytes, const Half* scale, int64_t groups, const Rounded& x, float* y) {
   const __m512i flip = _mm512_set1_epi8((char)0x80), low4 = _mm512_set1_epi8(15);
@@ -326,8 +325,7 @@ void pair_rows(const uint8_t* q, int64_t row_bytes, const Half* scale, int64_t g
   const __m512i which = BITS == 8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
                                   : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
   const int64_t ahead = std::max<int64_t>(8192, 2 * R * row_bytes);
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[R] = {};  // zeros
   for (int64_t g = 0; g < groups; g += 2) {
     const bool alone = g + 1 == groups;  // an odd last group: read only its bytes (x's partner is zeros)
     const __m512i init = _mm512_load_si512(x.init + 8 * g);
@@ -346,9 +344,8 @@ void pair_rows(const uint8_t* q, int64_t row_bytes, const Half* scale, int64_t g
         u = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(b), shift), low4);
       }
       const __m512i p = _mm512_dpbusd_epi32(init, u, xs);
-      const Half* sr = scale + r * groups + g;
-      const int32_t two = alone ? int32_t(sr->x) : *(const int32_t*)sr;  // the pair's float16 scales
-      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(two)), d);
+      const Half* sr = scale + r * groups + g;  // the pair's two float16 scales, read as 32 bits
+      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(alone ? int32_t(sr->x) : *(const int32_t*)sr)), d);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(which, _mm512_castps128_ps512(s)), acc[r]);
     }
   }
@@ -363,10 +360,7 @@ float row_rounded(const uint8_t* q, const Half* scale, const Rounded& x, int64_t
   int64_t g = 0;
   float total = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  if (group == 32) {
-    pair_rows<BITS, 1>(q, 0, scale, groups, x, &total);
-    return total;
-  }
+  if (group == 32) return pair_rows<BITS, 1>(q, 0, scale, groups, x, &total), total;
 #endif
 #if defined(__AVX2__)
   if (group % 32 == 0) {  // each group's int32 lanes become floats, times its scale, into 8 float sums
@@ -417,8 +411,7 @@ Tensor quantized_matmul(Tensor x, Tensor qweight, Tensor scales, int64_t bits, i
   const int64_t row_bytes = qweight.size(1), groups = n / group_size;
   thread_local Workspace workspace;  // x rounded to int8, once per call, into buffers kept between calls
   static const std::vector<Rounded> none;
-  const std::vector<Rounded>& rounded =
-      int8_activations ? round_rows(workspace, xs, rows, n, group_size, bits) : none;
+  const std::vector<Rounded>& rounded = int8_activations ? round_rows(workspace, xs, rows, n, group_size, bits) : none;
   // A thread gets at least 32 KiB of weights: waking one costs more than reading less. Timed one call
   // at a time on a 2-core AVX-512 EPYC, a 128 x 288 int8 product (36 KiB) ran no faster on two threads
   // than on one, a 288 x 288 one (81 KiB) did; this splits from 64 KiB.

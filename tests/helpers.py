@@ -360,18 +360,25 @@ DECODER_CACHE = 48
 
 def check_compiled_sampling_and_nan(decoder, model: Transformer) -> None:
     """What a compiled decoder's loop does beside the step's own greedy choice: it samples as the
-    eager loop does, and when a step's logits turn NaN it stops with the eager loop's error, naming
-    the token, instead of yielding the -1 the step gives for it. Leaves a NaN in ``model``."""
+    eager loop does; when a step's logits turn NaN it stops with the eager loop's error, naming
+    the token, instead of yielding the -1 the step gives for it; and the NaN that step wrote into
+    the cache does not reach the next generation once the weight is mended."""
     from llama import Sampling, generate
 
     sampled = Sampling(temperature=1.0, seed=0)
     assert decoder.generate([1, 5, 9], 20, sampled) == generate(model, [1, 5, 9], 20, sampled)
     stream = decoder.generate_stream([1, 5, 9], 5)
     next(stream)  # chosen from the eager prefill's logits
+    weight = model.layers[0].attention.wv.weight
+    kept = weight[0, 0].item()
     with torch.no_grad():
-        model.norm.weight[3] = float("nan")  # every logit of the next step is NaN
+        weight[0, 0] = float("nan")  # the next step caches a NaN value at position 3; its logits are NaN
     with pytest.raises(ValueError, match=r"^at new token 2: the model produced NaN logits"):
         next(stream)
+    with torch.no_grad():
+        weight[0, 0] = kept
+    # position 3 is masked for a 2-token prompt, but a masked value still counts 0 times: 0 * NaN
+    assert decoder.generate([1, 5], 8) == generate(model, [1, 5], 8)
 
 
 

@@ -372,7 +372,8 @@ class CompiledDecoder:
         if any(isinstance(m, QuantizedLinear) for m in model.modules()):
             load_kernel()  # now rather than at the first step, so that the eager prompt pass uses it too
         # The same cache objects at every call: the compiled step reads them where it found
-        # them when it was traced. Positions not yet written are masked, so they need no reset.
+        # them when it was traced. Positions not yet written are masked, so they need no reset
+        # (unless a generation left NaN in them: see _decode).
         self.caches = model.new_caches(batch_size=1, max_seq_len=self.max_seq_len)
         self.streaming = False  # one cache, so one stream at a time
         self._prepare_step()
@@ -438,6 +439,13 @@ class CompiledDecoder:
                 if token in sampling.stop_ids:
                     return
                 yield token
+        except ValueError:  # NaN or infinite logits: a NaN may be in the caches now
+            # A masked position still multiplies its value by 0, and 0 * NaN is NaN: without this,
+            # every later call would fail too, even once the weights are fixed.
+            for cache in self.caches:
+                cache.k.zero_()
+                cache.v.zero_()
+            raise
         finally:
             self.streaming = False
 

@@ -307,21 +307,17 @@ def missing_cxx_compiler() -> str | None:
 # --8<-- [start:compiled]
 def decode_step(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decode step as the compiled decoders compile it, with the caches installed on ``model``.
+    """One decode step as the compiled decoders compile it: ``model``, its KV caches installed, reads
+    ``token`` (``[1, 1]``) at ``input_pos`` (``[1]``).
 
     Besides the logits, the step makes what the next greedy step takes (the arg-max and the next
     position), so that between two compiled steps a greedy loop runs no PyTorch operation of its
-    own. Such an operation costs several times its arithmetic right after a step, whose weights
-    have pushed the interpreter's and PyTorch's own data out of the CPU's caches.
-
-    Args:
-        model: the model, its KV caches installed.
-        token: ``[1, 1]`` the token to decode; input_pos: ``[1]`` its position.
+    own: right after a step, whose weights have pushed the interpreter's and PyTorch's data out of
+    the CPU's caches, such an operation costs several times its arithmetic.
 
     Returns:
-        ``(logits, next_id, next_pos)``: ``[1, vocab]``; the arg-max ``[1, 1]``, or -1 where its
-        logit is NaN or infinite (then :func:`~llama.inference.sampling.sample_next` names the
-        problem); ``input_pos + 1``.
+        ``(logits, next_id, input_pos + 1)``: ``[1, vocab]``; the arg-max ``[1, 1]``, or -1 where its
+        logit is NaN or infinite (:func:`~llama.inference.sampling.sample_next` names the problem).
     """
     logits = model(token, input_pos, last_only=True)[:, -1]
     best = logits.argmax(dim=-1, keepdim=True)
@@ -408,8 +404,7 @@ class CompiledDecoder:
         One stream at a time per decoder (it has one cache): starting a second while the first
         is still open raises ``RuntimeError``. Other, eager, generations may run between its steps.
         """
-        model = self.model
-        prompt_ids = _checked(model, prompt_ids, max_new_tokens, sampling)
+        prompt_ids = _checked(self.model, prompt_ids, max_new_tokens, sampling)
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens exceed this "
                              f"decoder's max_seq_len={self.max_seq_len}")
@@ -439,9 +434,8 @@ class CompiledDecoder:
                 if token in sampling.stop_ids:
                     return
                 yield token
-        except ValueError:  # NaN or infinite logits: a NaN may be in the caches now
-            # A masked position still multiplies its value by 0, and 0 * NaN is NaN: without this,
-            # every later call would fail too, even once the weights are fixed.
+        except ValueError:  # NaN or infinite logits: a NaN may be in the caches now, and a masked
+            # position still counts its value 0 times (0 * NaN is NaN): later calls would fail too
             for cache in self.caches:
                 cache.k.zero_()
                 cache.v.zero_()

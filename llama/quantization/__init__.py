@@ -1,7 +1,8 @@
 """Weight-only int8/int4 quantization: the quantized linear layer and the kernel it calls.
 
 Modules, in the order the book meets them: :mod:`~llama.quantization.weights`,
-:mod:`~llama.quantization.kernel`, :mod:`~llama.quantization.kernel_source`.
+:mod:`~llama.quantization.kernel`, :mod:`~llama.quantization.kernel_source`,
+:mod:`~llama.quantization.rounded_source`.
 Every public name of these modules can be imported from the package itself
 (``from llama.quantization import ...``): it is loaded on first use.
 """

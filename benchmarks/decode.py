@@ -15,7 +15,7 @@ whole generation, the prefill included; tokens/s is 128 divided by it. Each cell
 
 - eager: ``llama.generate`` after :func:`llama.inference.generation.prepare_for_decoding` (what ``llama
   generate`` runs without ``--compile``).
-- compiled: :class:`llama.inference.generation.CompiledDecoder` on the model as built (the one-token step
+- compiled: :class:`llama.inference.compiled.CompiledDecoder` on the model as built (the one-token step
   compiled by ``torch.compile``, the prefill eager). Its warm-up call compiles; its time is the
   last column (with a cold Inductor cache, ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``, the full
   compile time).
@@ -69,8 +69,9 @@ import torch
 from llama import ModelConfig, Transformer
 from llama.formats.convert import llama_to_hf_state_dict
 from llama.formats.load import save_model
+from llama.inference.compiled import CompiledDecoder
 from llama.inference.exported import ExportedDecoder
-from llama.inference.generation import CompiledDecoder, generate, prepare_for_decoding
+from llama.inference.generation import generate, prepare_for_decoding
 from llama.quantization.weights import quantize, set_int8_activations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -26,7 +26,7 @@ cache. The kernels:
   int8 per group and integer products (GGUF's ``Q8_0`` math), checked against
   :func:`llama.quantization.weights.rounded_product` instead of ``F.linear``.
 
-Compiled functions are called as :class:`llama.inference.generation.CompiledDecoder` calls its step (C++
+Compiled functions are called as :class:`llama.inference.compiled.CompiledDecoder` calls its step (C++
 wrapper, guards skipped), the ``k`` products in one graph. GB/s counts the bytes of the weights
 as stored (integers and float16 scales, or float32 scales and zeros for ATen's int4; 4 bytes per
 float32 weight) over the time of a call: the median of 5 timings of loops of calls, each about
@@ -92,7 +92,7 @@ def timed(fn, repeats: int = 5, seconds: float = 0.1) -> float:
 
 
 def compiled(fn):
-    """``fn`` compiled as :class:`~llama.inference.generation.CompiledDecoder` compiles a step (C++ wrapper, no guards).
+    """``fn`` compiled as :class:`~llama.inference.compiled.CompiledDecoder` compiles a step (C++ wrapper, no guards).
 
     Guards are what tell two compiled lambdas of the same line apart, so Dynamo forgets earlier
     compilations first: time each compiled function before making the next.

@@ -324,7 +324,7 @@ def test_sample_next_refuses_rows_with_no_finite_choice_but_allows_banned_tokens
 # one would not add.
 @pytest.mark.compile
 def test_compiled_decoder_gives_the_eager_greedy_ids():
-    from llama.inference.generation import CompiledDecoder
+    from llama.inference.compiled import CompiledDecoder
 
     model = random_model(GQA, seed=3, weights_std=CLEAR_CUT)
     decoder = CompiledDecoder(model, max_seq_len=DECODER_CACHE)
@@ -338,7 +338,7 @@ def test_compiled_decoder_gives_the_eager_greedy_ids():
 
 @pytest.mark.compile
 def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
-    from llama.inference.generation import CompiledDecoder
+    from llama.inference.compiled import CompiledDecoder
 
     model = random_model(GQA, seed=4, weights_std=CLEAR_CUT)
     alone_a, alone_b = generate(model, [1, 5, 9], 12), generate(model, [2, 60], 12)
@@ -361,7 +361,7 @@ def test_compiled_stream_between_other_generations_and_one_stream_per_decoder():
 
 
 def test_compiled_decoder_checks_lengths_before_compiling():
-    from llama.inference.generation import CompiledDecoder
+    from llama.inference.compiled import CompiledDecoder
 
     decoder = CompiledDecoder(random_model(MHA, weights_std=CLEAR_CUT), max_seq_len=16)
     with pytest.raises(ValueError, match="max_seq_len=16"):

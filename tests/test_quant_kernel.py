@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from helpers import random_model, unavailable
 
 from llama import ModelConfig, Transformer
-from llama.inference.generation import CompiledDecoder, generate
+from llama.inference.compiled import CompiledDecoder
+from llama.inference.generation import generate
 from llama.quantization import kernel as quant_kernel
 from llama.quantization.weights import (
     KERNEL_ROWS,

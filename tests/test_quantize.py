@@ -132,7 +132,7 @@ def test_a_group_size_that_fits_no_layer_is_refused_with_sizes_that_fit_every_la
 @pytest.mark.compile
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (8, 32), (4, 32)])
 def test_compiled_one_row_product_equals_eager(bits, group_size):
-    from llama.inference.generation import missing_cxx_compiler
+    from llama.inference.compiled import missing_cxx_compiler
 
     if missing_cxx_compiler():
         pytest.skip(missing_cxx_compiler())

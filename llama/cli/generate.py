@@ -63,7 +63,8 @@ def check_flags(args) -> None:
 # --8<-- [start:run]
 def run(args) -> int:
     check_flags(args)  # and the sampling settings just below: all before the model loads
-    from llama.inference.generation import CompiledDecoder, generate_stream, missing_cxx_compiler, prepare_for_decoding
+    from llama.inference.compiled import CompiledDecoder, missing_cxx_compiler
+    from llama.inference.generation import generate_stream, prepare_for_decoding
     from llama.inference.sampling import Sampling
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,

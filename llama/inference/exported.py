@@ -1,6 +1,6 @@
 r"""Decoding with the step compiled ahead of time: ``torch.export``, then AOTInductor, no Python per kernel.
 
-:class:`~llama.inference.generation.CompiledDecoder` turns a decode step into a few dozen fused C++
+:class:`~llama.inference.compiled.CompiledDecoder` turns a decode step into a few dozen fused C++
 loops, but every step still enters them through ``torch.compile``'s Python: Dynamo's cache
 lookup, the code that gathers the model's seventy-odd weights and buffers into the graph's
 arguments, and the wrappers around the compiled graph. On a small model that is a sizeable share
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llama.inference.generation import CompiledDecoder, decode_step
+from llama.inference.compiled import CompiledDecoder, decode_step
 from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.quantization.kernel import _cpu_tag
@@ -96,7 +96,7 @@ def _package_key(program: torch.export.ExportedProgram, tensors: dict[str, torch
 
 # --8<-- [start:exported]
 class ExportedDecoder(CompiledDecoder):
-    """:class:`~llama.inference.generation.CompiledDecoder` with the step compiled ahead of time by AOTInductor.
+    """:class:`~llama.inference.compiled.CompiledDecoder` with the step compiled ahead of time by AOTInductor.
 
     Same arguments (without ``options``), same methods, same ids. The step is traced by
     ``torch.export`` and compiled into a library that holds no weights (see the module's

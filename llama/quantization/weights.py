@@ -178,7 +178,7 @@ class QuantizedLinear(nn.Module):
     group ``g``, ``sum_i q[o, g, i] * x[g, i]`` straight from ``qweight`` with vector
     instructions, then scales and sums the groups: each weight is read as 1 byte (int8) or half
     a byte (int4) and no float copy is ever made. ``torch.compile`` builds the kernel when it
-    first traces such a layer (:class:`~llama.inference.generation.CompiledDecoder` builds it before its
+    first traces such a layer (:class:`~llama.inference.compiled.CompiledDecoder` builds it before its
     first prompt); eager calls use it once it is built. Otherwise, and for more rows, the layer
     dequantizes the weight and calls ``F.linear``: the written-out reference; except for one row
     under ``torch.compile`` where the kernel cannot be built (no C++ compiler): there the same
@@ -254,7 +254,7 @@ class QuantizedLinear(nn.Module):
 def set_int8_activations(model: nn.Module, on: bool = True) -> nn.Module:
     """Round activations to int8 in every :class:`QuantizedLinear` of ``model`` (``on=False``: not); returns ``model``.
 
-    Set it before a :class:`~llama.inference.generation.CompiledDecoder` is made: a compiled step keeps the
+    Set it before a :class:`~llama.inference.compiled.CompiledDecoder` is made: a compiled step keeps the
     choice it was traced with.
     """
     for module in model.modules():

@@ -235,7 +235,10 @@ float row_rounded(const uint8_t* q, const Half* scale, const Rounded& x, int64_t
   int64_t g = 0;
   float total = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  if (group == 32) return pair_rows<BITS, 1>(q, 0, scale, groups, x, &total), total;
+  if (group == 32) {  // the AVX-512 loop, for one output
+    pair_rows<BITS, 1>(q, 0, scale, groups, x, &total);
+    return total;
+  }
 #endif
 #if defined(__AVX2__)
   if (group % 32 == 0) {  // each group's int32 lanes become floats, times its scale, into 8 float sums

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import HANG_SECONDS, LlamaServer, random_model, refused, require_module
 
 from llama.cli.main import main
@@ -110,6 +111,30 @@ def test_the_scheduler_admits_between_steps_frees_finished_slots_and_refuses_bey
     scheduler.close()
     with pytest.raises(ShuttingDown):
         scheduler.submit(Request([1], 2))
+
+
+def test_a_request_failed_by_nan_logits_leaves_its_slot_clean_for_the_next():
+    """A step whose logits are NaN fails its request alone; the NaN it wrote into the slot's cache is
+    zeroed, since the mask would not hide it (0 * NaN is NaN), so the next request in the slot runs."""
+    model = small_model()
+    scheduler = Scheduler(model, slots=1, max_waiting=1)
+    events = []
+    scheduler.submit(Request([1, 3, 7], 10, emit=lambda kind, v: events.append((kind, v))))
+    scheduler.step()  # admitted, prefilled, one decode step: positions 0 to 3 written
+    weight = model.layers[0].attention.wv.weight
+    kept = weight[0, 0].item()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")  # the next step caches a NaN value at position 4; its logits are NaN
+    while scheduler.step():
+        pass
+    assert events[-1][0] == "error" and "NaN logits" in events[-1][1]
+    with torch.no_grad():
+        weight[0, 0] = kept
+    tokens = []
+    scheduler.submit(Request([1, 2], 8, emit=lambda kind, v: tokens.append(v) if kind == "token" else None))
+    while scheduler.step():
+        pass
+    assert tokens == generate(model, [1, 2], 8) and scheduler.stats()["failed"] == 1
 
 
 def test_the_text_stream_holds_back_what_may_start_a_stop_string():

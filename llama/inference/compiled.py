@@ -115,7 +115,7 @@ class CompiledDecoder:
             load_kernel()  # now rather than at the first step, so that the eager prompt pass uses it too
         # The same cache objects at every call: the compiled step reads them where it found
         # them when it was traced. Positions not yet written are masked, so they need no reset
-        # (unless a generation left NaN in them: see _decode).
+        # (unless a generation left NaN in them: see KVCache.reset).
         self.caches = model.new_caches(batch_size=1, max_seq_len=self.max_seq_len)
         self.streaming = False  # one cache, so one stream at a time
         self._prepare_step()
@@ -180,11 +180,9 @@ class CompiledDecoder:
                 if token in sampling.stop_ids:
                     return
                 yield token
-        except ValueError:  # NaN or infinite logits: a NaN may be in the caches now, and a masked
-            # position still counts its value 0 times (0 * NaN is NaN): later calls would fail too
+        except ValueError:  # NaN or infinite logits: the caches may hold NaN, which the mask does not hide
             for cache in self.caches:
-                cache.k.zero_()
-                cache.v.zero_()
+                cache.reset()
             raise
         finally:
             self.streaming = False

@@ -112,6 +112,17 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v, self.mask[input_pos]
+
+    def reset(self, rows: int | slice = slice(None)) -> None:
+        """Zero the keys and values of sequences ``rows`` (all of them by default).
+
+        A cache used again needs no reset while its values are finite: the mask gives the positions
+        not written yet no weight. But a masked value still counts 0 times, and 0 × NaN is NaN, so a
+        cache that a step filled with NaN or infinity (one whose logits were not finite) is reset
+        before the next sequence uses it.
+        """
+        self.k[rows].zero_()
+        self.v[rows].zero_()
 # --8<-- [end:kv_cache]
 
 

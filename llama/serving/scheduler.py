@@ -181,9 +181,9 @@ class Scheduler:
                 self.counts["cancelled"] += 1
     # --8<-- [end:free]
 
-    def _release(self, slot: int) -> None:
+    def _release(self, slot: int, failed: bool = False) -> None:
         del self.active[slot]
-        self.table.release(slot)
+        self.table.release(slot, failed)
 
     # --8<-- [start:admit]
     def _admit(self) -> None:
@@ -248,13 +248,13 @@ class Scheduler:
         self._release(slot)  # free now: the next step may admit a waiting request into it
         self.counts["finished"] += 1
         request.emit("done", reason)
-    # --8<-- [end:advance]
 
     def _fail(self, slot: int, err: Exception) -> None:
         request = self.active[slot]
-        self._release(slot)
+        self._release(slot, failed=True)  # zeroed: the request may have left NaN in its row
         self.counts["failed"] += 1
         request.emit("error", str(err) or type(err).__name__)
+    # --8<-- [end:advance]
 
 
 # --8<-- [start:engine]

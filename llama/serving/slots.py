@@ -154,9 +154,14 @@ class SlotTable:
         self.busy[free[0]], self.lengths[free[0]] = True, 0
         return free[0]
 
-    def release(self, slot: int) -> None:
+    def release(self, slot: int, failed: bool = False) -> None:
         """Free ``slot``. Its keys and values stay in the cache, unseen: the next prefill overwrites
-        them, and the causal mask hides every position a request has not written itself."""
+        them, and the causal mask hides every position a request has not written itself. After a
+        request that ``failed`` they are zeroed: they may hold NaN, which the mask does not hide
+        (:meth:`~llama.model.attention.KVCache.reset`)."""
+        if failed:
+            for cache in self.caches:
+                cache.reset(slot)
         self.busy[slot], self.lengths[slot] = False, 0
 
     @torch.inference_mode()

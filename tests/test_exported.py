@@ -65,3 +65,28 @@ def test_exported_int8_decoder_calls_the_kernel_and_gives_the_eager_ids():
     assert ids == generate(model, [1, 17, 42, 5, 88], 40)
     # 7 products per layer, 2 layers, and the head: per step, all by the kernel (the eager prefill too)
     assert sum(e.count for e in prof.key_averages() if e.key == "llama::quantized_matmul") == 15 * 40
+
+
+def test_the_library_key_leaves_out_where_the_traced_code_lives():
+    """The step traced from a copy of the code (a chapter's listings run by a reader, another
+    checkout) has other source locations in its graph; it finds the library compiled from the
+    package all the same. A change of the graph itself still changes the key."""
+    from llama.inference.exported import _package_key, _Step, _tensors
+
+    model = random_model(GQA, seed=3)
+    step = _Step(model, model.new_caches(batch_size=1, max_seq_len=DECODER_CACHE)).eval()
+    args = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        program = torch.export.export(step, args, strict=False)
+    key = _package_key(program, _tensors(step))
+    traced = [n for n in program.graph.nodes if n.meta.get("stack_trace")]
+    assert traced, "the exported graph records no source locations: this test would check nothing"
+    for node in traced:
+        node.meta["stack_trace"] = node.meta["stack_trace"].replace("llama", "copied/elsewhere")
+    program.graph_module.recompile()
+    assert "copied/elsewhere" in program.graph_module.print_readable(print_output=False)
+    assert _package_key(program, _tensors(step)) == key
+
+    next(n for n in program.graph.nodes if n.op == "call_function").target = torch.ops.aten.sub.Tensor
+    program.graph_module.recompile()
+    assert _package_key(program, _tensors(step)) != key

@@ -84,10 +84,14 @@ def _layout(t: torch.Tensor) -> tuple:
 
 
 def _package_key(program: torch.export.ExportedProgram, tensors: dict[str, torch.Tensor]) -> str:
-    """A hash of everything the compiled library depends on; the weights' values are not part of it."""
+    """A hash of everything the compiled library depends on; the weights' values are not part of it,
+    nor where the traced code lives: the graph's ``# File: ...`` comments are left out, so the same
+    step traced from another checkout (or from a chapter's copied listings) finds the same library."""
+    code = program.graph_module.print_readable(print_output=False)
+    graph = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith("#"))
     digest = hashlib.sha256()
     for part in (torch.__version__, torch.backends.cpu.get_cpu_capability(), _cpu_tag(),
-                 f"threads={torch.get_num_threads()}", program.graph_module.print_readable(print_output=False)):
+                 f"threads={torch.get_num_threads()}", graph):
         digest.update(part.encode() + b"\0")
     for name, t in sorted(tensors.items()):
         digest.update(f"{name} {tuple(t.shape)} {t.stride()} {t.dtype} {t.device}\n".encode())

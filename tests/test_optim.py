@@ -57,7 +57,8 @@ def test_muon_equals_pytorchs_over_many_steps(monkeypatch):
     # torch.optim.Muon orthogonalises in bfloat16 on every machine; ours does where that is fast
     # (tests/test_precision.py checks which): compare the two in the same precision.
     monkeypatch.setattr("llama.training.optim.fast_dtype", lambda device: torch.bfloat16)
-    ours, theirs = twins([(16, 8), (8, 24), (10, 10)])
+    # Matrices of one shape are orthogonalised as one batch (three 10 x 10, two 16 x 8), a lone one alone.
+    ours, theirs = twins([(16, 8), (8, 24), (10, 10), (10, 10), (16, 8), (10, 10)])
     opt = Muon([{"params": ours, "muon": True}], lr=0.02, weight_decay=0.1)
     ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
     g = torch.Generator().manual_seed(2)
@@ -74,6 +75,15 @@ def test_newton_schulz_brings_singular_values_near_one():
     g = torch.randn(64, 32, generator=torch.Generator().manual_seed(3)) @ torch.diag(torch.logspace(0, 1, 32))
     s = torch.linalg.svdvals(newton_schulz(g).float())
     assert s.min() > 0.5 and s.max() < 1.3  # from singular values spread over a decade
+
+
+@pytest.mark.parametrize("shape", [(24, 10), (10, 24)])
+def test_newton_schulz_of_a_batch_orthogonalises_each_matrix_on_its_own(shape):
+    g = torch.randn(3, *shape, generator=torch.Generator().manual_seed(3))
+    g[1] *= 100  # scaled by the whole batch's norm, the other two would come out far from orthogonal
+    batched = newton_schulz(g, dtype=torch.float32)
+    for one, alone in zip(batched, (newton_schulz(m, dtype=torch.float32) for m in g)):
+        assert (one - alone).abs().max() <= 1e-5
 
 
 def test_clip_grad_norm_equals_pytorchs():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -98,22 +99,25 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=(3.4445, -4.7750
     emulate it (:func:`llama.training.precision.fast_dtype`).
 
     Args:
-        g: ``[m, n]`` matrix.
+        g: ``[m, n]`` matrix, or ``[k, m, n]``: ``k`` matrices of one shape, each orthogonalised
+            on its own but by one batched product per step (fewer, larger calls: faster).
         dtype: the products' dtype; ``None`` is :func:`~llama.training.precision.fast_dtype` of ``g``'s device.
 
     Returns:
-        ``[m, n]`` in that dtype, its singular values near 1.
+        ``g``'s shape, in that dtype, each matrix's singular values near 1.
     """
     a, b, c = coefficients
     x = g.to(dtype or fast_dtype(g.device))
-    if g.size(0) > g.size(1):
-        x = x.T                                         # X X^T is then the smaller Gram matrix
-    x = x / x.norm().clamp(min=eps)                     # Frobenius norm >= spectral norm: all sigma <= 1
+    tall = g.size(-2) > g.size(-1)
+    if tall:
+        x = x.mT                                        # X X^T is then the smaller Gram matrix
+    # Frobenius norm >= spectral norm: all sigma <= 1
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    fma = torch.addmm if x.dim() == 2 else torch.baddbmm  # (b)addmm(C, A, B, beta, alpha) = beta C + alpha A B
     for _ in range(steps):
-        gram = x @ x.T
-        # a X + (b G + c G G) X, as two fused multiply-adds (addmm(C, A, B, beta, alpha) = beta C + alpha A B)
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if g.size(0) > g.size(1) else x
+        gram = x @ x.mT
+        x = fma(x, fma(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b G + c G G) X
+    return x.mT if tall else x
 
 
 class Muon(AdamW):
@@ -141,17 +145,39 @@ class Muon(AdamW):
         super().__init__(params, lr, betas, eps, weight_decay, momentum=momentum, nesterov=nesterov,
                          ns_steps=ns_steps, muon=True)
 
-    def update(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> None:
-        if not group["muon"]:
-            return super().update(p, g, state, group)
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["muon"]:
+                for p in params:
+                    self.update(p, p.grad, self.state[p], group)  # AdamW's
+                continue
+            # Matrices of one shape are orthogonalised together: one batched product per shape
+            # and step instead of one per matrix (a sharded DTensor goes alone, as FSDP holds it).
+            same_shape: dict[Any, list[torch.Tensor]] = {}
+            for p in params:
+                same_shape.setdefault(p.shape if type(p.data) is torch.Tensor else id(p), []).append(p)
+            for ps in same_shape.values():
+                directions = [self.direction(p, p.grad, self.state[p], group) for p in ps]
+                if len(ps) > 1:
+                    updates = newton_schulz(torch.stack(directions), group["ns_steps"]).unbind()
+                else:
+                    updates = [newton_schulz(directions[0], group["ns_steps"])]
+                for p, update in zip(ps, updates):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+        return loss
+
+    @staticmethod
+    def direction(p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        """Update the momentum of ``p`` with its gradient ``g``; the direction to orthogonalise."""
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p)
-        mu, lr = group["momentum"], group["lr"]
+        mu = group["momentum"]
         buf = state["momentum_buffer"].lerp_(g, 1 - mu)            # B = mu B + (1 - mu) g
-        direction = g.lerp(buf, mu) if group["nesterov"] else buf   # look one step ahead
-        update = newton_schulz(direction, group["ns_steps"])
-        p.mul_(1 - lr * group["weight_decay"])
-        p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+        return g.lerp(buf, mu) if group["nesterov"] else buf        # look one step ahead
 # --8<-- [end:muon]
 
 

@@ -10,14 +10,17 @@ Run from the repository root::
     python benchmarks/train.py precision    # float32 vs bfloat16 autocast, our model
     python benchmarks/train.py matmul       # a 1024 x 1024 product in float32 and bfloat16; what --dtype auto chooses
     python benchmarks/train.py parts        # the book's loss, AdamW, clipping vs PyTorch's; Muon vs AdamW
+    python benchmarks/train.py attention    # fused attention, forward and backward, float32 vs bfloat16
+    python benchmarks/train.py allocator    # the recipe's step with glibc's malloc as it starts, and reusing memory
     python benchmarks/train.py sweep --sweep-steps 300   # the recipe's variants at a fixed number of steps
+    python benchmarks/train.py budget       # the recipe's weight decay, each run at its 120 seconds
     python benchmarks/train.py parallel     # DDP and FSDP on 1, 2 and 4 ranks: bytes per rank, step time
     python benchmarks/train.py --quick throughput precision parts   # tiny sizes, to check the script runs
     python benchmarks/train.py throughput --save    # also write results/train-throughput.{json,md}
     python benchmarks/train.py quality sweep --render   # rewrite results/train-*.md from the stored JSON
 
-What the book shows are the results files: ``quality`` and ``sweep`` always write theirs
-(``train-quality.json``, lines of ``train-sweep.jsonl``), the others with ``--save``
+What the book shows are the results files: ``quality``, ``sweep`` and ``budget`` always write theirs
+(``train-quality.json``, lines of ``train-sweep.jsonl`` and ``train-budget.jsonl``), the others with ``--save``
 (``train-WHAT.json``; ``matmul`` keeps one row per machine or setting), and each writes
 ``train-WHAT.md`` from its JSON (benchmarks/train_report.py) with the command and the machine
 line; ``--render`` rewrites that Markdown from the stored JSON without measuring. The speed
@@ -53,6 +56,8 @@ from pathlib import Path
 
 import torch
 
+from llama.training.allocator import reuse_freed_memory
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -60,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 import train_report  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
-from train_speed import run_matmul, run_parts, run_precision, run_throughput  # noqa: E402
+from train_speed import run_allocator, run_attention, run_matmul, run_parts, run_precision, run_throughput  # noqa: E402
 
 #: The book's recipe: every other setting is ``llama train``'s default (see llama.training.config.TrainConfig).
 #: Muon, a 2,048-token vocabulary, AdamW's rate of 8e-3 and 16 windows of 128 are the best of the
@@ -170,6 +175,43 @@ def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
         render("sweep")
 
 
+#: The recipe's variants at its own budget (``budget``): name -> flags given beside ``--recipe shakespeare``.
+#: Once the step got faster (attention in float32 under CPU autocast, Muon's products batched, freed
+#: memory reused), the recipe's run read the training text three times or more and overfitted;
+#: these runs chose its weight decay.
+BUDGET = {
+    "weight decay 0.1": ["--weight-decay", "0.1"],
+    "weight decay 0.3": ["--weight-decay", "0.3"],
+    "weight decay 1.0": ["--weight-decay", "1.0"],
+    "weight decay 2.0": ["--weight-decay", "2.0"],
+}
+
+
+def run_budget(names: list[str] | None) -> None:
+    """Run ``llama train --recipe shakespeare`` with each variant's flags, one after another, at the
+    recipe's time budget and thread count, and append its steps and final whole-validation bits per
+    byte, with the load and the machine, to ``results/train-budget.jsonl`` (rewriting ``.md``)."""
+    from llama.training.state import read_log
+
+    for name in names or list(BUDGET):
+        out = REPO / "runs" / "budget" / name.replace(" ", "_").replace(",", "")
+        if out.exists():
+            shutil.rmtree(out)
+        flags = BUDGET[name]
+        cmd = [sys.executable, "-m", "llama.cli.main", "train", "--recipe", "shakespeare", "--out", str(out),
+               "--sample-tokens", "0", "--no-progress", *flags]
+        load = os.getloadavg()[0]
+        subprocess.run(cmd, cwd=REPO, check=True)
+        log = read_log(out / "log.jsonl")
+        record = {"name": name, "flags": flags, "steps": log[-1]["step"], "val_bpb": log[-1]["val_bpb"],
+                  "train_loss": log[-2]["train_loss"], "loop_s": log[-1]["elapsed"], "threads": torch.get_num_threads(),
+                  "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2), "machine": machine()}
+        print(json.dumps(record), flush=True)
+        with open(RESULTS / "train-budget.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        render("budget")
+
+
 PARALLEL_CHILD = """
 import os, sys
 from llama.cli.main import main
@@ -231,10 +273,13 @@ MEASURE = {
     "throughput": lambda a: run_throughput(a.quick, a.compile, a.warmup, a.steps, a.rounds),
     "precision": lambda a: run_precision(a.quick, a.warmup, a.steps, a.rounds),
     "parts": lambda a: run_parts(a.quick, a.warmup, a.steps, a.rounds),
+    "attention": lambda a: run_attention(a.quick, a.warmup, a.rounds),
+    "allocator": lambda a: run_allocator(a.quick, a.steps, a.rounds),
     "matmul": lambda a: run_matmul(),
     "parallel": lambda a: run_parallel(a.quick, a.steps),
 }
 RENDER = {"throughput": train_report.throughput, "precision": train_report.precision, "parts": train_report.parts,
+          "attention": train_report.attention, "allocator": train_report.allocator,
           "matmul": train_report.matmul, "parallel": train_report.parallel}
 
 
@@ -246,6 +291,8 @@ def rendered(what: str) -> str:
                                     report.read("train-log", "python benchmarks/train.py quality --repeats 3"))
     if what == "sweep":
         return train_report.sweep(report.read(name, "python benchmarks/train.py sweep"))
+    if what == "budget":
+        return train_report.budget(report.read(name, "python benchmarks/train.py budget"))
     return RENDER[what](report.read(name, f"python benchmarks/train.py {what} --save"))
 
 
@@ -266,10 +313,11 @@ def save(what: str, record: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "matmul", "parts", "sweep",
-                                                        "parallel"])
+    parser.add_argument("what", nargs="+", choices=["quality", "throughput", "precision", "matmul", "parts",
+                                                        "attention", "allocator", "sweep", "budget", "parallel"])
     parser.add_argument("--sweep-steps", type=int, default=300, help="optimizer steps of each sweep run")
-    parser.add_argument("--only", action="append", choices=list(SWEEP), help="sweep only these variants")
+    parser.add_argument("--only", action="append", choices=[*SWEEP, *BUDGET],
+                        help="sweep (or budget) only these variants")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the recipe (quality): median and spread")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (throughput, precision)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (throughput)")
@@ -286,18 +334,21 @@ def main(argv=None) -> int:
         for what in args.what:
             render(what)
         return 0
-    if args.quick and (args.save or {"quality", "sweep"} & set(args.what)):
-        parser.error("--quick with --save, quality or sweep would write the tiny sizes' numbers to "
+    if args.quick and (args.save or {"quality", "sweep", "budget"} & set(args.what)):
+        parser.error("--quick with --save, quality, sweep or budget would write the tiny sizes' numbers to "
                      "benchmarks/results/: drop --quick")
     command = "python benchmarks/train.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as `llama train` does: the steps raced here are the ones it runs
     print(machine_line())
     print(f"load average {os.getloadavg()[0]:.2f}")
     for what in args.what:
         if what == "quality":
             run_quality(args.repeats, command)
         elif what == "sweep":
-            run_sweep(args.sweep_steps, args.threads, args.only)
+            run_sweep(args.sweep_steps, args.threads, [n for n in args.only or SWEEP if n in SWEEP])
+        elif what == "budget":
+            run_budget([n for n in args.only or BUDGET if n in BUDGET])
         else:
             load = os.getloadavg()[0]
             record = {"command": command, "machine": machine(), **MEASURE[what](args), "load_start": round(load, 2),

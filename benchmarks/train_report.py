@@ -81,6 +81,21 @@ def sweep(records: list[dict]) -> str:
     return first + "\n\n" + table(header, rows, right=2) + "\n"
 
 
+def budget(records: list[dict]) -> str:
+    """``train-budget.md``: the recipe's variants, each run at the recipe's own time budget."""
+    rows = [[r["name"], "`" + " ".join(r["flags"]) + "`", number(r["steps"]), f"{r['train_loss']:.3f}",
+             f"{r['val_bpb']:.3f}", f"{r['load_start']:.2f} → {r['load_end']:.2f}"] for r in records]
+    machines = sorted({machine_text(r.get("machine")) for r in records})
+    first = "; ".join(["`python benchmarks/train.py budget`: `llama train --recipe shakespeare` with the flags of each "
+                       "row, one run each, one after another", *machines,
+                       f"{', '.join(sorted({str(r['threads']) for r in records}))} threads, the recipe's 120 seconds "
+                       "of training loop; training loss: the mean of the last steps before the final evaluation; "
+                       "bits per byte of the whole validation split"])
+    header = ["variant", "flags beside `--recipe shakespeare`", "steps", "training loss, nats", "validation bits per byte",
+              "load average"]
+    return first + "\n\n" + table(header, rows, right=2) + "\n"
+
+
 def _flops_note(record: dict) -> str:
     f = record["flops_per_token"]
     return (f"{f['total'] / 1e6:.2f} M FLOPs per token (6 × {f['weights'] / 6e6:.3f} M weights that multiply + "
@@ -121,6 +136,38 @@ def precision(record: dict) -> str:
     return markdown(record["command"], record["machine"], notes, [
         table(["training step", "tokens/s", "achieved GFLOP/s", "matmul peak at its dtype, GFLOP/s", "MFU"], rows),
         table(["memory", "MB"], _memory_rows(record, "bfloat16 autocast"))])
+
+
+def attention(record: dict) -> str:
+    """``train-attention.md``: fused attention's forward and backward in float32 and bfloat16."""
+    rows, by = [], {(tuple(r["batch"]), r["dtype"]): r for r in record["rows"]}
+    for (b, t), dtype in by:
+        r = by[(b, t), dtype]
+        rows.append([f"{b} × {t}", dtype, f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}"])
+        if dtype == "bfloat16":
+            f32 = by[(b, t), "float32"]
+            rows.append([f"{b} × {t}", "bfloat16 / float32", f"{r['forward_ms'] / f32['forward_ms']:.2f}x",
+                         f"{r['backward_ms'] / f32['backward_ms']:.2f}x"])
+    c = record["config"]
+    notes = [_load(record), f"`F.scaled_dot_product_attention(q, k, v, is_causal=True)` with {c['n_heads']} heads of "
+             f"{c['head_dim']} (the book model's), {record['threads']} threads; milliseconds: median of "
+             f"{record['rounds']} rounds, the dtypes alternating"]
+    return markdown(record["command"], record["machine"], notes,
+                    [table(["windows × tokens", "dtype", "forward, ms", "backward, ms"], rows)])
+
+
+def allocator(record: dict) -> str:
+    """``train-allocator.md``: the recipe's step with glibc's allocator as it starts and set to reuse memory."""
+    base = record["rows"][0]
+    rows = [[r["allocator"], number(r["faults"]), f"{r['cpu_ms']:.0f}", f"{r['wall_ms']:.0f}",
+             f"{base['wall_ms'] / r['wall_ms']:.2f}x"] for r in record["rows"]]
+    c, (b, t) = record["config"], record["batch"]
+    notes = [_load(record), f"the recipe's step: {c['n_layers']} layers × {c['dim']}, a {number(c['vocab_size'])}-token "
+             f"vocabulary, {b} × {t} tokens, bfloat16 autocast, Muon, {record['threads']} threads",
+             f"per step: medians of {record['rounds']} fresh processes of each, {record['steps']} steps each "
+             "after 3 untimed ones, the two alternating"]
+    return markdown(record["command"], record["machine"], notes, [table(
+        ["allocator", "page faults per step", "CPU ms per step (all threads)", "wall ms per step", "speed"], rows)])
 
 
 PARTS = {"book": "the book's cross-entropy, AdamW and clipping (what `llama train` runs)",

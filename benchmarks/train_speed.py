@@ -1,5 +1,6 @@
-"""The speed of a training step, for ``benchmarks/train.py throughput``, ``precision``, ``parts`` and
-``matmul`` (run them through that script, which prints and saves their results).
+"""The speed of a training step, for ``benchmarks/train.py throughput``, ``precision``, ``parts``,
+``attention``, ``allocator`` and ``matmul`` (run them through that script, which prints and saves
+their results).
 
 FLOPs per token are :func:`llama.training.flops.flops_per_token` (6 x the weights that multiply, plus
 causal attention, 6 L d (T + 1)); achieved FLOP/s is that times tokens/s; the peak is measured
@@ -20,6 +21,7 @@ tokens in the round over its wall time; the median over rounds is reported.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -238,3 +240,87 @@ def run_parts(quick: bool, warmup: int, steps: int, rounds: int) -> dict:
     return _race_record(config, b, t, _race(fns, b * t, warmup, steps, rounds), rounds, steps)
 
 
+
+
+def run_attention(quick: bool, warmup: int, rounds: int) -> dict:
+    """PyTorch's fused attention (``F.scaled_dot_product_attention``, causal), forward and backward
+    timed apart, in float32 and in bfloat16, on the attention of the recipe's windows (16 x 128) and
+    of the baseline's (8 x 256), the book model's heads: why the model keeps attention in float32
+    under CPU autocast (llama/model/attention.py). Median of ``rounds``, the dtypes alternating."""
+    import torch.nn.functional as F
+
+    config, _, _ = throughput_config(quick)
+    shapes = [(2, 32)] if quick else [(16, 128), (8, 256)]
+    rows = []
+    for b, t in shapes:
+        times = {dtype: {"forward": [], "backward": []} for dtype in ("float32", "bfloat16")}
+        qkv = {dtype: [torch.randn(b, config.n_heads, t, config.head_dim, dtype=getattr(torch, dtype),
+                                   requires_grad=True) for _ in range(3)] for dtype in times}
+        for r in range(warmup + rounds):
+            for dtype, ts in times.items():
+                start = time.perf_counter()
+                out = F.scaled_dot_product_attention(*qkv[dtype], is_causal=True)
+                middle = time.perf_counter()
+                out.backward(torch.ones_like(out))
+                if r >= warmup:
+                    ts["forward"].append(middle - start)
+                    ts["backward"].append(time.perf_counter() - middle)
+        for dtype, ts in times.items():
+            rows.append({"batch": [b, t], "dtype": dtype, **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in ts.items()}})
+    return {"config": {k: getattr(config, k) for k in ("dim", "n_layers", "n_heads", "head_dim")},
+            "threads": torch.get_num_threads(), "rounds": rounds, "rows": rows}
+
+
+ALLOCATOR_CHILD = """
+import json, resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+sys.path.insert(0, sys.argv[1])
+import train_speed as bench
+from llama import Transformer
+from llama.training.allocator import reuse_freed_memory
+
+config, b, t = bench.recipe_config(sys.argv[3] == "1")
+taken = reuse_freed_memory() if sys.argv[4] == "1" else False
+data = torch.randint(config.vocab_size, (b, t + 1), generator=torch.Generator().manual_seed(0))
+torch.manual_seed(0)
+model = Transformer(config)
+step = bench._step_fn(model, model, (data[:, :-1], data[:, 1:]), "bfloat16", "muon")
+for _ in range(3):
+    step()
+steps = int(sys.argv[5])
+faults, cpu, wall = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
+for _ in range(steps):
+    step()
+print(json.dumps({"taken": taken, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps,
+                  "cpu_ms": 1e3 * (time.process_time() - cpu) / steps, "wall_ms": 1e3 * (time.perf_counter() - wall) / steps}))
+"""
+
+
+def recipe_config(quick: bool):
+    """``(model config, windows, tokens per window)`` of the book's recipe (``--recipe shakespeare``)."""
+    from llama.training.config import RECIPES, TrainConfig, model_config
+
+    if quick:
+        return throughput_config(True)
+    cfg = TrainConfig(out="-", **RECIPES["shakespeare"])
+    return model_config(cfg, cfg.vocab_size), cfg.batch_size, cfg.block_size
+
+
+def run_allocator(quick: bool, steps: int, rounds: int) -> dict:
+    """The recipe's training step (bfloat16 autocast, Muon) in fresh processes, with glibc's
+    allocator as it starts and after :func:`llama.training.allocator.reuse_freed_memory` (what
+    ``llama train`` calls): page faults, CPU time and wall time per step, medians of ``rounds``
+    processes of each, the two alternating."""
+    config, b, t = recipe_config(quick)
+    runs = {"glibc's defaults": [], "reuse_freed_memory()": []}
+    for _ in range(rounds):
+        for reuse, name in enumerate(runs):
+            out = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD, str(REPO / "benchmarks"),
+                                  str(torch.get_num_threads()), "1" if quick else "0", str(reuse), str(steps)],
+                                 cwd=REPO, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout))
+    rows = [{"allocator": name, "taken": all(r["taken"] for r in rs) if i else None,
+             **{k: statistics.median(r[k] for r in rs) for k in ("faults", "cpu_ms", "wall_ms")}}
+            for i, (name, rs) in enumerate(runs.items())]
+    return {"config": {k: getattr(config, k) for k in ("dim", "n_layers", "vocab_size")}, "batch": [b, t],
+            "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps, "rows": rows}

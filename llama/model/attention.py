@@ -183,8 +183,15 @@ class Attention(nn.Module):
         # --8<-- [start:sdpa]
         # One fused kernel for softmax(q k^T / sqrt(d) + mask) v; with enable_gqa each group of
         # n_heads / n_kv_heads query heads reads its key/value head in place, without copies.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and s > 1,
-                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        how = dict(attn_mask=mask, is_causal=mask is None and s > 1, enable_gqa=self.n_kv_heads != self.n_heads)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Mixed precision on a CPU keeps attention in float32: there PyTorch's fused kernel
+            # computes its backward pass much slower in bfloat16 than in float32 (`python
+            # benchmarks/train.py attention`), and attention is a small share of a step's arithmetic.
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **how).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, **how)
         # --8<-- [end:sdpa]
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 # --8<-- [end:module]

@@ -3,7 +3,8 @@ checkpoints, data parallelism and fine-tuning.
 
 Modules, in the order the book meets them: :mod:`~llama.training.config`,
 :mod:`~llama.training.precision`, :mod:`~llama.training.loss`, :mod:`~llama.training.optim`,
-:mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.tokenizer`,
+:mod:`~llama.training.flops`, :mod:`~llama.training.memory`, :mod:`~llama.training.allocator`,
+:mod:`~llama.training.tokenizer`,
 :mod:`~llama.training.run_folder`, :mod:`~llama.training.state`, :mod:`~llama.training.distributed`,
 :mod:`~llama.training.fsdp`, :mod:`~llama.training.sharded`, :mod:`~llama.training.lora`,
 :mod:`~llama.training.finetune`, :mod:`~llama.training.loop`.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "matmul_params": "flops", "flops_per_token": "flops", "training_memory": "flops",
     "STRATEGIES": "memory", "parameter_shapes": "memory", "shard_numel": "memory", "bytes_per_rank": "memory",
     "communication_bytes": "memory",
+    "MMAP_THRESHOLD": "allocator", "TRIM_THRESHOLD": "allocator", "reuse_freed_memory": "allocator",
     "build_tokenizer": "tokenizer",
     "LOCK_NAME": "run_folder", "RUN_FILES": "run_folder", "RunLock": "run_folder", "check_out": "run_folder",
     "latest_name": "run_folder", "remove_partial": "run_folder", "remove_new_run": "run_folder",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
     from llama.training.memory import (
         STRATEGIES, bytes_per_rank, communication_bytes, parameter_shapes, shard_numel,
     )
+    from llama.training.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD, reuse_freed_memory
     from llama.training.tokenizer import build_tokenizer
     from llama.training.run_folder import (
         LOCK_NAME, RUN_FILES, RunLock, check_out, kept_after_stop, latest_name, remove_new_run,

@@ -25,6 +25,7 @@ import torch
 
 from llama.data.pipeline import WindowSampler, eval_windows, resolve_text_path, token_byte_lengths
 from llama.model.transformer import Transformer
+from llama.training.allocator import reuse_freed_memory
 from llama.training.config import TrainConfig, check_memory, model_config
 from llama.training.distributed import (
     Dist,
@@ -215,8 +216,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None,
         saved = on_rank0(dist, open_run)
         if saved is not None:
             cfg = merge_resume(cfg, set(dataclasses.asdict(cfg)) if given is None else given, saved, dist.world_size)
-        # The processes of one machine share its cores.
+        # The processes of one machine share its cores; each keeps the memory a step frees for the next.
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
+        reuse_freed_memory()
         try:
             dtype, why = on_rank0(dist, lambda: choose_dtype(requested, saved, dist.device, cfg.progress))
             cfg = dataclasses.replace(cfg, dtype=dtype)
@@ -445,5 +447,4 @@ def _save(cfg: TrainConfig, resume: bool, step: int, write: Callable[..., Any], 
 
 
 if __name__ == "__main__":  # the loop has no flags of its own: they belong to the command line
-    raise SystemExit("llama.training.loop is a library module; train with `llama train --out DIR ...` "
-                     "(or `python -m llama.cli.main train ...`)")
+    raise SystemExit("llama.training.loop is a library module; train with `llama train --out DIR ...`")

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from llama.training import TrainConfig, flops_per_token, model_config, training_memory
+from llama.training import RECIPES, TrainConfig, flops_per_token, model_config, training_memory
 
 SWEEP = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "train-sweep.jsonl"
 
 
-#: The recipe's settings that change the model, the batch and the optimizer (benchmarks/train.py's
-#: RECIPE_ARGS: --optimizer muon --vocab-size 2048 --batch-size 16 --block-size 128).
-RECIPE = TrainConfig(out="-", max_time=120, optimizer="muon", vocab_size=2048, lr=8e-3, batch_size=16, block_size=128)
+#: The recipe (``llama train --recipe shakespeare``, benchmarks/train.py's RECIPE_ARGS).
+RECIPE = TrainConfig(out="-", **RECIPES["shakespeare"])
 
 
 def flops_and_memory():

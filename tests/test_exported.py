@@ -90,3 +90,29 @@ def test_the_library_key_leaves_out_where_the_traced_code_lives():
     next(n for n in program.graph.nodes if n.op == "call_function").target = torch.ops.aten.sub.Tensor
     program.graph_module.recompile()
     assert _package_key(program, _tensors(step)) != key
+
+
+def test_a_second_builder_of_the_same_library_waits_for_the_first(tmp_path):
+    """Two processes building the same step at once: the second waits on the library's lock while
+    the first compiles, then finds the library and loads it. Here two threads, each opening the
+    lock file itself, which ``flock`` treats as two holders, as it does two processes."""
+    import threading
+    import time
+
+    from llama.inference.exported import one_compiler
+
+    path = tmp_path / "step.pt2"
+    inside = threading.Event()
+
+    def first_builder():
+        with one_compiler(path):
+            inside.set()
+            time.sleep(0.5)  # compiling
+            path.write_bytes(b"the library")
+
+    builder = threading.Thread(target=first_builder)
+    builder.start()
+    inside.wait()
+    with one_compiler(path):
+        assert path.read_bytes() == b"the library"  # not missing: it waited for the first builder
+    builder.join()

@@ -18,6 +18,7 @@ _EXPORTS = {
     "generate_stream": "generation", "generate": "generation", "generate_batch": "generation",
     "prepare_for_decoding": "generation", "decode_step": "compiled", "CompiledDecoder": "compiled",
     "missing_cxx_compiler": "compiled", "ExportedDecoder": "exported", "package_folder": "exported",
+    "one_compiler": "exported",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -28,4 +29,4 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
     )
     from llama.inference.generation import generate, generate_batch, generate_stream, prepare_for_decoding
     from llama.inference.compiled import CompiledDecoder, decode_step, missing_cxx_compiler
-    from llama.inference.exported import ExportedDecoder, package_folder
+    from llama.inference.exported import ExportedDecoder, one_compiler, package_folder

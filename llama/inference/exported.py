@@ -31,6 +31,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.quantization.kernel import _cpu_tag
 
-__all__ = ["ExportedDecoder", "package_folder"]
+__all__ = ["ExportedDecoder", "package_folder", "one_compiler"]
 
 
 def package_folder() -> Path:
@@ -81,6 +82,22 @@ def _tensors(step: _Step) -> dict[str, torch.Tensor]:
 def _layout(t: torch.Tensor) -> tuple:
     """Where a tensor's values are and how they are laid out: what the compiled step was handed."""
     return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype
+
+
+@contextmanager
+def one_compiler(path: Path) -> Iterator[None]:
+    """Hold the lock of the library ``path`` (``path.lock``, POSIX ``flock``) while it is looked
+    for and, if missing, compiled: a second process building the same step waits, then loads the
+    first one's library instead of compiling it again. Without ``fcntl`` (Windows) nothing is
+    locked and both may compile, which is only slower: the rename keeps the file whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _package_key(program: torch.export.ExportedProgram, tensors: dict[str, torch.Tensor]) -> str:
@@ -138,19 +155,19 @@ class ExportedDecoder(CompiledDecoder):
             program = torch.export.export(step, (token, position), strict=False)
         self._weights = _tensors(step)
         path = package_folder() / f"{_package_key(program, self._weights)}.pt2"
-        self.loaded_from_cache = path.exists()
-        if not self.loaded_from_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Written beside its final name and renamed: another process compiling the same step
-            # at the same time never reads half a file.
-            handle, partial = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
-            os.close(handle)
-            try:
-                torch._inductor.aoti_compile_and_package(
-                    program, package_path=partial, inductor_configs={"aot_inductor.package_constants_in_so": False})
-                os.replace(partial, path)
-            finally:
-                Path(partial).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with one_compiler(path):  # another process compiling the same step: wait, then load its library
+            self.loaded_from_cache = path.exists()
+            if not self.loaded_from_cache:
+                # Written beside its final name and renamed: nothing ever reads half a file.
+                handle, partial = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+                os.close(handle)
+                try:
+                    torch._inductor.aoti_compile_and_package(
+                        program, package_path=partial, inductor_configs={"aot_inductor.package_constants_in_so": False})
+                    os.replace(partial, path)
+                finally:
+                    Path(partial).unlink(missing_ok=True)
         self._library = torch._inductor.aoti_load_package(str(path))
         wanted = set(self._library.get_constant_fqns())
         if not wanted <= self._weights.keys():  # a constant Inductor made itself would hold stale values

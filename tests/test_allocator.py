@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, make_text
 
 # A step's pattern: sixteen tensors of 8 MiB, written, then freed together (as a step's activations
 # are); page faults counted by the kernel over ten steps after three that let the heap grow.
@@ -55,12 +55,8 @@ def test_the_training_loop_asks_for_it(monkeypatch, tmp_path):
 
     calls = []
     monkeypatch.setattr(loop, "reuse_freed_memory", lambda: calls.append(1) or True)
-    loop.train(TrainConfig(out=str(tmp_path / "run"), data=str(text(tmp_path)), tokenizer="bytes", model="tiny",
-                           block_size=16, batch_size=2, max_steps=1, sample_tokens=0, progress=False))
+    text = make_text(tmp_path / "text.txt", n_words=400)
+    loop.train(TrainConfig(out=str(tmp_path / "run"), data=str(text), tokenizer="bytes", model="tiny", block_size=16,
+                           batch_size=2, max_steps=1, sample_tokens=0, progress=False))
     assert calls == [1]
 
-
-def text(folder):
-    path = folder / "text.txt"
-    path.write_text("to be or not to be, that is the question. " * 40, encoding="utf-8")
-    return path

@@ -148,31 +148,42 @@ SWEEP = {
 }
 
 
+def _train_variant(folder: str, name: str, args: list[str]) -> tuple[list[dict], float]:
+    """``llama train --out runs/FOLDER/NAME ARGS`` in an emptied folder, without a sample or a
+    progress bar: its log, and the load average when it started."""
+    from llama.training.state import read_log
+
+    out = REPO / "runs" / folder / name.replace(" ", "_").replace(",", "")
+    if out.exists():
+        shutil.rmtree(out)
+    load = os.getloadavg()[0]
+    subprocess.run([sys.executable, "-m", "llama.cli.main", "train", "--out", str(out), "--sample-tokens", "0",
+                    "--no-progress", *args], cwd=REPO, check=True)
+    return read_log(out / "log.jsonl"), load
+
+
+def _append_run(what: str, record: dict, load_start: float) -> None:
+    """Print ``record`` with the load and the machine, append it to ``results/train-WHAT.jsonl``
+    and rewrite ``results/train-WHAT.md`` from all its lines."""
+    record = {**record, "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
+              "machine": machine()}
+    print(json.dumps(record), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"train-{what}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    render(what)
+
+
 def run_sweep(steps: int, threads: int, names: list[str] | None) -> None:
     """Train each variant of :data:`SWEEP` for ``steps`` optimizer steps (so a busy machine changes
     the time they take, not their result), bfloat16, and append its final whole-validation bits
     per byte, with its training-loop time, the load and the machine, to ``results/train-sweep.jsonl``,
     and rewrite ``results/train-sweep.md`` from all its lines."""
-    from llama.training.state import read_log
-
     for name in names or list(SWEEP):
-        out = REPO / "runs" / "sweep" / name.replace(" ", "_").replace(",", "")
-        if out.exists():
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "llama.cli.main", "train", "--out", str(out), "--dtype", "bfloat16", "--max-steps",
-               str(steps), "--eval-every", str(steps), "--sample-tokens", "0", "--no-progress", "--threads",
-               str(threads), *SWEEP[name]]
-        load = os.getloadavg()[0]
-        subprocess.run(cmd, cwd=REPO, check=True)
-        final = read_log(out / "log.jsonl")[-1]
-        record = {"name": name, "flags": SWEEP[name], "steps": steps, "val_bpb": final["val_bpb"],
-                  "loop_s": final["elapsed"], "threads": threads, "load_start": round(load, 2),
-                  "load_end": round(os.getloadavg()[0], 2), "machine": machine()}
-        print(json.dumps(record), flush=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS / "train-sweep.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        render("sweep")
+        log, load = _train_variant("sweep", name, ["--dtype", "bfloat16", "--max-steps", str(steps), "--eval-every",
+                                                   str(steps), "--threads", str(threads), *SWEEP[name]])
+        _append_run("sweep", {"name": name, "flags": SWEEP[name], "steps": steps, "val_bpb": log[-1]["val_bpb"],
+                              "loop_s": log[-1]["elapsed"], "threads": threads}, load)
 
 
 #: The recipe's variants at its own budget (``budget``): name -> flags given beside ``--recipe shakespeare``.
@@ -191,25 +202,11 @@ def run_budget(names: list[str] | None) -> None:
     """Run ``llama train --recipe shakespeare`` with each variant's flags, one after another, at the
     recipe's time budget and thread count, and append its steps and final whole-validation bits per
     byte, with the load and the machine, to ``results/train-budget.jsonl`` (rewriting ``.md``)."""
-    from llama.training.state import read_log
-
     for name in names or list(BUDGET):
-        out = REPO / "runs" / "budget" / name.replace(" ", "_").replace(",", "")
-        if out.exists():
-            shutil.rmtree(out)
-        flags = BUDGET[name]
-        cmd = [sys.executable, "-m", "llama.cli.main", "train", "--recipe", "shakespeare", "--out", str(out),
-               "--sample-tokens", "0", "--no-progress", *flags]
-        load = os.getloadavg()[0]
-        subprocess.run(cmd, cwd=REPO, check=True)
-        log = read_log(out / "log.jsonl")
-        record = {"name": name, "flags": flags, "steps": log[-1]["step"], "val_bpb": log[-1]["val_bpb"],
-                  "train_loss": log[-2]["train_loss"], "loop_s": log[-1]["elapsed"], "threads": torch.get_num_threads(),
-                  "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2), "machine": machine()}
-        print(json.dumps(record), flush=True)
-        with open(RESULTS / "train-budget.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        render("budget")
+        log, load = _train_variant("budget", name, ["--recipe", "shakespeare", *BUDGET[name]])
+        _append_run("budget", {"name": name, "flags": BUDGET[name], "steps": log[-1]["step"],
+                               "val_bpb": log[-1]["val_bpb"], "train_loss": log[-2]["train_loss"],
+                               "loop_s": log[-1]["elapsed"], "threads": torch.get_num_threads()}, load)
 
 
 PARALLEL_CHILD = """

@@ -153,6 +153,14 @@ def test_parse_task_refuses_what_is_not_a_task():
         parse_task("nope")
     with pytest.raises(ValueError, match="is not KNOB=NUMBER"):
         parse_task("addition:digits")
+    assert repr(parse_task("addition:digits=3,work=30")) == "addition(digits=3, work=30)"
+    with pytest.raises(ValueError, match="'work' is not KNOB=NUMBER"):
+        parse_task("addition:digits=3,work")
+
+
+def test_a_worked_problem_is_learned_with_its_work():
+    problem = Problem("What is 17 + 5?", "22", "17 + 5: 7 + 5 = 12, 1 + 0 + 1 = 2.")
+    assert conversation(problem)[1] == {"role": "assistant", "content": "17 + 5: 7 + 5 = 12, 1 + 0 + 1 = 2.\nAnswer: 22"}
 
 
 # -------------------------------------------------------------------------------- the runs
@@ -219,6 +227,8 @@ def test_errors(tmp_path, base, text, capsys):
         "--base", str(base), "--out", str(tmp_path / "a"), "--task", "nope", *common)
     assert "--task is required" in error("--base", str(base), "--out", str(tmp_path / "b"), *common)
     assert "--task-args needs --task" in error("--base", str(base), "--out", str(tmp_path / "c"), "--task-args", "digits=2", *common)
+    assert "--task: sort_words has no work to show: work=... is for addition" in error(
+        "--base", str(base), "--out", str(tmp_path / "c"), "--task", "sort_words", "--task-args", "words=3,work=30", *common)
     bare = tmp_path / "bare"
     save_model(random_model(ModelConfig(dim=32, n_layers=2, n_heads=4, vocab_size=256, max_seq_len=64)), bare)
     assert "has no tokenizer.json or tokenizer.model beside the base model; pass the tokenizer" in error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -17,6 +18,7 @@ from llama.posttraining.tasks import (
     document,
     make_task,
     parse_answer,
+    solution,
     write_corpus,
 )
 
@@ -192,6 +194,9 @@ def test_held_out_problems_are_distinct_and_a_prefix_of_a_longer_set():
     ("sort_words", {"words": 1}, f"sort_words: words must be an integer from 2 to {len(WORDS)}, got 1"),
     ("count_letter", {"length": 2.5}, "count_letter: length must be an integer from 1 to 200, got 2.5"),
     ("reverse_words", {"words": True}, f"reverse_words: words must be an integer from 2 to {len(WORDS)}, got True"),
+    ("addition", {"work": 101}, "addition: work is the percent of demonstrations that show their work, an integer "
+                                "from 0 to 100, got 101"),
+    ("sort_words", {"work": 30}, "sort_words has no work to show: work=... is for addition"),
 ])
 def test_make_task_refuses(name, knobs, message):
     with pytest.raises(ValueError) as err:
@@ -231,3 +236,35 @@ def test_corpus_is_documents_of_training_problems_from_every_task(tmp_path):
     assert sum(d.startswith("What is") for d in documents) in range(150, 250)  # both tasks, mixed
     path = write_corpus(tmp_path / "tasks.txt", tasks, 400, seed=5)
     assert path.read_text("utf-8") == text
+
+
+# --- worked demonstrations -------------------------------------------------------------------------
+
+_COLUMN = re.compile(r"(\d) \+ (\d)( \+ 1)? = (\d+)")
+
+
+@pytest.mark.parametrize("digits", [1, 3, 7])
+def test_the_work_of_an_addition_is_its_column_sums_and_reads_back_as_the_answer(digits):
+    for p in make_task("addition", digits=digits, work=100).train_problems(300, seed=digits):
+        a, b = re.findall(r"\d+", p.prompt)
+        columns = _COLUMN.findall(p.work)
+        assert p.work == f"{a} + {b}: " + ", ".join(m.group(0) for m in _COLUMN.finditer(p.work)) + "."
+        assert len(columns) == max(len(a), len(b))
+        carry, written = 0, ""
+        for (x, y, carried, total), da, db in zip(columns, reversed(a.zfill(9)), reversed(b.zfill(9))):
+            assert (x, y, bool(carried)) == (da, db, bool(carry)) and int(total) == int(x) + int(y) + carry
+            carry, written = int(total) // 10, total[-1] + written
+        assert str(int(str(carry) + written)) == p.answer
+
+
+def test_work_shows_on_its_share_of_problems_and_leaves_the_problems_as_they_were():
+    plain, worked = (make_task("addition", digits=3, work=w).train_problems(4000, seed=1) for w in (0, 30))
+    assert [(p.prompt, p.answer) for p in plain] == [(p.prompt, p.answer) for p in worked]
+    assert not any(p.work for p in plain) and 0.27 < sum(bool(p.work) for p in worked) / 4000 < 0.33
+    held = [make_task("addition", digits=3, work=w).held_out(50) for w in (0, 30)]
+    assert [p.prompt for p in held[0]] == [p.prompt for p in held[1]]
+    shown = next(p for p in worked if p.work)
+    assert document(shown) == f"{shown.prompt}\n{shown.work}\n{ANSWER_PREFIX} {shown.answer}\n"
+    assert solution(shown) == f"{shown.work}\n{ANSWER_PREFIX} {shown.answer}"
+    assert make_task("addition", digits=3, work=30).grade(solution(shown), shown) == Grade(1.0, True, shown.answer)
+    assert repr(make_task("addition", digits=3, work=30)) == "addition(digits=3, work=30)"

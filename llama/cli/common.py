@@ -200,7 +200,7 @@ def add_stage_flags(p: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> 
     S = argparse.SUPPRESS
     add_base_flags(p, "folder for the log, checkpoints and the trained chat model", tokenizer=False)
     p.add_argument("--task", default=S, help=f"the task whose problems are sampled and graded: {', '.join(TASKS)}")
-    p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's difficulty, e.g. digits=2 (default: the task's)")
+    p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's settings, e.g. digits=2, or digits=3,work=30 (default: the task's)")
     p.add_argument("--max-steps", type=int, default=S, help=f"optimizer steps (default {defaults['max_steps']})")
     p.add_argument("--lr", type=float, default=S, help=f"AdamW's learning rate, constant (default {defaults['lr']:g})")
     p.add_argument("--problems-per-step", type=int, default=S, metavar="N",

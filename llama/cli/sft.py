@@ -44,7 +44,7 @@ def add(subparsers) -> None:
                    "rank (with the embedding and head, whose chat rows are new) and merge them at the end; 0 trains "
                    "every weight (default 0)")
     p.add_argument("--task", dest="sft", default=S, help=f"the task to train on: {', '.join(TASKS)}")
-    p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's difficulty, e.g. digits=2 (default: the task's)")
+    p.add_argument("--task-args", default=S, metavar="KNOB=N", help="the task's settings, e.g. digits=2, or digits=3,work=30 (default: the task's)")
     p.add_argument("--system", dest="sft_system", default=S, help="a system message, the first turn of every conversation")
     p.add_argument("--data", default=S, help="UTF-8 text the evaluations measure, in bits per byte "
                    "(the base's pre-training text: what fine-tuning costs it; default Tiny Shakespeare)")

@@ -23,8 +23,8 @@ _EXPORTS = {
     "check_template": "chat", "pack": "chat",
     "ChatSession": "chat_session",
     "ANSWER_PREFIX": "tasks", "HELD_OUT_FRACTION": "tasks", "HELD_OUT_SEED": "tasks", "WORDS": "tasks",
-    "TASKS": "tasks", "Problem": "tasks", "Grade": "tasks", "Task": "tasks", "make_task": "tasks",
-    "parse_answer": "tasks", "document": "tasks", "corpus": "tasks", "write_corpus": "tasks",
+    "TASKS": "tasks", "WORK": "tasks", "Problem": "tasks", "Grade": "tasks", "Task": "tasks", "make_task": "tasks",
+    "parse_answer": "tasks", "document": "tasks", "solution": "tasks", "corpus": "tasks", "write_corpus": "tasks",
     "pass_at_k": "evaluate", "mean_pass_at_k": "evaluate", "plain_prompt": "evaluate", "prompt_ids": "evaluate",
     "replies": "evaluate",
     "bits_per_byte": "evaluate", "TaskEvaluation": "evaluate", "evaluate_task": "evaluate",
@@ -52,8 +52,8 @@ if TYPE_CHECKING:  # what type checkers and the API pages read
     )
     from llama.posttraining.chat_session import ChatSession
     from llama.posttraining.tasks import (
-        ANSWER_PREFIX, Grade, HELD_OUT_FRACTION, HELD_OUT_SEED, Problem, TASKS, Task, WORDS, corpus,
-        document, make_task, parse_answer, write_corpus,
+        ANSWER_PREFIX, Grade, HELD_OUT_FRACTION, HELD_OUT_SEED, Problem, TASKS, Task, WORDS, WORK, corpus,
+        document, make_task, parse_answer, solution, write_corpus,
     )
     from llama.posttraining.evaluate import (
         TaskEvaluation, bits_per_byte, evaluate_task, mean_pass_at_k, pass_at_k, plain_prompt, prompt_ids, replies,

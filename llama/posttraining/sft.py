@@ -36,7 +36,7 @@ from llama.inference.sampling import Sampling
 from llama.model.transformer import Transformer
 from llama.posttraining.chat import CHAT_TOKENS, ChatFormat
 from llama.posttraining.special_tokens import add_special_tokens, resize_vocab, save_tokenizer
-from llama.posttraining.tasks import ANSWER_PREFIX, Problem, Task, make_task
+from llama.posttraining.tasks import Problem, Task, make_task, solution
 from llama.training.loss import cross_entropy
 
 __all__ = ["IGNORE", "conversation", "parse_task", "masked_targets", "masked_cross_entropy", "pack_stream",
@@ -48,7 +48,8 @@ IGNORE = -100
 
 # --8<-- [start:conversation]
 def conversation(problem: Problem, system: str | None = None) -> list[dict[str, str]]:
-    """A problem as a chat: its prompt from the user, ``Answer: <answer>`` from the assistant.
+    """A problem as a chat: its prompt from the user, ``Answer: <answer>`` from the assistant (after
+    the problem's work, if it shows any: :func:`~llama.posttraining.tasks.solution`).
 
     Args:
         problem: a task's problem (:meth:`~llama.posttraining.tasks.Task.train`).
@@ -60,25 +61,26 @@ def conversation(problem: Problem, system: str | None = None) -> list[dict[str, 
     >>> conversation(Problem("What is 2 + 3?", "5"))
     [{'role': 'user', 'content': 'What is 2 + 3?'}, {'role': 'assistant', 'content': 'Answer: 5'}]
     """
-    turns = [{"role": "user", "content": problem.prompt}, {"role": "assistant", "content": f"{ANSWER_PREFIX} {problem.answer}"}]
+    turns = [{"role": "user", "content": problem.prompt}, {"role": "assistant", "content": solution(problem)}]
     return ([{"role": "system", "content": system}] if system else []) + turns
 # --8<-- [end:conversation]
 
 
 def parse_task(spec: str) -> Task:
-    """The task a run's ``sft`` setting names: ``NAME`` or ``NAME:KNOB=VALUE`` (``addition:digits=2``).
+    """The task a run's ``sft`` setting names: ``NAME`` or ``NAME:KNOB=VALUE[,KNOB=VALUE]``
+    (``addition:digits=2``, ``addition:digits=3,work=30``).
 
     Raises:
         ValueError: not of that form, or a task or difficulty :func:`~llama.posttraining.tasks.make_task` refuses.
     """
-    name, _, knob = spec.partition(":")
-    difficulty = {}
-    if knob:
+    name, _, knobs = spec.partition(":")
+    settings = {}
+    for knob in knobs.split(",") if knobs else ():
         key, eq, value = knob.partition("=")
         if not eq or not value.strip().isdigit():
-            raise ValueError(f"--task-args {knob!r} is not KNOB=NUMBER (e.g. digits=2)")
-        difficulty[key.strip()] = int(value)
-    return make_task(name.strip(), **difficulty)
+            raise ValueError(f"--task-args {knob!r} is not KNOB=NUMBER (e.g. digits=2, or digits=3,work=30)")
+        settings[key.strip()] = int(value)
+    return make_task(name.strip(), **settings)
 
 
 # --8<-- [start:loss]

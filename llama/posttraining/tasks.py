@@ -35,8 +35,8 @@ from pathlib import Path
 from llama._files import atomic_write_text
 
 __all__ = [
-    "ANSWER_PREFIX", "HELD_OUT_FRACTION", "HELD_OUT_SEED", "WORDS", "TASKS", "Problem", "Grade", "Task",
-    "make_task", "parse_answer", "document", "corpus", "write_corpus",
+    "ANSWER_PREFIX", "HELD_OUT_FRACTION", "HELD_OUT_SEED", "WORDS", "TASKS", "WORK", "Problem", "Grade", "Task",
+    "make_task", "parse_answer", "document", "solution", "corpus", "write_corpus",
 ]
 
 # --8<-- [start:format]
@@ -98,10 +98,14 @@ class Problem:
     Attributes:
         prompt: the question, one line of text.
         answer: the right answer, normalised (what :meth:`Task.grade` compares with).
+        work: what a worked demonstration writes before its ``Answer:`` line (the column sums of
+            an addition, say), or ``""`` for the answer alone. Training text and SFT replies
+            show it (:func:`document`); the grader never reads it.
     """
 
     prompt: str
     answer: str
+    work: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,28 @@ TASKS: dict[str, tuple[Callable[..., tuple[str, str]], Callable[[str], str | Non
 }
 # --8<-- [end:generators]
 
+
+# --8<-- [start:work]
+def _addition_work(prompt: str) -> str:
+    """The sum restated, then its column sums, right to left, each with the carry it takes in:
+    ``What is 417 + 205?`` -> ``417 + 205: 7 + 5 = 12, 1 + 0 + 1 = 2, 4 + 2 = 6.``
+
+    Restated, the digits each column reads stand at the same distance from it wherever the
+    question is, in plain text or after a chat template's header."""
+    a, b = re.findall(r"\d+", prompt)
+    width = max(len(a), len(b))
+    a, b, carry, sums = a.zfill(width), b.zfill(width), 0, []
+    for x, y in zip(map(int, reversed(a)), map(int, reversed(b))):
+        total = x + y + carry
+        sums.append(f"{x} + {y}{' + 1' if carry else ''} = {total}")
+        carry = total // 10
+    return f"{a} + {b}: " + ", ".join(sums) + "."
+
+
+#: name -> the worked steps of a problem, from its prompt: the tasks whose demonstrations can show work.
+WORK: dict[str, Callable[[str], str]] = {"addition": _addition_work}
+# --8<-- [end:work]
+
 # --8<-- [start:split]
 #: The share of each task's problems that is held out for evaluation.
 HELD_OUT_FRACTION = 0.1
@@ -190,18 +216,23 @@ class Task:
     Made by :func:`make_task`; ``str(task)`` is its name with the difficulty, e.g. ``addition(digits=3)``.
     """
 
-    def __init__(self, name: str, knob: str, level: int) -> None:
-        self.name, self.knob, self.level = name, knob, level
+    def __init__(self, name: str, knob: str, level: int, work: int = 0) -> None:
+        self.name, self.knob, self.level, self.work = name, knob, level, work
         self._make, self._normalise = TASKS[name][0], TASKS[name][1]
 
     def __repr__(self) -> str:
-        return f"{self.name}({self.knob}={self.level})"
+        return f"{self.name}({self.knob}={self.level}{f', work={self.work}' if self.work else ''})"
 
     # --8<-- [start:task]
     def sample(self, rng: random.Random) -> Problem:
-        """One problem from ``rng``, held out or not."""
+        """One problem from ``rng``, held out or not; ``work`` percent of them show their work.
+
+        Which ones is a function of the prompt's text (its hash, as for the held-out split), so
+        the random stream, and with it every problem, is the same whatever ``work`` is.
+        """
         prompt, answer = self._make(rng, self.level)
-        return Problem(prompt, answer)
+        shown = self.work and _bucket("work:" + prompt) < self.work / 100
+        return Problem(prompt, answer, WORK[self.name](prompt) if shown else "")
 
     def is_held_out(self, problem: Problem | str) -> bool:
         """Whether a problem (or a prompt) belongs to the held-out split: a function of its text alone."""
@@ -268,18 +299,25 @@ def _check_count(n: object) -> None:
 
 
 # --8<-- [start:make_task]
-def make_task(name: str, **difficulty: int) -> Task:
+def make_task(name: str, work: int = 0, **difficulty: int) -> Task:
     """The task called ``name`` (a key of :data:`TASKS`) at a difficulty, e.g. ``make_task("addition", digits=4)``.
 
     Args:
         name: ``addition``, ``multiplication``, ``count_letter``, ``reverse_words`` or ``sort_words``.
+        work: the percent of its problems whose demonstrations show their work (:attr:`Problem.work`),
+            0 to 100; only the tasks of :data:`WORK` have work to show.
         **difficulty: the task's one knob (``digits``, ``length`` or ``words``); its default otherwise.
 
     Raises:
-        ValueError: an unknown task or knob, or a knob out of range; the message lists what is allowed.
+        ValueError: an unknown task or knob, or a knob or ``work`` out of range; the message lists what is allowed.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    if not isinstance(work, int) or isinstance(work, bool) or not 0 <= work <= 100:
+        raise ValueError(f"{name}: work is the percent of demonstrations that show their work, an integer from "
+                         f"0 to 100, got {work!r}")
+    if work and name not in WORK:
+        raise ValueError(f"{name} has no work to show: work=... is for {', '.join(WORK)}")
     _, _, knob, default, largest = TASKS[name]
     if set(difficulty) - {knob}:
         raise ValueError(f"{name} has one difficulty setting, {knob}=..., not {', '.join(sorted(difficulty))}")
@@ -287,14 +325,20 @@ def make_task(name: str, **difficulty: int) -> Task:
     smallest = 2 if knob == "words" else 1
     if not isinstance(level, int) or isinstance(level, bool) or not smallest <= level <= largest:
         raise ValueError(f"{name}: {knob} must be an integer from {smallest} to {largest}, got {level!r}")
-    return Task(name, knob, level)
+    return Task(name, knob, level, work)
 # --8<-- [end:make_task]
 
 
 # --8<-- [start:corpus]
 def document(problem: Problem) -> str:
-    """A problem and its answer as training text: the prompt, then ``Answer: <answer>``, each on its own line."""
-    return f"{problem.prompt}\n{ANSWER_PREFIX} {problem.answer}\n"
+    """A problem and its answer as training text: the prompt, its work if it shows any, then
+    ``Answer: <answer>``, each on its own line."""
+    return f"{problem.prompt}\n{solution(problem)}\n"
+
+
+def solution(problem: Problem) -> str:
+    """What a demonstration answers: the work, if the problem shows it, on the line before ``Answer: <answer>``."""
+    return f"{problem.work}\n" * bool(problem.work) + f"{ANSWER_PREFIX} {problem.answer}"
 
 
 def corpus(tasks: Sequence[Task], n: int, seed: int) -> str:

@@ -14,7 +14,8 @@ For each seed, in ``runs/pipeline/seed-N``:
 2. ``llama train`` pre-trains the book's model on it from scratch (:data:`TRAIN_ARGS`);
 3. ``llama sft`` fine-tunes the result on the task's conversations (:data:`SFT_ARGS`): a chat model;
 4. ``llama dpo`` takes DPO steps on pairs of its own replies, a right one preferred to a wrong one (:data:`DPO_ARGS`);
-5. ``llama rl`` takes GRPO steps on groups of its own replies, from the DPO model (:data:`RL_ARGS`).
+5. ``llama rl`` takes GRPO steps on groups of its own replies, from the DPO model (:data:`RL_ARGS`);
+6. beside the pipeline, ``llama rl`` takes the same steps from the SFT model: what RL does without DPO.
 
 After each stage the model is asked :data:`HELD_OUT` held-out problems, greedily and :data:`SAMPLES`
 times at temperature 1 (the sampled pass@1 and pass@k): the base in plain text (what its corpus looks
@@ -42,16 +43,22 @@ from task_runs import REPO, RESULTS, benchmark_parser, fresh_folder, llama, load
 
 RUN = REPO / "runs" / "pipeline"
 
-#: Sorting five words: the book's model learns part of it from text, so RL has right and wrong replies
-#: to compare. Three words it sorts all but perfectly after SFT, leaving RL nothing to raise; on
-#: two-digit addition the SFT model is rarely right even when sampling, so most groups have one
-#: reward for every reply, and RL lowered the held-out accuracy in the runs that tried it.
-TASK, DIFFICULTY = "sort_words", {"words": 5}
+#: Three-digit addition, with the column sums written out in 30% of the demonstrations (the corpus
+#: and SFT's replies; the others give the answer alone). The model learns both ways of answering and,
+#: asked greedily, takes the commoner one, the answer alone, which it gets mostly wrong; with the
+#: work written out it is mostly right. RL has a choice to reward. On sorting five words the SFT
+#: model was already right on nearly every problem, its errors were confusions of similar words, and
+#: RL did not halve them; on two-digit addition without work it was so rarely right that most groups
+#: had one reward for every reply.
+TASK, DIFFICULTY = "addition", {"digits": 3, "work": 30}
 PROBLEMS = 80_000
 HELD_OUT = 200
 SAMPLES = 8  # replies sampled per held-out problem: pass@1 and pass@8
-MAX_NEW_TOKENS = 44  # Answer: and five words of up to five letters, <|eot_id|>, and room to spare
-STAGES = ("base", "sft", "dpo", "rl")
+# The sum restated and three column sums (54 bytes at most), Answer: and four digits, <|eot_id|>, and room.
+MAX_NEW_TOKENS = 80
+#: The pipeline's four stages, then ``llama rl`` run from the SFT model too: what RL does without DPO before it.
+PIPELINE = ("base", "sft", "dpo", "rl")
+STAGES = (*PIPELINE, "rl_from_sft")
 TOTAL_SECONDS, STAGE_SECONDS, CHAT_FORMAT = 15 * 60, 5 * 60, 0.99
 # The recipe's settings with its old weight decay, 0.1: these runs read their problems about once,
 # and their results were measured so (the recipe's 1.0 holds back a small text read many times).
@@ -76,20 +83,20 @@ QUICK_REWARD = "def even_length(reply, problem):\n    return float(len(reply) % 
 
 
 def commands(folder: Path, seed: int, quick: bool, threads: int | None = None) -> dict[str, list[str]]:
-    """The four stages' ``llama`` arguments for one seed, in ``folder`` (each given ``--threads``, if set)."""
-    (knob, level), = DIFFICULTY.items()
-    task = ["--task", TASK, "--task-args", f"{knob}={level}"]
+    """The stages' ``llama`` arguments for one seed, in ``folder`` (each given ``--threads``, if set)."""
+    task = ["--task", TASK, "--task-args", ",".join(f"{knob}={level}" for knob, level in DIFFICULTY.items())]
     extra = {k: [*v, "--reward", rel(folder / "reward.py") + ":even_length"] if k in ("dpo", "rl") else v
              for k, v in QUICK.items()} if quick else {k: [] for k in QUICK}
     seeded = ["--seed", str(seed), *(["--threads", str(threads)] if threads else [])]
+    rl = [*task, *RL_ARGS, *seeded, *extra["rl"]]
     return {"base": ["train", "--data", rel(folder / "corpus.txt"), "--out", rel(folder / "base"), *TRAIN_ARGS, *seeded,
                      *extra["train"]],
             "sft": ["sft", "--base", rel(folder / "base" / "model"), *task, "--data", rel(folder / "corpus.txt"),
                     "--out", rel(folder / "sft"), *SFT_ARGS, *seeded, *extra["sft"]],
             "dpo": ["dpo", "--base", rel(folder / "sft" / "model"), *task, "--out", rel(folder / "dpo"), *DPO_ARGS,
                     *seeded, *extra["dpo"]],
-            "rl": ["rl", "--base", rel(folder / "dpo" / "model"), *task, "--out", rel(folder / "rl"), *RL_ARGS,
-                   *seeded, *extra["rl"]]}
+            "rl": ["rl", "--base", rel(folder / "dpo" / "model"), "--out", rel(folder / "rl"), *rl],
+            "rl_from_sft": ["rl", "--base", rel(folder / "sft" / "model"), "--out", rel(folder / "rl_from_sft"), *rl]}
 
 
 def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
@@ -111,10 +118,11 @@ def run_seed(seed: int, task, quick: bool, threads: int | None = None) -> dict:
                               max_new_tokens=MAX_NEW_TOKENS, samples=samples)
         print(f"seed {seed} | {stage} | {walls[stage]:.0f} s | held-out accuracy {100 * scores[stage]['accuracy']:.1f}%, "
               f"sampled pass@1 {100 * scores[stage]['pass_at_1']:.1f}%", flush=True)
-    log = [r for r in read_log(folder / "rl" / "log.jsonl") if not r.get("final")]
+    curves = {stage: [round(r["reward"], 4) for r in read_log(folder / out / "log.jsonl") if not r.get("final")]
+              for stage, out in (("rl", "rl"), ("rl_from_sft", "rl_from_sft"))}
     dpo = [r for r in read_log(folder / "dpo" / "log.jsonl") if not r.get("final")]
     return {"seed": seed, "wall_s": walls, "scores": scores, "held_out": len(problems), "samples": samples,
-            "reward_curve": [round(r["reward"], 4) for r in log],
+            "reward_curve": curves["rl"], "reward_curve_from_sft": curves["rl_from_sft"],
             "dpo_steps": [{k: round(r[k], 4) for k in ("loss", "accuracy", "margin", "pairs")} for r in dpo],
             "commands": {k: "llama " + shlex.join(v) for k, v in argv.items()}}
 
@@ -123,13 +131,15 @@ def summary(runs: list[dict]) -> dict:
     """Medians over the seeds, and each target met or not."""
     median = {stage: {"accuracy": statistics.median(r["scores"][stage]["accuracy"] for r in runs),
                       "pass_at_1": statistics.median(r["scores"][stage]["pass_at_1"] for r in runs),
+                      "work_rate": statistics.median(r["scores"][stage]["work_rate"] for r in runs),
                       "wall_s": statistics.median(r["wall_s"][stage] for r in runs)} for stage in STAGES}
     chat = statistics.median(r["scores"]["sft"]["chat_format_rate"] for r in runs)
-    total = statistics.median(sum(r["wall_s"].values()) for r in runs)
+    total = statistics.median(sum(r["wall_s"][stage] for stage in PIPELINE) for r in runs)
     sft, rl, dpo = (median[s]["accuracy"] for s in ("sft", "rl", "dpo"))
     wanted = min(0.15, (1 - sft) / 2)
     return {"median": median, "sft_chat_format_rate": chat, "total_wall_s": total, "rl_gain": rl - sft,
-            "rl_gain_wanted": wanted, "dpo_change": dpo - sft,
+            "rl_gain_wanted": wanted, "dpo_change": dpo - sft, "rl_over_dpo": rl - dpo,
+            "rl_from_sft_gain": median["rl_from_sft"]["accuracy"] - sft,
             "rl_sampled_gain": median["rl"]["pass_at_1"] - median["sft"]["pass_at_1"],
             "met": {"total": total <= TOTAL_SECONDS, "each_stage": all(m["wall_s"] <= STAGE_SECONDS for m in median.values()),
                     "chat_format": chat >= CHAT_FORMAT, "rl_gain": rl - sft >= wanted}}
@@ -139,18 +149,20 @@ def table(result: dict) -> list[str]:
     """The results as Markdown: accuracy and time by stage, then the targets."""
     runs, s = result["runs"], result["summary"]
     names = {"base": "base (pre-trained), asked in plain text", "sft": "after `llama sft`, as a chat turn",
-             "dpo": "after `llama dpo`", "rl": "after `llama rl`"}
+             "dpo": "after `llama dpo`", "rl": "after `llama rl`",
+             "rl_from_sft": "beside them: `llama rl` from the SFT model, without DPO"}
     seeds = ", ".join(str(r["seed"]) for r in runs)
     k = runs[0]["samples"]
     lines = [f"| stage | command's wall s (median) | held-out accuracy (median) | each seed ({seeds}) | "
-             f"in the chat format | sampled pass@1 (median) | each seed | sampled pass@{k} (median) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"in the chat format | showing work | sampled pass@1 (median) | each seed | sampled pass@{k} (median) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for stage in STAGES:
         chat = statistics.median(r["scores"][stage]["chat_format_rate"] or 0 for r in runs)
         lines.append(f"| {names[stage]} | {s['median'][stage]['wall_s']:.0f} | {100 * s['median'][stage]['accuracy']:.1f}% "
                      f"of {runs[0]['held_out']} | "
                      + ", ".join(f"{100 * r['scores'][stage]['accuracy']:.1f}%" for r in runs)
-                     + f" | {'-' if stage == 'base' else f'{100 * chat:.1f}%'} | {100 * s['median'][stage]['pass_at_1']:.1f}% | "
+                     + f" | {'-' if stage == 'base' else f'{100 * chat:.1f}%'} | {100 * s['median'][stage]['work_rate']:.1f}% "
+                     f"| {100 * s['median'][stage]['pass_at_1']:.1f}% | "
                      + ", ".join(f"{100 * r['scores'][stage]['pass_at_1']:.1f}%" for r in runs)
                      + f" | {100 * statistics.median(r['scores'][stage]['pass_at_k'] for r in runs):.1f}% |")
     met = {True: "yes", False: "**no**"}
@@ -164,6 +176,9 @@ def table(result: dict) -> list[str]:
               f"| RL over SFT: +15 points, or half the error rate if smaller (+{100 * s['rl_gain_wanted']:.1f}) | "
               f"{100 * s['rl_gain']:+.1f} points | {met[s['met']['rl_gain']]} |",
               f"| DPO over SFT (measured, no target) | {100 * s['dpo_change']:+.1f} points | - |",
+              f"| RL over DPO, the model it starts from (measured, no target) | {100 * s['rl_over_dpo']:+.1f} points | - |",
+              f"| RL from the SFT model, without DPO, over SFT (measured, no target) | "
+              f"{100 * s['rl_from_sft_gain']:+.1f} points | - |",
               f"| RL over SFT in sampled pass@1 (measured, no target) | {100 * s['rl_sampled_gain']:+.1f} points | - |"]
     return lines
 
@@ -205,7 +220,8 @@ def results_markdown(saved: dict) -> str:
     first = saved["runs"][0]["commands"]
     return (f"`{saved['command']}`; {machine_line(saved['machine'])}; load average {saved['load_average'][0]:.2f} at "
             f"the start, {saved['load_average'][1]:.2f} at the end; {saved['task']}, {len(saved['runs'])} seeds, each: "
-            + "; then ".join(f"`{first[s]}`" for s in STAGES) + f"; greedy replies to {saved['runs'][0]['held_out']} "
+            + "; then ".join(f"`{first[s]}`" for s in PIPELINE) + f"; and beside them `{first['rl_from_sft']}`; "
+            f"greedy replies to {saved['runs'][0]['held_out']} "
             f"held-out problems of at most {MAX_NEW_TOKENS} tokens after each stage, and {saved['runs'][0]['samples']} "
             "replies to each sampled at temperature 1 (pass@k by the unbiased estimator)\n\n" + "\n".join(table(saved)) + "\n")
 

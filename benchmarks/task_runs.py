@@ -74,6 +74,18 @@ def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
+def shows_work(reply: str) -> bool:
+    """Whether a reply has an ``Answer:`` line and writes something (its work) before it."""
+    from llama.posttraining.tasks import ANSWER_PREFIX, parse_answer
+
+    return parse_answer(reply) is not None and not reply.lstrip().startswith(ANSWER_PREFIX)
+
+
+def work_rate(replies) -> float:
+    """The share of ``replies`` that :func:`shows_work`."""
+    return sum(map(shows_work, replies)) / len(replies)
+
+
 def score(folder: Path, task, problems, chat: bool, max_new_tokens: int, samples: int = 0) -> dict:
     """Greedy replies of the model in ``folder`` to ``problems``, as chat turns (``chat``) or in plain text,
     and with ``samples``, that many replies to each sampled at temperature 1.
@@ -86,7 +98,8 @@ def score(folder: Path, task, problems, chat: bool, max_new_tokens: int, samples
 
     Returns:
         ``asked``, ``accuracy``, ``format_rate`` (an ``Answer:`` line), ``chat_format_rate`` (``None``
-        in plain text), the first three replies, and with ``samples``, ``pass_at_1`` and ``pass_at_k``.
+        in plain text), ``work_rate`` (greedy replies that write something before their ``Answer:``
+        line: :func:`shows_work`), the first three replies, and with ``samples``, ``pass_at_1`` and ``pass_at_k``.
     """
     from llama.formats.load import load_model
     from llama.posttraining.chat import CHAT_TOKENS, EOT, ChatFormat
@@ -103,7 +116,8 @@ def score(folder: Path, task, problems, chat: bool, max_new_tokens: int, samples
         if samples:
             drawn = {"pass_at_1": result.pass_at[1], "pass_at_k": result.pass_at[samples]}
         return {"asked": "plain text", "accuracy": result.accuracy, "format_rate": result.format_rate,
-                "chat_format_rate": None, "examples": list(result.greedy_replies[:3]), **drawn}
+                "chat_format_rate": None, "work_rate": work_rate(result.greedy_replies),
+                "examples": list(result.greedy_replies[:3]), **drawn}
     tokenizer = add_special_tokens(tokenizer, CHAT_TOKENS)  # a base has no chat tokens: give it their rows
     if tokenizer.vocab_size > model.config.vocab_size:
         resize_vocab(model, tokenizer.vocab_size)
@@ -118,4 +132,4 @@ def score(folder: Path, task, problems, chat: bool, max_new_tokens: int, samples
     return {"asked": "chat turn", "accuracy": sum(g.reward for g in grades) / n,
             "format_rate": sum(g.formatted for g in grades) / n,
             "chat_format_rate": sum(g.formatted and ended for g, (_, ended) in zip(grades, replies)) / n,
-            "examples": [text for text, _ in replies[:3]], **drawn}
+            "work_rate": work_rate([text for text, _ in replies]), "examples": [text for text, _ in replies[:3]], **drawn}

@@ -42,37 +42,43 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "p
 
 
 def pipeline_figure(result: dict | None = None):
-    """Left: held-out greedy accuracy after each stage of the pipeline, a dot per seed and a bar at the
-    median, and the median sampled pass@1 (a diamond); right: the mean reward of each ``llama rl``
-    step's replies, a line per seed.
+    """Left: held-out greedy accuracy after each stage of the pipeline and of RL from the SFT model,
+    a dot per seed and a bar at the median, the median sampled pass@1 (a diamond) and the share of greedy replies that show their work
+    (a triangle); right: the mean reward of each ``llama rl``
+    step's replies, a line per seed (dotted: RL from the SFT model).
 
     Args:
         result: ``pipeline.json``'s contents (default: read from :data:`RESULTS`).
     """
     result = result or json.loads(RESULTS.read_text())
-    runs, stages = result["runs"], ["base", "sft", "dpo", "rl"]
-    labels = ["base\n(plain text)", "SFT", "DPO", "RL"]
-    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(9, 3.4), facecolor="white")
+    runs, stages = result["runs"], ["base", "sft", "dpo", "rl", "rl_from_sft"]
+    labels = ["base\n(plain text)", "SFT", "DPO", "RL", "RL from\nSFT"]
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 3.6), facecolor="white")
     medians = [100 * statistics.median(r["scores"][s]["accuracy"] for r in runs) for s in stages]
-    ax.bar(range(4), medians, color=["#bbbbbb", "#b9d3ee", "#f4a259", "tab:green"], width=0.6)
+    ax.bar(range(5), medians, color=["#bbbbbb", "#b9d3ee", "#f4a259", "tab:green", "#9ccc9c"], width=0.6)
     for i, stage in enumerate(stages):
         values = [100 * r["scores"][stage]["accuracy"] for r in runs]
         ax.plot([i] * len(values), values, "o", color="black", markersize=3.5)
         ax.annotate(f"{medians[i]:.1f}%", (i, medians[i]), textcoords="offset points", xytext=(0, 4), ha="center",
                     fontsize="small")
     sampled = [100 * statistics.median(r["scores"][s]["pass_at_1"] for r in runs) for s in stages]
-    ax.plot(range(4), sampled, "D", color="tab:red", markerfacecolor="white", markersize=5,
+    ax.plot(range(5), sampled, "D", color="tab:red", markerfacecolor="white", markersize=5,
             label="sampled pass@1 (median), temperature 1")
-    ax.set(ylim=(0, 122), yticks=range(0, 101, 20))  # room above the bars for the legend
+    work = [100 * statistics.median(r["scores"][s]["work_rate"] for r in runs) for s in stages]
+    ax.plot(range(5), work, "^", color="tab:blue", markerfacecolor="white", markersize=5,
+            label="greedy replies that show their work (median)")
+    ax.set(ylim=(0, 135), yticks=range(0, 101, 20))  # room above the bars for the legend
     ax.legend(frameon=False, fontsize="small", loc="upper left")
-    ax.set_xticks(range(4), labels)
+    ax.set_xticks(range(5), labels)
     ax.set_ylabel(f"held-out accuracy (% of {runs[0]['held_out']})")
     ax.set_title(f"{result['task']}: median of {len(runs)} seeds (dots: each)", fontsize="medium")
-    for r in runs:
-        ax_r.plot(range(1, len(r["reward_curve"]) + 1), r["reward_curve"], linewidth=1, label=f"seed {r['seed']}")
+    for r, color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for key, style, after in (("reward_curve", "-", "DPO"), ("reward_curve_from_sft", ":", "SFT")):
+            ax_r.plot(range(1, len(r[key]) + 1), r[key], style, color=color, linewidth=1,
+                      label=f"seed {r['seed']}, from {after}")
     ax_r.set(xlabel="llama rl step", ylabel="mean reward of the step's replies", ylim=(0, 1))
     ax_r.set_title("the reward curve", fontsize="medium")
-    ax_r.legend(frameon=False, fontsize="small")
+    ax_r.legend(frameon=False, fontsize="x-small", ncol=2, loc="lower right")
     fig.tight_layout()
     return fig
 

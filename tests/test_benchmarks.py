@@ -227,11 +227,15 @@ def test_the_serve_benchmark_runs_quick():
 
 def _pipeline_runs(accuracies: dict[str, list[float]], walls: dict[str, float]) -> list[dict]:
     """Made-up records of benchmarks/pipeline.py, one per seed: accuracy by stage (sampled pass@1 ten
-    points below it, pass@8 halfway from it to 1), the same walls."""
+    points below it, pass@8 halfway from it to 1, replies showing work at the accuracy), the same walls;
+    RL from the SFT model as RL, unless given."""
+    accuracies = {"rl_from_sft": accuracies["rl"], **accuracies}
+    walls = {"rl_from_sft": walls["rl"], **walls}
     return [{"seed": i, "held_out": 200, "samples": 8, "wall_s": dict(walls),
              "scores": {stage: {"accuracy": acc[i], "chat_format_rate": None if stage == "base" else 1.0,
-                                "pass_at_1": acc[i] - 0.1, "pass_at_k": (acc[i] + 1) / 2}
-                        for stage, acc in accuracies.items()}, "reward_curve": [0.2, 0.4]} for i in range(3)]
+                                "pass_at_1": acc[i] - 0.1, "pass_at_k": (acc[i] + 1) / 2, "work_rate": acc[i]}
+                        for stage, acc in accuracies.items()},
+             "reward_curve": [0.2, 0.4], "reward_curve_from_sft": [0.3, 0.5]} for i in range(3)]
 
 
 def test_the_pipeline_checks_its_targets_on_the_medians():
@@ -242,16 +246,19 @@ def test_the_pipeline_checks_its_targets_on_the_medians():
     pipeline = _bench("pipeline")
     walls = {"base": 250.0, "sft": 60.0, "dpo": 90.0, "rl": 280.0}
     runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6, 0.6, 0.6],
-                           "rl": [0.7, 0.79, 0.99]}, walls)
+                           "rl": [0.7, 0.79, 0.99], "rl_from_sft": [0.6, 0.7, 0.8]}, {**walls, "rl_from_sft": 299.0})
     s = pipeline.summary(runs)
     assert s["rl_gain_wanted"] == pytest.approx(0.15) and s["rl_gain"] == pytest.approx(0.19)  # medians 0.6 -> 0.79
+    assert s["rl_from_sft_gain"] == pytest.approx(0.1) and s["rl_over_dpo"] == pytest.approx(0.19)
+    assert s["total_wall_s"] == 680.0  # the four stages of the pipeline, not RL from the SFT model beside them
     assert s["met"] == {"total": True, "each_stage": True, "chat_format": True, "rl_gain": True}
     assert s["rl_sampled_gain"] == pytest.approx(0.19)  # sampled pass@1's medians, 0.5 -> 0.69
     runs = _pipeline_runs({"base": [0.5] * 3, "sft": [0.9] * 3, "dpo": [0.9] * 3, "rl": [0.94] * 3}, {**walls, "rl": 301.0})
     s = pipeline.summary(runs)
     assert s["rl_gain_wanted"] == pytest.approx(0.05) and not s["met"]["rl_gain"] and not s["met"]["each_stage"]
     text = "\n".join(pipeline.table({"runs": runs, "summary": s}))
-    assert "| after `llama rl` | 301 | 94.0% of 200 | 94.0%, 94.0%, 94.0% | 100.0% | 84.0% | 84.0%, 84.0%, 84.0% | 97.0% |" in text
+    assert ("| after `llama rl` | 301 | 94.0% of 200 | 94.0%, 94.0%, 94.0% | 100.0% | 94.0% | 84.0% | 84.0%, 84.0%, 84.0% "
+            "| 97.0% |") in text
     assert "| RL over SFT: +15 points, or half the error rate if smaller (+5.0) | +4.0 points | **no** |" in text
     for argv in pipeline.commands(REPO / "runs" / "pipeline" / "seed-0", 0, quick=False).values():
         build_parser().parse_args(argv)
@@ -274,10 +281,11 @@ def test_the_pipeline_figure_draws_accuracy_by_stage_and_the_reward_curve():
     """figures/rl.py's pipeline figure, from made-up records: four bars, the sampled pass@1 of each
     stage, and a reward line per seed."""
     figure = load_module("_figures_rl", REPO / "figures" / "rl.py")
-    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6] * 3, "rl": [0.7, 0.8, 0.9]},
-                          {"base": 1.0, "sft": 1.0, "dpo": 1.0, "rl": 1.0})
+    runs = _pipeline_runs({"base": [0.1, 0.2, 0.3], "sft": [0.5, 0.6, 0.9], "dpo": [0.6] * 3, "rl": [0.7, 0.8, 0.9],
+                           "rl_from_sft": [0.4, 0.5, 0.6]}, {"base": 1.0, "sft": 1.0, "dpo": 1.0, "rl": 1.0})
     fig = figure.pipeline_figure({"task": "addition(digits=2)", "runs": runs})
     bars, curves = fig.axes
-    assert [round(b.get_height(), 6) for b in bars.patches] == [20.0, 60.0, 60.0, 80.0]
-    assert [round(v, 6) for v in bars.lines[-1].get_ydata()] == [10.0, 50.0, 50.0, 70.0]  # sampled pass@1's medians
-    assert len(curves.lines) == 3 and list(curves.lines[0].get_ydata()) == [0.2, 0.4]
+    assert [round(b.get_height(), 6) for b in bars.patches] == [20.0, 60.0, 60.0, 80.0, 50.0]
+    assert [round(v, 6) for v in bars.lines[-2].get_ydata()] == [10.0, 50.0, 50.0, 70.0, 40.0]  # sampled pass@1's medians
+    assert [round(v, 6) for v in bars.lines[-1].get_ydata()] == [20.0, 60.0, 60.0, 80.0, 50.0]  # replies showing work
+    assert len(curves.lines) == 6 and [list(line.get_ydata()) for line in curves.lines[:2]] == [[0.2, 0.4], [0.3, 0.5]]

@@ -80,6 +80,8 @@ COINCIDENCES = {
     ("parallelism.md", "2.11"): "PyTorch's version on the GPU that ran FSDP, not the recipe's 2.109 bits per byte",
     ("benchmarks.md", "2.36"): "MB/s of the tokenizer's table, not the 2.359 bits per byte of finetune.md",
     ("finetuning.md", "13.5"): "GB of Llama 2 7B's weights in bfloat16 (arithmetic), not sft.md's accuracy",
+    ("quantization.md", "24.7"): "GB/s of weights read in the kernel table, not pipeline.md's sampled pass@1",
+    ("quantization.md", "37.0"): "GB/s of weights read in the kernel table, not pipeline.md's accuracy after SFT",
     ("training.md", "98.2"): "the share of the peak learning rate that lr_at reaches (computed), not train-matmul.md's GFLOP/s",
 }
 

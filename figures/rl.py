@@ -43,8 +43,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "p
 
 def pipeline_figure(result: dict | None = None):
     """Left: held-out greedy accuracy after each stage of the pipeline and of RL from the SFT model,
-    a dot per seed and a bar at the median, the median sampled pass@1 (a diamond) and the share of greedy replies that show their work
-    (a triangle); right: the mean reward of each ``llama rl``
+    a dot per seed and a bar at the median, the median sampled pass@1 (a diamond) and the share of
+    greedy replies that show their work (a triangle); right: the mean reward of each ``llama rl``
     step's replies, a line per seed (dotted: RL from the SFT model).
 
     Args:

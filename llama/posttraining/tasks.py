@@ -338,7 +338,8 @@ def document(problem: Problem) -> str:
 
 def solution(problem: Problem) -> str:
     """What a demonstration answers: the work, if the problem shows it, on the line before ``Answer: <answer>``."""
-    return f"{problem.work}\n" * bool(problem.work) + f"{ANSWER_PREFIX} {problem.answer}"
+    work = f"{problem.work}\n" if problem.work else ""
+    return f"{work}{ANSWER_PREFIX} {problem.answer}"
 
 
 def corpus(tasks: Sequence[Task], n: int, seed: int) -> str:
